@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+# Both bootstrap .venv from pyproject.toml on first use (and again when it changes).
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+ARGS   ?=
+
+.PHONY: serve test lint bench stat clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $@
+
+serve: $(VENV)/.installed
+	$(PY) -m server serve $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check server mbuf ktls bench tests
+	$(VENV)/bin/ruff format --check server mbuf ktls bench tests
+	$(VENV)/bin/mypy
+
+stat: $(VENV)/.installed
+	$(PY) -m server stat $(ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,284 @@
+"""The TLS handshake is OpenSSL's; the record layer afterwards is ours.
+
+`TlsHandshake` drives a pyOpenSSL server connection over memory BIOs (bytes
+in, bytes out; no socket), as trio's SSLStream drives the stdlib's. OpenSSL's
+key-log callback hands us the secrets in memory (never written to disk unless
+the user asked for a key log); once the handshake is done, `established()`
+derives the transmit keys (TLS 1.3 key schedule or the TLS 1.2 key block) and
+the first sequence number for `ktls`, which is what OpenSSL does before
+`setsockopt(TCP_TXTLS_ENABLE)`.
+
+The sequence number is counted, not guessed: after the handshake OpenSSL has
+already sent records under the new keys (TLS 1.3 NewSessionTicket messages;
+TLS 1.2 the Finished message, and tickets before it). Every record the server
+wrote is kept in `_server_records`; `established()` finds the first one that
+opens under the server's application keys at sequence 0 and requires each
+following record to open at the next number. The count is where KTLS starts,
+and a record that failed to open would mean our keys are wrong, so the
+connection is refused rather than garbled.
+
+Receiving stays with OpenSSL for now (`TlsReceiver`): it decrypts client
+records; anything OpenSSL wants to *send* after the hand-off (a KeyUpdate
+answer, a renegotiation) would reuse sequence numbers we own, so it is
+refused with `TlsHandoffError` and the connection closed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from OpenSSL import SSL
+
+from ktls.keylog import KeyLog
+from ktls.keys import TrafficKeys, tls12_key_block, tls13_traffic_keys
+from ktls.nonce import tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce
+from ktls.suites import TLS12_CIPHER_LIST, TLS13_CIPHERSUITES, CipherSuite, TlsVersion, suite_for
+
+CT_CHANGE_CIPHER_SPEC = 20
+CT_ALERT = 21
+CT_HANDSHAKE = 22
+CT_APPLICATION_DATA = 23
+
+_VERSIONS = {"TLSv1.2": TlsVersion.TLS12, "TLSv1.3": TlsVersion.TLS13}
+
+
+class TlsError(Exception):
+    """The handshake failed or the peer misbehaved; the connection must close."""
+
+
+class TlsHandoffError(TlsError):
+    """OpenSSL wanted to write after KTLS took over the send side."""
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    version: TlsVersion
+    suite: CipherSuite
+    tx: TrafficKeys
+    rx: TrafficKeys
+    tx_seq: int  # first sequence number KTLS uses (rec_seq)
+    tx_secret: bytes | None  # TLS 1.3 server application traffic secret (KeyUpdate)
+    alpn: bytes | None
+
+
+def make_server_context(
+    cert: str,
+    key: str,
+    *,
+    keylog_sink: Callable[[bytes], None] | None = None,
+    alpn: tuple[bytes, ...] = (b"http/1.1",),
+) -> SSL.Context:
+    """An OpenSSL server context: TLS 1.2 and 1.3 only, AEAD suites only, no
+    compression or renegotiation. Raises SSL.Error for unusable files."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
+    )
+    ctx.set_cipher_list(TLS12_CIPHER_LIST.encode())
+    ctx.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode())
+    ctx.use_certificate_chain_file(cert)
+    ctx.use_privatekey_file(key)
+    ctx.check_privatekey()
+    ctx.set_session_id(b"nomapd")
+
+    def on_keylog(conn: SSL.Connection, line: bytes) -> None:
+        hs = conn.get_app_data()
+        if isinstance(hs, TlsHandshake):
+            hs.keylog.feed(line)
+        if keylog_sink is not None:
+            keylog_sink(line)
+
+    ctx.set_keylog_callback(on_keylog)
+
+    if alpn:
+
+        def on_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+            for proto in alpn:
+                if proto in offered:
+                    return proto
+            return SSL.NO_OVERLAPPING_PROTOCOLS
+
+        ctx.set_alpn_select_callback(on_alpn)
+    return ctx
+
+
+def split_records(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], bytes]:
+    """Split a byte stream into (type, 5-byte header, body) records plus a remainder."""
+    out = []
+    pos = 0
+    while len(data) - pos >= 5:
+        ctype, _, length = struct.unpack_from("!BHH", data, pos)
+        if len(data) - pos - 5 < length:
+            break
+        out.append((ctype, data[pos : pos + 5], data[pos + 5 : pos + 5 + length]))
+        pos += 5 + length
+    return out, data[pos:]
+
+
+def open_record(
+    suite: CipherSuite, keys: TrafficKeys, seqno: int, ctype: int, header: bytes, body: bytes
+) -> tuple[int, bytes]:
+    """Decrypt one protected record; returns (inner content type, plaintext).
+    Raises InvalidTag if it does not open with these keys at this number."""
+    aead = suite.aead(keys.key)
+    if suite.version == TlsVersion.TLS13:
+        plain = aead.decrypt(tls13_nonce(keys.iv, seqno), body, tls13_aad(len(body)))
+        stripped = plain.rstrip(b"\x00")
+        if not stripped:
+            raise InvalidTag
+        return stripped[-1], stripped[:-1]
+    if suite.explicit_nonce_len:
+        n = suite.explicit_nonce_len
+        nonce = tls12_gcm_nonce(keys.iv, body[:n])
+        ct = body[n:]
+    else:
+        nonce = tls13_nonce(keys.iv, seqno)
+        ct = body
+    plain = aead.decrypt(nonce, ct, tls12_aad(seqno, ctype, len(ct) - suite.tag_len))
+    return ctype, plain
+
+
+class TlsHandshake:
+    """One server-side handshake over memory BIOs."""
+
+    def __init__(self, ctx: SSL.Context) -> None:
+        self.keylog = KeyLog()
+        self.conn = SSL.Connection(ctx, None)
+        self.conn.set_app_data(self)
+        self.conn.set_accept_state()
+        self._out = bytearray()
+        self._server_stream = bytearray()
+        self.done = False
+
+    def receive_data(self, data: bytes) -> None:
+        if data:
+            self.conn.bio_write(data)
+
+    def advance(self) -> bool:
+        """Run the handshake as far as the input allows. True when complete.
+        Raises TlsError; data_to_send() then holds OpenSSL's alert, if any."""
+        try:
+            self.conn.do_handshake()
+            self.done = True
+        except SSL.WantReadError:
+            pass
+        except SSL.Error as e:
+            self._collect()
+            raise TlsError(f"TLS handshake failed: {_ssl_reason(e)}") from e
+        self._collect()
+        return self.done
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                chunk = self.conn.bio_read(65536)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            self._out += chunk
+            self._server_stream += chunk
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def established(self) -> Established:
+        """Keys and first sequence number for the send side; wipes the key log."""
+        if not self.done:
+            raise TlsError("established() before the handshake finished")
+        vname = self.conn.get_protocol_version_name()
+        version = _VERSIONS.get(vname)
+        if version is None:
+            raise TlsError(f"unsupported protocol version {vname}")
+        cipher = self.conn.get_cipher_name()
+        if cipher is None:
+            raise TlsError("no cipher negotiated")
+        suite = suite_for(cipher, version)
+        tx_secret: bytes | None = None
+        if version == TlsVersion.TLS13:
+            tx_secret = self.keylog.secret("SERVER_TRAFFIC_SECRET_0")
+            tx = tls13_traffic_keys(suite, tx_secret)
+            rx = tls13_traffic_keys(suite, self.keylog.secret("CLIENT_TRAFFIC_SECRET_0"))
+        else:
+            master = self.keylog.secret("CLIENT_RANDOM")
+            crandom = self.conn.client_random()
+            srandom = self.conn.server_random()
+            if crandom is None or srandom is None:
+                raise TlsError("handshake randoms unavailable")
+            block = tls12_key_block(suite, master, crandom, srandom)
+            tx, rx = block.server, block.client
+        seq = self._count_sent(suite, tx)
+        self.keylog.wipe()
+        alpn = self.conn.get_alpn_proto_negotiated() or None
+        return Established(version, suite, tx, rx, seq, tx_secret, alpn)
+
+    def _count_sent(self, suite: CipherSuite, tx: TrafficKeys) -> int:
+        records, rest = split_records(bytes(self._server_stream))
+        if rest:
+            raise TlsError("OpenSSL left a partial record after the handshake")
+        last_ccs = max(
+            (i for i, r in enumerate(records) if r[0] == CT_CHANGE_CIPHER_SPEC), default=-1
+        )
+        protected = records[last_ccs + 1 :]
+        seq = 0
+        for ctype, header, body in protected:
+            try:
+                open_record(suite, tx, seq, ctype, header, body)
+            except InvalidTag:
+                if seq:
+                    raise TlsError(f"record {seq} after the handshake does not open") from None
+                continue  # a handshake-key record before the application keys
+            seq += 1
+        if suite.version == TlsVersion.TLS12 and seq == 0:
+            raise TlsError("no Finished under the server write key: key block mismatch")
+        return seq
+
+
+class TlsReceiver:
+    """OpenSSL's receive side after the hand-off."""
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self.conn = conn
+        self.closed = False
+
+    def receive_data(self, data: bytes) -> bytes:
+        """Feed ciphertext; return the plaintext it completes (b"" if none).
+        Sets `closed` on close_notify. Raises TlsError on a bad record."""
+        if data:
+            self.conn.bio_write(data)
+        out = bytearray()
+        while True:
+            try:
+                chunk = self.conn.recv(65536)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.closed = True
+                break
+            except SSL.Error as e:
+                raise TlsError(f"TLS record error: {_ssl_reason(e)}") from e
+            if not chunk:
+                break
+            out += chunk
+        try:
+            pending = self.conn.bio_read(65536)
+        except SSL.WantReadError:
+            pending = b""
+        if pending:
+            raise TlsHandoffError("OpenSSL tried to send after the hand-off to ktls")
+        return bytes(out)
+
+
+def _ssl_reason(e: SSL.Error) -> str:
+    try:
+        parts = [str(x[2]) for x in e.args[0]]
+        return "; ".join(parts) or repr(e)
+    except (IndexError, TypeError):
+        return repr(e)

@@ -1,0 +1,269 @@
+"""KTLS transmit sessions: framing, sequence numbers, encryption batches (uipc_ktls.c).
+
+`KtlsSession` is the kernel's `struct ktls_session` for one socket in software
+mode, created from the keys OpenSSL negotiated (what `TCP_TXTLS_ENABLE` hands
+the kernel, including `rec_seq`, the next record sequence number). It
+implements the `KtlsHook` interface that `mbuf` calls:
+
+* `ktls_frame`: each unmapped mbuf of a chain becomes exactly one record:
+  `hdr_len`/`trail_len` set from the cipher (TLS 1.3: 5 and 17; TLS 1.2 GCM:
+  13 and 16; TLS 1.2 ChaCha20: 5 and 16), the 5-byte header written, `tls`
+  set (meaning "not yet encrypted"), the mbuf marked `M_NOTREADY` with
+  `nrdy = npgs`. Returns the page count to enqueue.
+* `ktls_seq`: called as records enter the socket buffer; numbers them in wire
+  order (and writes the TLS 1.2 GCM explicit nonce, which is the sequence
+  number here, as OpenSSL does; the 2019 kernel used a random counter).
+* `ktls_enqueue`: gathers the records covering `page_count` pages into one work
+  item, allocates fresh anonymous destination pages for records of file pages
+  (file pages are never written), and hands the item to a worker. On
+  completion, on the event-loop thread, each record releases its file pages,
+  takes the new ones (`MBUF_PEXT_FLAG_ANON`, `mb_free_mext_pgs`), drops `tls`,
+  and the batch becomes ready (`pru_ready`). A failure aborts the connection
+  with EIO, as `ktls_encrypt` does.
+
+If page frames run out at enqueue time the batch waits on the session
+(`vm.waits`) and `ktls_retry` starts it once memory is back.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from ktls.ocf import ktls_ocf_encrypt
+from ktls.suites import CipherSuite, TlsVersion
+from ktls.workers import KtlsWorkers
+from mbuf.kassert import kassert
+from mbuf.mb_unmapped import mb_free_mext_pgs
+from mbuf.mbuf import M_NOMAP, M_NOTREADY, MBUF_PEXT_FLAG_ANON, Mbuf
+from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
+
+if TYPE_CHECKING:
+    from mbuf.kern import Kernel
+    from mbuf.sockbuf import SockBuf
+
+TLS_MAX_MSG_SIZE_V10_2 = 16384
+
+
+class KtlsSession:
+    __slots__ = (
+        "aead",
+        "explicit_nonce_len",
+        "iv",
+        "kern",
+        "max_frame_len",
+        "suite",
+        "tls_hlen",
+        "tls_tlen",
+        "version",
+        "waiting",
+        "workers",
+        "wq_index",
+    )
+
+    def __init__(
+        self,
+        kern: Kernel,
+        workers: KtlsWorkers,
+        suite: CipherSuite,
+        key: bytes,
+        iv: bytes,
+        *,
+        max_frame_len: int = TLS_MAX_MSG_SIZE_V10_2,
+    ) -> None:
+        if len(key) != suite.key_len:
+            raise ValueError(f"{suite.openssl_name}: key of {len(key)} bytes, need {suite.key_len}")
+        if len(iv) != suite.fixed_iv_len:
+            raise ValueError(
+                f"{suite.openssl_name}: iv of {len(iv)} bytes, need {suite.fixed_iv_len}"
+            )
+        if not 0 < max_frame_len <= TLS_MAX_MSG_SIZE_V10_2:
+            raise ValueError(f"max_frame_len {max_frame_len} outside 1..16384")
+        self.kern = kern
+        self.workers = workers
+        self.suite = suite
+        self.version = suite.version
+        self.aead: AESGCM | ChaCha20Poly1305 = suite.aead(key)
+        self.iv = iv
+        self.explicit_nonce_len = suite.explicit_nonce_len
+        self.tls_hlen = suite.tls_hlen
+        self.tls_tlen = suite.tls_tlen
+        self.max_frame_len = max_frame_len
+        self.wq_index = workers.pick_queue()
+        self.waiting: list[_EncryptBatch] = []
+        st = kern.stats.ktls
+        st.sessions_active += 1
+        st.sessions_total += 1
+
+    def free(self) -> None:
+        """ktls_free: the socket is closed."""
+        kassert(not self.waiting, "ktls session freed with batches waiting for memory")
+        self.kern.stats.ktls.sessions_active -= 1
+
+    # -- KtlsHook -------------------------------------------------------------
+
+    def ktls_frame(self, top: Mbuf, record_type: int) -> int:
+        hlen = self.tls_hlen
+        tlen = self.tls_tlen
+        tls13 = self.version == TlsVersion.TLS13
+        outer = TLS_RLTYPE_APP if tls13 else record_type
+        enq = 0
+        m: Mbuf | None = top
+        nrec = 0
+        while m is not None:
+            kassert(m.m_flags & M_NOMAP, "ktls_frame: mapped mbuf in a TLS chain")
+            pgs = m.ext_pgs
+            kassert(
+                m.m_len <= self.max_frame_len and m.m_data == 0,
+                f"ktls_frame: record of {m.m_len} bytes",
+            )
+            pgs.hdr_len = hlen
+            pgs.trail_len = tlen
+            m.m_len += hlen + tlen
+            pgs.tls = self
+            pgs.record_type = record_type
+            length = m.m_len - 5
+            pgs.hdr[0] = outer
+            pgs.hdr[1] = 3
+            pgs.hdr[2] = 3
+            pgs.hdr[3] = length >> 8
+            pgs.hdr[4] = length & 0xFF
+            m.m_flags |= M_NOTREADY
+            pgs.nrdy = pgs.npgs
+            enq += pgs.npgs
+            nrec += 1
+            m = m.m_next
+        self.kern.stats.ktls.records_framed += nrec
+        return enq
+
+    def ktls_seq(self, sb: SockBuf, m: Mbuf) -> None:
+        explicit = self.explicit_nonce_len
+        n: Mbuf | None = m
+        while n is not None:
+            pgs = n.ext_pgs
+            pgs.seqno = sb.sb_tls_seqno
+            sb.sb_tls_seqno += 1
+            if explicit:
+                pgs.hdr[5 : 5 + explicit] = pgs.seqno.to_bytes(explicit, "big")
+            n = n.m_next
+
+    def ktls_enqueue(self, so: Socket, m: Mbuf, page_count: int) -> None:
+        records: list[Mbuf] = []
+        pages = 0
+        n: Mbuf | None = m
+        while n is not None and pages < page_count:
+            pgs = n.ext_pgs
+            kassert(n.m_flags & M_NOTREADY and pgs.tls is self, "ktls_enqueue: not a fresh record")
+            records.append(n)
+            pages += pgs.npgs
+            n = n.m_next
+        kassert(pages == page_count, f"ktls_enqueue: {pages} pages, expected {page_count}")
+        batch = _EncryptBatch(self, so, records, page_count)
+        so.so_pending += 1
+        st = self.kern.stats.ktls
+        st.tasks_active += 1
+        st.enqueued_pages += page_count
+        if not batch.alloc_pages():
+            self.kern.stats.vm.waits += 1
+            self.waiting.append(batch)
+            return
+        self.workers.submit(self.wq_index, batch)
+
+    def ktls_retry(self) -> bool:
+        """Start batches that waited for memory; True if none is left waiting."""
+        while self.waiting:
+            batch = self.waiting[0]
+            if batch.so.so_error:
+                self.waiting.pop(0)
+                batch.fail_early()
+                continue
+            if not batch.alloc_pages():
+                return False
+            self.waiting.pop(0)
+            self.workers.submit(self.wq_index, batch)
+        return True
+
+
+class _EncryptBatch:
+    """One ktls_enqueue work item: consecutive records of one socket."""
+
+    __slots__ = ("dst", "error", "npages", "plain_bytes", "records", "so", "tls")
+
+    def __init__(self, tls: KtlsSession, so: Socket, records: list[Mbuf], npages: int) -> None:
+        self.tls = tls
+        self.so = so
+        self.records = records
+        self.npages = npages
+        self.dst: list[list[int] | None] = []
+        self.error: Exception | None = None
+        self.plain_bytes = 0
+
+    def alloc_pages(self) -> bool:
+        """Destination pages for records of file pages; all or nothing."""
+        phys = self.tls.kern.phys
+        need = sum(
+            r.ext_pgs.npgs for r in self.records if not r.ext_pgs.flags & MBUF_PEXT_FLAG_ANON
+        )
+        if phys.free_count() < need:
+            return False
+        self.dst = []
+        for r in self.records:
+            pgs = r.ext_pgs
+            if pgs.flags & MBUF_PEXT_FLAG_ANON:
+                self.dst.append(None)
+                continue
+            pas = []
+            for _ in range(pgs.npgs):
+                pg = phys.page_alloc_anon()
+                assert pg is not None
+                pas.append(pg.phys_addr)
+            self.dst.append(pas)
+        return True
+
+    def run(self) -> None:
+        """ktls_encrypt's crypto, on a worker thread."""
+        scratch = bytearray()
+        phys = self.tls.kern.phys
+        try:
+            for r, dst in zip(self.records, self.dst, strict=True):
+                self.plain_bytes += ktls_ocf_encrypt(self.tls, phys, r.ext_pgs, dst, scratch)
+        except Exception as e:  # reported on the loop thread, never lost
+            self.error = e
+
+    def complete(self) -> None:
+        """The rest of ktls_encrypt, on the event-loop thread."""
+        tls = self.tls
+        so = self.so
+        st = tls.kern.stats.ktls
+        phys = tls.kern.phys
+        st.tasks_active -= 1
+        so.so_pending -= 1
+        if self.error is not None:
+            st.failed_crypto += 1
+            for dst in self.dst:
+                for pa in dst or ():
+                    phys.page_free_anon(phys.phys_to_vm_page(pa))
+            so.soabort(errno.EIO)
+            return
+        for r, dst in zip(self.records, self.dst, strict=True):
+            pgs = r.ext_pgs
+            if dst is not None:
+                ext = r.m_ext
+                assert ext is not None and ext.ext_free is not None
+                kassert(ext.ext_mref is r, "ktls: record is not its storage's owner")
+                ext.ext_free(r)  # releases the file pages
+                pgs.pa = dst
+                pgs.flags |= MBUF_PEXT_FLAG_ANON
+                ext.ext_free = mb_free_mext_pgs
+            pgs.tls = None
+        st.records_encrypted += len(self.records)
+        st.bytes_encrypted += self.plain_bytes
+        pru_ready(so, self.records[0], self.npages)
+        so.sorwakeup()
+
+    def fail_early(self) -> None:
+        """A waiting batch whose socket died: never encrypted, nothing allocated."""
+        self.tls.kern.stats.ktls.tasks_active -= 1
+        self.so.so_pending -= 1

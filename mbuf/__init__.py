@@ -1,0 +1,26 @@
+"""mbuf: the modeled FreeBSD kernel data path (sans-IO; never imports trio).
+
+Physical pages and the page cache, mbufs with the 2019 unmapped EXT_PGS layout,
+sf_bufs, socket buffers, sendfile, tcp_output, ip_output and the NIC model.
+"""
+
+from mbuf.kern import Kernel
+from mbuf.mbuf import Mbuf, MbufExtPgs, MFlags, m_copydata, m_copym, m_freem
+from mbuf.socket import Socket, soclose, sosend
+from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
+
+__all__ = [
+    "Kernel",
+    "MFlags",
+    "Mbuf",
+    "MbufExtPgs",
+    "Socket",
+    "TcpCb",
+    "m_copydata",
+    "m_copym",
+    "m_freem",
+    "soclose",
+    "sosend",
+    "tcp_acked",
+    "tcp_output",
+]

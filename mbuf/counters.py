@@ -1,0 +1,169 @@
+"""Kernel counters: plain integers bumped on the hot path, exported as a snapshot.
+
+Each group mirrors a FreeBSD statistics structure or sysctl tree: `mbstat` and
+the UMA zones behind `netstat -m`, `struct sfstat`, `vm.stats`, `ipstat`,
+`if_data` and `kern.ipc.tls.stats`. Nothing here is ever recomputed by walking
+objects: the code that allocates or frees bumps the counter, and tests check
+that the counters return to zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+
+class _Group:
+    prefix: ClassVar[str] = ""
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(f"{self.prefix}.{f.name}", getattr(self, f.name)) for f in fields(self)]  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class MbStat(_Group):
+    """mbuf zones (`netstat -m`, `vmstat -z`): current and cumulative allocations."""
+
+    prefix: ClassVar[str] = "mbuf"
+    mbufs_in_use: int = 0
+    mbufs_total: int = 0
+    mbufs_peak: int = 0
+    clusters_in_use: int = 0  # 2 KiB clusters (zone mbuf_cluster)
+    clusters_total: int = 0
+    jumbop_in_use: int = 0  # page-sized clusters (zone mbuf_jumbo_page)
+    jumbop_total: int = 0
+    ext_pgs_in_use: int = 0  # zone mbuf_extpgs
+    ext_pgs_total: int = 0
+    ext_pgs_peak: int = 0
+    sfbuf_mbufs_in_use: int = 0  # EXT_SFBUF mbufs: E0 sendfile and conversions
+    requests_denied: int = 0
+    requests_delayed: int = 0
+    compressed: int = 0  # mb_unmapped_compress successes
+
+
+@dataclass(slots=True)
+class SfStat(_Group):
+    """struct sfstat (sys/sys/sf_buf.h): the 11 sendfile counters."""
+
+    prefix: ClassVar[str] = "sendfile"
+    syscalls: int = 0
+    noiocnt: int = 0
+    iocnt: int = 0
+    pages_read: int = 0
+    pages_valid: int = 0
+    pages_bogus: int = 0
+    rhpages_requested: int = 0
+    rhpages_read: int = 0
+    busy: int = 0
+    allocfail: int = 0
+    allocwait: int = 0
+
+
+@dataclass(slots=True)
+class SfBufStat(_Group):
+    """sf_buf mappings: kern.ipc.nsfbufs{,used,peak} plus denials and waits."""
+
+    prefix: ClassVar[str] = "sfbuf"
+    in_use: int = 0
+    peak: int = 0
+    total: int = 0
+    max: int = 0  # 0: direct map, unlimited
+    denied: int = 0
+    delayed: int = 0
+
+
+@dataclass(slots=True)
+class VmStat(_Group):
+    prefix: ClassVar[str] = "vm"
+    pages_total: int = 0
+    pages_free: int = 0
+    pages_wired: int = 0  # wired file pages plus anonymous pages (v_wire_count)
+    pages_cached: int = 0  # valid, unwired file pages (evictable)
+    pages_anon: int = 0
+    waits: int = 0  # vm_wait: an allocation found no free page
+    evictions: int = 0
+    page_faults: int = 0  # file pages read from disk
+
+
+@dataclass(slots=True)
+class IpStat(_Group):
+    prefix: ClassVar[str] = "ip"
+    output_packets: int = 0
+    output_bytes: int = 0
+    unmapped_converted: int = 0  # chains converted by mb_unmapped_to_ext in ip_output
+    unmapped_mbufs_converted: int = 0  # unmapped mbufs replaced
+    unmapped_pages_mapped: int = 0  # pages mapped through sf_bufs by conversions
+    sw_csum_packets: int = 0
+    sw_csum_bytes: int = 0
+    odropped: int = 0  # ips_odropped: ENOBUFS on conversion failure
+
+
+@dataclass(slots=True)
+class IfStat(_Group):
+    prefix: ClassVar[str] = "ifnet"
+    tx_packets: int = 0  # packets (TSO bursts) handed to the NIC
+    tx_segments: int = 0  # wire segments after TSO
+    tx_bytes: int = 0  # bytes on the wire, including a 40-byte header per segment
+    tx_dma_segments: int = 0  # scatter-gather entries loaded (busdma segments)
+    tx_unmapped_mbufs: int = 0  # unmapped mbufs gathered by physical address
+    tx_writes: int = 0  # sendmsg calls on host sockets
+
+
+@dataclass(slots=True)
+class KtlsStat(_Group):
+    prefix: ClassVar[str] = "ktls"
+    sessions_active: int = 0
+    sessions_total: int = 0
+    records_framed: int = 0
+    records_encrypted: int = 0
+    bytes_encrypted: int = 0
+    tasks_active: int = 0  # batches queued to or running on workers
+    failed_crypto: int = 0
+    enqueued_pages: int = 0
+
+
+@dataclass(slots=True)
+class SbStat(_Group):
+    prefix: ClassVar[str] = "sockbuf"
+    mbufs_peak: int = 0  # most mbufs ever held by one send buffer (sb_mcnt)
+    mbcnt_peak: int = 0  # most storage ever charged to one send buffer (sb_mbcnt)
+    ccc_peak: int = 0
+    sbspace_waits: int = 0
+
+
+@dataclass(slots=True)
+class TcpStat(_Group):
+    prefix: ClassVar[str] = "tcp"
+    connections: int = 0
+    sndtotal: int = 0  # segments
+    sndbyte: int = 0
+    sndpack_bursts: int = 0
+    sndptr_walked: int = 0  # mbufs walked to find snd_nxt in send buffers
+    drops: int = 0  # packets ip_output refused (resent later)
+
+
+class Counters:
+    """All counter groups of one modeled kernel."""
+
+    __slots__ = ("ifnet", "ip", "ktls", "mb", "sb", "sf", "sfbuf", "tcp", "vm")
+
+    def __init__(self) -> None:
+        self.mb = MbStat()
+        self.sf = SfStat()
+        self.sfbuf = SfBufStat()
+        self.vm = VmStat()
+        self.ip = IpStat()
+        self.ifnet = IfStat()
+        self.ktls = KtlsStat()
+        self.sb = SbStat()
+        self.tcp = TcpStat()
+
+    def snapshot(self) -> MappingProxyType[str, Any]:
+        out: dict[str, Any] = {}
+        for group in (
+            self.ifnet, self.mb, self.sfbuf, self.sf, self.vm,
+            self.ktls, self.ip, self.sb, self.tcp,
+        ):  # fmt: skip
+            out.update(group.items())
+        return MappingProxyType(out)

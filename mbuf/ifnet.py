@@ -1,0 +1,186 @@
+"""The network interface model: capabilities, transmit queues and "DMA".
+
+`Ifnet` is one interface ("nm0") with FreeBSD's capability words
+(`if_capabilities`, `if_capenable`) and the checksum offloads it implies
+(`if_hwassist`). `if_transmit` loads a packet's mbuf chain for DMA the way
+`bus_dmamap_load_mbuf_sg` does: mapped mbufs by virtual address, unmapped
+mbufs as header bytes, one segment per physical page, trailer bytes
+(reference 7.3). The segments are memoryviews over the page arena, so the
+"DMA" is a scatter-gather list and no byte is copied in Python.
+
+The wire behind the NIC is the real host TCP socket of the connection. The
+host kernel makes its own TCP/IP headers, so the 40-byte header the model
+built is DMAed and counted but not written to the host socket; everything
+after it is. Deliberate difference: a real NIC has a few hardware rings shared
+by all flows; the model gives each connection its own transmit queue, as a
+multi-queue NIC that hashes flows to queues would, so each host socket can
+drain its own. A packet's mbufs are freed (`m_freem`) when the host socket has
+taken all of its bytes, which is when the NIC would report the descriptor done.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import TYPE_CHECKING
+
+from mbuf.kassert import kassert
+from mbuf.mbuf import M_NOMAP, Mbuf, m_freem, m_iov
+from mbuf.param import IF_MTU, TCPIP_HDR_LEN
+
+if TYPE_CHECKING:
+    from mbuf.counters import IfStat
+
+
+class IfCap(enum.IntFlag):
+    """sys/net/if.h capability bits (2019 names)."""
+
+    IFCAP_RXCSUM = 0x00001
+    IFCAP_TXCSUM = 0x00002
+    IFCAP_VLAN_MTU = 0x00008
+    IFCAP_TSO4 = 0x00100
+    IFCAP_TSO6 = 0x00200
+    IFCAP_LRO = 0x00400
+    IFCAP_NOMAP = 0x4000000  # bit 26; renamed IFCAP_MEXTPG in 2021
+    IFCAP_TXTLS4 = 0x8000000
+    IFCAP_TXTLS6 = 0x10000000
+
+
+IFCAP_TXCSUM = int(IfCap.IFCAP_TXCSUM)
+IFCAP_TSO4 = int(IfCap.IFCAP_TSO4)
+IFCAP_NOMAP = int(IfCap.IFCAP_NOMAP)
+
+# mbuf.h checksum flags (m_pkthdr.csum_flags, if_hwassist).
+CSUM_IP = 0x00000001
+CSUM_IP_UDP = 0x00000002
+CSUM_IP_TCP = 0x00000004
+CSUM_IP_TSO = 0x00000010
+CSUM_DELAY_DATA = CSUM_IP_TCP | CSUM_IP_UDP
+CSUM_TSO = CSUM_IP_TSO
+
+IFQ_MAXLEN = 1024  # descriptors per transmit queue
+
+
+class Ifnet:
+    __slots__ = ("if_capabilities", "if_capenable", "if_hwassist", "if_mtu", "if_xname", "stats")
+
+    def __init__(self, capenable: int, stats: IfStat, name: str = "nm0") -> None:
+        self.if_xname = name
+        self.if_mtu = IF_MTU
+        self.if_capabilities = IFCAP_TXCSUM | int(IfCap.IFCAP_RXCSUM) | IFCAP_TSO4 | IFCAP_NOMAP
+        self.stats = stats
+        self.if_capenable = 0
+        self.if_hwassist = 0
+        self.set_capenable(capenable)
+
+    def set_capenable(self, caps: int) -> None:
+        """ifconfig [-]nomap / [-]txcsum / [-]tso. As in most drivers, TSO needs
+        transmit checksum offload, so turning TXCSUM off turns TSO off too."""
+        caps &= self.if_capabilities
+        if not caps & IFCAP_TXCSUM:
+            caps &= ~IFCAP_TSO4
+        self.if_capenable = caps
+        assist = 0
+        if caps & IFCAP_TXCSUM:
+            assist |= CSUM_IP | CSUM_IP_TCP | CSUM_IP_UDP
+        if caps & IFCAP_TSO4:
+            assist |= CSUM_IP_TSO
+        self.if_hwassist = assist
+
+    def capenable_names(self) -> list[str]:
+        return [f.name for f in IfCap if f.name and self.if_capenable & f.value]
+
+
+class TxPacket:
+    __slots__ = ("m", "nseg", "payload", "segs")
+
+    def __init__(self, m: Mbuf, segs: list[memoryview], payload: int) -> None:
+        self.m = m
+        self.segs = segs  # DMA segments of the payload (after the model's header)
+        self.payload = payload
+        self.nseg = len(segs)
+
+
+class IfTxQueue:
+    """One flow's transmit queue: packets loaded for DMA, drained by the host socket."""
+
+    __slots__ = ("bytes_queued", "head_off", "ifp", "ring")
+
+    def __init__(self, ifp: Ifnet) -> None:
+        self.ifp = ifp
+        self.ring: deque[TxPacket] = deque()
+        self.head_off = 0  # payload bytes of ring[0] already on the wire
+        self.bytes_queued = 0
+
+    def full(self) -> bool:
+        return len(self.ring) >= IFQ_MAXLEN
+
+    def if_transmit(self, m: Mbuf, nsegs: int) -> None:
+        """Load the chain for DMA and queue it. `nsegs` is the number of wire segments."""
+        st = self.ifp.stats
+        hdr = m
+        kassert(
+            hdr.m_len == TCPIP_HDR_LEN and not hdr.m_flags & M_NOMAP,
+            "if_transmit: packet must start with its mapped TCP/IP header",
+        )
+        segs: list[memoryview] = []
+        payload = 0
+        n = hdr.m_next
+        unmapped = 0
+        while n is not None:
+            if n.m_len:
+                if n.m_flags & M_NOMAP:
+                    unmapped += 1
+                segs.extend(m_iov(n, 0, n.m_len))
+                payload += n.m_len
+            n = n.m_next
+        st.tx_packets += 1
+        st.tx_segments += nsegs
+        st.tx_bytes += payload + TCPIP_HDR_LEN * nsegs
+        st.tx_dma_segments += len(segs) + 1
+        st.tx_unmapped_mbufs += unmapped
+        self.ring.append(TxPacket(m, segs, payload))
+        self.bytes_queued += payload
+
+    def pending_iov(self, max_iov: int = 1024) -> list[memoryview]:
+        """The scatter-gather list of queued payload, for one sendmsg."""
+        out: list[memoryview] = []
+        skip = self.head_off
+        for pkt in self.ring:
+            for seg in pkt.segs:
+                if skip:
+                    if skip >= len(seg):
+                        skip -= len(seg)
+                        continue
+                    seg = seg[skip:]
+                    skip = 0
+                out.append(seg)
+                if len(out) >= max_iov:
+                    return out
+        return out
+
+    def complete(self, nbytes: int) -> int:
+        """The host socket took `nbytes`: free the packets that are done. Returns nbytes."""
+        kassert(nbytes <= self.bytes_queued - self.head_off, "complete: more than queued")
+        self.ifp.stats.tx_writes += 1
+        left = nbytes + self.head_off
+        while self.ring and left >= self.ring[0].payload:
+            pkt = self.ring.popleft()
+            left -= pkt.payload
+            self.bytes_queued -= pkt.payload
+            pkt.segs.clear()
+            m_freem(pkt.m)
+        self.head_off = left
+        return nbytes
+
+    def drain(self) -> None:
+        """Free everything queued (connection gone)."""
+        while self.ring:
+            pkt = self.ring.popleft()
+            pkt.segs.clear()
+            m_freem(pkt.m)
+        self.head_off = 0
+        self.bytes_queued = 0
+
+    def empty(self) -> bool:
+        return not self.ring

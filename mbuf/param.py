@@ -1,0 +1,53 @@
+"""Machine and mbuf parameters of the modeled kernel (amd64, LP64, 2019 layout).
+
+Every number here is the value FreeBSD head had in mid-2019 (see
+../shared/reference/freebsd-datapath.md sections 2 and 9); the comment on each
+names where it comes from.
+"""
+
+from __future__ import annotations
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT  # amd64 base page
+PAGE_MASK = PAGE_SIZE - 1
+
+MSIZE = 256  # sys/sys/param.h: size of an mbuf
+MLEN = 224  # MSIZE - 32-byte m_hdr: data space of a plain mbuf
+MHLEN = 168  # MLEN - 56-byte pkthdr
+MINCLSIZE = MHLEN + 1  # smallest length worth a cluster (m_getm2)
+MCLBYTES = 2048  # standard cluster
+MJUMPAGESIZE = PAGE_SIZE  # page-sized jumbo cluster, used by m_getm2 for long writes
+
+# struct mbuf_ext_pgs (E1, kevans91@4f523e5d sys/sys/mbuf.h): 256 bytes in all.
+MBUF_PEXT_MAX_PGS = 152 // 8  # 19 physical addresses of 8 bytes on LP64
+MBUF_PEXT_HDR_LEN = 23  # largest TLS header: CBC with explicit IV is 21
+MBUF_PEXT_TRAIL_LEN = 64  # largest TLS trailer: SHA384 MAC plus padding
+MBUF_PEXT_MAX_BYTES = MBUF_PEXT_MAX_PGS * PAGE_SIZE + MBUF_PEXT_HDR_LEN + MBUF_PEXT_TRAIL_LEN
+
+# Physical addresses start above the first megabyte, as on a PC, so that 0 never
+# looks like a valid page address.
+PHYS_BASE = 0x100000
+
+# TCP/IP over Ethernet on the modeled interface.
+IF_MTU = 1500
+TCPIP_HDR_LEN = 40  # 20-byte IPv4 header + 20-byte TCP header, no options
+TCP_MSS = 1448  # what Linux and FreeBSD use with timestamps on a 1500 MTU
+IP_MAXPACKET = 65535  # if_hw_tsomax default: one TSO burst is at most 64 KiB
+
+# Socket buffers (sys/kern/uipc_sockbuf.c).
+SB_EFFICIENCY = 8  # kern.ipc.sockbuf_waste_factor
+SB_MAX = 2 * 1024 * 1024  # kern.ipc.maxsockbuf
+SB_SNDBUF_DEFAULT = 256 * 1024  # autosized send buffer of a busy bulk connection
+
+
+def howmany(x: int, y: int) -> int:
+    """Number of y-sized units needed to hold x (sys/param.h)."""
+    return (x + y - 1) // y
+
+
+def trunc_page(x: int) -> int:
+    return x & ~PAGE_MASK
+
+
+def round_page(x: int) -> int:
+    return (x + PAGE_MASK) & ~PAGE_MASK

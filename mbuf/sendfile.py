@@ -1,0 +1,404 @@
+"""sendfile(2): file pages into the socket buffer without copying (sys/kern/kern_sendfile.c).
+
+One `SendfileJob` is one sendfile call on a non-blocking socket; `sendfile_step`
+runs its main loop (reference 5.3) until the request is queued or the socket
+buffer is full:
+
+1. wait for space: proceed only if everything left fits, or at least the
+   low-water mark (raised to at least sb_hiwat/2) is free;
+2. the headers (the HTTP response head) become mbufs on the first pass:
+   unmapped anonymous pages framed as their own TLS records when the socket has
+   a TLS session, ordinary mapped mbufs otherwise;
+3. the batch is `min(rem, space)` bytes, cut at a page boundary when more
+   follows; its pages are looked up in the file's VM object and wired. Valid
+   pages count `sendfile.pages_valid`; missing ones get fresh page frames and
+   are read by a `PagerRequest` (one per run of missing pages) that the caller
+   runs on a worker thread and then completes with `vm_pager_iodone`. A page
+   another request is already reading is waited for, not read twice;
+4. the mbufs: unmapped EXT_PGS mbufs of up to MBUF_PEXT_MAX_PGS (19) pages,
+   or 4 pages (one 16 KiB record) with TLS; or, when unmapped sendfile is off
+   (`kern.ipc.mb_use_ext_pgs=0`) and there is no TLS, one EXT_SFBUF mbuf per
+   page, each holding an sf_buf. While I/O is pending they are `M_NOTREADY`
+   and `nrdy` counts their pages;
+5. with TLS the chain is framed into records (`ktls_frame`) and, once its pages
+   are valid, queued to the encryption workers (`ktls_enqueue`); otherwise it
+   becomes ready (`pru_ready`) when its I/O completes (`sendfile_iodone`).
+
+Deliberate differences: there is no readahead yet (the counters stay zero),
+and a busy page is waited for instead of being substituted by `bogus_page`.
+If a file shrinks below the size it had when it was looked up, the read comes
+up short and the connection is aborted with EIO, so a response never mixes
+bytes of two versions.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from typing import TYPE_CHECKING
+
+from mbuf.kassert import kassert
+from mbuf.mb_unmapped import NoMemory, m_uiotombuf
+from mbuf.mbuf import (
+    EXT_SFBUF,
+    M_NOTREADY,
+    M_RDONLY,
+    Mbuf,
+    m_extadd,
+    m_get,
+    mb_alloc_ext_pgs,
+)
+from mbuf.param import MBUF_PEXT_MAX_PGS, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, howmany, trunc_page
+from mbuf.sf_buf import SFB_NOWAIT, SfBuf
+from mbuf.sockbuf import SBS_CANTSENDMORE
+from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
+from mbuf.vm_object import PagerRequest, VmObject
+from mbuf.vm_page import VmPage
+
+if TYPE_CHECKING:
+    from mbuf.kern import Kernel
+
+
+class SendfileStatus(enum.Enum):
+    DONE = "done"  # everything queued to the socket buffer
+    NEED_SPACE = "need-space"  # wait until the send buffer drains (sbwait)
+    NEED_MEMORY = "need-memory"  # no free page frames (vm_wait)
+
+
+class SfIo:
+    """struct sf_io: one batch whose pages are under I/O."""
+
+    __slots__ = ("error", "m", "nios", "npages", "so", "tls")
+
+    def __init__(self, so: Socket) -> None:
+        self.nios = 1  # the sendfile loop's own reference
+        self.error = 0
+        self.npages = 0
+        self.so = so
+        self.m: Mbuf | None = None
+        self.tls = so.so_snd.sb_tls_info
+
+
+class SendfileJob:
+    __slots__ = ("fd", "hdr", "noio", "obj", "off", "rem", "sbytes", "so")
+
+    def __init__(
+        self, so: Socket, obj: VmObject, fd: int, offset: int, nbytes: int, hdr: bytes = b""
+    ) -> None:
+        if offset < 0 or nbytes < 0:
+            raise ValueError(f"sendfile: negative offset {offset} or length {nbytes}")
+        if offset + nbytes > obj.size:
+            raise ValueError(f"sendfile: {offset}+{nbytes} beyond file size {obj.size}")
+        self.so = so
+        self.obj = obj
+        self.fd = fd
+        self.off = offset
+        self.rem = nbytes
+        self.hdr: bytes | None = hdr or None
+        self.sbytes = 0
+        self.noio = True
+        so.so_kern.stats.sf.syscalls += 1
+
+    @property
+    def done(self) -> bool:
+        return self.rem == 0 and self.hdr is None
+
+
+def sendfile_free_mext_pg(m: Mbuf) -> None:
+    """Free routine of sendfile's page vectors: unwire each file page (it stays cached)."""
+    pgs = m.ext_pgs
+    phys = m.m_kern.phys
+    for pa in pgs.pa:
+        phys.page_unwire(phys.phys_to_vm_page(pa))
+    pgs.pa.clear()
+
+
+def sendfile_free_mext(m: Mbuf) -> None:
+    """Free routine of an EXT_SFBUF page mbuf: unmap, then unwire the page."""
+    ext = m.m_ext
+    assert ext is not None
+    sf: SfBuf = ext.ext_arg1
+    kern = m.m_kern
+    kern.sfbufs.sf_buf_free(sf)
+    kern.phys.page_unwire(sf.page)
+
+
+def _swapin(
+    kern: Kernel, job: SendfileJob, sfio: SfIo, npages: int, new_io: list[PagerRequest]
+) -> list[VmPage]:
+    """sendfile_swapin: wire the batch's pages, starting reads for missing ones.
+    Stops early (fewer pages) when page frames run out."""
+    obj = job.obj
+    phys = kern.phys
+    st = kern.stats.sf
+    first = job.off >> PAGE_SHIFT
+    pages: list[VmPage] = []
+    run: PagerRequest | None = None
+    waiting: set[int] = set()
+    for i in range(npages):
+        pindex = first + i
+        pg = obj.page_lookup(pindex)
+        if pg is not None and pg.valid:
+            phys.page_wire(pg)
+            st.pages_valid += 1
+            pages.append(pg)
+            run = None
+            continue
+        if pg is not None:
+            # Busy: another request is reading it. Wait for that request.
+            phys.page_wire(pg)
+            st.busy += 1
+            req = obj.busy[pindex]
+            if id(req) not in waiting:
+                waiting.add(id(req))
+                req.waiters.append(sfio)
+                sfio.nios += 1
+            pages.append(pg)
+            run = None
+            continue
+        pg = phys.page_alloc_object(obj, pindex)
+        if pg is None:
+            kern.stats.vm.waits += 1
+            break
+        if run is None:
+            run = PagerRequest(job.fd, pindex << PAGE_SHIFT, [], [], obj.size)
+            run.waiters.append(sfio)
+            sfio.nios += 1
+            new_io.append(run)
+            st.iocnt += 1
+        run.pages.append(pg)
+        run.views.append(phys.phys_view(pg.phys_addr))
+        obj.busy[pindex] = run
+        st.pages_read += 1
+        pages.append(pg)
+    return pages
+
+
+def _unwire_pages(kern: Kernel, pages: list[VmPage]) -> None:
+    for pg in pages:
+        kern.phys.page_unwire(pg)
+
+
+def _build_unmapped(
+    kern: Kernel, pages: list[VmPage], off: int, length: int, max_pgs: int, notready: bool
+) -> Mbuf:
+    top: Mbuf | None = None
+    tail: Mbuf | None = None
+    m: Mbuf | None = None
+    rem = length
+    for i, pg in enumerate(pages):
+        pgoff = off & PAGE_MASK if i == 0 else 0
+        xfsize = min(PAGE_SIZE - pgoff, rem)
+        if m is None or m.ext_pgs.npgs == max_pgs:
+            m = mb_alloc_ext_pgs(kern, False, sendfile_free_mext_pg)
+            m.ext_pgs.first_pg_off = pgoff
+            if notready:
+                m.m_flags |= M_NOTREADY
+            if tail is None:
+                top = m
+            else:
+                tail.m_next = m
+            tail = m
+        pgs = m.ext_pgs
+        pgs.pa.append(pg.phys_addr)
+        pgs.npgs += 1
+        if notready:
+            pgs.nrdy += 1
+        pgs.last_pg_len = xfsize
+        m.m_len += xfsize
+        assert m.m_ext is not None
+        m.m_ext.ext_size += PAGE_SIZE
+        rem -= xfsize
+    kassert(rem == 0 and top is not None, "sendfile: pages do not cover the batch")
+    assert top is not None
+    return top
+
+
+def _build_mapped(
+    kern: Kernel, pages: list[VmPage], off: int, length: int, notready: bool
+) -> tuple[Mbuf | None, int]:
+    """The E0 chain: one EXT_SFBUF mbuf per page. Returns (chain, bytes covered);
+    stops early if an sf_buf cannot be had (the rest is sent on a later pass)."""
+    top: Mbuf | None = None
+    tail: Mbuf | None = None
+    covered = 0
+    for i, pg in enumerate(pages):
+        pgoff = off & PAGE_MASK if i == 0 else 0
+        xfsize = min(PAGE_SIZE - pgoff, length - covered)
+        sf = kern.sfbufs.sf_buf_alloc(pg, 0 if i == 0 else SFB_NOWAIT)
+        if sf is None:
+            _unwire_pages(kern, pages[i:])
+            break
+        m = m_get(kern)
+        m_extadd(m, sf.kva, PAGE_SIZE, sendfile_free_mext, sf, None, M_RDONLY, EXT_SFBUF)
+        m.m_data = pgoff
+        m.m_len = xfsize
+        if notready:
+            m.m_flags |= M_NOTREADY
+        if tail is None:
+            top = m
+        else:
+            tail.m_next = m
+        tail = m
+        covered += xfsize
+    return top, covered
+
+
+def sendfile_step(job: SendfileJob, new_io: list[PagerRequest]) -> SendfileStatus:
+    """Run the sendfile loop until done or blocked. Pager requests it starts are
+    appended to `new_io`; the caller must run each once and then call
+    `vm_pager_iodone`. Raises OSError (EPIPE, or the socket's error)."""
+    so = job.so
+    sb = so.so_snd
+    kern = so.so_kern
+    tls = sb.sb_tls_info
+    unmapped = tls is not None or kern.mb_use_ext_pgs
+    max_pgs = howmany(tls.max_frame_len, PAGE_SIZE) if tls is not None else MBUF_PEXT_MAX_PGS
+    lowat = max(sb.sb_lowat, sb.sb_hiwat // 2, PAGE_SIZE)
+    while not job.done:
+        if so.so_error:
+            raise OSError(so.so_error, "sendfile: socket error")
+        if sb.sb_state & SBS_CANTSENDMORE:
+            raise OSError(errno.EPIPE, "sendfile: cannot send more")
+        space = sb.sbspace()
+        hdrlen = len(job.hdr) if job.hdr is not None else 0
+        if space < job.rem + hdrlen and (space <= 0 or space < lowat):
+            kern.stats.sb.sbspace_waits += 1
+            return SendfileStatus.NEED_SPACE
+        mh: Mbuf | None = None
+        if job.hdr is not None:
+            try:
+                mh = m_uiotombuf(
+                    kern,
+                    job.hdr,
+                    nomap=tls is not None,
+                    maxseg=tls.max_frame_len if tls is not None else 0,
+                )
+            except NoMemory:
+                return SendfileStatus.NEED_MEMORY
+            space -= hdrlen
+            job.sbytes += hdrlen
+            job.hdr = None
+        chunk = min(job.rem, max(space, 0))
+        if chunk < job.rem:
+            end = trunc_page(job.off + chunk)
+            if end > job.off:
+                chunk = end - job.off
+        m: Mbuf | None = None
+        sfio = SfIo(so)
+        new_reads: list[PagerRequest] = []
+        if chunk > 0:
+            npages = howmany(chunk + (job.off & PAGE_MASK), PAGE_SIZE)
+            pages = _swapin(kern, job, sfio, npages, new_reads)
+            if len(pages) < npages:
+                chunk = min(chunk, len(pages) * PAGE_SIZE - (job.off & PAGE_MASK))
+                if chunk <= 0:
+                    chunk = 0
+            notready = sfio.nios > 1
+            if chunk > 0:
+                if unmapped:
+                    m = _build_unmapped(kern, pages, job.off, chunk, max_pgs, notready)
+                else:
+                    m, chunk = _build_mapped(kern, pages, job.off, chunk, notready)
+            else:
+                _unwire_pages(kern, pages)
+        new_io.extend(new_reads)
+        if sfio.nios > 1:
+            job.noio = False
+        if m is None and mh is None:
+            kassert(sfio.nios == 1, "sendfile: I/O started for an empty batch")
+            return SendfileStatus.NEED_MEMORY
+        job.off += chunk
+        job.rem -= chunk
+        job.sbytes += chunk
+        _append_batch(so, sfio, mh, m, chunk)
+    if job.noio:
+        kern.stats.sf.noiocnt += 1
+    return SendfileStatus.DONE
+
+
+def _append_batch(so: Socket, sfio: SfIo, mh: Mbuf | None, m: Mbuf | None, nbytes: int) -> None:
+    """Frame (with TLS) and append one batch; hand it on if no I/O is pending."""
+    sb = so.so_snd
+    tls = sb.sb_tls_info
+    io_pending = sfio.nios > 1
+    if tls is not None:
+        top = _cat(mh, m)
+        assert top is not None
+        count = tls.ktls_frame(top, TLS_RLTYPE_APP)
+        sb.sbappendstream(top, notready=True)
+        if io_pending:
+            sfio.m = top
+            sfio.npages = count
+            so.so_pending += 1
+            sfio.nios -= 1
+        else:
+            tls.ktls_enqueue(so, top, count)
+        return
+    if mh is not None:
+        sb.sbappendstream(mh, notready=False)
+    if m is None:
+        return
+    if io_pending:
+        sb.sbappendstream(m, notready=True)
+        sfio.m = m
+        sfio.npages = _pages_in(m)
+        so.so_pending += 1
+        sfio.nios -= 1
+    else:
+        sb.sbappendstream(m, notready=False)
+
+
+def _pages_in(m: Mbuf | None) -> int:
+    from mbuf.mbuf import M_NOMAP
+
+    n = 0
+    while m is not None:
+        n += m.ext_pgs.npgs if m.m_flags & M_NOMAP else 1
+        m = m.m_next
+    return n
+
+
+def _cat(a: Mbuf | None, b: Mbuf | None) -> Mbuf | None:
+    """m_cat: link b after a (unmapped mbufs are linked, never merged)."""
+    if a is None:
+        return b
+    t = a
+    while t.m_next is not None:
+        t = t.m_next
+    t.m_next = b
+    return a
+
+
+def sendfile_iodone(sfio: SfIo) -> None:
+    """The last I/O of a batch finished: abort on error, else hand the batch on."""
+    so = sfio.so
+    so.so_pending -= 1
+    if sfio.error:
+        so.soabort(errno.EIO)
+        return
+    assert sfio.m is not None
+    if sfio.tls is not None:
+        sfio.tls.ktls_enqueue(so, sfio.m, sfio.npages)
+    else:
+        pru_ready(so, sfio.m, sfio.npages)
+    so.sorwakeup()
+
+
+def vm_pager_iodone(kern: Kernel, req: PagerRequest) -> None:
+    """Completion of one pager request, on the event-loop thread."""
+    obj = None
+    for pg in req.pages:
+        obj = pg.object
+        if obj is not None and obj.busy.get(pg.pindex) is req:
+            del obj.busy[pg.pindex]
+        if not req.error:
+            kern.phys.page_validate(pg)
+    if not req.error:
+        kern.stats.vm.page_faults += len(req.pages)
+    for sfio in req.waiters:
+        if req.error:
+            sfio.error = req.error
+        sfio.nios -= 1
+        if sfio.nios == 0:
+            sendfile_iodone(sfio)

@@ -1,0 +1,278 @@
+"""Socket send buffers (sys/kern/uipc_sockbuf.c, sys/sys/sockbuf.h).
+
+Accounting as in the kernel (reference section 9):
+  sb_ccc    all bytes in the buffer, ready or not ("claimed", sbused())
+  sb_acc    ready bytes up to the first not-ready mbuf (sbavail()); TCP sends only these
+  sb_fnrdy  the first not-ready mbuf
+  sb_mbcnt  storage charged: MSIZE per mbuf plus ext_size of external storage
+            (an unmapped mbuf is charged PAGE_SIZE per page it holds)
+  sb_mcnt / sb_ccnt   mbufs / external buffers in the buffer
+  sbspace = min(sb_hiwat - sb_ccc, sb_mbmax - sb_mbcnt)
+
+Readiness is counted in pages (`sbready`): an EXT_PGS mbuf becomes ready when
+its `nrdy` reaches zero, any other not-ready mbuf counts one.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Protocol
+
+from mbuf.kassert import kassert
+from mbuf.mb_unmapped import mb_unmapped_compress
+from mbuf.mbuf import M_BLOCKED, M_EXT, M_NOMAP, M_NOTREADY, Mbuf, m_free
+from mbuf.param import MLEN, MSIZE, SB_EFFICIENCY, SB_MAX
+
+if TYPE_CHECKING:
+    from mbuf.counters import SbStat
+    from mbuf.socket import Socket
+
+
+class KtlsHook(Protocol):
+    """What the data path needs from the TLS layer of a socket (implemented in ktls/).
+
+    The kernel calls these functions of uipc_ktls.c directly; the model keeps
+    `mbuf` free of imports of `ktls` by holding the session behind this interface.
+    """
+
+    max_frame_len: int
+
+    def ktls_frame(self, top: Mbuf, record_type: int) -> int:
+        """Turn every unmapped mbuf of the chain into one TLS record; return the
+        number of pages to encrypt (the enqueue count)."""
+        ...
+
+    def ktls_seq(self, sb: SockBuf, m: Mbuf) -> None:
+        """Give each record of the chain the next sequence number of the buffer."""
+        ...
+
+    def ktls_enqueue(self, so: Socket, m: Mbuf, page_count: int) -> None:
+        """Queue `page_count` pages of records starting at m to an encryption worker."""
+        ...
+
+
+SBS_CANTSENDMORE = 0x0010
+
+
+class SockBuf:
+    __slots__ = (
+        "sb_acc",
+        "sb_ccc",
+        "sb_ccnt",
+        "sb_fnrdy",
+        "sb_hiwat",
+        "sb_lowat",
+        "sb_mb",
+        "sb_mbcnt",
+        "sb_mbmax",
+        "sb_mbtail",
+        "sb_mcnt",
+        "sb_state",
+        "sb_tls_info",
+        "sb_tls_seqno",
+        "stats",
+    )
+
+    def __init__(self, hiwat: int, stats: SbStat) -> None:
+        self.sb_mb: Mbuf | None = None
+        self.sb_mbtail: Mbuf | None = None
+        self.sb_fnrdy: Mbuf | None = None
+        self.sb_ccc = 0
+        self.sb_acc = 0
+        self.sb_mbcnt = 0
+        self.sb_mcnt = 0
+        self.sb_ccnt = 0
+        self.sb_state = 0
+        self.sb_tls_info: KtlsHook | None = None
+        self.sb_tls_seqno = 0
+        self.stats = stats
+        self.sb_hiwat = 0
+        self.sb_mbmax = 0
+        self.sb_lowat = 0
+        self.sbreserve(hiwat)
+
+    def sbreserve(self, cc: int) -> None:
+        """sbreserve: set the high-water mark and the storage limit."""
+        if cc <= 0 or cc > SB_MAX:
+            raise ValueError(f"send buffer size {cc} outside 1..{SB_MAX}")
+        self.sb_hiwat = cc
+        self.sb_mbmax = min(cc * SB_EFFICIENCY, SB_MAX * SB_EFFICIENCY)
+        self.sb_lowat = min(self.sb_lowat or 2048, cc)
+
+    def sbspace(self) -> int:
+        if self.sb_state & SBS_CANTSENDMORE:
+            return 0
+        return min(self.sb_hiwat - self.sb_ccc, self.sb_mbmax - self.sb_mbcnt)
+
+    def sbavail(self) -> int:
+        return self.sb_acc
+
+    def sbused(self) -> int:
+        return self.sb_ccc
+
+    # -- accounting ----------------------------------------------------------
+
+    def sballoc(self, m: Mbuf) -> None:
+        self.sb_ccc += m.m_len
+        if self.sb_fnrdy is None:
+            if m.m_flags & M_NOTREADY:
+                self.sb_fnrdy = m
+            else:
+                self.sb_acc += m.m_len
+        else:
+            m.m_flags |= M_BLOCKED
+        self.sb_mbcnt += MSIZE
+        self.sb_mcnt += 1
+        if m.m_flags & M_EXT:
+            assert m.m_ext is not None
+            self.sb_mbcnt += m.m_ext.ext_size
+            self.sb_ccnt += 1
+
+    def sbfree(self, m: Mbuf) -> None:
+        self.sb_ccc -= m.m_len
+        if not m.m_flags & M_NOTAVAIL_:
+            self.sb_acc -= m.m_len
+        if self.sb_fnrdy is m:
+            self.sb_fnrdy = None
+        self.sb_mbcnt -= MSIZE
+        self.sb_mcnt -= 1
+        if m.m_flags & M_EXT:
+            assert m.m_ext is not None
+            self.sb_mbcnt -= m.m_ext.ext_size
+            self.sb_ccnt -= 1
+
+    def _peaks(self) -> None:
+        st = self.stats
+        if self.sb_mcnt > st.mbufs_peak:
+            st.mbufs_peak = self.sb_mcnt
+        if self.sb_mbcnt > st.mbcnt_peak:
+            st.mbcnt_peak = self.sb_mbcnt
+        if self.sb_ccc > st.ccc_peak:
+            st.ccc_peak = self.sb_ccc
+
+    # -- appending -----------------------------------------------------------
+
+    def sbappendstream(self, m: Mbuf, notready: bool) -> None:
+        """sbappendstream_locked: link a chain at the tail. With a TLS session the
+        records get their sequence numbers here (ktls_seq), in wire order."""
+        if self.sb_tls_info is not None:
+            self.sb_tls_info.ktls_seq(self, m)
+        n: Mbuf | None = m
+        last = m
+        while n is not None:
+            if notready:
+                n.m_flags |= M_NOTREADY  # m_demote(m, 1, M_NOTREADY)
+            if (
+                not notready
+                and n.m_flags & M_NOMAP
+                and n.m_len <= MLEN
+                and self.sb_tls_info is None
+            ):
+                mb_unmapped_compress(n)  # sbcompress: no socket-buffer bloat from tiny tails
+            self.sballoc(n)
+            last = n
+            n = n.m_next
+        if self.sb_mbtail is None:
+            self.sb_mb = m
+        else:
+            self.sb_mbtail.m_next = m
+        self.sb_mbtail = last
+        self._peaks()
+
+    def sbready(self, m: Mbuf, count: int) -> int:
+        """sbready: `count` pages starting at m became ready. Returns 0, or
+        EINPROGRESS when data ahead of m (or m itself) is still not ready."""
+        kassert(m.m_flags & M_NOTREADY, f"sbready: {m!r} is ready already")
+        blocker = M_BLOCKED if self.sb_fnrdy is m else 0
+        m0 = m
+        cur: Mbuf | None = m
+        while cur is not None and count > 0:
+            if cur.m_flags & M_NOMAP and cur.ext_pgs.nrdy:
+                pgs = cur.ext_pgs
+                if count < pgs.nrdy:
+                    pgs.nrdy -= count
+                    count = 0
+                    break
+                count -= pgs.nrdy
+                pgs.nrdy = 0
+            else:
+                count -= 1
+            cur.m_flags &= ~(M_NOTREADY | blocker)
+            if blocker:
+                self.sb_acc += cur.m_len
+            cur = cur.m_next
+        if not blocker:
+            self._sbready_compress(m0, cur)
+            return errno.EINPROGRESS
+        while cur is not None and not cur.m_flags & M_NOTREADY:
+            cur.m_flags &= ~M_BLOCKED
+            self.sb_acc += cur.m_len
+            cur = cur.m_next
+        self.sb_fnrdy = cur
+        self._sbready_compress(m0, cur)
+        return 0
+
+    def _sbready_compress(self, m: Mbuf | None, end: Mbuf | None) -> None:
+        """sbready_compress: small unmapped, unencrypted-session-free mbufs that just
+        became ready are copied inline so they are not charged whole pages."""
+        while m is not None and m is not end:
+            if (
+                m.m_flags & M_NOMAP
+                and not m.m_flags & M_NOTREADY
+                and m.m_len <= MLEN
+                and m.ext_pgs.tls is None
+            ):
+                assert m.m_ext is not None
+                ext_size = m.m_ext.ext_size
+                if mb_unmapped_compress(m):
+                    self.sb_mbcnt -= ext_size
+                    self.sb_ccnt -= 1
+            m = m.m_next
+
+    # -- removing ------------------------------------------------------------
+
+    def sbdrop(self, length: int) -> None:
+        """sbdrop: free `length` ready bytes from the head (the peer has them)."""
+        kassert(0 <= length <= self.sb_acc, f"sbdrop: {length} > sb_acc {self.sb_acc}")
+        m = self.sb_mb
+        while length:
+            assert m is not None
+            if m.m_len > length:
+                m.m_len -= length
+                m.m_data += length
+                self.sb_ccc -= length
+                self.sb_acc -= length
+                break
+            length -= m.m_len
+            self.sbfree(m)
+            m = m_free(m)
+        while m is not None and m.m_len == 0 and not m.m_flags & M_NOTREADY:
+            self.sbfree(m)
+            m = m_free(m)
+        self.sb_mb = m
+        if m is None:
+            self.sb_mbtail = None
+
+    def sbflush(self) -> None:
+        """Free everything, ready or not (connection closed or aborted)."""
+        m = self.sb_mb
+        while m is not None:
+            self.sbfree(m)
+            m = m_free(m)
+        self.sb_mb = self.sb_mbtail = self.sb_fnrdy = None
+        kassert(self.sb_ccc == 0 and self.sb_mbcnt == 0, "sbflush: accounting left over")
+
+    def sbsndptr(self, off: int) -> tuple[Mbuf, int, int]:
+        """Find the mbuf holding byte `off`; returns (mbuf, offset within it, mbufs walked)."""
+        m = self.sb_mb
+        walked = 0
+        while m is not None and off >= m.m_len:
+            off -= m.m_len
+            m = m.m_next
+            walked += 1
+        kassert(m is not None, f"sbsndptr: offset beyond sb_ccc {self.sb_ccc}")
+        assert m is not None
+        return m, off, walked
+
+
+M_NOTAVAIL_ = M_NOTREADY | M_BLOCKED

@@ -1,0 +1,122 @@
+"""Sockets of the modeled kernel: send buffer, TCP state, flow queue, `sosend`.
+
+A `Socket` is the kernel half of one accepted TCP connection. The server owns
+the matching host socket and drives this one without blocking:
+`sosend`/`sendfile` append what `sbspace` allows, `tcp_output` cuts ready data
+into packets for the connection's NIC queue, the server writes the queue to
+the host socket and reports what it took with `tcp_acked`.
+
+Work that finishes off the event loop (disk reads, encryption) is announced
+through `so_upcall`, which the server sets to wake its connection task
+(the kernel's `sowwakeup`). `so_pending` counts such work still holding
+mbufs of this socket; a socket is only torn down (`soclose`) once it is zero,
+because an encryption worker or a disk read may still be writing into pages
+those mbufs own.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mbuf.kassert import kassert
+from mbuf.mb_unmapped import m_uiotombuf
+from mbuf.sockbuf import SBS_CANTSENDMORE, SockBuf
+from mbuf.tcp_output import TcpCb
+
+if TYPE_CHECKING:
+    from mbuf.ifnet import IfTxQueue
+    from mbuf.kern import Kernel
+    from mbuf.mbuf import Mbuf
+
+TLS_RLTYPE_ALERT = 21
+TLS_RLTYPE_HANDSHAKE = 22
+TLS_RLTYPE_APP = 23
+
+
+class Socket:
+    __slots__ = (
+        "so_error",
+        "so_ip_id",
+        "so_kern",
+        "so_pending",
+        "so_snd",
+        "so_tcp",
+        "so_txq",
+        "so_upcall",
+    )
+
+    def __init__(self, kern: Kernel, tcp: TcpCb, sndbuf: int) -> None:
+        self.so_kern = kern
+        self.so_snd = SockBuf(sndbuf, kern.stats.sb)
+        self.so_tcp = tcp
+        self.so_txq: IfTxQueue = kern.new_txq()
+        self.so_error = 0
+        self.so_ip_id = 1
+        self.so_pending = 0
+        self.so_upcall: Callable[[], None] = _no_upcall
+        kern.stats.tcp.connections += 1
+
+    def sorwakeup(self) -> None:
+        self.so_upcall()
+
+    def soabort(self, error: int) -> None:
+        """pru_abort: remember the error; the owner closes the connection."""
+        if not self.so_error:
+            self.so_error = error
+        self.so_snd.sb_state |= SBS_CANTSENDMORE
+        self.so_upcall()
+
+
+def _no_upcall() -> None:
+    return None
+
+
+def sosend(so: Socket, data: bytes | memoryview, record_type: int = TLS_RLTYPE_APP) -> int:
+    """sosend_generic on a non-blocking socket: queue as much of `data` as the send
+    buffer has room for; returns the bytes taken (0 when full). With a TLS session
+    the data is copied into anonymous pages, framed into records of at most
+    max_frame_len bytes and queued for encryption; a record type other than
+    application data (an alert, a KeyUpdate) is atomic: all or nothing."""
+    if so.so_error:
+        raise OSError(so.so_error, "sosend: socket has an error pending")
+    sb = so.so_snd
+    if sb.sb_state & SBS_CANTSENDMORE:
+        raise OSError(errno.EPIPE, "sosend: cannot send more")
+    view = memoryview(data).cast("B")
+    space = sb.sbspace()
+    tls = sb.sb_tls_info
+    if record_type != TLS_RLTYPE_APP:
+        kassert(tls is not None, "sosend: record type without a TLS session")
+        if space < len(view):
+            return 0
+    n = min(space, len(view))
+    if n <= 0:
+        return 0
+    kern = so.so_kern
+    if tls is None:
+        top = m_uiotombuf(kern, view[:n])
+        assert top is not None
+        sb.sbappendstream(top, notready=False)
+        return n
+    top = m_uiotombuf(kern, view[:n], nomap=True, maxseg=tls.max_frame_len)
+    assert top is not None
+    count = tls.ktls_frame(top, record_type)
+    sb.sbappendstream(top, notready=True)
+    tls.ktls_enqueue(so, top, count)
+    return n
+
+
+def pru_ready(so: Socket, m: Mbuf, count: int) -> int:
+    """pru_ready: `count` pages from m are ready. The owner runs tcp_output next."""
+    return so.so_snd.sbready(m, count)
+
+
+def soclose(so: Socket) -> None:
+    """Free everything the socket holds. No work may be pending on its mbufs."""
+    kassert(so.so_pending == 0, f"soclose: {so.so_pending} operations still pending")
+    so.so_snd.sb_state |= SBS_CANTSENDMORE
+    so.so_txq.drain()
+    so.so_snd.sbflush()
+    so.so_upcall = _no_upcall

@@ -1,0 +1,123 @@
+"""VM objects and the page cache (sys/vm/vm_object.c, vnode_pager.c).
+
+One VmObject per *file version*: the key is (device, inode, size, mtime in ns),
+so a file that is replaced or rewritten gets a fresh object for new requests,
+while responses already under way keep the pages they wired. The page cache is
+the dictionary of live objects; an object whose file version is superseded is
+marked dead and its unwired pages are freed.
+
+Pages are read from disk by `PagerRequest.run()`, which does the kernel's
+`vm_pager_get_pages_async` as one `preadv` straight into the page frames (no
+copy in Python). It is safe to run on a worker thread: it touches only the
+frames it was given, which are wired and not yet valid, so no one else reads
+or frees them until `sendfile_iodone` runs on the event-loop thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from mbuf.param import PAGE_SHIFT, PAGE_SIZE
+from mbuf.vm_page import PhysMem, VmPage
+
+ObjectKey = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+
+
+class VmObject:
+    __slots__ = ("busy", "key", "live", "pages", "size")
+
+    def __init__(self, key: ObjectKey) -> None:
+        self.key = key
+        self.size = key[2]
+        self.pages: dict[int, VmPage] = {}
+        # Pages under I/O (wired, not yet valid) and the request reading each.
+        self.busy: dict[int, PagerRequest] = {}
+        self.live = True
+
+    def page_insert(self, pg: VmPage) -> None:
+        self.pages[pg.pindex] = pg
+
+    def page_remove(self, pg: VmPage) -> None:
+        if self.pages.get(pg.pindex) is pg:
+            del self.pages[pg.pindex]
+
+    def page_lookup(self, pindex: int) -> VmPage | None:
+        return self.pages.get(pindex)
+
+    def __repr__(self) -> str:
+        return f"VmObject(key={self.key}, pages={len(self.pages)}, live={self.live})"
+
+
+class PageCache:
+    """The set of VM objects, one per file version, keyed by identity and version."""
+
+    __slots__ = ("_by_file", "objects", "phys")
+
+    def __init__(self, phys: PhysMem) -> None:
+        self.phys = phys
+        self.objects: dict[ObjectKey, VmObject] = {}
+        self._by_file: dict[tuple[int, int], ObjectKey] = {}
+
+    def lookup(self, st: os.stat_result) -> VmObject:
+        """Return the object for this file version, retiring an older version of the file."""
+        key: ObjectKey = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        obj = self.objects.get(key)
+        if obj is not None:
+            return obj
+        ident = (st.st_dev, st.st_ino)
+        old = self._by_file.pop(ident, None)
+        if old is not None:
+            stale = self.objects.pop(old)
+            stale.live = False
+            self.phys.object_flush(stale)
+        obj = VmObject(key)
+        self.objects[key] = obj
+        self._by_file[ident] = key
+        return obj
+
+
+@dataclass(slots=True)
+class PagerRequest:
+    """One run of contiguous invalid pages to read (vm_pager_get_pages_async)."""
+
+    fd: int
+    offset: int  # file offset of the first page
+    pages: list[VmPage]
+    views: list[memoryview]
+    file_size: int = 0
+    error: int = 0
+    nread: int = 0
+    # sendfile I/O states (SfIo) waiting for these pages; only touched on the loop thread.
+    waiters: list[Any] = field(default_factory=list)
+
+    def run(self) -> None:
+        """Read the pages from disk. Safe on a worker thread; never raises."""
+        want = min(len(self.pages) * PAGE_SIZE, max(0, self.file_size - self.offset))
+        try:
+            got = os.preadv(self.fd, self.views, self.offset)
+            while got < want:
+                # preadv may return short on some filesystems; continue where it stopped.
+                idx, within = divmod(got, PAGE_SIZE)
+                rest = [self.views[idx][within:], *self.views[idx + 1 :]]
+                n = os.preadv(self.fd, rest, self.offset + got)
+                if n == 0:
+                    break
+                got += n
+            self.nread = got
+            if got < want:
+                # The file shrank after it was looked up: never send bytes of two versions.
+                self.error = 5  # EIO
+            else:
+                tail = got
+                for v in self.views:  # zero what lies beyond EOF in the last page
+                    if tail < len(v):
+                        v[max(tail, 0) :] = bytes(len(v) - max(tail, 0))
+                    tail -= len(v)
+        except OSError as e:
+            self.error = e.errno or 5
+
+
+def pindex_of(offset: int) -> int:
+    return offset >> PAGE_SHIFT

@@ -1,0 +1,203 @@
+"""Physical memory: page frames, their vm_page structures and the free list.
+
+Models sys/vm/vm_page.c and vm_phys.c just far enough for the network data
+path. Memory is one anonymous mmap of `--phys-mem` bytes; a page frame's
+physical address is `PHYS_BASE + frame * PAGE_SIZE`, and `phys_view(pa)` is the
+direct map (PHYS_TO_DMAP): a memoryview onto the frame, no copy.
+
+A page is in exactly one of four states, each with its own counter:
+  free    on the free list;
+  cached  valid file data in a VM object, unwired, on the LRU (evictable);
+  wired   referenced by at least one mbuf (file page wired by sendfile, or
+          busy under I/O);
+  anon    an anonymous page owned by an mbuf (response heads, ciphertext,
+          sosend data); anonymous pages are always wired, as the kernel
+          allocates them with VM_ALLOC_WIRED|VM_ALLOC_NOOBJ.
+`vm.pages_wired` counts both wired file pages and anonymous pages, as the
+kernel's v_wire_count does; `vm.pages_anon` counts the anonymous ones.
+
+Deliberate difference: the kernel's page allocator is SMP-safe. Here every
+allocation and free happens on the thread that runs the event loop (KTLS
+workers get their destination pages allocated for them before they start), so
+no lock is needed.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from mbuf.counters import VmStat
+from mbuf.kassert import kassert
+from mbuf.param import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PHYS_BASE
+
+if TYPE_CHECKING:
+    from mbuf.vm_object import VmObject
+
+
+class VmPage:
+    """struct vm_page: one per page frame."""
+
+    __slots__ = ("anon", "object", "phys_addr", "pindex", "valid", "wire_count")
+
+    def __init__(self, phys_addr: int) -> None:
+        self.phys_addr = phys_addr
+        self.object: VmObject | None = None
+        self.pindex = 0
+        self.wire_count = 0
+        self.valid = False
+        self.anon = False
+
+    def __repr__(self) -> str:
+        return (
+            f"VmPage(pa={self.phys_addr:#x}, wire={self.wire_count}, "
+            f"valid={self.valid}, anon={self.anon})"
+        )
+
+
+class PhysMem:
+    """The machine's physical memory and page allocator."""
+
+    __slots__ = ("_free", "_lru", "_mem", "dmap", "npages", "pages", "stats")
+
+    def __init__(self, size: int, stats: VmStat) -> None:
+        if size < 64 * PAGE_SIZE:
+            raise ValueError(f"physical memory of {size} bytes is below the 64-page minimum")
+        self.npages = size // PAGE_SIZE
+        self._mem = mmap.mmap(-1, self.npages * PAGE_SIZE)
+        self.dmap = memoryview(self._mem)
+        self.pages = [VmPage(PHYS_BASE + (i << PAGE_SHIFT)) for i in range(self.npages)]
+        # Pop from the end: low frames first, which makes small runs readable.
+        self._free = list(range(self.npages - 1, -1, -1))
+        # Unwired valid file pages in least-recently-used order (the inactive queue).
+        self._lru: OrderedDict[VmPage, None] = OrderedDict()
+        self.stats = stats
+        stats.pages_total = self.npages
+        stats.pages_free = self.npages
+
+    # -- address translation -------------------------------------------------
+
+    def phys_to_vm_page(self, pa: int) -> VmPage:
+        return self.pages[(pa - PHYS_BASE) >> PAGE_SHIFT]
+
+    def phys_view(self, pa: int, off: int = 0, length: int = PAGE_SIZE) -> memoryview:
+        """PHYS_TO_DMAP: a view of `length` bytes at `off` within the page at `pa`."""
+        kassert(pa & PAGE_MASK == 0, f"phys_view: unaligned page address {pa:#x}")
+        kassert(
+            off >= 0 and off + length <= PAGE_SIZE, f"phys_view: {off}+{length} leaves the page"
+        )
+        base = pa - PHYS_BASE + off
+        return self.dmap[base : base + length]
+
+    # -- allocation ----------------------------------------------------------
+
+    def free_count(self) -> int:
+        """Pages that an allocation could obtain now (free plus evictable)."""
+        return len(self._free) + len(self._lru)
+
+    def _grab_frame(self) -> VmPage | None:
+        if not self._free:
+            if not self._lru:
+                return None
+            self._evict_one()
+        frame = self._free.pop()
+        self.stats.pages_free -= 1
+        return self.pages[frame]
+
+    def _evict_one(self) -> None:
+        pg, _ = self._lru.popitem(last=False)
+        kassert(pg.wire_count == 0 and pg.object is not None, f"evicting busy page {pg}")
+        obj = pg.object
+        assert obj is not None
+        obj.page_remove(pg)
+        pg.object = None
+        pg.valid = False
+        self.stats.pages_cached -= 1
+        self.stats.evictions += 1
+        self._free.append((pg.phys_addr - PHYS_BASE) >> PAGE_SHIFT)
+        self.stats.pages_free += 1
+
+    def page_alloc_anon(self) -> VmPage | None:
+        """vm_page_alloc(NULL, 0, VM_ALLOC_NOOBJ|VM_ALLOC_WIRED): None when memory is short."""
+        pg = self._grab_frame()
+        if pg is None:
+            return None
+        pg.anon = True
+        pg.wire_count = 1
+        pg.valid = True
+        self.stats.pages_anon += 1
+        self.stats.pages_wired += 1
+        return pg
+
+    def page_free_anon(self, pg: VmPage) -> None:
+        """vm_page_unwire_noq + vm_page_free of an anonymous page."""
+        kassert(pg.anon and pg.wire_count == 1, f"page_free_anon: {pg}")
+        pg.anon = False
+        pg.wire_count = 0
+        pg.valid = False
+        self.stats.pages_anon -= 1
+        self.stats.pages_wired -= 1
+        self._free.append((pg.phys_addr - PHYS_BASE) >> PAGE_SHIFT)
+        self.stats.pages_free += 1
+
+    def page_alloc_object(self, obj: VmObject, pindex: int) -> VmPage | None:
+        """vm_page_alloc(obj, pindex, VM_ALLOC_WIRED): a new, invalid, wired file page."""
+        pg = self._grab_frame()
+        if pg is None:
+            return None
+        pg.object = obj
+        pg.pindex = pindex
+        pg.valid = False
+        pg.wire_count = 1
+        self.stats.pages_wired += 1
+        obj.page_insert(pg)
+        return pg
+
+    def page_wire(self, pg: VmPage) -> None:
+        if pg.wire_count == 0:
+            self._lru.pop(pg, None)
+            if pg.valid:
+                self.stats.pages_cached -= 1
+            self.stats.pages_wired += 1
+        pg.wire_count += 1
+
+    def page_unwire(self, pg: VmPage) -> None:
+        """vm_page_release: drop one wiring; a valid page stays cached, an invalid one is freed."""
+        kassert(pg.wire_count > 0 and not pg.anon, f"page_unwire: {pg}")
+        pg.wire_count -= 1
+        if pg.wire_count:
+            return
+        self.stats.pages_wired -= 1
+        if pg.valid and pg.object is not None and pg.object.live:
+            self._lru[pg] = None
+            self.stats.pages_cached += 1
+            return
+        if pg.object is not None:
+            pg.object.page_remove(pg)
+            pg.object = None
+        pg.valid = False
+        self._free.append((pg.phys_addr - PHYS_BASE) >> PAGE_SHIFT)
+        self.stats.pages_free += 1
+
+    def page_validate(self, pg: VmPage) -> None:
+        """Mark a wired page's contents valid (I/O done)."""
+        pg.valid = True
+
+    def object_flush(self, obj: VmObject) -> None:
+        """Drop every unwired cached page of an object (file replaced or removed)."""
+        for pg in list(obj.pages.values()):
+            if pg.wire_count == 0:
+                self._lru.pop(pg, None)
+                obj.page_remove(pg)
+                pg.object = None
+                if pg.valid:
+                    self.stats.pages_cached -= 1
+                pg.valid = False
+                self._free.append((pg.phys_addr - PHYS_BASE) >> PAGE_SHIFT)
+                self.stats.pages_free += 1
+
+    def close(self) -> None:
+        """Release the arena; every page must be free or cached."""
+        self.dmap.release()
+        self._mem.close()

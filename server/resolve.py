@@ -1,0 +1,309 @@
+# Theory of operation
+# -------------------
+# Map a raw HTTP request-target onto a regular file under a document root, the
+# job nginx's static module does with ngx_http_parse_complex_uri() and
+# ngx_open_cached_file(), but refusing more.  `resolve_target()` never opens
+# the file it finds and never raises for anything a client can send: every
+# outcome is a `Resolution` whose `ResolveStatus` the caller turns into a
+# response.  Only server faults (EIO, EMFILE, ENOMEM, ...) escape as OSError.
+#
+# Four stages, each of which can only narrow what the next one sees:
+#
+#  1. Syntax.  Only origin-form ("/" ...) is accepted.  The raw target must be
+#     visible ASCII (RFC 9112 3.2 allows nothing else, and it is what lets a
+#     redirect echo the client's own bytes in a Location header safely).  A
+#     "#fragment" is discarded, as nginx does; the "?query" is split off and
+#     kept verbatim for redirects.
+#  2. Decoding.  The path is percent-decoded exactly once, segment by segment
+#     (so "%252e" names a file called "%2e", never a dot segment).  Malformed
+#     escapes, "%2F" inside a segment (nginx would decode it to "/"; we refuse
+#     it rather than let two spellings name one path), bytes that are not
+#     strict UTF-8 (overlong forms such as "%c0%ae", surrogates), NUL,
+#     backslash and any control character (Unicode category Cc) are all
+#     BAD_REQUEST.
+#  3. Normalisation (RFC 3986 5.2.4 on decoded segments).  Empty and "."
+#     segments vanish, ".." pops one, and a ".." with nothing left to pop is
+#     BAD_REQUEST: the lexical path can never leave the root.  A path whose
+#     last segment is "", "." or ".." names a directory ("/docs/." is
+#     "/docs/").  Any remaining segment starting with "." is a dotfile and is
+#     NOT_FOUND unless `serve_dotfiles`.
+#  4. The filesystem.  os.path.realpath() resolves symlinks; the result must
+#     lie inside the root (os.path.commonpath, not a string prefix, so
+#     "/srv/www-old" is not inside "/srv/www") unless `follow_symlinks` allows
+#     symlinks to lead out.  Then, to close the window between realpath() and
+#     the stat the caller relies on, the real path is walked again one
+#     component at a time from a directory fd with O_NOFOLLOW (O_PATH where
+#     the platform has it, so a directory with search but no read permission
+#     still works and nothing but directories is ever opened), and the last
+#     component is fstatat()ed with AT_SYMLINK_NOFOLLOW.  If a symlink was
+#     swapped in meanwhile the walk fails and the answer is NOT_FOUND.  FIFOs,
+#     sockets and devices are only ever stat()ed, never opened.
+#
+# Callers open `Resolution.path` themselves (it contains no symlinks, so
+# O_NOFOLLOW is safe) and should compare st_dev/st_ino of the opened file with
+# `Resolution.stat` to detect a file replaced after resolution.
+#
+# Deliberate differences from nginx: %2F is refused rather than decoded; a
+# directory without its index is NOT_FOUND (nginx says 403) until autoindex
+# exists; the Location of a directory redirect collapses a leading "//" to "/"
+# so that "//evil.example" can never become a scheme-relative redirect.
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import pathlib
+import re
+import stat as stat_mod
+import unicodedata
+import urllib.parse
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["Resolution", "ResolveStatus", "resolve_target"]
+
+
+class ResolveStatus(enum.Enum):
+    FILE = "file"  # 200: Resolution.path and .stat describe a readable regular file
+    REDIRECT = "redirect"  # 301: directory named without its trailing slash
+    BAD_REQUEST = "bad_request"  # 400: malformed or hostile target
+    NOT_FOUND = "not_found"  # 404: missing, hidden, not a regular file, or outside root
+    FORBIDDEN = "forbidden"  # 403: exists but the server may not read it
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    status: ResolveStatus
+    path: pathlib.Path | None = None
+    stat: os.stat_result | None = None
+    location: bytes | None = None
+    reason: str = ""
+
+
+# RFC 9112 3.2: a request-target is visible ASCII only.
+_NOT_VCHAR: Final = re.compile(rb"[^\x21-\x7e]")
+_BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+# Errors that mean "no such file as far as the client is concerned".
+_MISSING_ERRNOS: Final = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
+)
+_DENIED_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM})
+
+# Directory fds used for the walk: O_PATH needs only search permission and
+# never runs a driver's open routine; without it, fall back to O_RDONLY.
+_O_DIRWALK: Final[int] = (
+    (getattr(os, "O_PATH", 0) or os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+)
+
+
+def _bad(reason: str) -> Resolution:
+    return Resolution(ResolveStatus.BAD_REQUEST, reason=reason)
+
+
+def _not_found(reason: str) -> Resolution:
+    return Resolution(ResolveStatus.NOT_FOUND, reason=reason)
+
+
+def _forbidden(reason: str) -> Resolution:
+    return Resolution(ResolveStatus.FORBIDDEN, reason=reason)
+
+
+def _os_error(exc: OSError, what: str) -> Resolution:
+    """Turn a client-visible filesystem error into a Resolution; re-raise the rest."""
+    if exc.errno in _MISSING_ERRNOS:
+        return _not_found(f"{what}: {errno.errorcode.get(exc.errno or 0, exc.errno)}")
+    if exc.errno in _DENIED_ERRNOS:
+        return _forbidden(f"{what}: permission denied")
+    raise exc
+
+
+def _decode_segments(raw_path: bytes) -> list[str] | Resolution:
+    """Percent-decode each segment of `raw_path` once; BAD_REQUEST on any misuse."""
+    if _BAD_ESCAPE.search(raw_path):
+        return _bad("malformed percent-escape")
+    out: list[str] = []
+    for raw_seg in raw_path.split(b"/")[1:]:
+        seg = urllib.parse.unquote_to_bytes(raw_seg) if b"%" in raw_seg else raw_seg
+        if b"/" in seg:
+            return _bad("encoded slash in path segment")
+        if b"\\" in seg:
+            return _bad("backslash in path")
+        try:
+            text = seg.decode("utf-8", errors="strict")
+        except UnicodeDecodeError:
+            return _bad("path is not valid UTF-8")
+        if any(unicodedata.category(ch) == "Cc" for ch in text):
+            return _bad("control character in path")
+        out.append(text)
+    return out
+
+
+def _normalise(segments: list[str]) -> tuple[list[str], bool] | Resolution:
+    """RFC 3986 remove_dot_segments on decoded segments.
+
+    Returns the remaining segments and whether the path names a directory
+    (last segment empty, "." or "..")."""
+    stack: list[str] = []
+    for seg in segments:
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if not stack:
+                return _bad("path climbs above the document root")
+            stack.pop()
+            continue
+        stack.append(seg)
+    wants_dir = not segments or segments[-1] in ("", ".", "..")
+    return stack, wants_dir
+
+
+def _inside(root: str, real: str) -> bool:
+    return os.path.commonpath((root, real)) == root
+
+
+def _walk(base: str, components: list[str]) -> tuple[os.stat_result, bool]:
+    """Walk `components` below directory `base` without following symlinks.
+
+    Returns the lstat of the last component (of `base` itself if there are
+    none) and whether it is readable by this process.  Raises OSError from the
+    first failing step; a component that is a symlink fails with ELOOP or
+    ENOTDIR (intermediate) or comes back as S_ISLNK (last)."""
+    fd = os.open(base, _O_DIRWALK)
+    try:
+        for name in components[:-1]:
+            nfd = os.open(name, _O_DIRWALK, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        if not components:
+            return os.fstat(fd), True
+        last = components[-1]
+        st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+        readable = os.access(last, os.R_OK, dir_fd=fd) if stat_mod.S_ISREG(st.st_mode) else True
+        return st, readable
+    finally:
+        os.close(fd)
+
+
+def _locate(
+    root: str, segments: list[str], follow_symlinks: bool
+) -> tuple[str, os.stat_result, bool] | Resolution:
+    """Find the object `segments` names below `root`: (real path, lstat, readable)."""
+    lexical = os.path.join(root, *segments)
+    try:
+        real = os.path.realpath(lexical)
+    except OSError as exc:
+        return _os_error(exc, "realpath")
+    if _inside(root, real):
+        rel = os.path.relpath(real, root)
+        base, components = root, ([] if rel == "." else rel.split(os.sep))
+    elif follow_symlinks:
+        base, components = os.sep, [c for c in real.split(os.sep) if c]
+    else:
+        return _not_found("symlink leads outside the document root")
+    try:
+        st, readable = _walk(base, components)
+    except OSError as exc:
+        return _os_error(exc, "walk")
+    if stat_mod.S_ISLNK(st.st_mode):
+        return _not_found("path changed during resolution")
+    return real, st, readable
+
+
+def _check_args(root: object, target: object, index: object) -> None:
+    if not isinstance(root, pathlib.Path):
+        raise TypeError(f"resolve_target: root must be pathlib.Path, not {type(root).__name__}")
+    if not root.is_absolute():
+        raise ValueError(f"resolve_target: root must be absolute, got {str(root)!r}")
+    if not isinstance(target, bytes):
+        raise TypeError(f"resolve_target: target must be bytes, not {type(target).__name__}")
+    if not isinstance(index, str):
+        raise TypeError(f"resolve_target: index must be str, not {type(index).__name__}")
+    if index in ("", ".", "..") or "/" in index or "\0" in index:
+        raise ValueError(f"resolve_target: index must be a single file name, got {index!r}")
+
+
+def resolve_target(
+    root: pathlib.Path,
+    target: bytes,
+    *,
+    follow_symlinks: bool = False,
+    serve_dotfiles: bool = False,
+    index: str = "index.html",
+) -> Resolution:
+    """Resolve the raw request-target `target` under the document root `root`.
+
+    `root` must be absolute and already realpath()ed.  `follow_symlinks=False`
+    still follows symlinks that stay inside `root`; True also lets them lead
+    out of it (the lexical path never can).  The outcomes:
+
+    FILE         path = realpath of a regular file (inside root unless
+                 follow_symlinks let a symlink lead out), stat = its lstat
+                 from the final fd-relative walk.  A directory request ending
+                 in "/" yields its `index` file this way.
+    REDIRECT     the target names a directory without a trailing "/";
+                 location = the client's raw path + "/" + the raw "?query"
+                 (leading slashes collapsed to one).
+    BAD_REQUEST  not origin-form, non-VCHAR bytes, malformed or slash
+                 escapes, invalid UTF-8, NUL, backslash, control characters,
+                 ".." above the root.
+    NOT_FOUND    missing, dotfile (unless serve_dotfiles), symlink out of the
+                 root (unless follow_symlinks), not a regular file, a file
+                 named with a trailing "/", a directory without `index`,
+                 ENOTDIR, ENAMETOOLONG, ELOOP.
+    FORBIDDEN    EACCES/EPERM on the way, or the file is not readable
+                 (os.access R_OK).
+
+    Raises TypeError/ValueError on misuse, and OSError for server-side
+    failures (EIO, EMFILE, ENOMEM, ...) that no client request explains.
+    """
+    _check_args(root, target, index)
+    root_s = str(root)
+
+    # 1. Syntax.
+    if not target.startswith(b"/"):
+        return _bad("request-target is not origin-form")
+    if _NOT_VCHAR.search(target):
+        return _bad("request-target contains non-visible-ASCII bytes")
+    target = target.partition(b"#")[0]
+    raw_path, has_query, query = target.partition(b"?")
+
+    # 2. Decoding, 3. normalisation.
+    decoded = _decode_segments(raw_path)
+    if isinstance(decoded, Resolution):
+        return decoded
+    normal = _normalise(decoded)
+    if isinstance(normal, Resolution):
+        return normal
+    segments, wants_dir = normal
+    if not serve_dotfiles and any(seg.startswith(".") for seg in segments):
+        return _not_found("dotfile")
+
+    # 4. The filesystem.
+    found = _locate(root_s, segments, follow_symlinks)
+    if isinstance(found, Resolution):
+        return found
+    real, st, readable = found
+
+    if stat_mod.S_ISDIR(st.st_mode):
+        if not wants_dir:
+            location = b"/" + raw_path.lstrip(b"/") + b"/"
+            if has_query:
+                location += b"?" + query
+            return Resolution(ResolveStatus.REDIRECT, location=location, reason="directory")
+        found = _locate(root_s, [*segments, index], follow_symlinks)
+        if isinstance(found, Resolution):
+            if found.status is ResolveStatus.NOT_FOUND:
+                return _not_found(f"directory has no {index}")
+            return found
+        real, st, readable = found
+        if not stat_mod.S_ISREG(st.st_mode):
+            return _not_found(f"{index} is not a regular file")
+    elif not stat_mod.S_ISREG(st.st_mode):
+        return _not_found("not a regular file")
+    elif wants_dir:
+        return _not_found("file named as a directory")
+
+    if not readable:
+        return _forbidden("file is not readable")
+    return Resolution(ResolveStatus.FILE, path=pathlib.Path(real), stat=st, reason="file")
