@@ -242,11 +242,32 @@ class TlsHandshake:
 
 
 class TlsReceiver:
-    """OpenSSL's receive side after the hand-off."""
+    """OpenSSL's side of the connection after the handshake.
 
-    def __init__(self, conn: SSL.Connection) -> None:
+    With KTLS (`owns_tx=False`) OpenSSL only receives; anything it wants to send
+    would reuse sequence numbers KTLS owns, so it raises TlsHandoffError. With
+    user-space TLS (`owns_tx=True`, the --no-ktls baseline) OpenSSL also
+    encrypts what the server writes (`encrypt`) and its own records (alerts
+    answering the client) wait in `outgoing` for the caller to write.
+    """
+
+    def __init__(self, conn: SSL.Connection, *, owns_tx: bool = False) -> None:
         self.conn = conn
+        self.owns_tx = owns_tx
         self.closed = False
+        self.outgoing = bytearray()
+
+    def _drain(self) -> bytes:
+        out = bytearray()
+        while True:
+            try:
+                chunk = self.conn.bio_read(1 << 20)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
 
     def receive_data(self, data: bytes) -> bytes:
         """Feed ciphertext; return the plaintext it completes (b"" if none).
@@ -254,7 +275,7 @@ class TlsReceiver:
         if data:
             self.conn.bio_write(data)
         out = bytearray()
-        while True:
+        while not self.closed:
             try:
                 chunk = self.conn.recv(65536)
             except SSL.WantReadError:
@@ -263,17 +284,40 @@ class TlsReceiver:
                 self.closed = True
                 break
             except SSL.Error as e:
+                self.outgoing += self._drain()  # OpenSSL's alert, if it made one
                 raise TlsError(f"TLS record error: {_ssl_reason(e)}") from e
             if not chunk:
                 break
             out += chunk
-        try:
-            pending = self.conn.bio_read(65536)
-        except SSL.WantReadError:
-            pending = b""
+        pending = self._drain()
         if pending:
-            raise TlsHandoffError("OpenSSL tried to send after the hand-off to ktls")
+            if not self.owns_tx:
+                raise TlsHandoffError("OpenSSL tried to send after the hand-off to ktls")
+            self.outgoing += pending
         return bytes(out)
+
+    def take_outgoing(self) -> bytes:
+        out = bytes(self.outgoing)
+        self.outgoing.clear()
+        return out
+
+    def encrypt(self, data: bytes | memoryview) -> bytes:
+        """SSL_write into the memory BIO; returns the records (user-space TLS only)."""
+        if not self.owns_tx:
+            raise TlsHandoffError("encrypt() on a connection whose send side is KTLS")
+        if len(data):
+            self.conn.sendall(data)
+        return self.take_outgoing() + self._drain()
+
+    def shutdown(self) -> bytes:
+        """SSL_shutdown: our close_notify (user-space TLS only)."""
+        if not self.owns_tx:
+            raise TlsHandoffError("shutdown() on a connection whose send side is KTLS")
+        try:
+            self.conn.shutdown()
+        except SSL.Error:
+            pass
+        return self.take_outgoing() + self._drain()
 
 
 def _ssl_reason(e: SSL.Error) -> str:

@@ -50,6 +50,14 @@ class KtlsHook(Protocol):
         """Queue `page_count` pages of records starting at m to an encryption worker."""
         ...
 
+    def ktls_retry(self) -> bool:
+        """Start batches that waited for page frames; True when none waits any more."""
+        ...
+
+    def free(self) -> None:
+        """ktls_free: the socket is gone."""
+        ...
+
 
 SBS_CANTSENDMORE = 0x0010
 

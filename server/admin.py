@@ -1,0 +1,70 @@
+"""The admin listener: the kernel counters over plain HTTP.
+
+GET /stats answers the JSON snapshot (`Server.statistics()`); GET / a short
+text index. It shares nothing with the data path but the counters it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import h11
+import trio
+
+from server.responses import simple_response
+
+if TYPE_CHECKING:
+    from server.app import Server
+
+_INDEX = b"nomapd admin: GET /stats for the kernel counters (JSON)\n"
+
+
+async def _admin_conn(server: Server, stream: trio.SocketStream) -> None:
+    conn = h11.Connection(h11.SERVER)
+    try:
+        with trio.fail_after(10):
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(16384)
+                    conn.receive_data(data)
+                    continue
+                if not isinstance(event, h11.Request):
+                    return
+                path = event.target.split(b"?", 1)[0]
+                date = server.date.now()
+                if event.method not in (b"GET", b"HEAD"):
+                    out = simple_response(conn, 405, date, extra=[(b"Allow", b"GET, HEAD")])
+                elif path == b"/stats":
+                    body = json.dumps(server.statistics(), indent=1, sort_keys=True).encode()
+                    out = simple_response(
+                        conn, 200, date, body=body + b"\n",
+                        content_type=b"application/json",
+                        extra=[(b"Cache-Control", b"no-store")],
+                        head_only=event.method == b"HEAD",
+                    )  # fmt: skip
+                elif path == b"/":
+                    out = simple_response(
+                        conn, 200, date, body=_INDEX, content_type=b"text/plain; charset=utf-8"
+                    )
+                else:
+                    out = simple_response(conn, 404, date, body=b"not found\n")
+                await stream.send_all(out)
+                while conn.their_state is h11.SEND_BODY:
+                    if conn.next_event() is h11.NEED_DATA:
+                        conn.receive_data(await stream.receive_some(16384))
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+    except (h11.ProtocolError, trio.BrokenResourceError, trio.TooSlowError, OSError):
+        return
+    finally:
+        await stream.aclose()
+
+
+async def serve_admin(server: Server, listener: trio.SocketListener) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await _admin_conn(server, stream)
+
+    await trio.serve_listeners(handler, [listener])

@@ -1,0 +1,112 @@
+"""The command line: `nomapd serve [ROOT] ...` and `nomapd stat`.
+
+Bad flags and bad configuration print one line to stderr and exit with code 2,
+as argparse does for syntax errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from server.config import (
+    DEFAULT_ADMIN,
+    DEFAULT_PORT,
+    DEMO_SITE,
+    ConfigError,
+    ServerConfig,
+    parse_hostport,
+    parse_size,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _bool(p: argparse.ArgumentParser, name: str, default: bool, help_: str) -> None:
+    p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help_)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="nomapd", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("serve", help="serve a directory over HTTPS through the modeled kernel")
+    s.add_argument("root", nargs="?", default=None, help="document root (default: demo site)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", default=str(DEFAULT_PORT), help="port (0 picks a free one)")
+    s.add_argument("--cert", help="certificate chain (PEM); default: a generated self-signed one")
+    s.add_argument("--key", help="private key (PEM) for --cert")
+    s.add_argument("--http", action="store_true", help="plain HTTP, no TLS")
+    _bool(s, "ktls", True, "KTLS: the modeled kernel frames and encrypts (TCP_TXTLS_ENABLE)")
+    _bool(s, "nomap", True, "NIC has IFCAP_NOMAP (ifconfig nomap/-nomap)")
+    _bool(s, "txcsum", True, "NIC checksum offload (IFCAP_TXCSUM); off also turns TSO off")
+    _bool(s, "tso", True, "NIC TCP segmentation offload (IFCAP_TSO4)")
+    _bool(s, "sendfile-nomap", True, "sendfile builds unmapped mbufs (kern.ipc.mb_use_ext_pgs)")
+    s.add_argument("--phys-mem", default="256M", help="physical memory of the model (256M)")
+    s.add_argument("--sndbuf", default="256K", help="socket send buffer sb_hiwat (256K)")
+    s.add_argument("--nsfbufs", type=int, default=0, help="sf_buf pool size; 0 = direct map")
+    s.add_argument("--ktls-workers", type=int, default=None, help="encryption threads (CPUs)")
+    s.add_argument(
+        "--admin",
+        default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}",
+        help="admin listener HOST:PORT for /stats, or 'off'",
+    )
+    s.add_argument("--admin-public", action="store_true", help="allow a non-loopback --admin")
+    s.add_argument("--keylog", help="WRITE TLS SECRETS to this file (for Wireshark); off")
+    s.add_argument("--follow-symlinks", action="store_true", help="allow symlinks out of ROOT")
+    s.add_argument("--serve-dotfiles", action="store_true", help="serve names starting with '.'")
+    t = sub.add_parser("stat", help="print the server's kernel counters, netstat -m style")
+    t.add_argument("--admin", default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}", help="HOST:PORT")
+    t.add_argument("--json", action="store_true", help="print the raw JSON")
+    return top
+
+
+def config_from_args(ns: argparse.Namespace) -> ServerConfig:
+    from server.config import parse_port
+
+    cfg = ServerConfig()
+    cfg.root = pathlib.Path(ns.root).resolve() if ns.root is not None else DEMO_SITE
+    cfg.host = ns.host
+    cfg.port = parse_port(ns.port, "--port")
+    cfg.cert = pathlib.Path(ns.cert) if ns.cert else None
+    cfg.key = pathlib.Path(ns.key) if ns.key else None
+    cfg.http = ns.http
+    cfg.ktls = ns.ktls
+    cfg.nomap = ns.nomap
+    cfg.txcsum = ns.txcsum
+    cfg.tso = ns.tso
+    cfg.sendfile_nomap = ns.sendfile_nomap
+    cfg.phys_mem = parse_size(ns.phys_mem, "--phys-mem")
+    cfg.sndbuf = parse_size(ns.sndbuf, "--sndbuf")
+    cfg.nsfbufs = ns.nsfbufs
+    if ns.ktls_workers is not None:
+        cfg.ktls_workers = ns.ktls_workers
+    cfg.admin = None if ns.admin == "off" else parse_hostport(ns.admin, "--admin")
+    cfg.admin_public = ns.admin_public
+    cfg.keylog = pathlib.Path(ns.keylog) if ns.keylog else None
+    cfg.follow_symlinks = ns.follow_symlinks
+    cfg.serve_dotfiles = ns.serve_dotfiles
+    cfg.validate()
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        if ns.command == "stat":
+            from server.stat import run_stat
+
+            return run_stat(parse_hostport(ns.admin, "--admin"), as_json=ns.json)
+        cfg = config_from_args(ns)
+        from server.app import run_server
+
+        return run_server(cfg)
+    except ConfigError as e:
+        print(f"nomapd: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,127 @@
+"""Server configuration: what the command line sets, validated once.
+
+Every knob maps to a kernel analogue (DESIGN.md "Modes and knobs"). Sizes take
+the suffixes K, M and G (powers of 1024), as FreeBSD's loader tunables do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pathlib
+import re
+from dataclasses import dataclass, field
+
+from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
+from mbuf.param import PAGE_SIZE, SB_MAX, SB_SNDBUF_DEFAULT
+
+DEMO_SITE = pathlib.Path(__file__).resolve().parent / "demo_site"
+DEFAULT_PORT = 8443
+DEFAULT_ADMIN = ("127.0.0.1", 8444)
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*$")
+
+
+class ConfigError(ValueError):
+    """A bad command line or configuration: one line, exit code 2."""
+
+
+def parse_size(text: str, what: str) -> int:
+    m = _SIZE.match(text)
+    if not m:
+        raise ConfigError(f"{what}: {text!r} is not a size (examples: 256M, 1G, 65536)")
+    n = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+    return n
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{what}: {text!r} is not HOST:PORT")
+    host = host.strip("[]")
+    return host, parse_port(port, what)
+
+
+def parse_port(text: str, what: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError(f"{what}: {text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    root: pathlib.Path = DEMO_SITE
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    cert: pathlib.Path | None = None
+    key: pathlib.Path | None = None
+    http: bool = False  # plain HTTP, no TLS
+    ktls: bool = True
+    nomap: bool = True
+    txcsum: bool = True
+    tso: bool = True
+    sendfile_nomap: bool = True
+    phys_mem: int = 256 << 20
+    sndbuf: int = SB_SNDBUF_DEFAULT
+    nsfbufs: int = 0
+    ktls_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    admin: tuple[str, int] | None = DEFAULT_ADMIN
+    admin_public: bool = False
+    keylog: pathlib.Path | None = None
+    follow_symlinks: bool = False
+    serve_dotfiles: bool = False
+    handshake_timeout: float = 10.0
+    header_timeout: float = 30.0  # idle keep-alive and request head
+    send_timeout: float = 60.0  # no progress writing to a client
+    max_connections: int = 1024
+
+    def capenable(self) -> int:
+        caps = 0
+        if self.nomap:
+            caps |= IFCAP_NOMAP
+        if self.txcsum:
+            caps |= IFCAP_TXCSUM
+        if self.tso:
+            caps |= IFCAP_TSO4
+        return caps
+
+    def validate(self) -> None:
+        """Raise ConfigError with a one-line message for anything unusable."""
+        if not self.root.exists():
+            raise ConfigError(f"document root {self.root} does not exist")
+        if not self.root.is_dir():
+            raise ConfigError(f"document root {self.root} is not a directory")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise ConfigError(f"document root {self.root} is not readable")
+        if self.phys_mem < 1 << 20:
+            raise ConfigError(f"--phys-mem {self.phys_mem} is below the 1M minimum")
+        if self.phys_mem > 64 << 30:
+            raise ConfigError(f"--phys-mem {self.phys_mem} is above the 64G maximum")
+        if not PAGE_SIZE <= self.sndbuf <= SB_MAX:
+            raise ConfigError(f"--sndbuf must be between {PAGE_SIZE} and {SB_MAX}")
+        if self.phys_mem < 8 * self.sndbuf:
+            raise ConfigError("--phys-mem must be at least 8 times --sndbuf")
+        if self.ktls_workers < 0 or self.ktls_workers > 256:
+            raise ConfigError("--ktls-workers must be between 0 and 256")
+        if self.nsfbufs < 0:
+            raise ConfigError("--nsfbufs must be >= 0")
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("--cert and --key go together")
+        for p in (self.cert, self.key):
+            if p is not None and not p.is_file():
+                raise ConfigError(f"{p}: no such file")
+        if self.admin is not None and not self.admin_public and not is_loopback(self.admin[0]):
+            raise ConfigError(
+                f"--admin {self.admin[0]} is not a loopback address (add --admin-public to allow)"
+            )
+        if self.http and self.keylog is not None:
+            raise ConfigError("--keylog makes no sense with --http")

@@ -1,0 +1,396 @@
+"""One client connection: TLS handshake, HTTP/1.1 with h11, responses through the kernel.
+
+Theory of operation. Each accepted TCP connection gets one task. It creates
+the model's kernel socket (`mbuf.Socket`) and a `KernelTx` that binds it to
+the host socket; every byte sent to the client (handshake, heads, bodies,
+alerts) goes through the modeled kernel.
+
+* TLS: OpenSSL runs the handshake over memory BIOs (`ktls.TlsHandshake`); its
+  output is written with `sosend` like any write(2). Then, with KTLS (the
+  default), the negotiated keys and the next sequence number become a
+  `KtlsSession` on the socket's send buffer (`TCP_TXTLS_ENABLE`), and OpenSSL
+  keeps only the receive side. With `--no-ktls` OpenSSL keeps both sides: it
+  encrypts in user space and the ciphertext is copied into the socket buffer
+  (the classic baseline). With `--http` there is no TLS at all.
+* HTTP: h11 parses requests; each GET answers with `sendfile(file, head)`, so
+  the head and the file pages travel as one sendfile call, as nginx does with
+  `sendfile on`. After each response the task waits for the send buffer to
+  drain before reading the next request (pipelined requests wait in h11).
+* Errors end this connection only: handshake failures (OpenSSL's alert is
+  sent), h11 protocol errors (400 or h11's hint, then close), timeouts
+  (handshake, request head, a client that stops reading) and disconnects.
+  `teardown` always runs and frees every kernel resource of the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+from typing import TYPE_CHECKING, cast
+
+import h11
+import trio
+
+from ktls.handshake import TlsError, TlsHandshake, TlsReceiver
+from ktls.session import KtlsSession
+from mbuf.socket import TLS_RLTYPE_ALERT, Socket
+from mbuf.tcp_output import TcpCb
+from server.httpfields import http_date, strong_etag
+from server.mime import content_type
+from server.resolve import ResolveStatus, resolve_target
+from server.responses import ALLOW, SERVER_NAME, error_body, simple_response
+from server.txpath import KernelTx
+
+if TYPE_CHECKING:
+    from server.app import Server
+
+log = logging.getLogger("nomapd")
+
+MAX_REQUEST_HEAD = 16 * 1024  # h11's default; nginx allows 1K + 4x8K
+RECV_SIZE = 65536
+USER_TLS_CHUNK = 64 * 1024  # --no-ktls: bytes read and SSL_write()n at a time
+CLOSE_NOTIFY = b"\x01\x00"  # alert level warning, description close_notify
+
+
+class _SendfileBody:
+    """A body placeholder for h11's send_with_data_passthrough: only its length."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _ipv4(addr: object) -> tuple[int, int]:
+    try:
+        host, port = cast(tuple[str, int], addr)[:2]
+        ip = ipaddress.ip_address(host)
+        return (int(ip) if ip.version == 4 else 0), port
+    except (ValueError, TypeError):
+        return 0, 0
+
+
+class ClientGone(Exception):
+    """The peer closed or reset the connection."""
+
+
+class Connection:
+    def __init__(self, server: Server, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+        self.server = server
+        self.cfg = server.cfg
+        self.sock = stream.socket
+        src, sport = _ipv4(self.sock.getsockname())
+        dst, dport = _ipv4(self.sock.getpeername())
+        kern = server.kern
+        self.so = Socket(
+            kern, TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4))), self.cfg.sndbuf
+        )
+        self.tx = KernelTx(kern, self.so, self.sock, nursery, self.cfg.send_timeout)
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        self.receiver: TlsReceiver | None = None
+        self.user_tls = False  # OpenSSL encrypts (--no-ktls)
+        self.eof = False
+
+    # -- receiving -----------------------------------------------------------
+
+    async def _recv_raw(self) -> bytes:
+        try:
+            data = await self.sock.recv(RECV_SIZE)
+        except (ConnectionResetError, BrokenPipeError) as e:
+            raise ClientGone(str(e)) from e
+        return data
+
+    async def _recv_plain(self) -> bytes:
+        """Application bytes from the client; b"" at end of stream."""
+        if self.receiver is None:
+            return await self._recv_raw()
+        while True:
+            raw = await self._recv_raw()
+            if not raw:
+                return b""
+            plain = self.receiver.receive_data(raw)
+            await self._send_openssl_output()
+            if self.receiver.closed:
+                self.eof = True
+                return plain
+            if plain:
+                return plain
+
+    async def _send_openssl_output(self) -> None:
+        """--no-ktls: OpenSSL owns the send side and may have records to send."""
+        if self.receiver is not None and self.receiver.outgoing:
+            await self.tx.send(self.receiver.take_outgoing())
+
+    # -- TLS -----------------------------------------------------------------
+
+    async def _handshake(self) -> bool:
+        assert self.server.ssl_ctx is not None
+        hs = TlsHandshake(self.server.ssl_ctx)
+        try:
+            with trio.fail_after(self.cfg.handshake_timeout):
+                while not hs.advance():
+                    out = hs.data_to_send()
+                    if out:
+                        await self.tx.send(out)
+                        await self.tx.flush()
+                    data = await self._recv_raw()
+                    if not data:
+                        return False
+                    hs.receive_data(data)
+            out = hs.data_to_send()
+            if out:  # TLS 1.2: our Finished; TLS 1.3: session tickets
+                await self.tx.send(out)
+                await self.tx.flush()
+            if self.cfg.ktls:
+                est = hs.established()
+                session = KtlsSession(
+                    self.server.kern, self.server.workers, est.suite, est.tx.key, est.tx.iv
+                )
+                self.so.so_snd.sb_tls_info = session
+                self.so.so_snd.sb_tls_seqno = est.tx_seq
+                self.receiver = TlsReceiver(hs.conn)
+            else:
+                hs.keylog.wipe()
+                self.receiver = TlsReceiver(hs.conn, owns_tx=True)
+                self.user_tls = True
+            self.server.stats["tls_handshakes"] += 1
+            return True
+        except TlsError as e:
+            self.server.stats["tls_handshake_failures"] += 1
+            log.debug("handshake failed: %s", e)
+            out = hs.data_to_send()
+            if out:  # OpenSSL's alert
+                await self.tx.send(out)
+                await self.tx.flush()
+            return False
+        except trio.TooSlowError:
+            self.server.stats["timeouts"] += 1
+            return False
+
+    async def _send(self, data: bytes) -> None:
+        """Response bytes: through OpenSSL first with --no-ktls, else straight to sosend."""
+        if self.user_tls:
+            assert self.receiver is not None
+            await self.tx.send(self.receiver.encrypt(data))
+        else:
+            await self.tx.send(data)
+
+    async def _close_notify(self) -> None:
+        if self.receiver is None:
+            return
+        if self.user_tls:
+            await self.tx.send(self.receiver.shutdown())
+        else:
+            await self.tx.send(CLOSE_NOTIFY, TLS_RLTYPE_ALERT)
+
+    # -- HTTP ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if not self.cfg.http and not await self._handshake():
+                return
+            if self.receiver is not None:
+                early = self.receiver.receive_data(b"")  # sent along with the Finished
+                if early:
+                    self.h11.receive_data(early)
+                self.eof = self.receiver.closed
+            await self._serve_requests()
+            await self._close_notify()
+            await self.tx.flush()
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(trio.socket.SHUT_WR)
+        except (ClientGone, TlsError) as e:
+            log.debug("connection ended: %s", e)
+        except trio.TooSlowError:
+            self.server.stats["timeouts"] += 1
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EIO):
+                raise
+            log.debug("connection ended: %s", e)
+
+    async def _next_event(self) -> h11._events.Event | type[h11._util.Sentinel]:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self.eof:
+                self.h11.receive_data(b"")
+                continue
+            await self.tx.flush()  # never wait for the client with our bytes unsent
+            with trio.move_on_after(self.cfg.header_timeout) as cs:
+                data = await self._recv_plain()
+            if cs.cancelled_caught:
+                raise trio.TooSlowError
+            if not data:
+                self.eof = True
+            self.h11.receive_data(data)
+
+    async def _serve_requests(self) -> None:
+        conn = self.h11
+        while True:
+            try:
+                event = await self._next_event()
+            except h11.RemoteProtocolError as e:
+                await self._protocol_error(e)
+                return
+            except trio.TooSlowError:
+                self.server.stats["timeouts"] += 1
+                if conn.their_state is h11.SEND_BODY or (
+                    conn.their_state is h11.IDLE and conn.trailing_data[0]
+                ):
+                    await self._send_simple(408, close=True)
+                return
+            if isinstance(event, h11.Request):
+                self.server.stats["requests"] += 1
+                await self._respond(event)
+            elif event is h11.PAUSED or isinstance(event, (h11.Data, h11.EndOfMessage)):
+                pass
+            else:
+                return  # ConnectionClosed
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            if conn.our_state is h11.DONE:
+                while conn.their_state is h11.SEND_BODY:  # discard an unwanted request body
+                    try:
+                        ev = await self._next_event()
+                    except (h11.RemoteProtocolError, trio.TooSlowError):
+                        return
+                    if isinstance(ev, h11.ConnectionClosed):
+                        return
+                if conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+
+    async def _protocol_error(self, e: h11.RemoteProtocolError) -> None:
+        self.server.stats["protocol_errors"] += 1
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            status = e.error_status_hint
+            body = error_body(status, str(e))
+            fresh = h11.Connection(h11.SERVER)  # the broken one cannot send
+            fresh.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            fresh.next_event()
+            await self._send(
+                simple_response(fresh, status, self.server.date.now(), body=body, close=True)
+            )
+
+    async def _send_simple(
+        self,
+        status: int,
+        *,
+        detail: str = "",
+        extra: list[tuple[bytes, bytes]] | None = None,
+        head_only: bool = False,
+        close: bool = False,
+    ) -> None:
+        body = error_body(status, detail) if status >= 300 else b""
+        data = simple_response(
+            self.h11, status, self.server.date.now(),
+            body=body, extra=extra, head_only=head_only, close=close,
+        )  # fmt: skip
+        await self._send(data)
+        await self.tx.flush()
+
+    async def _respond(self, req: h11.Request) -> None:
+        stats = self.server.stats
+        method = req.method
+        head_only = method == b"HEAD"
+        if method not in (b"GET", b"HEAD"):
+            if method == b"OPTIONS":
+                await self._send_simple(204, extra=[(b"Allow", ALLOW)])
+            else:
+                stats["status_405"] += 1
+                await self._send_simple(405, extra=[(b"Allow", ALLOW)])
+            return
+        res = resolve_target(
+            self.server.root,
+            req.target,
+            follow_symlinks=self.cfg.follow_symlinks,
+            serve_dotfiles=self.cfg.serve_dotfiles,
+        )
+        if res.status is ResolveStatus.REDIRECT:
+            assert res.location is not None
+            await self._send_simple(301, extra=[(b"Location", res.location)], head_only=head_only)
+            return
+        if res.status is not ResolveStatus.FILE:
+            status = {
+                ResolveStatus.BAD_REQUEST: 400,
+                ResolveStatus.NOT_FOUND: 404,
+                ResolveStatus.FORBIDDEN: 403,
+            }[res.status]
+            stats[f"status_{status}"] += 1
+            await self._send_simple(status, head_only=head_only)
+            return
+        assert res.path is not None and res.stat is not None
+        try:
+            fd = os.open(res.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as e:
+            status = 403 if e.errno in (errno.EACCES, errno.EPERM) else 404
+            stats[f"status_{status}"] += 1
+            await self._send_simple(status, head_only=head_only)
+            return
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if (st.st_dev, st.st_ino) != (res.stat.st_dev, res.stat.st_ino):
+            os.close(fd)  # replaced between resolution and open
+            stats["status_404"] += 1
+            await self._send_simple(404, head_only=head_only)
+            return
+        await self._send_file(fd, st, res.path.name, head_only)
+
+    async def _send_file(self, fd: int, st: os.stat_result, name: str, head_only: bool) -> None:
+        server = self.server
+        headers = [
+            (b"Date", server.date.now()),
+            (b"Server", SERVER_NAME),
+            (b"Content-Type", content_type(name).encode()),
+            (b"Content-Length", b"%d" % st.st_size),
+            (b"Last-Modified", http_date(st.st_mtime)),
+            (b"ETag", strong_etag(st)),
+        ]
+        head = self.h11.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+        assert head is not None
+        server.stats["status_200"] += 1
+        if head_only or st.st_size == 0:
+            os.close(fd)
+            self.h11.send(h11.EndOfMessage())
+            await self._send(head)
+            await self.tx.flush()
+            return
+        self.h11.send_with_data_passthrough(h11.Data(data=cast(bytes, _SendfileBody(st.st_size))))
+        if self.user_tls:
+            try:
+                await self._user_tls_file(fd, st.st_size, head)
+            finally:
+                os.close(fd)
+        else:
+            obj = server.kern.pagecache.lookup(st)
+            await self.tx.sendfile(obj, fd, 0, st.st_size, head)
+        self.h11.send(h11.EndOfMessage())
+        await self.tx.flush()
+        server.stats["body_bytes"] += st.st_size
+
+    async def _user_tls_file(self, fd: int, size: int, head: bytes) -> None:
+        """--no-ktls: read(2) into a user buffer, SSL_write, write(2) the ciphertext."""
+        assert self.receiver is not None
+        buf = bytearray(USER_TLS_CHUNK)
+        view = memoryview(buf)
+        await self.tx.send(self.receiver.encrypt(head))
+        off = 0
+        while off < size:
+            n = os.preadv(fd, [view[: min(USER_TLS_CHUNK, size - off)]], off)
+            if n <= 0:
+                raise OSError(errno.EIO, "file shrank while being sent")
+            await self.tx.send(self.receiver.encrypt(view[:n]))
+            off += n
+
+    async def teardown(self) -> None:
+        await self.tx.teardown()
+        with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+            self.sock.close()

@@ -1,0 +1,98 @@
+"""`nomapd stat`: the counters of a running server, printed the way netstat -m is.
+
+The first block is FreeBSD's `netstat -m` (mbufs, clusters, the mbuf_extpgs
+zone, K-bytes allocated to network, denied/delayed requests, sf_bufs and the
+sfstat counters); the following blocks are the KTLS (`kern.ipc.tls.stats`),
+ip_output conversion, interface, socket-buffer and VM counters.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+from typing import Any
+
+from server.config import ConfigError
+
+
+def fetch(admin: tuple[str, int], timeout: float = 5.0) -> dict[str, Any]:
+    host, port = admin
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/stats")
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise ConfigError(f"admin {host}:{port} answered {resp.status}")
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+    except OSError as e:
+        raise ConfigError(f"cannot reach admin {host}:{port}: {e.strerror or e}") from e
+    finally:
+        conn.close()
+
+
+def format_stat(s: dict[str, Any]) -> str:
+    g = s.get
+    kbytes = (
+        g("mbuf.mbufs_in_use", 0) * 256
+        + g("mbuf.clusters_in_use", 0) * 2048
+        + g("mbuf.jumbop_in_use", 0) * 4096
+        + g("mbuf.ext_pgs_in_use", 0) * 256
+    ) // 1024
+    lines = [
+        f"{g('mbuf.mbufs_in_use')}/{g('mbuf.mbufs_peak')}/{g('mbuf.mbufs_total')} "
+        "mbufs in use (current/peak/total)",
+        f"{g('mbuf.clusters_in_use')}/{g('mbuf.clusters_total')} "
+        "mbuf clusters in use (current/total)",
+        f"{g('mbuf.jumbop_in_use')}/{g('mbuf.jumbop_total')} "
+        "4k (page size) jumbo clusters in use (current/total)",
+        f"{g('mbuf.ext_pgs_in_use')}/{g('mbuf.ext_pgs_peak')}/{g('mbuf.ext_pgs_total')} "
+        "mbuf_extpgs (unmapped M_NOMAP) in use (current/peak/total)",
+        f"{g('mbuf.sfbuf_mbufs_in_use')} EXT_SFBUF mbufs in use",
+        f"{kbytes}K bytes allocated to network (current)",
+        f"{g('mbuf.requests_denied')}/{g('mbuf.requests_delayed')} "
+        "requests for mbufs denied/delayed",
+        f"{g('sfbuf.in_use')}/{g('sfbuf.peak')}/{g('sfbuf.max') or 'unlimited'} "
+        "sfbufs in use (current/peak/max)",
+        f"{g('sfbuf.total')} sfbufs allocated in all",
+        f"{g('sfbuf.denied')}/{g('sfbuf.delayed')} requests for sfbufs denied/delayed",
+        f"{g('sendfile.syscalls')} sendfile syscalls",
+        f"{g('sendfile.noiocnt')} sendfile syscalls completed without I/O request",
+        f"{g('sendfile.iocnt')} requests for I/O initiated by sendfile",
+        f"{g('sendfile.pages_read')} pages read by sendfile as part of a request",
+        f"{g('sendfile.pages_valid')} pages were valid at time of a sendfile request",
+        f"{g('sendfile.pages_bogus')} pages were valid and substituted to bogus page",
+        f"{g('sendfile.rhpages_requested')} pages were requested for read ahead by applications",
+        f"{g('sendfile.rhpages_read')} pages were read ahead by sendfile",
+        f"{g('sendfile.busy')} times sendfile encountered an already busy page",
+        f"{g('sendfile.allocfail')} requests for sfbufs denied",
+        f"{g('sendfile.allocwait')} requests for sfbufs delayed",
+        "",
+        "kern.ipc.tls:",
+    ]
+    for key in sorted(k for k in s if k.startswith("ktls.")):
+        lines.append(f"  {key.removeprefix('ktls.')}: {s[key]}")
+    lines.append("ip_output:")
+    for key in sorted(k for k in s if k.startswith("ip.")):
+        lines.append(f"  {key.removeprefix('ip.')}: {s[key]}")
+    caps = ",".join(c.removeprefix("IFCAP_") for c in g("ifnet.capenable", []))
+    lines.append(f"{g('ifnet.name', 'nm0')}: options=<{caps}>")
+    for key in sorted(k for k in s if k.startswith("ifnet.") and k != "ifnet.capenable"):
+        if key != "ifnet.name":
+            lines.append(f"  {key.removeprefix('ifnet.')}: {s[key]}")
+    for prefix in ("sockbuf.", "tcp.", "vm.", "server."):
+        lines.append(prefix.rstrip(".") + ":")
+        for key in sorted(k for k in s if k.startswith(prefix)):
+            lines.append(f"  {key.removeprefix(prefix)}: {s[key]}")
+    return "\n".join(lines) + "\n"
+
+
+def run_stat(admin: tuple[str, int], *, as_json: bool = False) -> int:
+    stats = fetch(admin)
+    if as_json:
+        json.dump(stats, sys.stdout, indent=1, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_stat(stats))
+    return 0
