@@ -25,6 +25,7 @@ refused with `TlsHandoffError` and the connection closed.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -313,10 +314,8 @@ class TlsReceiver:
         """SSL_shutdown: our close_notify (user-space TLS only)."""
         if not self.owns_tx:
             raise TlsHandoffError("shutdown() on a connection whose send side is KTLS")
-        try:
+        with contextlib.suppress(SSL.Error):
             self.conn.shutdown()
-        except SSL.Error:
-            pass
         return self.take_outgoing() + self._drain()
 
 

@@ -244,9 +244,12 @@ def _mbuf_alloc(kern: Kernel, flags: int) -> Mbuf:
 
 def _mbuf_release(m: Mbuf) -> None:
     kassert(not m.m_flags & M_FREED, f"double free of {m!r}")
+    st = m.m_kern.stats.mb
+    if m.m_ext is not None and m.m_ext.ext_type == EXT_SFBUF:
+        st.sfbuf_mbufs_in_use -= 1
     m.m_flags = M_FREED
     m.m_next = None
-    m.m_kern.stats.mb.mbufs_in_use -= 1
+    st.mbufs_in_use -= 1
 
 
 def m_get(kern: Kernel, pkthdr: bool = False) -> Mbuf:
@@ -345,7 +348,6 @@ def mb_free_ext(m: Mbuf) -> None:
             st.ext_pgs_in_use -= 1
         else:
             kassert(t == EXT_SFBUF, f"mb_free_ext: unknown ext type {t}")
-            st.sfbuf_mbufs_in_use -= 1
             assert rext.ext_free is not None
             rext.ext_free(mref)
         _mbuf_release(mref)

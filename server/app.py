@@ -33,6 +33,19 @@ from server.responses import DateCache
 
 log = logging.getLogger("nomapd")
 
+# Server-level counters, always present in /stats (as server.NAME).
+SERVER_COUNTERS = (
+    "connections",
+    "connection_errors",
+    "tls_handshakes",
+    "tls_handshake_failures",
+    "protocol_errors",
+    "timeouts",
+    "requests",
+    "body_bytes",
+    *(f"status_{code}" for code in (200, 204, 301, 400, 403, 404, 405, 408)),
+)
+
 
 class Server:
     def __init__(self, cfg: ServerConfig) -> None:
@@ -44,7 +57,7 @@ class Server:
             mb_use_ext_pgs=cfg.sendfile_nomap,
             nsfbufs=cfg.nsfbufs,
         )
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter(dict.fromkeys(SERVER_COUNTERS, 0))
         self.date = DateCache()
         self.ssl_ctx: SSL.Context | None = None
         self.fingerprint = ""

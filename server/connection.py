@@ -29,6 +29,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 from typing import TYPE_CHECKING, cast
 
 import h11
@@ -53,6 +54,14 @@ MAX_REQUEST_HEAD = 16 * 1024  # h11's default; nginx allows 1K + 4x8K
 RECV_SIZE = 65536
 USER_TLS_CHUNK = 64 * 1024  # --no-ktls: bytes read and SSL_write()n at a time
 CLOSE_NOTIFY = b"\x01\x00"  # alert level warning, description close_notify
+
+
+_PLAIN_HTTP = re.compile(rb"^[A-Z]{3,10} [^ ]+ HTTP/1\.[01]\r?\n")
+_PLAIN_HTTP_BODY = b"400 Bad Request: the plain HTTP request was sent to an HTTPS port\n"
+_PLAIN_HTTP_ON_TLS = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
+)
 
 
 class _SendfileBody:
@@ -130,6 +139,7 @@ class Connection:
     async def _handshake(self) -> bool:
         assert self.server.ssl_ctx is not None
         hs = TlsHandshake(self.server.ssl_ctx)
+        first = b""
         try:
             with trio.fail_after(self.cfg.handshake_timeout):
                 while not hs.advance():
@@ -140,6 +150,7 @@ class Connection:
                     data = await self._recv_raw()
                     if not data:
                         return False
+                    first = first or data
                     hs.receive_data(data)
             out = hs.data_to_send()
             if out:  # TLS 1.2: our Finished; TLS 1.3: session tickets
@@ -163,6 +174,9 @@ class Connection:
             self.server.stats["tls_handshake_failures"] += 1
             log.debug("handshake failed: %s", e)
             out = hs.data_to_send()
+            if _PLAIN_HTTP.match(first):
+                # As nginx does: answer a plain HTTP request on the TLS port in plain HTTP.
+                out = _PLAIN_HTTP_ON_TLS
             if out:  # OpenSSL's alert
                 await self.tx.send(out)
                 await self.tx.flush()
@@ -242,6 +256,7 @@ class Connection:
                 if conn.their_state is h11.SEND_BODY or (
                     conn.their_state is h11.IDLE and conn.trailing_data[0]
                 ):
+                    self.server.stats["status_408"] += 1
                     await self._send_simple(408, close=True)
                 return
             if isinstance(event, h11.Request):
@@ -267,6 +282,7 @@ class Connection:
 
     async def _protocol_error(self, e: h11.RemoteProtocolError) -> None:
         self.server.stats["protocol_errors"] += 1
+        self.server.stats[f"status_{e.error_status_hint}"] += 1
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             status = e.error_status_hint
             body = error_body(status, str(e))
@@ -300,6 +316,7 @@ class Connection:
         head_only = method == b"HEAD"
         if method not in (b"GET", b"HEAD"):
             if method == b"OPTIONS":
+                stats["status_204"] += 1
                 await self._send_simple(204, extra=[(b"Allow", ALLOW)])
             else:
                 stats["status_405"] += 1
@@ -313,6 +330,7 @@ class Connection:
         )
         if res.status is ResolveStatus.REDIRECT:
             assert res.location is not None
+            stats["status_301"] += 1
             await self._send_simple(301, extra=[(b"Location", res.location)], head_only=head_only)
             return
         if res.status is not ResolveStatus.FILE:

@@ -1,0 +1,5 @@
+"""Fixtures shared by the server and integration tests."""
+
+from tests.integration.conftest import corpus, default_server, state_dir
+
+__all__ = ["corpus", "default_server", "state_dir"]

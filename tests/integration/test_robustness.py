@@ -1,0 +1,211 @@
+"""Bad clients end their own connection only; the server keeps serving and leaks nothing."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import warnings
+
+import pytest
+
+from tests.integration.conftest import SIZES, ServerProcess, file_bytes
+
+BIG = SIZES[-1]
+
+
+def _ctx(version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if version is not None:
+        ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+def _tls(srv: ServerProcess, version: ssl.TLSVersion | None = None) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    return _ctx(version).wrap_socket(raw, server_hostname="localhost")
+
+
+def _read_response(sock: ssl.SSLSocket | socket.socket) -> tuple[bytes, bytes]:
+    """Read one response with a Content-Length body: (head, body)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head, rest
+
+
+def _get_ok(srv: ServerProcess) -> None:
+    """The server still serves a normal client byte-exactly."""
+    with _tls(srv) as s:
+        s.sendall(b"GET /f16385.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head, body = _read_response(s)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert body == file_bytes(16385)
+
+
+def test_client_disconnects_mid_body(default_server: ServerProcess) -> None:
+    for _ in range(3):
+        s = _tls(default_server)
+        s.sendall(b"GET /f%d.bin HTTP/1.1\r\nHost: localhost\r\n\r\n" % BIG)
+        got = 0
+        while got < 200_000:
+            got += len(s.recv(65536))
+        # Vanish without close_notify; RST the TCP connection.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+    _get_ok(default_server)
+    default_server.assert_no_leaks()
+
+
+def test_plain_http_on_tls_port(default_server: ServerProcess) -> None:
+    before = default_server.idle_stats()["server.tls_handshake_failures"]
+    with socket.create_connection(("127.0.0.1", default_server.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = _read_response(s)
+    assert head.startswith(b"HTTP/1.1 400 ")  # as nginx answers
+    assert b"plain HTTP request" in body
+    _get_ok(default_server)
+    s2 = default_server.assert_no_leaks()
+    assert s2["server.tls_handshake_failures"] == before + 1
+
+
+def test_malformed_client_hello_gets_alert(default_server: ServerProcess) -> None:
+    hello = b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00"
+    with socket.create_connection(("127.0.0.1", default_server.port), timeout=10) as s:
+        s.sendall(hello)
+        reply = s.recv(100)
+    assert reply[:1] == b"\x15"  # a TLS alert record
+    assert reply[5:6] == b"\x02"  # fatal
+    _get_ok(default_server)
+    default_server.assert_no_leaks()
+
+
+def test_tls11_client_refused(default_server: ServerProcess) -> None:
+    ctx = _ctx()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    raw = socket.create_connection(("127.0.0.1", default_server.port), timeout=10)
+    with pytest.raises(ssl.SSLError):
+        ctx.wrap_socket(raw, server_hostname="localhost")
+    raw.close()
+    _get_ok(default_server)
+    default_server.assert_no_leaks()
+
+
+def test_client_closes_during_handshake(default_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", default_server.port), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01\x00\x40")  # a ClientHello header and nothing more
+    _get_ok(default_server)
+    default_server.assert_no_leaks()
+
+
+def test_http_protocol_error_gets_400(default_server: ServerProcess) -> None:
+    with _tls(default_server) as s:
+        s.sendall(b"GARBAGE\r\n\r\n")
+        head, body = _read_response(s)
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"Connection: close" in head
+    assert b"400" in body
+    _get_ok(default_server)
+    default_server.assert_no_leaks()
+
+
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [
+        (b"/nope.bin", b"404"),
+        (b"/../../../etc/passwd", b"400"),
+        (b"/%2e%2e/%2e%2e/etc/passwd", b"400"),
+        (b"/f1.bin%00.html", b"400"),
+        (b"/.secret", b"404"),
+        (b"/dir", b"301"),
+        (b"/dir/", b"200"),
+        (b"/", b"200"),
+    ],
+)
+def test_status_codes(default_server: ServerProcess, target: bytes, status: bytes) -> None:
+    with _tls(default_server) as s:
+        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head, _ = _read_response(s)
+    assert head.split(b" ")[1] == status, head
+    if status == b"301":
+        assert b"\r\nLocation: /dir/" in head
+    default_server.assert_no_leaks()
+
+
+def test_methods_head_and_keepalive(default_server: ServerProcess) -> None:
+    with _tls(default_server) as s:
+        s.sendall(b"POST /f1.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        head, _ = _read_response(s)
+        assert head.startswith(b"HTTP/1.1 405 ")
+        assert b"\r\nAllow: GET, HEAD, OPTIONS" in head
+        s.sendall(b"HEAD /f4097.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(4096)
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 4097" in head
+        assert rest == b""
+        # Pipelined: two GETs in one write, two answers in order on the same connection.
+        s.sendall(
+            b"GET /f1.bin HTTP/1.1\r\nHost: x\r\n\r\nGET /f4096.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        h1, b1 = _read_response(s)
+        h2, b2 = _read_response(s)
+    assert (b1, b2) == (file_bytes(1), file_bytes(4096))
+    for h in (h1, h2):
+        for name in (b"Content-Type", b"Last-Modified", b"ETag", b"Date", b"Content-Length"):
+            assert b"\r\n" + name + b": " in h
+    default_server.assert_no_leaks()
+
+
+@pytest.mark.parametrize("flag", ["-tls1_2", "-tls1_3"])
+def test_openssl_s_client(default_server: ServerProcess, flag: str) -> None:
+    req = b"GET /f16384.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    res = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{default_server.port}", flag,
+         "-quiet", "-ign_eof", "-servername", "localhost"],
+        input=req, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    head, _, body = res.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), res.stderr
+    assert body == file_bytes(16384)
+    default_server.assert_no_leaks()
+
+
+def test_gnutls_client(default_server: ServerProcess) -> None:
+    req = b"GET /f4097.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    res = subprocess.run(
+        ["gnutls-cli", "--insecure", "--port", str(default_server.port), "127.0.0.1"],
+        input=req, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert b"HTTP/1.1 200 " in res.stdout, res.stderr
+    assert res.stdout.endswith(file_bytes(4097)) or file_bytes(4097) in res.stdout
+    default_server.assert_no_leaks()
+
+
+def test_slow_client_that_never_sends_a_request(default_server: ServerProcess) -> None:
+    """An idle TLS connection does not block others and is counted active until closed."""
+    with _tls(default_server):
+        _get_ok(default_server)
+        assert default_server.stats()["server.connections_active"] >= 1
+    default_server.assert_no_leaks()
