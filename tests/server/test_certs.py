@@ -16,6 +16,8 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
+
+from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -371,11 +373,19 @@ def test_load_check_swapped_arguments(generated: CertificateFiles) -> None:
         load_check(generated.key, generated.cert)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
-def test_unreadable_file(generated: CertificateFiles) -> None:
-    generated.key.chmod(0)
-    with pytest.raises(CertificateError, match="cannot read key file"):
-        ensure_self_signed(generated.cert.parent)
+def test_unreadable_file(world_tmp: str) -> None:
+    directory = pathlib.Path(world_tmp) / "state"
+    files = ensure_self_signed(directory)
+    directory.chmod(0o755)
+    files.cert.chmod(0o644)
+    files.key.chmod(0)
+    (directory / "localhost.lock").chmod(0o666)  # the lock is not what this tests
+
+    def check() -> None:
+        with pytest.raises(CertificateError, match="cannot read key file"):
+            ensure_self_signed(directory)
+
+    as_unprivileged(check)
 
 
 def test_directory_read_error(generated: CertificateFiles) -> None:

@@ -11,6 +11,8 @@ import stat
 from collections.abc import Iterator
 
 import pytest
+
+from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -361,9 +363,8 @@ def test_server_faults_propagate(tree: pathlib.Path, monkeypatch: pytest.MonkeyP
     assert info.value.errno == errno.EIO
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
-def test_real_permissions(tmp_path: pathlib.Path) -> None:
-    root = pathlib.Path(os.path.realpath(tmp_path))
+def test_real_permissions(world_tmp: str) -> None:
+    root = pathlib.Path(world_tmp)
     (root / "secret.txt").write_bytes(b"x")
     (root / "secret.txt").chmod(0)
     (root / "locked").mkdir()
@@ -371,11 +372,14 @@ def test_real_permissions(tmp_path: pathlib.Path) -> None:
     (root / "locked").chmod(0)
     (root / "searchonly").mkdir()
     (root / "searchonly" / "f.txt").write_bytes(b"x")
-    (root / "searchonly").chmod(0o100)
-    try:
+    (root / "searchonly").chmod(0o111)  # search only, for everyone
+    def check() -> None:
         _check(root, resolve_target(root, b"/secret.txt"), FORBIDDEN, None)
         _check(root, resolve_target(root, b"/locked/f.txt"), FORBIDDEN, None)
         _check(root, resolve_target(root, b"/searchonly/f.txt"), FILE, "searchonly/f.txt")
+
+    try:
+        as_unprivileged(check)
     finally:
         (root / "locked").chmod(0o700)
         (root / "searchonly").chmod(0o700)
