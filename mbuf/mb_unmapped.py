@@ -34,7 +34,7 @@ from mbuf.mbuf import (
     m_getcl,
     m_unmapped_iov,
     mb_alloc_ext_pgs,
-    mb_free_ext,
+    mb_ext_release,
     mtod,
 )
 from mbuf.param import (
@@ -168,7 +168,7 @@ def mb_unmapped_free_mext(m: Mbuf) -> None:
     sf: SfBuf = ext.ext_arg1
     m.m_kern.sfbufs.sf_buf_free(sf)
     old: Mbuf = ext.ext_arg2
-    mb_free_ext(old)
+    mb_ext_release(old)
 
 
 def _mb_unmapped_to_ext(m: Mbuf) -> tuple[Mbuf, Mbuf] | None:

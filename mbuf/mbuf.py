@@ -57,6 +57,7 @@ class MFlags(enum.IntFlag):
     M_NOTREADY = 0x00001000  # M_PROTO1: data not yet ready (I/O or encryption)
     M_BLOCKED = 0x00002000  # M_PROTO2: behind a not-ready mbuf
     M_FREED = 0x40000000  # model only: returned to its zone (poison)
+    M_ZOMBIE = 0x20000000  # model only: an owner that dropped its own reference
 
 
 M_EXT = int(MFlags.M_EXT)
@@ -68,6 +69,7 @@ M_NOTREADY = int(MFlags.M_NOTREADY)
 M_BLOCKED = int(MFlags.M_BLOCKED)
 M_NOTAVAIL = M_NOTREADY | M_BLOCKED
 M_FREED = int(MFlags.M_FREED)
+M_ZOMBIE = int(MFlags.M_ZOMBIE)
 # Flags a duplicate inherits (mb_dupcl).
 _M_DUP_INHERIT = M_RDONLY | M_NOMAP
 
@@ -321,43 +323,57 @@ def mb_alloc_ext_pgs(kern: Kernel, pkthdr: bool, ext_free: ExtFree) -> Mbuf:
     return m
 
 
+def mb_ext_release(mref: Mbuf) -> None:
+    """Drop one reference on the storage owned by `mref`; the last one frees the
+    storage through the owner (its free routine runs once) and the owner itself."""
+    rext = mref.m_ext
+    assert rext is not None
+    kassert(rext.ext_count > 0, f"mb_free_ext: reference count underflow on {mref!r}")
+    rext.ext_count -= 1
+    if rext.ext_count:
+        return
+    kern = mref.m_kern
+    st = kern.stats.mb
+    t = rext.ext_type
+    if t == EXT_CLUSTER:
+        st.clusters_in_use -= 1
+        assert rext.ext_buf is not None
+        kern.cluster_cache.append(rext.ext_buf)
+    elif t == EXT_JUMBOP:
+        st.jumbop_in_use -= 1
+        assert rext.ext_buf is not None
+        kern.jumbop_cache.append(rext.ext_buf)
+    elif t == EXT_PGS:
+        assert rext.ext_free is not None
+        rext.ext_free(mref)
+        st.ext_pgs_in_use -= 1
+    else:
+        kassert(t == EXT_SFBUF, f"mb_free_ext: unknown ext type {t}")
+        assert rext.ext_free is not None
+        rext.ext_free(mref)
+    _mbuf_release(mref)
+
+
 def mb_free_ext(m: Mbuf) -> None:
     """mb_free_ext: drop m's reference; the last one frees the storage through the owner."""
     ext = m.m_ext
     assert ext is not None
     mref = ext.ext_mref
-    rext = mref.m_ext
-    assert rext is not None
-    kassert(rext.ext_count > 0, f"mb_free_ext: reference count underflow on {mref!r}")
-    rext.ext_count -= 1
-    if rext.ext_count == 0:
-        kern = mref.m_kern
-        st = kern.stats.mb
-        t = rext.ext_type
-        if t == EXT_CLUSTER:
-            st.clusters_in_use -= 1
-            assert rext.ext_buf is not None
-            kern.cluster_cache.append(rext.ext_buf)
-        elif t == EXT_JUMBOP:
-            st.jumbop_in_use -= 1
-            assert rext.ext_buf is not None
-            kern.jumbop_cache.append(rext.ext_buf)
-        elif t == EXT_PGS:
-            assert rext.ext_free is not None
-            rext.ext_free(mref)
-            st.ext_pgs_in_use -= 1
-        else:
-            kassert(t == EXT_SFBUF, f"mb_free_ext: unknown ext type {t}")
-            assert rext.ext_free is not None
-            rext.ext_free(mref)
-        _mbuf_release(mref)
-    if m is not mref:
-        _mbuf_release(m)
+    if m is mref:
+        assert mref.m_ext is not None
+        if mref.m_ext.ext_count > 1:
+            # The owner stays allocated (it holds the counter) until the last
+            # duplicate goes; mark it so that freeing it again trips at once.
+            m.m_flags |= M_ZOMBIE
+        mb_ext_release(mref)
+        return
+    mb_ext_release(mref)
+    _mbuf_release(m)
 
 
 def m_free(m: Mbuf) -> Mbuf | None:
     """m_free: free one mbuf (and its storage reference); return its successor."""
-    kassert(not m.m_flags & M_FREED, f"m_free: use after free of {m!r}")
+    kassert(not m.m_flags & (M_FREED | M_ZOMBIE), f"m_free: use after free of {m!r}")
     n = m.m_next
     if m.m_flags & M_EXT:
         mb_free_ext(m)

@@ -144,11 +144,11 @@ def _swapin(
             pages.append(pg)
             run = None
             continue
-        if pg is not None:
+        req = obj.busy.get(pindex) if pg is not None else None
+        if pg is not None and req is not None:
             # Busy: another request is reading it. Wait for that request.
             phys.page_wire(pg)
             st.busy += 1
-            req = obj.busy[pindex]
             if id(req) not in waiting:
                 waiting.add(id(req))
                 req.waiters.append(sfio)
@@ -156,6 +156,9 @@ def _swapin(
             pages.append(pg)
             run = None
             continue
+        # Not there, or left invalid by a failed read and still wired by the
+        # aborted socket's mbufs: read it into a fresh frame (the old one is
+        # freed when its last wiring goes).
         pg = phys.page_alloc_object(obj, pindex)
         if pg is None:
             kern.stats.vm.waits += 1
@@ -289,6 +292,10 @@ def sendfile_step(job: SendfileJob, new_io: list[PagerRequest]) -> SendfileStatu
         new_reads: list[PagerRequest] = []
         if chunk > 0:
             npages = howmany(chunk + (job.off & PAGE_MASK), PAGE_SIZE)
+            if not unmapped and kern.sfbufs.nsfbufs:
+                # One sf_buf per page: wire (and read) no more pages than can be
+                # mapped now, so a page under I/O is never released half way.
+                npages = min(npages, kern.sfbufs.nsfbufs - kern.stats.sfbuf.in_use)
             pages = _swapin(kern, job, sfio, npages, new_reads)
             if len(pages) < npages:
                 chunk = min(chunk, len(pages) * PAGE_SIZE - (job.off & PAGE_MASK))

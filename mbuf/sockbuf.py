@@ -104,7 +104,7 @@ class SockBuf:
         if cc <= 0 or cc > SB_MAX:
             raise ValueError(f"send buffer size {cc} outside 1..{SB_MAX}")
         self.sb_hiwat = cc
-        self.sb_mbmax = min(cc * SB_EFFICIENCY, SB_MAX * SB_EFFICIENCY)
+        self.sb_mbmax = min(cc * SB_EFFICIENCY, SB_MAX)
         self.sb_lowat = min(self.sb_lowat or 2048, cc)
 
     def sbspace(self) -> int:
@@ -209,6 +209,9 @@ class SockBuf:
             if blocker:
                 self.sb_acc += cur.m_len
             cur = cur.m_next
+        if cur is m0:
+            # Only some pages of m itself became ready: no progress at all.
+            return errno.EINPROGRESS
         if not blocker:
             self._sbready_compress(m0, cur)
             return errno.EINPROGRESS

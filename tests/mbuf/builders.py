@@ -9,6 +9,7 @@ in-page offset reads garbage that differs from the expected bytes.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -253,7 +254,7 @@ def chain(m: Mbuf | None) -> Iterator[Mbuf]:
 
 
 def link(*ms: Mbuf) -> Mbuf:
-    for a, b in zip(ms, ms[1:], strict=False):
+    for a, b in itertools.pairwise(ms):
         a.m_next = b
     return ms[0]
 
