@@ -155,6 +155,7 @@ class TlsHandshake:
         self._out = bytearray()
         self._server_stream = bytearray()
         self.done = False
+        self._established = False
 
     def receive_data(self, data: bytes) -> None:
         if data:
@@ -194,6 +195,9 @@ class TlsHandshake:
         """Keys and first sequence number for the send side; wipes the key log."""
         if not self.done:
             raise TlsError("established() before the handshake finished")
+        if self._established:
+            raise TlsError("established() called twice: the key log is already wiped")
+        self._established = True
         vname = self.conn.get_protocol_version_name()
         version = _VERSIONS.get(vname)
         if version is None:

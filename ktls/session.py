@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from ktls.nonce import SEQNO_LIMIT
 from ktls.ocf import ktls_ocf_encrypt
 from ktls.suites import CipherSuite, TlsVersion
 from ktls.workers import KtlsWorkers
 from mbuf.kassert import kassert
 from mbuf.mb_unmapped import mb_free_mext_pgs
 from mbuf.mbuf import M_NOMAP, M_NOTREADY, MBUF_PEXT_FLAG_ANON, Mbuf
+from mbuf.param import PAGE_SIZE
 from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
 
 if TYPE_CHECKING:
@@ -79,8 +81,10 @@ class KtlsSession:
             raise ValueError(
                 f"{suite.openssl_name}: iv of {len(iv)} bytes, need {suite.fixed_iv_len}"
             )
-        if not 0 < max_frame_len <= TLS_MAX_MSG_SIZE_V10_2:
-            raise ValueError(f"max_frame_len {max_frame_len} outside 1..16384")
+        if not 0 < max_frame_len <= TLS_MAX_MSG_SIZE_V10_2 or max_frame_len % PAGE_SIZE:
+            # sendfile cuts a record every max_frame_len / PAGE_SIZE pages
+            # (num_pages(max_frame_len) in kern_sendfile.c), so only whole pages work.
+            raise ValueError(f"max_frame_len {max_frame_len}: need a multiple of 4096 up to 16384")
         self.kern = kern
         self.workers = workers
         self.suite = suite
@@ -145,7 +149,9 @@ class KtlsSession:
             pgs = n.ext_pgs
             pgs.seqno = sb.sb_tls_seqno
             sb.sb_tls_seqno += 1
-            if explicit:
+            if explicit and pgs.seqno < SEQNO_LIMIT:
+                # Beyond 2^64 - 1 the nonce stays unwritten; ktls_ocf_encrypt
+                # refuses the seqno and the batch fails with EIO (never wraps).
                 pgs.hdr[5 : 5 + explicit] = pgs.seqno.to_bytes(explicit, "big")
             n = n.m_next
 

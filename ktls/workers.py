@@ -35,7 +35,7 @@ _STOP = object()
 
 
 class KtlsWorkers:
-    __slots__ = ("_next", "_post", "_queues", "_threads", "nthreads")
+    __slots__ = ("_next", "_post", "_queues", "_stopped", "_threads", "nthreads")
 
     def __init__(self, nthreads: int, post: Post | None = None) -> None:
         if nthreads < 0:
@@ -52,6 +52,7 @@ class KtlsWorkers:
             for i, q in enumerate(self._queues)
         ]
         self._next = 0
+        self._stopped = False
         for t in self._threads:
             t.start()
 
@@ -64,6 +65,8 @@ class KtlsWorkers:
         return i
 
     def submit(self, wq_index: int, item: WorkItem) -> None:
+        if self._stopped:
+            raise RuntimeError("ktls workers: submit after shutdown")
         if not self.nthreads:
             item.run()
             item.complete()
@@ -82,6 +85,7 @@ class KtlsWorkers:
             post(work.complete)
 
     def shutdown(self) -> None:
+        self._stopped = True
         for q in self._queues:
             q.put(_STOP)
         for t in self._threads:

@@ -28,9 +28,9 @@ from tests.ktls.harness import (
     CT_ALERT,
     CT_APPLICATION_DATA,
     CT_HANDSHAKE,
-    HOSTNAME,
     PHYS_MEM,
     TLS12_CASES,
+    TLS13_CASES,
     Case,
     CertFiles,
     KtlsConn,
@@ -173,7 +173,7 @@ def test_hello_retry_request(contexts: ServerContexts, certs: dict[str, CertFile
     """A server that accepts only P-384 answers the client's X25519 key share with a
     HelloRetryRequest: a second ServerHello, more plaintext records after the
     ChangeCipherSpec, and still two tickets under the application keys."""
-    case = Case("TLS_AES_256_GCM_SHA384", "ec")
+    case = TLS13_CASES[0]
     server_ctx = contexts.fresh("ec")
     server_ctx.set_tmp_ecdh(ec.SECP384R1())
     pair = TlsPair(server_ctx, client_context(case, certs))
@@ -208,9 +208,7 @@ def test_key_log_is_wiped_after_established(
     contexts: ServerContexts, certs: dict[str, CertFiles], version: TlsVersion, labels: set[str]
 ) -> None:
     sink: list[bytes] = []
-    case = Case(
-        "TLS_AES_128_GCM_SHA256" if version is TlsVersion.TLS13 else TLS12_CASES[0].cipher, "ec"
-    )
+    case = TLS13_CASES[0] if version is TlsVersion.TLS13 else TLS12_CASES[0]
     pair = TlsPair(contexts.fresh("ec", keylog_sink=sink.append), client_context(case, certs))
     pair.handshake()
     keylog = pair.hs.keylog
