@@ -121,7 +121,8 @@ class KtlsSession:
             pgs = m.ext_pgs
             kassert(
                 m.m_len <= self.max_frame_len and m.m_data == 0,
-                f"ktls_frame: record of {m.m_len} bytes",
+                "ktls_frame: record of %d bytes",
+                m.m_len,
             )
             pgs.hdr_len = hlen
             pgs.trail_len = tlen
@@ -165,7 +166,7 @@ class KtlsSession:
             records.append(n)
             pages += pgs.npgs
             n = n.m_next
-        kassert(pages == page_count, f"ktls_enqueue: {pages} pages, expected {page_count}")
+        kassert(pages == page_count, "ktls_enqueue: %s pages, expected %s", pages, page_count)
         batch = _EncryptBatch(self, so, records, page_count)
         so.so_pending += 1
         st = self.kern.stats.ktls

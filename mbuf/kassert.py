@@ -11,6 +11,8 @@ class KernelAssertion(AssertionError):
     """An invariant of the modeled kernel was violated (a bug, never bad input)."""
 
 
-def kassert(cond: object, msg: str) -> None:
+def kassert(cond: object, fmt: str, *args: object) -> None:
+    """KASSERT(cond, (fmt, args...)): the message is formatted only on failure,
+    so an assertion on the hot path costs one test and a call."""
     if not cond:
-        raise KernelAssertion(msg)
+        raise KernelAssertion(fmt % args if args else fmt)

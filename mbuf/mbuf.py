@@ -245,7 +245,7 @@ def _mbuf_alloc(kern: Kernel, flags: int) -> Mbuf:
 
 
 def _mbuf_release(m: Mbuf) -> None:
-    kassert(not m.m_flags & M_FREED, f"double free of {m!r}")
+    kassert(not m.m_flags & M_FREED, "double free of %r", m)
     st = m.m_kern.stats.mb
     if m.m_ext is not None and m.m_ext.ext_type == EXT_SFBUF:
         st.sfbuf_mbufs_in_use -= 1
@@ -263,7 +263,7 @@ def m_get(kern: Kernel, pkthdr: bool = False) -> Mbuf:
 
 def m_getcl(kern: Kernel, size: int = MCLBYTES, pkthdr: bool = False) -> Mbuf:
     """m_getcl / m_getjcl: an mbuf with a 2 KiB cluster or a page-sized jumbo cluster."""
-    kassert(size in (MCLBYTES, MJUMPAGESIZE), f"m_getcl: bad cluster size {size}")
+    kassert(size in (MCLBYTES, MJUMPAGESIZE), "m_getcl: bad cluster size %s", size)
     m = _mbuf_alloc(kern, M_EXT | (M_PKTHDR if pkthdr else 0))
     st = kern.stats.mb
     if size == MCLBYTES:
@@ -292,7 +292,7 @@ def m_extadd(
     ext_type: int,
 ) -> None:
     """m_extadd: attach caller-owned storage to a fresh mbuf; `freef(m)` runs once, at the end."""
-    kassert(m.m_ext is None and m.m_len == 0, f"m_extadd: {m!r} already has storage")
+    kassert(m.m_ext is None and m.m_len == 0, "m_extadd: %r already has storage", m)
     ext = MExt(ext_type, size, m)
     ext.ext_buf = buf
     ext.ext_free = freef
@@ -328,7 +328,7 @@ def mb_ext_release(mref: Mbuf) -> None:
     storage through the owner (its free routine runs once) and the owner itself."""
     rext = mref.m_ext
     assert rext is not None
-    kassert(rext.ext_count > 0, f"mb_free_ext: reference count underflow on {mref!r}")
+    kassert(rext.ext_count > 0, "mb_free_ext: reference count underflow on %r", mref)
     rext.ext_count -= 1
     if rext.ext_count:
         return
@@ -348,7 +348,7 @@ def mb_ext_release(mref: Mbuf) -> None:
         rext.ext_free(mref)
         st.ext_pgs_in_use -= 1
     else:
-        kassert(t == EXT_SFBUF, f"mb_free_ext: unknown ext type {t}")
+        kassert(t == EXT_SFBUF, "mb_free_ext: unknown ext type %s", t)
         assert rext.ext_free is not None
         rext.ext_free(mref)
     _mbuf_release(mref)
@@ -373,7 +373,7 @@ def mb_free_ext(m: Mbuf) -> None:
 
 def m_free(m: Mbuf) -> Mbuf | None:
     """m_free: free one mbuf (and its storage reference); return its successor."""
-    kassert(not m.m_flags & (M_FREED | M_ZOMBIE), f"m_free: use after free of {m!r}")
+    kassert(not m.m_flags & (M_FREED | M_ZOMBIE), "m_free: use after free of %r", m)
     n = m.m_next
     if m.m_flags & M_EXT:
         mb_free_ext(m)
@@ -420,7 +420,9 @@ def m_unmapped_iov(m: Mbuf, off: int, length: int) -> list[memoryview]:
     (the trim offset `m_data` is added here). This is what m_unmappedtouio,
     uiomove_fromphys and busdma's unmapped loader do, without copying."""
     pgs = m.ext_pgs
-    kassert(off >= 0 and off + length <= m.m_len, f"m_unmapped_iov: {off}+{length} > {m.m_len}")
+    kassert(
+        off >= 0 and off + length <= m.m_len, "m_unmapped_iov: %s+%s > %s", off, length, m.m_len
+    )
     out: list[memoryview] = []
     off += m.m_data
     rem = length
@@ -447,7 +449,7 @@ def m_unmapped_iov(m: Mbuf, off: int, length: int) -> list[memoryview]:
         off = 0
         pgoff = 0
     if rem:
-        kassert(off + rem <= pgs.trail_len, f"m_unmapped_iov: {rem} bytes beyond the trailer")
+        kassert(off + rem <= pgs.trail_len, "m_unmapped_iov: %s bytes beyond the trailer", rem)
         out.append(memoryview(pgs.trail)[off : off + rem])
     return out
 
@@ -467,7 +469,7 @@ def m_chain_iov(m: Mbuf | None, off: int, length: int) -> list[memoryview]:
         m = m.m_next
     rem = length
     while rem:
-        kassert(m is not None, f"m_chain_iov: chain shorter than {off}+{length}")
+        kassert(m is not None, "m_chain_iov: chain shorter than %s+%s", off, length)
         assert m is not None
         n = min(m.m_len - off, rem)
         if n:
@@ -513,7 +515,7 @@ def mb_dupcl(n: Mbuf, m: Mbuf) -> None:
 def m_copym(m: Mbuf | None, off: int, length: int) -> Mbuf:
     """m_copym: a new chain for bytes [off, off+length); external storage (clusters,
     sf_bufs, page vectors) is shared by reference, internal data is copied."""
-    kassert(off >= 0 and length > 0, f"m_copym: off {off} len {length}")
+    kassert(off >= 0 and length > 0, "m_copym: off %s len %s", off, length)
     while m is not None and off >= m.m_len:
         off -= m.m_len
         m = m.m_next
@@ -576,16 +578,16 @@ def m_adj(m: Mbuf, req_len: int) -> None:
 def mb_ext_pgs_check(m: Mbuf) -> None:
     """mb_ext_pgs_check: the invariants of an unmapped mbuf (checklist items 2 and 3)."""
     pgs = m.ext_pgs
-    kassert(0 <= pgs.npgs <= MBUF_PEXT_MAX_PGS, f"npgs {pgs.npgs} out of range")
+    kassert(0 <= pgs.npgs <= MBUF_PEXT_MAX_PGS, "npgs %s out of range", pgs.npgs)
     kassert(len(pgs.pa) == pgs.npgs, "pa[] and npgs disagree")
-    kassert(pgs.hdr_len <= MBUF_PEXT_HDR_LEN, f"hdr_len {pgs.hdr_len} > {MBUF_PEXT_HDR_LEN}")
-    kassert(pgs.trail_len <= MBUF_PEXT_TRAIL_LEN, f"trail_len {pgs.trail_len}")
-    kassert(0 <= pgs.nrdy <= pgs.npgs, f"nrdy {pgs.nrdy} > npgs {pgs.npgs}")
+    kassert(pgs.hdr_len <= MBUF_PEXT_HDR_LEN, "hdr_len %s > %s", pgs.hdr_len, MBUF_PEXT_HDR_LEN)
+    kassert(pgs.trail_len <= MBUF_PEXT_TRAIL_LEN, "trail_len %s", pgs.trail_len)
+    kassert(0 <= pgs.nrdy <= pgs.npgs, "nrdy %s > npgs %s", pgs.nrdy, pgs.npgs)
     if pgs.npgs:
         kassert(pgs.first_pg_off < PAGE_SIZE, "first_pg_off beyond a page")
         if pgs.npgs == 1:
             kassert(pgs.first_pg_off + pgs.last_pg_len <= PAGE_SIZE, "single page overflows")
         else:
-            kassert(0 < pgs.last_pg_len <= PAGE_SIZE, f"last_pg_len {pgs.last_pg_len}")
+            kassert(0 < pgs.last_pg_len <= PAGE_SIZE, "last_pg_len %s", pgs.last_pg_len)
     full = pgs.hdr_len + pgs.page_bytes() + pgs.trail_len
-    kassert(m.m_data + m.m_len <= full, f"m_len {m.m_len}+{m.m_data} > {full}")
+    kassert(m.m_data + m.m_len <= full, "m_len %s+%s > %s", m.m_len, m.m_data, full)

@@ -190,7 +190,7 @@ class SockBuf:
     def sbready(self, m: Mbuf, count: int) -> int:
         """sbready: `count` pages starting at m became ready. Returns 0, or
         EINPROGRESS when data ahead of m (or m itself) is still not ready."""
-        kassert(m.m_flags & M_NOTREADY, f"sbready: {m!r} is ready already")
+        kassert(m.m_flags & M_NOTREADY, "sbready: %r is ready already", m)
         blocker = M_BLOCKED if self.sb_fnrdy is m else 0
         m0 = m
         cur: Mbuf | None = m
@@ -244,7 +244,7 @@ class SockBuf:
 
     def sbdrop(self, length: int) -> None:
         """sbdrop: free `length` ready bytes from the head (the peer has them)."""
-        kassert(0 <= length <= self.sb_acc, f"sbdrop: {length} > sb_acc {self.sb_acc}")
+        kassert(0 <= length <= self.sb_acc, "sbdrop: %s > sb_acc %s", length, self.sb_acc)
         m = self.sb_mb
         while length:
             assert m is not None
@@ -281,7 +281,7 @@ class SockBuf:
             off -= m.m_len
             m = m.m_next
             walked += 1
-        kassert(m is not None, f"sbsndptr: offset beyond sb_ccc {self.sb_ccc}")
+        kassert(m is not None, "sbsndptr: offset beyond sb_ccc %s", self.sb_ccc)
         assert m is not None
         return m, off, walked
 

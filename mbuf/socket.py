@@ -115,7 +115,7 @@ def pru_ready(so: Socket, m: Mbuf, count: int) -> int:
 
 def soclose(so: Socket) -> None:
     """Free everything the socket holds. No work may be pending on its mbufs."""
-    kassert(so.so_pending == 0, f"soclose: {so.so_pending} operations still pending")
+    kassert(so.so_pending == 0, "soclose: %s operations still pending", so.so_pending)
     so.so_snd.sb_state |= SBS_CANTSENDMORE
     so.so_txq.drain()
     so.so_snd.sbflush()

@@ -83,9 +83,9 @@ class PhysMem:
 
     def phys_view(self, pa: int, off: int = 0, length: int = PAGE_SIZE) -> memoryview:
         """PHYS_TO_DMAP: a view of `length` bytes at `off` within the page at `pa`."""
-        kassert(pa & PAGE_MASK == 0, f"phys_view: unaligned page address {pa:#x}")
+        kassert(pa & PAGE_MASK == 0, "phys_view: unaligned page address %#x", pa)
         kassert(
-            off >= 0 and off + length <= PAGE_SIZE, f"phys_view: {off}+{length} leaves the page"
+            off >= 0 and off + length <= PAGE_SIZE, "phys_view: %s+%s leaves the page", off, length
         )
         base = pa - PHYS_BASE + off
         return self.dmap[base : base + length]
@@ -107,7 +107,7 @@ class PhysMem:
 
     def _evict_one(self) -> None:
         pg, _ = self._lru.popitem(last=False)
-        kassert(pg.wire_count == 0 and pg.object is not None, f"evicting busy page {pg}")
+        kassert(pg.wire_count == 0 and pg.object is not None, "evicting busy page %s", pg)
         obj = pg.object
         assert obj is not None
         obj.page_remove(pg)
@@ -132,7 +132,7 @@ class PhysMem:
 
     def page_free_anon(self, pg: VmPage) -> None:
         """vm_page_unwire_noq + vm_page_free of an anonymous page."""
-        kassert(pg.anon and pg.wire_count == 1, f"page_free_anon: {pg}")
+        kassert(pg.anon and pg.wire_count == 1, "page_free_anon: %s", pg)
         pg.anon = False
         pg.wire_count = 0
         pg.valid = False
@@ -164,7 +164,7 @@ class PhysMem:
 
     def page_unwire(self, pg: VmPage) -> None:
         """vm_page_release: drop one wiring; a valid page stays cached, an invalid one is freed."""
-        kassert(pg.wire_count > 0 and not pg.anon, f"page_unwire: {pg}")
+        kassert(pg.wire_count > 0 and not pg.anon, "page_unwire: %s", pg)
         pg.wire_count -= 1
         if pg.wire_count:
             return
