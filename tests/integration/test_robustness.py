@@ -211,14 +211,37 @@ def test_slow_client_that_never_sends_a_request(default_server: ServerProcess) -
     default_server.assert_no_leaks()
 
 
-REQUIRED_KEYS = """
-ifnet.capenable ifnet.tx_packets ifnet.tx_bytes
-mbuf.mbufs_in_use mbuf.mbufs_total mbuf.clusters_in_use mbuf.ext_pgs_in_use mbuf.ext_pgs_total
-sfbuf.in_use sfbuf.peak sfbuf.total sendfile.syscalls sendfile.pages_valid sendfile.pages_read
-vm.pages_total vm.pages_free vm.pages_wired vm.pages_cached vm.pages_anon vm.waits
-ktls.sessions_active ktls.sessions_total ktls.records_encrypted ktls.bytes_encrypted
-ip.output_packets ip.unmapped_converted ip.sw_csum_packets ip.sw_csum_bytes sockbuf.mbufs_peak
-""".split()
+REQUIRED_KEYS = [
+    "ifnet.capenable",
+    "ifnet.tx_packets",
+    "ifnet.tx_bytes",
+    "mbuf.mbufs_in_use",
+    "mbuf.mbufs_total",
+    "mbuf.clusters_in_use",
+    "mbuf.ext_pgs_in_use",
+    "mbuf.ext_pgs_total",
+    "sfbuf.in_use",
+    "sfbuf.peak",
+    "sfbuf.total",
+    "sendfile.syscalls",
+    "sendfile.pages_valid",
+    "sendfile.pages_read",
+    "vm.pages_total",
+    "vm.pages_free",
+    "vm.pages_wired",
+    "vm.pages_cached",
+    "vm.pages_anon",
+    "vm.waits",
+    "ktls.sessions_active",
+    "ktls.sessions_total",
+    "ktls.records_encrypted",
+    "ktls.bytes_encrypted",
+    "ip.output_packets",
+    "ip.unmapped_converted",
+    "ip.sw_csum_packets",
+    "ip.sw_csum_bytes",
+    "sockbuf.mbufs_peak",
+]
 
 
 def test_stats_has_every_documented_key(default_server: ServerProcess) -> None:

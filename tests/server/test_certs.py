@@ -16,8 +16,6 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-
-from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,6 +30,7 @@ from server.certs import (
     load_check,
     state_dir,
 )
+from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401
 
 FINGERPRINT = re.compile(r"[0-9A-F]{2}(:[0-9A-F]{2}){31}")
 

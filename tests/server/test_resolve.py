@@ -11,12 +11,11 @@ import stat
 from collections.abc import Iterator
 
 import pytest
-
-from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.resolve import Resolution, ResolveStatus, resolve_target
+from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401
 
 FILE = ResolveStatus.FILE
 REDIRECT = ResolveStatus.REDIRECT
@@ -373,6 +372,7 @@ def test_real_permissions(world_tmp: str) -> None:
     (root / "searchonly").mkdir()
     (root / "searchonly" / "f.txt").write_bytes(b"x")
     (root / "searchonly").chmod(0o111)  # search only, for everyone
+
     def check() -> None:
         _check(root, resolve_target(root, b"/secret.txt"), FORBIDDEN, None)
         _check(root, resolve_target(root, b"/locked/f.txt"), FORBIDDEN, None)
