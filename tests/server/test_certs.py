@@ -30,7 +30,7 @@ from server.certs import (
     load_check,
     state_dir,
 )
-from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401
+from tests.privdrop import as_unprivileged
 
 FINGERPRINT = re.compile(r"[0-9A-F]{2}(:[0-9A-F]{2}){31}")
 

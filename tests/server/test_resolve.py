@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.resolve import Resolution, ResolveStatus, resolve_target
-from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401
+from tests.privdrop import as_unprivileged
 
 FILE = ResolveStatus.FILE
 REDIRECT = ResolveStatus.REDIRECT
