@@ -1,0 +1,27 @@
+"""ruff and mypy stay clean: part of `make test`, so CI enforces them."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+TOP = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ruff", "check", "server", "mbuf", "ktls", "bench", "tests"],
+        ["ruff", "format", "--check", "server", "mbuf", "ktls", "bench", "tests"],
+        ["mypy"],
+    ],
+    ids=["ruff-check", "ruff-format", "mypy"],
+)
+def test_lint(args: list[str]) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", *args], cwd=TOP, capture_output=True, text=True, check=False
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
