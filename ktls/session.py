@@ -28,6 +28,7 @@ If page frames run out at enqueue time the batch waits on the session
 from __future__ import annotations
 
 import errno
+import logging
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from mbuf.sockbuf import SockBuf
 
 TLS_MAX_MSG_SIZE_V10_2 = 16384
+
+log = logging.getLogger("nomapd.ktls")
 
 
 class KtlsSession:
@@ -173,7 +176,7 @@ class KtlsSession:
         st.tasks_active += 1
         st.enqueued_pages += page_count
         if not batch.alloc_pages():
-            self.kern.stats.vm.waits += 1
+            self.kern.phys.vm_wait()
             self.waiting.append(batch)
             return
         self.workers.submit(self.wq_index, batch)
@@ -240,20 +243,37 @@ class _EncryptBatch:
             self.error = e
 
     def complete(self) -> None:
-        """The rest of ktls_encrypt, on the event-loop thread."""
+        """The rest of ktls_encrypt, on the event-loop thread. Never raises: it runs
+        as a callback of the event loop, where an exception would stop the whole
+        server, so a failure here (a broken invariant) aborts this socket only."""
         tls = self.tls
         so = self.so
         st = tls.kern.stats.ktls
-        phys = tls.kern.phys
         st.tasks_active -= 1
         so.so_pending -= 1
-        if self.error is not None:
+        try:
+            if self.error is not None:
+                self._fail()
+            else:
+                self._install()
+        except Exception:
+            log.exception("ktls: completing an encryption batch failed; aborting the connection")
             st.failed_crypto += 1
-            for dst in self.dst:
-                for pa in dst or ():
-                    phys.page_free_anon(phys.phys_to_vm_page(pa))
             so.soabort(errno.EIO)
-            return
+        so.sorwakeup()
+
+    def _fail(self) -> None:
+        phys = self.tls.kern.phys
+        self.tls.kern.stats.ktls.failed_crypto += 1
+        for dst in self.dst:
+            for pa in dst or ():
+                phys.page_free_anon(phys.phys_to_vm_page(pa))
+        self.dst = []
+        self.so.soabort(errno.EIO)
+
+    def _install(self) -> None:
+        """Swap each record's file pages for its ciphertext pages; mark the batch ready."""
+        st = self.tls.kern.stats.ktls
         for r, dst in zip(self.records, self.dst, strict=True):
             pgs = r.ext_pgs
             if dst is not None:
@@ -267,10 +287,10 @@ class _EncryptBatch:
             pgs.tls = None
         st.records_encrypted += len(self.records)
         st.bytes_encrypted += self.plain_bytes
-        pru_ready(so, self.records[0], self.npages)
-        so.sorwakeup()
+        pru_ready(self.so, self.records[0], self.npages)
 
     def fail_early(self) -> None:
         """A waiting batch whose socket died: never encrypted, nothing allocated."""
         self.tls.kern.stats.ktls.tasks_active -= 1
         self.so.so_pending -= 1
+        self.so.sorwakeup()

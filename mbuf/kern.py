@@ -11,6 +11,7 @@ tests can build as many independent machines as they like. Tunables:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -53,6 +54,11 @@ class Kernel:
         # UMA per-zone caches of cluster storage, so steady state allocates nothing.
         self.cluster_cache: list[memoryview] = []
         self.jumbop_cache: list[memoryview] = []
+
+    def set_wakeup(self, wakeup: Callable[[], None]) -> None:
+        """Who to call when page frames or sf_bufs are freed while someone waits."""
+        self.phys.vm_wakeup = wakeup
+        self.sfbufs.wakeup = wakeup
 
     def new_txq(self) -> IfTxQueue:
         return IfTxQueue(self.ifnet)

@@ -69,7 +69,7 @@ def _alloc_anon_pages(kern: Kernel, n: int) -> list[int]:
     """n wired anonymous pages, or NoMemory with nothing allocated."""
     phys = kern.phys
     if phys.free_count() < n:
-        kern.stats.vm.waits += 1
+        phys.vm_wait()
         raise NoMemory(12, f"no free pages for {n} anonymous pages")
     out: list[int] = []
     for _ in range(n):

@@ -161,7 +161,7 @@ def _swapin(
         # freed when its last wiring goes).
         pg = phys.page_alloc_object(obj, pindex)
         if pg is None:
-            kern.stats.vm.waits += 1
+            phys.vm_wait()
             break
         if run is None:
             run = PagerRequest(job.fd, pindex << PAGE_SHIFT, [], [], obj.size)
@@ -292,10 +292,13 @@ def sendfile_step(job: SendfileJob, new_io: list[PagerRequest]) -> SendfileStatu
         new_reads: list[PagerRequest] = []
         if chunk > 0:
             npages = howmany(chunk + (job.off & PAGE_MASK), PAGE_SIZE)
-            if not unmapped and kern.sfbufs.nsfbufs:
+            avail = None if unmapped else kern.sfbufs.available()
+            if avail is not None:
                 # One sf_buf per page: wire (and read) no more pages than can be
                 # mapped now, so a page under I/O is never released half way.
-                npages = min(npages, kern.sfbufs.nsfbufs - kern.stats.sfbuf.in_use)
+                if avail <= 0:
+                    kern.sfbufs.wanted = True
+                npages = min(npages, max(avail, 0))
             pages = _swapin(kern, job, sfio, npages, new_reads)
             if len(pages) < npages:
                 chunk = min(chunk, len(pages) * PAGE_SIZE - (job.off & PAGE_MASK))

@@ -16,10 +16,15 @@ the same in-use figure the direct-map platforms would show as zero cost.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from mbuf.counters import SfBufStat, SfStat
 from mbuf.kassert import kassert
 from mbuf.vm_page import PhysMem, VmPage
+
+
+def _nothing() -> None:
+    return None
 
 
 class SfbFlags(enum.IntFlag):
@@ -42,7 +47,7 @@ class SfBuf:
 
 
 class SfBufPool:
-    __slots__ = ("nsfbufs", "phys", "sfstat", "stats")
+    __slots__ = ("nsfbufs", "phys", "sfstat", "stats", "wakeup", "wanted")
 
     def __init__(self, phys: PhysMem, stats: SfBufStat, sfstat: SfStat, nsfbufs: int = 0) -> None:
         if nsfbufs < 0:
@@ -52,11 +57,14 @@ class SfBufPool:
         self.sfstat = sfstat
         self.nsfbufs = nsfbufs
         stats.max = nsfbufs
+        self.wanted = False  # someone found the pool empty; wake them on the next free
+        self.wakeup: Callable[[], None] = _nothing
 
     def sf_buf_alloc(self, pg: VmPage, flags: int) -> SfBuf | None:
         """Map one page. None only on a bounded pool that is full."""
         st = self.stats
         if self.nsfbufs and st.in_use >= self.nsfbufs:
+            self.wanted = True
             if flags & SFB_NOWAIT:
                 st.denied += 1
                 self.sfstat.allocfail += 1
@@ -76,6 +84,15 @@ class SfBufPool:
         kassert(not sf.freed, "sf_buf_free: double free")
         sf.freed = True
         self.stats.in_use -= 1
+        if self.wanted:
+            self.wanted = False
+            self.wakeup()
+
+    def available(self) -> int | None:
+        """sf_bufs that can be had now (None: unlimited, direct map)."""
+        if not self.nsfbufs:
+            return None
+        return self.nsfbufs - self.stats.in_use
 
 
 def sf_buf_kva(sf: SfBuf) -> memoryview:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import mmap
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mbuf.counters import VmStat
@@ -34,6 +35,10 @@ from mbuf.param import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PHYS_BASE
 
 if TYPE_CHECKING:
     from mbuf.vm_object import VmObject
+
+
+def _nothing() -> None:
+    return None
 
 
 class VmPage:
@@ -59,7 +64,17 @@ class VmPage:
 class PhysMem:
     """The machine's physical memory and page allocator."""
 
-    __slots__ = ("_free", "_lru", "_mem", "dmap", "npages", "pages", "stats")
+    __slots__ = (
+        "_free",
+        "_lru",
+        "_mem",
+        "dmap",
+        "npages",
+        "pages",
+        "stats",
+        "vm_wakeup",
+        "vm_wanted",
+    )
 
     def __init__(self, size: int, stats: VmStat) -> None:
         if size < 64 * PAGE_SIZE:
@@ -73,6 +88,11 @@ class PhysMem:
         # Unwired valid file pages in least-recently-used order (the inactive queue).
         self._lru: OrderedDict[VmPage, None] = OrderedDict()
         self.stats = stats
+        # vm_wait / vm_page_free_wakeup: an allocation that found no page sets
+        # vm_wanted; the next page that becomes free or evictable calls vm_wakeup
+        # (the owner of the event loop wakes its waiters there).
+        self.vm_wanted = False
+        self.vm_wakeup: Callable[[], None] = _nothing
         stats.pages_total = self.npages
         stats.pages_free = self.npages
 
@@ -91,6 +111,16 @@ class PhysMem:
         return self.dmap[base : base + length]
 
     # -- allocation ----------------------------------------------------------
+
+    def vm_wait(self) -> None:
+        """Note that an allocation had to wait for memory (vm_wait)."""
+        self.vm_wanted = True
+        self.stats.waits += 1
+
+    def _page_freed(self) -> None:
+        if self.vm_wanted:
+            self.vm_wanted = False
+            self.vm_wakeup()
 
     def free_count(self) -> int:
         """Pages that an allocation could obtain now (free plus evictable)."""
@@ -140,6 +170,7 @@ class PhysMem:
         self.stats.pages_wired -= 1
         self._free.append((pg.phys_addr - PHYS_BASE) >> PAGE_SHIFT)
         self.stats.pages_free += 1
+        self._page_freed()
 
     def page_alloc_object(self, obj: VmObject, pindex: int) -> VmPage | None:
         """vm_page_alloc(obj, pindex, VM_ALLOC_WIRED): a new, invalid, wired file page."""
@@ -172,6 +203,7 @@ class PhysMem:
         if pg.valid and pg.object is not None and pg.object.live:
             self._lru[pg] = None
             self.stats.pages_cached += 1
+            self._page_freed()
             return
         if pg.object is not None:
             pg.object.page_remove(pg)
@@ -179,6 +211,7 @@ class PhysMem:
         pg.valid = False
         self._free.append((pg.phys_addr - PHYS_BASE) >> PAGE_SHIFT)
         self.stats.pages_free += 1
+        self._page_freed()
 
     def page_validate(self, pg: VmPage) -> None:
         """Mark a wired page's contents valid (I/O done)."""
@@ -186,6 +219,7 @@ class PhysMem:
 
     def object_flush(self, obj: VmObject) -> None:
         """Drop every unwired cached page of an object (file replaced or removed)."""
+        freed = False
         for pg in list(obj.pages.values()):
             if pg.wire_count == 0:
                 self._lru.pop(pg, None)
@@ -196,6 +230,9 @@ class PhysMem:
                 pg.valid = False
                 self._free.append((pg.phys_addr - PHYS_BASE) >> PAGE_SHIFT)
                 self.stats.pages_free += 1
+                freed = True
+        if freed:
+            self._page_freed()
 
     def close(self) -> None:
         """Release the arena; every page must be free or cached."""

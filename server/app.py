@@ -12,6 +12,7 @@ errors: one line on stderr, exit code 2. SIGINT and SIGTERM stop the server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from server.certs import CertificateError, ensure_self_signed, fingerprint, load
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
 from server.responses import DateCache
+from server.txpath import VmWaitQueue
 
 log = logging.getLogger("nomapd")
 
@@ -62,6 +64,9 @@ class Server:
         self.ssl_ctx: SSL.Context | None = None
         self.fingerprint = ""
         self.workers = KtlsWorkers(0)
+        self.vmq = VmWaitQueue()
+        self.kern.set_wakeup(self.vmq.wakeup)
+        self.limiter = trio.CapacityLimiter(cfg.max_connections)
         self.active = 0
         self._keylog: Any = None
 
@@ -109,11 +114,25 @@ class Server:
         return "ktls" if self.cfg.ktls else "user-tls"
 
     async def handle(self, stream: trio.SocketStream) -> None:
+        """One connection. At most --max-connections run at once; the others wait
+        here, accepted, until a slot frees (nginx's worker_connections)."""
+        try:
+            async with self.limiter:
+                await self._handle(stream)
+        finally:
+            with contextlib.suppress(OSError):
+                stream.socket.close()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
         self.active += 1
         self.stats["connections"] += 1
         try:
             async with trio.open_nursery() as nursery:
-                conn = Connection(self, stream, nursery)
+                try:
+                    conn = Connection(self, stream, nursery)
+                except OSError as e:  # reset before we looked at it (getpeername)
+                    log.debug("connection gone at accept: %s", e)
+                    return
                 try:
                     await conn.run()
                 finally:
@@ -125,7 +144,9 @@ class Server:
             self.active -= 1
 
 
-def _announce(server: Server, listeners: list[trio.SocketListener], admin: Any) -> None:
+def _announce(
+    server: Server, listeners: list[trio.SocketListener], admin: list[trio.SocketListener] | None
+) -> None:
     cfg = server.cfg
     scheme = "http" if cfg.http else "https"
     for lst in listeners:
@@ -134,8 +155,8 @@ def _announce(server: Server, listeners: list[trio.SocketListener], admin: Any) 
         print(f"nomapd: serving {server.root} on {scheme}://{shown}:{port}/", flush=True)
     if server.fingerprint:
         print(f"nomapd: certificate SHA-256 fingerprint {server.fingerprint}", flush=True)
-    if admin is not None:
-        host, port = admin.socket.getsockname()[:2]
+    if admin:
+        host, port = admin[0].socket.getsockname()[:2]
         print(f"nomapd: counters on http://{host}:{port}/stats (nomapd stat)", flush=True)
     caps = ",".join(n.removeprefix("IFCAP_") for n in server.kern.ifnet.capenable_names())
     print(
@@ -165,7 +186,7 @@ async def _serve(server: Server) -> None:
                 raise ConfigError(
                     f"cannot listen on admin {cfg.admin[0]}:{cfg.admin[1]}: {e.strerror}"
                 ) from e
-            admin_listener = admins[0]
+            admin_listener = admins
         _announce(server, listeners, admin_listener)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)

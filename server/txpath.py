@@ -6,18 +6,23 @@ kernel's transmit side for one connection on the event loop:
 * `sendfile` / `send` append to the model's send buffer as `sbspace` allows
   (`sendfile_step`, `sosend`), so memory stays bounded by the buffer size;
 * page-ins the sendfile loop starts run on worker threads (`trio.to_thread`),
-  shielded from cancellation, and complete on the loop (`vm_pager_iodone`);
+  shielded from cancellation, and always complete on the loop
+  (`vm_pager_iodone`), with EIO if the read could not even be started;
 * encryption runs on the KTLS worker threads and completes on the loop;
 * `_step` is the NIC's transmit interrupt and TCP's ACK clock in one:
   `tcp_output` cuts ready data into packets, the packets' scatter-gather lists
   are written to the host socket with `sendmsg`, the bytes it took are
   completed on the NIC queue and acknowledged to TCP (`tcp_acked`, `sbdrop`).
+  With nothing to write it sleeps until an upcall (I/O or encryption done) or
+  a `VmWaitQueue` wakeup (page frames or sf_bufs freed: the kernel's vm_wait).
 
-Timeouts: a client that takes no bytes for `send_timeout` seconds is dropped
-(`trio.TooSlowError`). Every exit path leaves the socket in a state that
-`teardown` can free: it waits (shielded) for page-ins and encryption still
-holding this socket's mbufs, then `soclose` frees everything and the file
-descriptors the page-ins used are closed.
+A connection that makes no progress on the wire for `send_timeout` seconds is
+dropped (`trio.TooSlowError`), whatever it is waiting for: a client that stops
+reading, or packets that ip_output keeps refusing (the kernel's retransmit
+timer would give up too). `teardown` aborts the socket, fails encryption
+batches that never started, waits (shielded) for page-ins and encryption
+still holding its mbufs, frees everything with `soclose`, and closes the file
+descriptors the page-ins used.
 """
 
 from __future__ import annotations
@@ -28,12 +33,34 @@ import os
 import trio
 
 from mbuf.kern import Kernel
+from mbuf.mb_unmapped import NoMemory
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
 from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, sosend
 from mbuf.tcp_output import tcp_acked, tcp_output
 from mbuf.vm_object import PagerRequest, VmObject
 
-MEMORY_RETRY = 0.002  # seconds between retries when page frames are short (vm_wait)
+# Upper bound on a sleep waiting for memory, in case a wakeup is missed.
+VM_WAIT_MAX = 0.1
+
+
+class VmWaitQueue:
+    """Connections sleeping in `_step` (the kernel's vm_wait and sf_buf waits).
+
+    The kernel calls `wakeup` when page frames or sf_bufs are freed while an
+    allocation was waiting; every sleeping connection re-checks."""
+
+    def __init__(self) -> None:
+        self._sleepers: set[KernelTx] = set()
+
+    def wakeup(self) -> None:
+        for tx in list(self._sleepers):
+            tx.wake()
+
+    def add(self, tx: KernelTx) -> None:
+        self._sleepers.add(tx)
+
+    def discard(self, tx: KernelTx) -> None:
+        self._sleepers.discard(tx)
 
 
 class KernelTx:
@@ -43,29 +70,45 @@ class KernelTx:
         so: Socket,
         sock: trio.socket.SocketType,
         nursery: trio.Nursery,
+        vmq: VmWaitQueue,
         send_timeout: float,
     ) -> None:
         self.kern = kern
         self.so = so
         self.sock = sock
         self.nursery = nursery
+        self.vmq = vmq
         self.send_timeout = send_timeout
         self._wake = trio.Event()
         self._fds: list[int] = []
+        self._progress_at = trio.current_time()
         self.bytes_written = 0
-        so.so_upcall = self._upcall
+        so.so_upcall = self.wake
 
-    def _upcall(self) -> None:
+    def wake(self) -> None:
         self._wake.set()
 
-    async def _wait_upcall(self) -> None:
-        await self._wake.wait()
+    async def _sleep(self, deadline: float) -> None:
+        """Until an upcall or a memory wakeup (or VM_WAIT_MAX); TooSlowError past deadline."""
+        self.vmq.add(self)
+        try:
+            with trio.move_on_at(min(deadline, trio.current_time() + VM_WAIT_MAX)):
+                await self._wake.wait()
+        finally:
+            self.vmq.discard(self)
         self._wake = trio.Event()
+        if trio.current_time() >= deadline:
+            raise trio.TooSlowError
 
     async def _pagein(self, req: PagerRequest) -> None:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(req.run)
-            vm_pager_iodone(self.kern, req)
+            try:
+                await trio.to_thread.run_sync(req.run)
+            except BaseException:
+                req.error = req.error or errno.EIO
+                raise
+            finally:
+                vm_pager_iodone(self.kern, req)
 
     async def _step(self) -> None:
         """Make progress on the wire, or wait until there is some to make."""
@@ -75,28 +118,28 @@ class KernelTx:
             tls.ktls_retry()
         tcp_output(so)
         txq = so.so_txq
+        deadline = self._progress_at + self.send_timeout
         if not txq.empty():
             iov = txq.pending_iov()
-            with trio.fail_after(self.send_timeout):
+            with trio.move_on_at(deadline):
                 n = await self.sock.sendmsg(iov)
-            txq.complete(n)
-            tcp_acked(so, n)
-            self.bytes_written += n
-            return
+                txq.complete(n)
+                tcp_acked(so, n)
+                self.bytes_written += n
+                self._progress_at = trio.current_time()
+                return
+            raise trio.TooSlowError
         if so.so_error:
             raise OSError(so.so_error, os.strerror(so.so_error))
-        if so.so_pending:
-            await self._wait_upcall()
-        else:
-            self.kern.stats.vm.waits += 1
-            await trio.sleep(MEMORY_RETRY)
+        await self._sleep(deadline)
 
     async def sendfile(
         self, obj: VmObject, fd: int, offset: int, nbytes: int, head: bytes = b""
     ) -> None:
-        """sendfile(fd, s, offset, nbytes, hdtr={head}). The fd must stay open until
-        `release_files` (page-ins may still read from it)."""
+        """sendfile(fd, s, offset, nbytes, hdtr={head}). Takes ownership of fd: it
+        stays open until no page-in can still read from it."""
         self._fds.append(fd)
+        self._progress_at = trio.current_time()
         job = SendfileJob(self.so, obj, fd, offset, nbytes, head)
         while True:
             io: list[PagerRequest] = []
@@ -108,10 +151,15 @@ class KernelTx:
             await self._step()
 
     async def send(self, data: bytes | memoryview, record_type: int = TLS_RLTYPE_APP) -> None:
-        """write(2): through sosend (framed into records when the socket has KTLS)."""
+        """write(2): through sosend (framed into records when the socket has KTLS).
+        Waits for memory like m_uiotombuf(M_WAITOK) when page frames are short."""
         view = memoryview(data)
+        self._progress_at = trio.current_time()
         while view:
-            n = sosend(self.so, view, record_type)
+            try:
+                n = sosend(self.so, view, record_type)
+            except NoMemory:
+                n = 0
             view = view[n:]
             if view:
                 await self._step()
@@ -119,6 +167,7 @@ class KernelTx:
     async def flush(self) -> None:
         """Wait until everything queued is on the wire (send buffer empty)."""
         so = self.so
+        self._progress_at = trio.current_time()
         while so.so_snd.sb_ccc or not so.so_txq.empty() or so.so_pending:
             await self._step()
         self.release_files()
@@ -133,12 +182,15 @@ class KernelTx:
     async def teardown(self) -> None:
         """Free the kernel socket. Waits, shielded, for work holding its mbufs."""
         so = self.so
-        if so.so_snd.sb_ccc:
+        tls = so.so_snd.sb_tls_info
+        if so.so_snd.sb_ccc or so.so_pending:
             so.soabort(errno.ECONNRESET)
         with trio.CancelScope(shield=True):
             while so.so_pending:
-                await self._wait_upcall()
-        tls = so.so_snd.sb_tls_info
+                if tls is not None:
+                    tls.ktls_retry()  # fails batches that never got their pages
+                if so.so_pending:
+                    await self._sleep(float("inf"))
         soclose(so)
         if tls is not None:
             tls.free()
