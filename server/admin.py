@@ -63,8 +63,8 @@ async def _admin_conn(server: Server, stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
-async def serve_admin(server: Server, listener: trio.SocketListener) -> None:
+async def serve_admin(server: Server, listeners: list[trio.SocketListener]) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         await _admin_conn(server, stream)
 
-    await trio.serve_listeners(handler, [listener])
+    await trio.serve_listeners(handler, listeners)

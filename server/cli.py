@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--admin-public", action="store_true", help="allow a non-loopback --admin")
     s.add_argument("--keylog", help="WRITE TLS SECRETS to this file (for Wireshark); off")
+    s.add_argument(
+        "--max-connections", type=int, default=1024, help="connections served at once (1024)"
+    )
     s.add_argument("--follow-symlinks", action="store_true", help="allow symlinks out of ROOT")
     s.add_argument("--serve-dotfiles", action="store_true", help="serve names starting with '.'")
     t = sub.add_parser("stat", help="print the server's kernel counters, netstat -m style")
@@ -88,6 +91,7 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.admin = None if ns.admin == "off" else parse_hostport(ns.admin, "--admin")
     cfg.admin_public = ns.admin_public
     cfg.keylog = pathlib.Path(ns.keylog) if ns.keylog else None
+    cfg.max_connections = ns.max_connections
     cfg.follow_symlinks = ns.follow_symlinks
     cfg.serve_dotfiles = ns.serve_dotfiles
     cfg.validate()

@@ -13,11 +13,15 @@ import re
 from dataclasses import dataclass, field
 
 from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
-from mbuf.param import PAGE_SIZE, SB_MAX, SB_SNDBUF_DEFAULT
+from mbuf.param import IP_MAXPACKET, PAGE_SIZE, SB_MAX, SB_SNDBUF_DEFAULT, howmany
 
 DEMO_SITE = pathlib.Path(__file__).resolve().parent / "demo_site"
 DEFAULT_PORT = 8443
 DEFAULT_ADMIN = ("127.0.0.1", 8444)
+
+# Pages one TSO burst can touch (64 KiB, not page aligned) plus its header: the
+# fewest sf_bufs with which ip_output can ever convert a packet.
+MIN_NSFBUFS = howmany(IP_MAXPACKET, PAGE_SIZE) + 2
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*$")
 
@@ -112,8 +116,12 @@ class ServerConfig:
             raise ConfigError("--phys-mem must be at least 8 times --sndbuf")
         if self.ktls_workers < 0 or self.ktls_workers > 256:
             raise ConfigError("--ktls-workers must be between 0 and 256")
-        if self.nsfbufs < 0:
-            raise ConfigError("--nsfbufs must be >= 0")
+        if self.nsfbufs < 0 or 0 < self.nsfbufs < MIN_NSFBUFS:
+            # A conversion maps every page of a TSO burst at once (SFB_NOWAIT): a
+            # smaller pool could never send one, and every packet would be dropped.
+            raise ConfigError(f"--nsfbufs must be 0 (direct map) or at least {MIN_NSFBUFS}")
+        if self.max_connections < 1:
+            raise ConfigError("--max-connections must be at least 1")
         if (self.cert is None) != (self.key is None):
             raise ConfigError("--cert and --key go together")
         for p in (self.cert, self.key):

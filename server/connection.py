@@ -98,18 +98,19 @@ class Connection:
         self.so = Socket(
             kern, TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4))), self.cfg.sndbuf
         )
-        self.tx = KernelTx(kern, self.so, self.sock, nursery, self.cfg.send_timeout)
+        self.tx = KernelTx(kern, self.so, self.sock, nursery, server.vmq, self.cfg.send_timeout)
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         self.receiver: TlsReceiver | None = None
         self.user_tls = False  # OpenSSL encrypts (--no-ktls)
         self.eof = False
+        self._head_deadline = trio.current_time() + self.cfg.header_timeout
 
     # -- receiving -----------------------------------------------------------
 
     async def _recv_raw(self) -> bytes:
         try:
             data = await self.sock.recv(RECV_SIZE)
-        except (ConnectionResetError, BrokenPipeError) as e:
+        except OSError as e:  # reset, timed out, unreachable: the client is gone
             raise ClientGone(str(e)) from e
         return data
 
@@ -222,8 +223,8 @@ class Connection:
         except trio.TooSlowError:
             self.server.stats["timeouts"] += 1
         except OSError as e:
-            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EIO):
-                raise
+            # The host socket failed (EPIPE, ECONNRESET, ETIMEDOUT...) or the kernel
+            # socket was aborted (EIO from a failed read or encryption).
             log.debug("connection ended: %s", e)
 
     async def _next_event(self) -> h11._events.Event | type[h11._util.Sentinel]:
@@ -235,7 +236,7 @@ class Connection:
                 self.h11.receive_data(b"")
                 continue
             await self.tx.flush()  # never wait for the client with our bytes unsent
-            with trio.move_on_after(self.cfg.header_timeout) as cs:
+            with trio.move_on_at(self._head_deadline) as cs:
                 data = await self._recv_plain()
             if cs.cancelled_caught:
                 raise trio.TooSlowError
@@ -246,6 +247,9 @@ class Connection:
     async def _serve_requests(self) -> None:
         conn = self.h11
         while True:
+            # One deadline for the whole request head (and any body we discard), not
+            # per read: a client trickling a byte at a time cannot hold the slot.
+            self._head_deadline = trio.current_time() + self.cfg.header_timeout
             try:
                 event = await self._next_event()
             except h11.RemoteProtocolError as e:
@@ -402,7 +406,8 @@ class Connection:
         await self.tx.send(self.receiver.encrypt(head))
         off = 0
         while off < size:
-            n = os.preadv(fd, [view[: min(USER_TLS_CHUNK, size - off)]], off)
+            chunk = [view[: min(USER_TLS_CHUNK, size - off)]]
+            n = await trio.to_thread.run_sync(os.preadv, fd, chunk, off)
             if n <= 0:
                 raise OSError(errno.EIO, "file shrank while being sent")
             await self.tx.send(self.receiver.encrypt(view[:n]))
