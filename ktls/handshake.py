@@ -294,6 +294,12 @@ class TlsReceiver:
             if not chunk:
                 break
             out += chunk
+        if not self.owns_tx and not self.closed:
+            # A TLS 1.3 KeyUpdate(update_requested) makes OpenSSL owe the peer a
+            # KeyUpdate of its own, which it only writes when its state machine
+            # next runs; run it now, so that what it wants to send is seen here.
+            with contextlib.suppress(SSL.WantReadError, SSL.Error):
+                self.conn.send(b"")
         pending = self._drain()
         if pending:
             if not self.owns_tx:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import subprocess
+import time
 import warnings
 
 import pytest
@@ -253,3 +255,31 @@ def test_stats_has_every_documented_key(default_server: ServerProcess) -> None:
     assert s["vm.pages_free"] + s["vm.pages_cached"] == s["vm.pages_total"]
     assert s["sendfile.pages_valid"] + s["sendfile.pages_read"] > 0
     assert s["ktls.sessions_total"] >= 1 and s["ifnet.tx_packets"] >= 1
+
+
+def test_client_keyupdate_request_closes_instead_of_using_stale_keys(
+    default_server: ServerProcess,
+) -> None:
+    """TLS 1.3 KeyUpdate(update_requested): the server owes a KeyUpdate before its next
+    record. Until KTLS re-keys itself, it must close rather than answer under old keys."""
+    script = (
+        b"GET /f1.bin HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"K\n",  # s_client: send KeyUpdate with update_requested
+        b"GET /f1.bin HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    with subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{default_server.port}", "-tls1_3"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+    ) as proc:  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(BrokenPipeError):  # s_client exits when we close
+            for chunk in script:
+                proc.stdin.write(chunk)
+                time.sleep(0.5)
+            proc.stdin.close()
+        out = proc.stdout.read()
+        proc.wait(timeout=10)
+    assert out.count(b"HTTP/1.1 200 OK") == 1, out
+    assert b"KEYUPDATE" in out
+    _get_ok(default_server)
+    default_server.assert_no_leaks()
