@@ -75,6 +75,8 @@ class SockBuf:
         "sb_mbmax",
         "sb_mbtail",
         "sb_mcnt",
+        "sb_sndptr",
+        "sb_sndptroff",
         "sb_state",
         "sb_tls_info",
         "sb_tls_seqno",
@@ -85,6 +87,9 @@ class SockBuf:
         self.sb_mb: Mbuf | None = None
         self.sb_mbtail: Mbuf | None = None
         self.sb_fnrdy: Mbuf | None = None
+        # sbsndptr's cache: the mbuf tcp_output last sent from and its offset.
+        self.sb_sndptr: Mbuf | None = None
+        self.sb_sndptroff = 0
         self.sb_ccc = 0
         self.sb_acc = 0
         self.sb_mbcnt = 0
@@ -245,6 +250,7 @@ class SockBuf:
     def sbdrop(self, length: int) -> None:
         """sbdrop: free `length` ready bytes from the head (the peer has them)."""
         kassert(0 <= length <= self.sb_acc, "sbdrop: %s > sb_acc %s", length, self.sb_acc)
+        dropped = length
         m = self.sb_mb
         while length:
             assert m is not None
@@ -255,14 +261,20 @@ class SockBuf:
                 self.sb_acc -= length
                 break
             length -= m.m_len
+            if m is self.sb_sndptr:
+                self.sb_sndptr = None
             self.sbfree(m)
             m = m_free(m)
         while m is not None and m.m_len == 0 and not m.m_flags & M_NOTREADY:
+            if m is self.sb_sndptr:
+                self.sb_sndptr = None
             self.sbfree(m)
             m = m_free(m)
         self.sb_mb = m
         if m is None:
             self.sb_mbtail = None
+        if self.sb_sndptr is not None:
+            self.sb_sndptroff = max(0, self.sb_sndptroff - dropped)
 
     def sbflush(self) -> None:
         """Free everything, ready or not (connection closed or aborted)."""
@@ -270,20 +282,28 @@ class SockBuf:
         while m is not None:
             self.sbfree(m)
             m = m_free(m)
-        self.sb_mb = self.sb_mbtail = self.sb_fnrdy = None
+        self.sb_mb = self.sb_mbtail = self.sb_fnrdy = self.sb_sndptr = None
         kassert(self.sb_ccc == 0 and self.sb_mbcnt == 0, "sbflush: accounting left over")
 
     def sbsndptr(self, off: int) -> tuple[Mbuf, int, int]:
-        """Find the mbuf holding byte `off`; returns (mbuf, offset within it, mbufs walked)."""
-        m = self.sb_mb
+        """sbsndptr_noadv + sbsndptr_adv: the mbuf holding byte `off` and the offset
+        within it, walking on from where the last call stopped (sb_sndptr), as the
+        kernel does, not from the head. Returns (mbuf, offset, mbufs walked)."""
+        m = self.sb_sndptr
+        base = self.sb_sndptroff
+        if m is None or base > off:
+            m = self.sb_mb
+            base = 0
         walked = 0
-        while m is not None and off >= m.m_len:
-            off -= m.m_len
+        while m is not None and off - base >= m.m_len:
+            base += m.m_len
             m = m.m_next
             walked += 1
         kassert(m is not None, "sbsndptr: offset beyond sb_ccc %s", self.sb_ccc)
         assert m is not None
-        return m, off, walked
+        self.sb_sndptr = m
+        self.sb_sndptroff = base
+        return m, off - base, walked
 
 
 M_NOTAVAIL_ = M_NOTREADY | M_BLOCKED

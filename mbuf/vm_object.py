@@ -16,6 +16,7 @@ or frees them until `sendfile_iodone` runs on the event-loop thread.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ ObjectKey = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
 
 class VmObject:
-    __slots__ = ("busy", "key", "live", "pages", "size")
+    __slots__ = ("busy", "key", "live", "on_empty", "pages", "size")
 
     def __init__(self, key: ObjectKey) -> None:
         self.key = key
@@ -35,6 +36,8 @@ class VmObject:
         # Pages under I/O (wired, not yet valid) and the request reading each.
         self.busy: dict[int, PagerRequest] = {}
         self.live = True
+        # Called when the last page leaves (the page cache forgets the object then).
+        self.on_empty: Callable[[VmObject], None] | None = None
 
     def page_insert(self, pg: VmPage) -> None:
         self.pages[pg.pindex] = pg
@@ -42,6 +45,8 @@ class VmObject:
     def page_remove(self, pg: VmPage) -> None:
         if self.pages.get(pg.pindex) is pg:
             del self.pages[pg.pindex]
+            if not self.pages and not self.busy and self.on_empty is not None:
+                self.on_empty(self)
 
     def page_lookup(self, pindex: int) -> VmPage | None:
         return self.pages.get(pindex)
@@ -73,9 +78,19 @@ class PageCache:
             stale.live = False
             self.phys.object_flush(stale)
         obj = VmObject(key)
+        obj.on_empty = self._forget
         self.objects[key] = obj
         self._by_file[ident] = key
         return obj
+
+    def _forget(self, obj: VmObject) -> None:
+        """An object with no pages left is dropped (the kernel recycles the vnode);
+        a sendfile still holding it keeps working, and a new lookup makes a new one."""
+        if self.objects.get(obj.key) is obj:
+            del self.objects[obj.key]
+            ident = (obj.key[0], obj.key[1])
+            if self._by_file.get(ident) == obj.key:
+                del self._by_file[ident]
 
 
 @dataclass(slots=True)

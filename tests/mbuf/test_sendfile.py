@@ -12,6 +12,7 @@ import errno
 import os
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -518,3 +519,26 @@ def test_evicted_pages_leave_their_object(make_file: MakeFile) -> None:
     assert sorted(obj_a.pages) == list(range(evicted, 225))
     soclose(so)
     assert kern.leaks() == {}
+
+
+def test_page_cache_forgets_objects_whose_pages_are_gone(tmp_path: Path) -> None:
+    """Serving many files through a small memory does not grow the object table."""
+    kern = Kernel(64 * PAGE_SIZE)
+    for i in range(40):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(bytes([i]) * (8 * PAGE_SIZE))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            obj = kern.pagecache.lookup(os.fstat(fd))
+            so = new_socket(kern)
+            job = SendfileJob(so, obj, fd, 0, 8 * PAGE_SIZE)
+            io: list[PagerRequest] = []
+            assert sendfile_step(job, io) is SendfileStatus.DONE
+            run_io(kern, io)
+            soclose(so)
+        finally:
+            os.close(fd)
+    assert kern.leaks() == {}
+    assert kern.stats.vm.evictions > 0
+    live = len(kern.pagecache.objects)
+    assert live <= 64 // 8 + 1, live
