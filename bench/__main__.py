@@ -65,6 +65,23 @@ def _stats(admin: int) -> dict[str, Any]:
         return data
 
 
+def _in_use(s: dict[str, Any]) -> int:
+    keys = [k for k in s if k.endswith("_in_use") and k.startswith(("mbuf.", "sfbuf."))]
+    return sum(int(s[k]) for k in keys) + int(s["vm.pages_wired"]) + int(s["vm.pages_anon"])
+
+
+def _idle_stats(admin: int, timeout: float = 10.0) -> dict[str, Any]:
+    """Counters once the last connection has closed (teardown is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = _stats(admin)
+        if not s["server.connections_active"] and not _in_use(s):
+            return s
+        if time.monotonic() > deadline:
+            return s
+        time.sleep(0.05)
+
+
 def _cpu(pid: int) -> float:
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -113,7 +130,7 @@ def run_mode(
         for t in threads:
             t.join()
         wall, cpu = time.monotonic() - t0, _cpu(proc.pid) - cpu0
-        after = _stats(admin)
+        after = _idle_stats(admin)
         if errors:
             err = (state.parent / "server.err").read_text()[-3000:]
             raise SystemExit(f"bench: {name}: {errors[:3]}\n{err}")
