@@ -21,8 +21,8 @@ implements the `KtlsHook` interface that `mbuf` calls:
   and the batch becomes ready (`pru_ready`). A failure aborts the connection
   with EIO, as `ktls_encrypt` does.
 
-If page frames run out at enqueue time the batch waits on the session
-(`vm.waits`) and `ktls_retry` starts it once memory is back.
+Ciphertext pages never run out at enqueue time: sendfile reserves one frame
+per file page when it wires it (`ktls_reserve`), and the batch takes them here.
 """
 
 from __future__ import annotations
@@ -59,11 +59,11 @@ class KtlsSession:
         "iv",
         "kern",
         "max_frame_len",
+        "reserved",
         "suite",
         "tls_hlen",
         "tls_tlen",
         "version",
-        "waiting",
         "workers",
         "wq_index",
     )
@@ -99,15 +99,28 @@ class KtlsSession:
         self.tls_tlen = suite.tls_tlen
         self.max_frame_len = max_frame_len
         self.wq_index = workers.pick_queue()
-        self.waiting: list[_EncryptBatch] = []
+        self.reserved = 0  # frames set aside for ciphertext of wired file pages
         st = kern.stats.ktls
         st.sessions_active += 1
         st.sessions_total += 1
 
     def free(self) -> None:
         """ktls_free: the socket is closed."""
-        kassert(not self.waiting, "ktls session freed with batches waiting for memory")
+        if self.reserved:
+            self.kern.phys.unreserve(self.reserved)
+            self.reserved = 0
         self.kern.stats.ktls.sessions_active -= 1
+
+    def ktls_reserve(self, npages: int) -> bool:
+        if not self.kern.phys.reserve(npages):
+            return False
+        self.reserved += npages
+        return True
+
+    def ktls_unreserve(self, npages: int) -> None:
+        kassert(npages <= self.reserved, "ktls_unreserve: %s > %s", npages, self.reserved)
+        self.reserved -= npages
+        self.kern.phys.unreserve(npages)
 
     # -- KtlsHook -------------------------------------------------------------
 
@@ -171,29 +184,14 @@ class KtlsSession:
             n = n.m_next
         kassert(pages == page_count, "ktls_enqueue: %s pages, expected %s", pages, page_count)
         batch = _EncryptBatch(self, so, records, page_count)
+        # sendfile reserved the ciphertext frames when it wired the file pages, and
+        # sosend's anonymous pages are encrypted in place: this cannot come up short.
+        kassert(batch.alloc_pages(), "ktls_enqueue: ciphertext pages were not reserved")
         so.so_pending += 1
         st = self.kern.stats.ktls
         st.tasks_active += 1
         st.enqueued_pages += page_count
-        if not batch.alloc_pages():
-            self.kern.phys.vm_wait()
-            self.waiting.append(batch)
-            return
         self.workers.submit(self.wq_index, batch)
-
-    def ktls_retry(self) -> bool:
-        """Start batches that waited for memory; True if none is left waiting."""
-        while self.waiting:
-            batch = self.waiting[0]
-            if batch.so.so_error:
-                self.waiting.pop(0)
-                batch.fail_early()
-                continue
-            if not batch.alloc_pages():
-                return False
-            self.waiting.pop(0)
-            self.workers.submit(self.wq_index, batch)
-        return True
 
 
 class _EncryptBatch:
@@ -211,13 +209,17 @@ class _EncryptBatch:
         self.plain_bytes = 0
 
     def alloc_pages(self) -> bool:
-        """Destination pages for records of file pages; all or nothing."""
-        phys = self.tls.kern.phys
+        """Destination pages for records of file pages, from the frames sendfile
+        reserved for this session; False (nothing taken) if they are not there."""
+        tls = self.tls
+        phys = tls.kern.phys
         need = sum(
             r.ext_pgs.npgs for r in self.records if not r.ext_pgs.flags & MBUF_PEXT_FLAG_ANON
         )
-        if phys.free_count() < need:
+        from_reserve = min(need, tls.reserved)
+        if phys.free_count() < need - from_reserve:
             return False
+        tls.reserved -= from_reserve
         self.dst = []
         for r in self.records:
             pgs = r.ext_pgs
@@ -226,7 +228,8 @@ class _EncryptBatch:
                 continue
             pas = []
             for _ in range(pgs.npgs):
-                pg = phys.page_alloc_anon()
+                pg = phys.page_alloc_anon(reserved=from_reserve > 0)
+                from_reserve -= 1
                 assert pg is not None
                 pas.append(pg.phys_addr)
             self.dst.append(pas)
@@ -288,9 +291,3 @@ class _EncryptBatch:
         st.records_encrypted += len(self.records)
         st.bytes_encrypted += self.plain_bytes
         pru_ready(self.so, self.records[0], self.npages)
-
-    def fail_early(self) -> None:
-        """A waiting batch whose socket died: never encrypted, nothing allocated."""
-        self.tls.kern.stats.ktls.tasks_active -= 1
-        self.so.so_pending -= 1
-        self.so.sorwakeup()

@@ -139,7 +139,9 @@ def _swapin(
         pindex = first + i
         pg = obj.page_lookup(pindex)
         if pg is not None and pg.valid:
-            phys.page_wire(pg)
+            if not phys.page_wire_try(pg):
+                phys.vm_wait()
+                break
             st.pages_valid += 1
             pages.append(pg)
             run = None
@@ -290,16 +292,29 @@ def sendfile_step(job: SendfileJob, new_io: list[PagerRequest]) -> SendfileStatu
         m: Mbuf | None = None
         sfio = SfIo(so)
         new_reads: list[PagerRequest] = []
+        reserved = 0
         if chunk > 0:
             npages = howmany(chunk + (job.off & PAGE_MASK), PAGE_SIZE)
+            if tls is not None:
+                # Room for the file pages and, reserved now, their ciphertext.
+                npages = min(npages, kern.phys.free_count() // 2)
+                if npages <= 0 or not tls.ktls_reserve(npages):
+                    kern.phys.vm_wait()
+                    npages = 0
+                reserved = npages
+                chunk = min(chunk, max(0, npages * PAGE_SIZE - (job.off & PAGE_MASK)))
             avail = None if unmapped else kern.sfbufs.available()
             if avail is not None:
                 # One sf_buf per page: wire (and read) no more pages than can be
                 # mapped now, so a page under I/O is never released half way.
-                if avail <= 0:
+                if avail <= 0:  # a sleeping sf_buf_alloc: counted, then vm/sfbuf wait
                     kern.sfbufs.wanted = True
+                    kern.stats.sfbuf.delayed += 1
+                    kern.stats.sf.allocwait += 1
                 npages = min(npages, max(avail, 0))
-            pages = _swapin(kern, job, sfio, npages, new_reads)
+            pages = _swapin(kern, job, sfio, npages, new_reads) if npages else []
+            if tls is not None and len(pages) < reserved:
+                tls.ktls_unreserve(reserved - len(pages))
             if len(pages) < npages:
                 chunk = min(chunk, len(pages) * PAGE_SIZE - (job.off & PAGE_MASK))
                 if chunk <= 0:

@@ -50,8 +50,13 @@ class KtlsHook(Protocol):
         """Queue `page_count` pages of records starting at m to an encryption worker."""
         ...
 
-    def ktls_retry(self) -> bool:
-        """Start batches that waited for page frames; True when none waits any more."""
+    def ktls_reserve(self, npages: int) -> bool:
+        """Set aside frames for the ciphertext of npages file pages about to be
+        wired by sendfile; False (nothing reserved) if memory is short."""
+        ...
+
+    def ktls_unreserve(self, npages: int) -> None:
+        """Give back part of a reservation that sendfile could not use."""
         ...
 
     def free(self) -> None:

@@ -71,6 +71,7 @@ class PhysMem:
         "dmap",
         "npages",
         "pages",
+        "reserved",
         "stats",
         "vm_wakeup",
         "vm_wanted",
@@ -93,6 +94,9 @@ class PhysMem:
         # (the owner of the event loop wakes its waiters there).
         self.vm_wanted = False
         self.vm_wakeup: Callable[[], None] = _nothing
+        # Frames promised to KTLS for the ciphertext of file pages already wired
+        # (see reserve()); ordinary allocations cannot take them.
+        self.reserved = 0
         stats.pages_total = self.npages
         stats.pages_free = self.npages
 
@@ -123,13 +127,37 @@ class PhysMem:
             self.vm_wakeup()
 
     def free_count(self) -> int:
-        """Pages that an allocation could obtain now (free plus evictable)."""
-        return len(self._free) + len(self._lru)
+        """Pages an unreserved allocation could obtain now (free plus evictable,
+        less what is reserved)."""
+        return len(self._free) + len(self._lru) - self.reserved
 
-    def _grab_frame(self) -> VmPage | None:
+    def reserve(self, n: int) -> bool:
+        """Set n frames aside for later `page_alloc_anon(reserved=True)`; all or nothing.
+
+        Deliberate difference: the kernel allocates KTLS ciphertext pages when it
+        encrypts, sleeping in vm_wait if need be; with the model's small memories
+        every connection could then hold plaintext pages it cannot encrypt, and
+        none could progress. sendfile reserves the ciphertext frames when it wires
+        the plaintext, so a batch either has both or waits holding nothing."""
+        if n < 0 or self.free_count() < n:
+            return False
+        self.reserved += n
+        return True
+
+    def unreserve(self, n: int) -> None:
+        kassert(0 <= n <= self.reserved, "unreserve: %s of %s reserved", n, self.reserved)
+        self.reserved -= n
+        if n:
+            self._page_freed()
+
+    def _grab_frame(self, reserved: bool = False) -> VmPage | None:
+        if reserved:
+            kassert(self.reserved > 0, "page allocation from an empty reservation")
+            self.reserved -= 1
+        elif self.free_count() <= 0:
+            return None
         if not self._free:
-            if not self._lru:
-                return None
+            kassert(self._lru, "reservation exceeds free and evictable pages")
             self._evict_one()
         frame = self._free.pop()
         self.stats.pages_free -= 1
@@ -148,9 +176,10 @@ class PhysMem:
         self._free.append((pg.phys_addr - PHYS_BASE) >> PAGE_SHIFT)
         self.stats.pages_free += 1
 
-    def page_alloc_anon(self) -> VmPage | None:
-        """vm_page_alloc(NULL, 0, VM_ALLOC_NOOBJ|VM_ALLOC_WIRED): None when memory is short."""
-        pg = self._grab_frame()
+    def page_alloc_anon(self, reserved: bool = False) -> VmPage | None:
+        """vm_page_alloc(NULL, 0, VM_ALLOC_NOOBJ|VM_ALLOC_WIRED): None when memory is
+        short. `reserved` takes a frame set aside by reserve() (never fails)."""
+        pg = self._grab_frame(reserved)
         if pg is None:
             return None
         pg.anon = True
@@ -184,6 +213,13 @@ class PhysMem:
         self.stats.pages_wired += 1
         obj.page_insert(pg)
         return pg
+
+    def page_wire_try(self, pg: VmPage) -> bool:
+        """Wire a page unless that would take the last unreserved evictable frame."""
+        if pg.wire_count == 0 and self.free_count() <= 0:
+            return False
+        self.page_wire(pg)
+        return True
 
     def page_wire(self, pg: VmPage) -> None:
         if pg.wire_count == 0:

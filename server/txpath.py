@@ -19,8 +19,7 @@ kernel's transmit side for one connection on the event loop:
 A connection that makes no progress on the wire for `send_timeout` seconds is
 dropped (`trio.TooSlowError`), whatever it is waiting for: a client that stops
 reading, or packets that ip_output keeps refusing (the kernel's retransmit
-timer would give up too). `teardown` aborts the socket, fails encryption
-batches that never started, waits (shielded) for page-ins and encryption
+timer would give up too). `teardown` aborts the socket, waits (shielded) for page-ins and encryption
 still holding its mbufs, frees everything with `soclose`, and closes the file
 descriptors the page-ins used.
 """
@@ -113,9 +112,6 @@ class KernelTx:
     async def _step(self) -> None:
         """Make progress on the wire, or wait until there is some to make."""
         so = self.so
-        tls = so.so_snd.sb_tls_info
-        if tls is not None:
-            tls.ktls_retry()
         tcp_output(so)
         txq = so.so_txq
         deadline = self._progress_at + self.send_timeout
@@ -187,10 +183,7 @@ class KernelTx:
             so.soabort(errno.ECONNRESET)
         with trio.CancelScope(shield=True):
             while so.so_pending:
-                if tls is not None:
-                    tls.ktls_retry()  # fails batches that never got their pages
-                if so.so_pending:
-                    await self._sleep(float("inf"))
+                await self._sleep(float("inf"))
         soclose(so)
         if tls is not None:
             tls.free()

@@ -432,7 +432,7 @@ def test_max_frame_len_must_be_whole_pages(
 
 
 # ---------------------------------------------------------------------------
-# Destination pages short at enqueue time: the batch waits (vm_wait), ktls_retry
+# Memory short: sendfile wires file pages only with their ciphertext frames reserved
 # ---------------------------------------------------------------------------
 
 SMALL_MEM = 64 * PAGE_SIZE  # the smallest PhysMem there is
@@ -442,9 +442,11 @@ FILE_PAGES = 16
 
 def starved(
     contexts: ServerContexts, certs: dict[str, CertFiles], files: pathlib.Path
-) -> tuple[Kernel, KtlsConn, KtlsConn, bytes, int]:
-    """A sendfile batch whose 16 destination pages cannot be had: 40 pages are held
-    by `hog`'s records and 16 by the file itself, leaving 8."""
+) -> tuple[Kernel, KtlsConn, KtlsConn, bytes, int, SendfileJob]:
+    """40 of 64 pages are held by `hog`'s unsent records, leaving 24: a 16-page
+    sendfile can wire only 12 file pages, because each needs a ciphertext page
+    reserved with it (12 + 12 = 24), and then waits for memory holding nothing
+    it cannot encrypt."""
     kern = Kernel(SMALL_MEM)
     hog_pair = handshake(contexts, certs, CASES[0])
     hog = KtlsConn(kern, KtlsWorkers(0), hog_pair.hs.established(), hog_pair)
@@ -456,53 +458,58 @@ def starved(
     data = file_bytes(FILE_PAGES * PAGE_SIZE)
     fd, obj = open_file(files, data, kern)
     io: list[PagerRequest] = []
-    assert sendfile_step(SendfileJob(conn.so, obj, fd, 0, len(data)), io) is SendfileStatus.DONE
+    job = SendfileJob(conn.so, obj, fd, 0, len(data))
     waits = kern.stats.vm.waits
+    assert sendfile_step(job, io) is SendfileStatus.NEED_MEMORY
+    assert kern.stats.vm.waits > waits
+    assert job.sbytes == 12 * PAGE_SIZE
+    assert kern.phys.reserved == 12  # one ciphertext frame per wired file page
     for req in io:
         req.run()
         vm_pager_iodone(kern, req)
-    assert kern.stats.vm.waits == waits + 1
-    assert kern.stats.ktls.tasks_active == 1
-    assert conn.so.so_pending == 1
-    assert kern.stats.ktls.records_encrypted == HOG_PAGES // 4  # only the hog's
-    assert not conn.tls.ktls_retry()  # still short
-    assert conn.pump() == 0
-    return kern, hog, conn, data, fd
+    assert kern.phys.reserved == 0  # the batch encrypted into its reserved pages
+    assert kern.stats.ktls.tasks_active == 0
+    assert conn.so.so_pending == 0
+    return kern, hog, conn, data, fd, job
 
 
-def test_batch_waits_for_destination_pages(
+def test_sendfile_reserves_ciphertext_pages_under_starvation(
     contexts: ServerContexts, certs: dict[str, CertFiles], files: pathlib.Path
 ) -> None:
-    kern, hog, conn, data, fd = starved(contexts, certs, files)
+    kern, hog, conn, data, fd, job = starved(contexts, certs, files)
     try:
+        conn.pump()  # the 12 encrypted pages go out
+        assert conn.pair.client_read() == data[: 12 * PAGE_SIZE]
         hog.pump()  # the hog's records go out and their pages are freed
         assert hog.pair.client_read() == bytes(HOG_PAGES * PAGE_SIZE)
-        assert conn.tls.ktls_retry()
-        assert kern.stats.ktls.tasks_active == 0
+        io: list[PagerRequest] = []
+        assert sendfile_step(job, io) is SendfileStatus.DONE
+        for req in io:
+            req.run()
+            vm_pager_iodone(kern, req)
         conn.pump()
-        assert conn.pair.client_read() == data
-        check_wire(conn, data)
+        assert conn.pair.client_read() == data[12 * PAGE_SIZE :]
     finally:
         os.close(fd)
     hog.close()
     conn.close()
     assert kern.leaks() == {}
+    assert kern.phys.reserved == 0
 
 
-def test_waiting_batch_of_an_aborted_socket_is_dropped(
+def test_reservation_released_when_the_connection_dies(
     contexts: ServerContexts, certs: dict[str, CertFiles], files: pathlib.Path
 ) -> None:
-    kern, hog, conn, _, fd = starved(contexts, certs, files)
-    os.close(fd)
+    """A session that reserved frames and is closed before using them gives them back."""
+    kern = Kernel(SMALL_MEM)
+    pair = handshake(contexts, certs, CASES[0])
+    conn = KtlsConn(kern, KtlsWorkers(0), pair.hs.established(), pair)
+    assert conn.tls.ktls_reserve(10)
+    assert kern.phys.reserved == 10
+    assert kern.phys.free_count() == SMALL_MEM // PAGE_SIZE - 10
     conn.so.soabort(errno.ECONNRESET)
-    anon = kern.stats.vm.pages_anon
-    assert conn.tls.ktls_retry()  # nothing waits any more
-    assert kern.stats.vm.pages_anon == anon  # nothing was allocated for it
-    assert kern.stats.ktls.tasks_active == 0
-    assert kern.stats.ktls.failed_crypto == 0
-    assert conn.so.so_pending == 0
     conn.close()
-    hog.close()
+    assert kern.phys.reserved == 0
     assert kern.leaks() == {}
 
 

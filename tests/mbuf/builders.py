@@ -390,13 +390,16 @@ class FakeTls:
             self.seqnos.append(sb.sb_tls_seqno)
             sb.sb_tls_seqno += 1
 
+    def ktls_reserve(self, npages: int) -> bool:
+        return True  # the fake encrypts in place: no ciphertext pages needed
+
+    def ktls_unreserve(self, npages: int) -> None:
+        return None
+
     def ktls_enqueue(self, so: Socket, m: Mbuf, page_count: int) -> None:
         so.so_pending += 1
         self.enqueued_pages += page_count
         self.queue.append((so, m, page_count))
-
-    def ktls_retry(self) -> bool:
-        return True
 
     def free(self) -> None:
         self.freed = True
