@@ -44,7 +44,7 @@ class MbStat(_Group):
 
 @dataclass(slots=True)
 class SfStat(_Group):
-    """struct sfstat (sys/sys/sf_buf.h): the 11 sendfile counters."""
+    """struct sfstat (sys/sys/sf_buf.h): the 11 sendfile counters, and two more."""
 
     prefix: ClassVar[str] = "sendfile"
     syscalls: int = 0
@@ -58,6 +58,9 @@ class SfStat(_Group):
     busy: int = 0
     allocfail: int = 0
     allocwait: int = 0
+    # Beyond struct sfstat:
+    io_errors: int = 0  # page-ins that failed; their connection was aborted (EIO)
+    file_changed: int = 0  # ... because the file changed under the response
 
 
 @dataclass(slots=True)

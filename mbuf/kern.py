@@ -6,6 +6,7 @@ tests can build as many independent machines as they like. Tunables:
   phys_mem         bytes of physical memory for the page cache and buffers
   nsfbufs          0 = direct map (sf_bufs never fail); N = bounded pool
   mb_use_ext_pgs   kern.ipc.mb_use_ext_pgs: sendfile builds unmapped mbufs
+  readahead        sendfile readahead pages (None: rest of the request, up to MAXPHYS)
   capenable        the interface's enabled capabilities (IFCAP_*)
 """
 
@@ -33,6 +34,7 @@ class Kernel:
         "mb_use_ext_pgs",
         "pagecache",
         "phys",
+        "readahead",
         "sfbufs",
         "stats",
     )
@@ -44,6 +46,7 @@ class Kernel:
         capenable: int = DEFAULT_CAPENABLE,
         mb_use_ext_pgs: bool = True,
         nsfbufs: int = 0,
+        readahead: int | None = None,
     ) -> None:
         self.stats = Counters()
         self.phys = PhysMem(phys_mem, self.stats.vm)
@@ -51,6 +54,11 @@ class Kernel:
         self.sfbufs = SfBufPool(self.phys, self.stats.sfbuf, self.stats.sf, nsfbufs)
         self.ifnet = Ifnet(capenable, self.stats.ifnet)
         self.mb_use_ext_pgs = mb_use_ext_pgs
+        # sendfile readahead in pages: None = the kernel's default (the rest of the
+        # request, up to MAXPHYS); N = SF_USER_READAHEAD with SF_READAHEAD(flags) = N.
+        if readahead is not None and readahead < 0:
+            raise ValueError(f"readahead must be >= 0 pages, not {readahead}")
+        self.readahead = readahead
         # UMA per-zone caches of cluster storage, so steady state allocates nothing.
         self.cluster_cache: list[memoryview] = []
         self.jumbop_cache: list[memoryview] = []

@@ -575,6 +575,43 @@ def m_adj(m: Mbuf, req_len: int) -> None:
         m.m_pkthdr_len = max(0, m.m_pkthdr_len + req_len)
 
 
+def m_pullup(m: Mbuf, length: int) -> Mbuf:
+    """m_pullup: make the first `length` bytes of the chain contiguous in the first
+    mbuf (at most MLEN), copying them out of the mbufs that follow.
+
+    As in the kernel, the first mbuf must not be unmapped (there is nothing to
+    make contiguous in a page vector; protocol headers always go in a mapped mbuf
+    placed in front, as tcp_output does). Bytes pulled out of later mbufs are
+    read with the same readers as m_copydata, so unmapped mbufs further down
+    the chain give their bytes up correctly. Raises ValueError if the chain is
+    shorter than `length` or `length` exceeds MLEN (the kernel frees the chain
+    and returns NULL there)."""
+    kassert(not m.m_flags & M_NOMAP, "m_pullup: first mbuf %r is unmapped", m)
+    total, _ = m_length(m)
+    if length > MLEN or length > total:
+        raise ValueError(f"m_pullup: cannot make {length} of {total} bytes contiguous")
+    if m.m_len >= length:
+        return m
+    head = m_get(m.m_kern, pkthdr=bool(m.m_flags & M_PKTHDR))
+    assert head.m_dat is not None
+    head.m_dat[:length] = m_copydata(m, 0, length)
+    head.m_len = length
+    head.m_pkthdr_len = m.m_pkthdr_len
+    head.m_pkthdr_csum_flags = m.m_pkthdr_csum_flags
+    # Drop the pulled-up bytes from the old chain (freeing emptied mbufs).
+    rest: Mbuf | None = m
+    need = length
+    while rest is not None and need:
+        take = min(rest.m_len, need)
+        rest.m_len -= take
+        rest.m_data += take
+        need -= take
+        if rest.m_len == 0:
+            rest = m_free(rest)
+    head.m_next = rest
+    return head
+
+
 def mb_ext_pgs_check(m: Mbuf) -> None:
     """mb_ext_pgs_check: the invariants of an unmapped mbuf (checklist items 2 and 3)."""
     pgs = m.ext_pgs

@@ -34,6 +34,9 @@ TCPIP_HDR_LEN = 40  # 20-byte IPv4 header + 20-byte TCP header, no options
 TCP_MSS = 1448  # what Linux and FreeBSD use with timestamps on a 1500 MTU
 IP_MAXPACKET = 65535  # if_hw_tsomax default: one TSO burst is at most 64 KiB
 
+# sendfile readahead is capped at one maximal I/O: MAXPHYS was 128 KiB in 2019.
+MAXPHYS = 128 * 1024
+
 # Socket buffers (sys/kern/uipc_sockbuf.c).
 SB_EFFICIENCY = 8  # kern.ipc.sockbuf_waste_factor
 SB_MAX = 2 * 1024 * 1024  # kern.ipc.maxsockbuf

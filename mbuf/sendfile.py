@@ -24,8 +24,11 @@ buffer is full:
    are valid, queued to the encryption workers (`ktls_enqueue`); otherwise it
    becomes ready (`pru_ready`) when its I/O completes (`sendfile_iodone`).
 
-Deliberate differences: there is no readahead yet (the counters stay zero),
-and a busy page is waited for instead of being substituted by `bogus_page`.
+The last read of a batch reads ahead (rest of the request up to MAXPHYS, or
+`--readahead N` pages); those pages enter the cache unwired.
+
+Deliberate difference: a busy page is waited for instead of being substituted
+by `bogus_page`.
 If a file shrinks below the size it had when it was looked up, the read comes
 up short and the connection is aborted with EIO, so a response never mixes
 bytes of two versions.
@@ -48,7 +51,15 @@ from mbuf.mbuf import (
     m_get,
     mb_alloc_ext_pgs,
 )
-from mbuf.param import MBUF_PEXT_MAX_PGS, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, howmany, trunc_page
+from mbuf.param import (
+    MAXPHYS,
+    MBUF_PEXT_MAX_PGS,
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    howmany,
+    trunc_page,
+)
 from mbuf.sf_buf import SFB_NOWAIT, SfBuf
 from mbuf.sockbuf import SBS_CANTSENDMORE
 from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
@@ -166,7 +177,7 @@ def _swapin(
             phys.vm_wait()
             break
         if run is None:
-            run = PagerRequest(job.fd, pindex << PAGE_SHIFT, [], [], obj.size)
+            run = PagerRequest(job.fd, pindex << PAGE_SHIFT, [], [], obj.size, obj.key[3])
             run.waiters.append(sfio)
             sfio.nios += 1
             new_io.append(run)
@@ -176,7 +187,34 @@ def _swapin(
         obj.busy[pindex] = run
         st.pages_read += 1
         pages.append(pg)
+    if run is not None and len(pages) == npages:
+        _readahead(kern, job, run, first + npages)
     return pages
+
+
+def _readahead(kern: Kernel, job: SendfileJob, run: PagerRequest, pindex: int) -> None:
+    """Extend the batch's last read past the batch (vm_pager_get_pages_async's
+    rahead): by default the rest of the request, capped at MAXPHYS; exactly
+    `kern.readahead` pages when set (SF_USER_READAHEAD). The pages go into the
+    cache unwired when the read completes; no mbuf holds them."""
+    obj = job.obj
+    if kern.readahead is None:
+        want = howmany(job.off + job.rem, PAGE_SIZE) - pindex  # the rest of the request
+    else:
+        want = kern.readahead
+    want = min(want, MAXPHYS // PAGE_SIZE, howmany(obj.size, PAGE_SIZE) - pindex)
+    st = kern.stats.sf
+    for i in range(pindex, pindex + max(want, 0)):
+        if obj.page_lookup(i) is not None:
+            break
+        pg = kern.phys.page_alloc_object(obj, i)
+        if pg is None:
+            break
+        run.pages.append(pg)
+        run.views.append(kern.phys.phys_view(pg.phys_addr))
+        run.rahead += 1
+        obj.busy[i] = run
+        st.rhpages_requested += 1
 
 
 def _unwire_pages(kern: Kernel, pages: list[VmPage]) -> None:
@@ -412,15 +450,23 @@ def sendfile_iodone(sfio: SfIo) -> None:
 
 def vm_pager_iodone(kern: Kernel, req: PagerRequest) -> None:
     """Completion of one pager request, on the event-loop thread."""
-    obj = None
     for pg in req.pages:
         obj = pg.object
         if obj is not None and obj.busy.get(pg.pindex) is req:
             del obj.busy[pg.pindex]
         if not req.error:
             kern.phys.page_validate(pg)
+    if req.rahead:
+        if not req.error:
+            kern.stats.sf.rhpages_read += req.rahead
+        for pg in req.pages[-req.rahead :]:
+            kern.phys.page_unwire(pg)  # into the cache (or freed, if the read failed)
     if not req.error:
         kern.stats.vm.page_faults += len(req.pages)
+    else:
+        kern.stats.sf.io_errors += 1
+        if req.changed:
+            kern.stats.sf.file_changed += 1
     for sfio in req.waiters:
         if req.error:
             sfio.error = req.error

@@ -4,7 +4,10 @@ One VmObject per *file version*: the key is (device, inode, size, mtime in ns),
 so a file that is replaced or rewritten gets a fresh object for new requests,
 while responses already under way keep the pages they wired. The page cache is
 the dictionary of live objects; an object whose file version is superseded is
-marked dead and its unwired pages are freed.
+marked dead and its unwired pages are freed. A read checks the file's size and
+mtime again after it completes; if they changed, the pages may hold bytes of
+another version, so the read fails (EIO) and the response that needed them is
+aborted instead of mixing versions (`sendfile.file_changed`).
 
 Pages are read from disk by `PagerRequest.run()`, which does the kernel's
 `vm_pager_get_pages_async` as one `preadv` straight into the page frames (no
@@ -15,6 +18,7 @@ or frees them until `sendfile_iodone` runs on the event-loop thread.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,8 +106,11 @@ class PagerRequest:
     pages: list[VmPage]
     views: list[memoryview]
     file_size: int = 0
+    mtime_ns: int = 0  # the version the pages must come from (with file_size)
     error: int = 0
     nread: int = 0
+    changed: bool = False  # the file was modified: these bytes may be of another version
+    rahead: int = 0  # the last `rahead` pages are readahead: no mbuf holds them
     # sendfile I/O states (SfIo) waiting for these pages; only touched on the loop thread.
     waiters: list[Any] = field(default_factory=list)
 
@@ -121,9 +128,12 @@ class PagerRequest:
                     break
                 got += n
             self.nread = got
-            if got < want:
-                # The file shrank after it was looked up: never send bytes of two versions.
-                self.error = 5  # EIO
+            st = os.fstat(self.fd)
+            if got < want or (st.st_size, st.st_mtime_ns) != (self.file_size, self.mtime_ns):
+                # The file shrank or was rewritten since it was looked up: what was
+                # read may belong to another version. Never mix two in one response.
+                self.changed = True
+                self.error = errno.EIO
             else:
                 tail = got
                 for v in self.views:  # zero what lies beyond EOF in the last page

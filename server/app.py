@@ -45,6 +45,7 @@ SERVER_COUNTERS = (
     "timeouts",
     "requests",
     "body_bytes",
+    "responses_aborted",
     *(f"status_{code}" for code in (200, 204, 301, 400, 403, 404, 405, 408)),
 )
 
@@ -58,6 +59,7 @@ class Server:
             capenable=cfg.capenable(),
             mb_use_ext_pgs=cfg.sendfile_nomap,
             nsfbufs=cfg.nsfbufs,
+            readahead=cfg.readahead,
         )
         self.stats: Counter[str] = Counter(dict.fromkeys(SERVER_COUNTERS, 0))
         self.date = DateCache()
@@ -148,6 +150,8 @@ def _announce(
     server: Server, listeners: list[trio.SocketListener], admin: list[trio.SocketListener] | None
 ) -> None:
     cfg = server.cfg
+    if cfg.keylog is not None:  # first, so that nobody misses it
+        print(f"nomapd: WARNING: writing TLS secrets to {cfg.keylog} (--keylog)", flush=True)
     scheme = "http" if cfg.http else "https"
     for lst in listeners:
         host, port = lst.socket.getsockname()[:2]
@@ -165,8 +169,6 @@ def _announce(
         f"phys-mem {cfg.phys_mem >> 20}M; ktls workers {cfg.ktls_workers}",
         flush=True,
     )
-    if cfg.keylog is not None:
-        print(f"nomapd: WARNING: writing TLS secrets to {cfg.keylog} (--keylog)", flush=True)
 
 
 async def _serve(server: Server) -> None:

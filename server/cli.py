@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--phys-mem", default="256M", help="physical memory of the model (256M)")
     s.add_argument("--sndbuf", default="256K", help="socket send buffer sb_hiwat (256K)")
     s.add_argument("--nsfbufs", type=int, default=0, help="sf_buf pool size; 0 = direct map")
+    s.add_argument(
+        "--readahead",
+        default="auto",
+        help="sendfile readahead in pages, or 'auto' (rest of the request up to 128K)",
+    )
     s.add_argument("--ktls-workers", type=int, default=None, help="encryption threads (CPUs)")
     s.add_argument(
         "--admin",
@@ -59,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keylog", help="WRITE TLS SECRETS to this file (for Wireshark); off")
     s.add_argument(
         "--max-connections", type=int, default=1024, help="connections served at once (1024)"
+    )
+    s.add_argument(
+        "--send-timeout", type=float, default=60.0, help="drop a client taking no bytes (60s)"
+    )
+    s.add_argument(
+        "--header-timeout", type=float, default=30.0, help="request head / idle limit (30s)"
     )
     s.add_argument("--follow-symlinks", action="store_true", help="allow symlinks out of ROOT")
     s.add_argument("--serve-dotfiles", action="store_true", help="serve names starting with '.'")
@@ -86,12 +97,18 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.phys_mem = parse_size(ns.phys_mem, "--phys-mem")
     cfg.sndbuf = parse_size(ns.sndbuf, "--sndbuf")
     cfg.nsfbufs = ns.nsfbufs
+    if ns.readahead != "auto":
+        if not ns.readahead.isdigit():
+            raise ConfigError(f"--readahead: {ns.readahead!r} is not a page count or 'auto'")
+        cfg.readahead = int(ns.readahead)
     if ns.ktls_workers is not None:
         cfg.ktls_workers = ns.ktls_workers
     cfg.admin = None if ns.admin == "off" else parse_hostport(ns.admin, "--admin")
     cfg.admin_public = ns.admin_public
     cfg.keylog = pathlib.Path(ns.keylog) if ns.keylog else None
     cfg.max_connections = ns.max_connections
+    cfg.send_timeout = ns.send_timeout
+    cfg.header_timeout = ns.header_timeout
     cfg.follow_symlinks = ns.follow_symlinks
     cfg.serve_dotfiles = ns.serve_dotfiles
     cfg.validate()

@@ -77,6 +77,7 @@ class ServerConfig:
     phys_mem: int = 256 << 20
     sndbuf: int = SB_SNDBUF_DEFAULT
     nsfbufs: int = 0
+    readahead: int | None = None  # pages; None: the rest of the request up to MAXPHYS
     ktls_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     admin: tuple[str, int] | None = DEFAULT_ADMIN
     admin_public: bool = False
@@ -120,6 +121,12 @@ class ServerConfig:
             # A conversion maps every page of a TSO burst at once (SFB_NOWAIT): a
             # smaller pool could never send one, and every packet would be dropped.
             raise ConfigError(f"--nsfbufs must be 0 (direct map) or at least {MIN_NSFBUFS}")
+        if self.readahead is not None and not 0 <= self.readahead <= 1024:
+            raise ConfigError("--readahead must be 'auto' or 0..1024 pages")
+        for name, value in (("--send-timeout", self.send_timeout),
+                            ("--header-timeout", self.header_timeout)):  # fmt: skip
+            if not 0 < value <= 3600:
+                raise ConfigError(f"{name} must be between 0 and 3600 seconds")
         if self.max_connections < 1:
             raise ConfigError("--max-connections must be at least 1")
         if (self.cert is None) != (self.key is None):

@@ -388,28 +388,39 @@ class Connection:
         self.h11.send_with_data_passthrough(h11.Data(data=cast(bytes, _SendfileBody(st.st_size))))
         if self.user_tls:
             try:
-                await self._user_tls_file(fd, st.st_size, head)
+                await self._user_tls_file(fd, st, head)
             finally:
                 os.close(fd)
         else:
             obj = server.kern.pagecache.lookup(st)
-            await self.tx.sendfile(obj, fd, 0, st.st_size, head)
+            try:
+                await self.tx.sendfile(obj, fd, 0, st.st_size, head)
+                await self.tx.flush()
+            except OSError as e:
+                if e.errno == errno.EIO:  # a page-in failed or found the file changed
+                    server.stats["responses_aborted"] += 1
+                raise
         self.h11.send(h11.EndOfMessage())
         await self.tx.flush()
         server.stats["body_bytes"] += st.st_size
 
-    async def _user_tls_file(self, fd: int, size: int, head: bytes) -> None:
+    async def _user_tls_file(self, fd: int, st: os.stat_result, head: bytes) -> None:
         """--no-ktls: read(2) into a user buffer, SSL_write, write(2) the ciphertext."""
         assert self.receiver is not None
         buf = bytearray(USER_TLS_CHUNK)
         view = memoryview(buf)
         await self.tx.send(self.receiver.encrypt(head))
+        size = st.st_size
         off = 0
+        version = (st.st_size, st.st_mtime_ns)
         while off < size:
             chunk = [view[: min(USER_TLS_CHUNK, size - off)]]
             n = await trio.to_thread.run_sync(os.preadv, fd, chunk, off)
-            if n <= 0:
-                raise OSError(errno.EIO, "file shrank while being sent")
+            now = os.fstat(fd)
+            if n < len(chunk[0]) or (now.st_size, now.st_mtime_ns) != version:
+                # As sendfile does: never send bytes of two versions in one response.
+                self.server.stats["responses_aborted"] += 1
+                raise OSError(errno.EIO, "file changed while being sent")
             await self.tx.send(self.receiver.encrypt(view[:n]))
             off += n
 

@@ -68,6 +68,8 @@ def format_stat(s: dict[str, Any]) -> str:
         f"{g('sendfile.busy')} times sendfile encountered an already busy page",
         f"{g('sendfile.allocfail')} requests for sfbufs denied",
         f"{g('sendfile.allocwait')} requests for sfbufs delayed",
+        f"{g('sendfile.io_errors')} sendfile reads failed (connection aborted)",
+        f"{g('sendfile.file_changed')} of them because the file changed under the response",
         "",
         "kern.ipc.tls:",
     ]
