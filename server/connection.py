@@ -52,6 +52,7 @@ log = logging.getLogger("nomapd")
 
 MAX_REQUEST_HEAD = 16 * 1024  # h11's default; nginx allows 1K + 4x8K
 RECV_SIZE = 65536
+WIRE_SNDBUF = 128 * 1024  # host socket send buffer (Linux doubles it)
 USER_TLS_CHUNK = 64 * 1024  # --no-ktls: bytes read and SSL_write()n at a time
 CLOSE_NOTIFY = b"\x01\x00"  # alert level warning, description close_notify
 
@@ -92,6 +93,10 @@ class Connection:
         self.server = server
         self.cfg = server.cfg
         self.sock = stream.socket
+        # The host socket is the wire: keep what it holds in flight small, so that
+        # data waits in the model's send buffer (where the counters see it), not in
+        # a host buffer that Linux would autotune to megabytes.
+        self.sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, WIRE_SNDBUF)
         src, sport = _ipv4(self.sock.getsockname())
         dst, dport = _ipv4(self.sock.getpeername())
         kern = server.kern
