@@ -138,7 +138,7 @@ class Connection:
     async def _send_openssl_output(self) -> None:
         """--no-ktls: OpenSSL owns the send side and may have records to send."""
         if self.receiver is not None and self.receiver.outgoing:
-            await self.tx.send(self.receiver.take_outgoing())
+            await self._write_records(self.receiver.take_outgoing())
 
     # -- TLS -----------------------------------------------------------------
 
@@ -195,15 +195,25 @@ class Connection:
         """Response bytes: through OpenSSL first with --no-ktls, else straight to sosend."""
         if self.user_tls:
             assert self.receiver is not None
-            await self.tx.send(self.receiver.encrypt(data))
+            await self._write_records(self.receiver.encrypt(data))
         else:
             await self.tx.send(data)
+
+    async def _write_records(self, ciphertext: bytes) -> None:
+        """--no-ktls: what OpenSSL does over a socket BIO, one write(2) per record
+        (ssl3_write_pending), so each record is its own sosend."""
+        view = memoryview(ciphertext)
+        pos = 0
+        while pos < len(view):
+            end = pos + 5 + int.from_bytes(view[pos + 3 : pos + 5])
+            await self.tx.send(view[pos:end])
+            pos = end
 
     async def _close_notify(self) -> None:
         if self.receiver is None:
             return
         if self.user_tls:
-            await self.tx.send(self.receiver.shutdown())
+            await self._write_records(self.receiver.shutdown())
         else:
             await self.tx.send(CLOSE_NOTIFY, TLS_RLTYPE_ALERT)
 
@@ -414,7 +424,7 @@ class Connection:
         assert self.receiver is not None
         buf = bytearray(USER_TLS_CHUNK)
         view = memoryview(buf)
-        await self.tx.send(self.receiver.encrypt(head))
+        await self._write_records(self.receiver.encrypt(head))
         size = st.st_size
         off = 0
         version = (st.st_size, st.st_mtime_ns)
@@ -426,7 +436,7 @@ class Connection:
                 # As sendfile does: never send bytes of two versions in one response.
                 self.server.stats["responses_aborted"] += 1
                 raise OSError(errno.EIO, "file changed while being sent")
-            await self.tx.send(self.receiver.encrypt(view[:n]))
+            await self._write_records(self.receiver.encrypt(view[:n]))
             off += n
 
     async def teardown(self) -> None:
