@@ -52,6 +52,10 @@ def ip_output(kern: Kernel, m: Mbuf, txq: IfTxQueue, src: int, dst: int, nsegs: 
         conv = mb_unmapped_to_ext(m)
         if conv is None:
             st.odropped += 1
+            # The failed conversion already freed the sf_bufs it had mapped, and that
+            # free spent the pool's wakeup; TCP will send again once mappings come
+            # back, so ask to be woken by the next free.
+            kern.sfbufs.wanted = True
             return errno.ENOBUFS
         m = conv
         if st.unmapped_mbufs_converted != before:
