@@ -45,7 +45,7 @@ FILE_PAGES = 5
 
 
 class CryptoFailure(Exception):
-    pass
+    """Raised by the patched encryption to make a batch fail."""
 
 
 @pytest.mark.parametrize("threads", [0, 1], ids=["inline", "worker"])

@@ -778,7 +778,7 @@ def test_data_path_state_machine(variant: Variant, tmp_path: Path) -> None:
     ]
 
     class Machine(DataPathMachine):
-        pass
+        """A fresh subclass per variant: hypothesis keys its state on the class."""
 
     Machine.variant = variant
     Machine.files = files

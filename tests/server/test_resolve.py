@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pathlib
@@ -62,12 +63,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     (base / "root-sibling" / "secret.txt").write_bytes(b"sibling secret")
     os.mkfifo(root / "fifo")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+    # A path too long for sun_path fails to bind: the "sock" case then tests a missing file.
+    with sock, contextlib.suppress(OSError):
         sock.bind(str(root / "sock"))
-    except OSError:
-        pass  # path too long for sun_path: the "sock" case then tests a missing file
-    finally:
-        sock.close()
     links = {
         "link_in": "hello.txt",
         "link_dir_in": "docs",
