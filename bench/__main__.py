@@ -66,8 +66,9 @@ def _stats(admin: int) -> dict[str, Any]:
 
 
 def _in_use(s: dict[str, Any]) -> int:
-    keys = [k for k in s if k.endswith("_in_use") and k.startswith(("mbuf.", "sfbuf."))]
-    return sum(int(s[k]) for k in keys) + int(s["vm.pages_wired"]) + int(s["vm.pages_anon"])
+    keys = [k for k in s if k.endswith("_in_use") and k.startswith("mbuf.")]
+    keys += ["sfbuf.in_use", "vm.pages_wired", "vm.pages_anon", "vm.pages_reserved"]
+    return sum(int(s[k]) for k in keys)
 
 
 def _idle_stats(admin: int, timeout: float = 10.0) -> dict[str, Any]:

@@ -263,7 +263,17 @@ class _EncryptBatch:
             log.exception("ktls: completing an encryption batch failed; aborting the connection")
             st.failed_crypto += 1
             so.soabort(errno.EIO)
+            self._free_unused_dst()
         so.sorwakeup()
+
+    def _free_unused_dst(self) -> None:
+        """Ciphertext pages of records that never took them (still `tls`) go back."""
+        phys = self.tls.kern.phys
+        for r, dst in zip(self.records, self.dst, strict=False):
+            if dst and r.ext_pgs.tls is not None and r.ext_pgs.pa is not dst:
+                for pa in dst:
+                    phys.page_free_anon(phys.phys_to_vm_page(pa))
+        self.dst = []
 
     def _fail(self) -> None:
         phys = self.tls.kern.phys

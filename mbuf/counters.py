@@ -84,6 +84,7 @@ class VmStat(_Group):
     pages_wired: int = 0  # wired file pages plus anonymous pages (v_wire_count)
     pages_cached: int = 0  # valid, unwired file pages (evictable)
     pages_anon: int = 0
+    pages_reserved: int = 0  # frames set aside for KTLS ciphertext of wired file pages
     waits: int = 0  # vm_wait: an allocation found no free page
     evictions: int = 0
     page_faults: int = 0  # file pages read from disk

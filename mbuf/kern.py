@@ -91,6 +91,7 @@ class Kernel:
             "sfbuf.in_use": s.sfbuf.in_use,
             "vm.pages_wired": s.vm.pages_wired,
             "vm.pages_anon": s.vm.pages_anon,
+            "vm.pages_reserved": s.vm.pages_reserved,
             "ktls.tasks_active": s.ktls.tasks_active,
         }
         return {k: v for k, v in vals.items() if v}

@@ -38,6 +38,7 @@ from mbuf.param import (
     MBUF_PEXT_MAX_PGS,
     MBUF_PEXT_TRAIL_LEN,
     MCLBYTES,
+    MHLEN,
     MJUMPAGESIZE,
     MLEN,
     PAGE_SIZE,
@@ -588,7 +589,8 @@ def m_pullup(m: Mbuf, length: int) -> Mbuf:
     and returns NULL there)."""
     kassert(not m.m_flags & M_NOMAP, "m_pullup: first mbuf %r is unmapped", m)
     total, _ = m_length(m)
-    if length > MLEN or length > total:
+    room = MHLEN if m.m_flags & M_PKTHDR else MLEN
+    if length > room or length > total:
         raise ValueError(f"m_pullup: cannot make {length} of {total} bytes contiguous")
     if m.m_len >= length:
         return m

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import logging
 from typing import TYPE_CHECKING
 
 from mbuf.kassert import kassert
@@ -70,6 +71,9 @@ if TYPE_CHECKING:
     from mbuf.kern import Kernel
 
 
+log = logging.getLogger("nomapd.sendfile")
+
+
 class SendfileStatus(enum.Enum):
     DONE = "done"  # everything queued to the socket buffer
     NEED_SPACE = "need-space"  # wait until the send buffer drains (sbwait)
@@ -91,7 +95,7 @@ class SfIo:
 
 
 class SendfileJob:
-    __slots__ = ("fd", "hdr", "noio", "obj", "off", "rem", "sbytes", "so")
+    __slots__ = ("_open", "fd", "hdr", "noio", "obj", "off", "rem", "sbytes", "so")
 
     def __init__(
         self, so: Socket, obj: VmObject, fd: int, offset: int, nbytes: int, hdr: bytes = b""
@@ -108,7 +112,15 @@ class SendfileJob:
         self.hdr: bytes | None = hdr or None
         self.sbytes = 0
         self.noio = True
+        obj.hold()  # the page cache keeps the object while this job uses it
+        self._open = True
         so.so_kern.stats.sf.syscalls += 1
+
+    def close(self) -> None:
+        """The call is over (done or abandoned): drop the hold on the VM object."""
+        if self._open:
+            self._open = False
+            self.obj.release()
 
     @property
     def done(self) -> bool:
@@ -472,4 +484,10 @@ def vm_pager_iodone(kern: Kernel, req: PagerRequest) -> None:
             sfio.error = req.error
         sfio.nios -= 1
         if sfio.nios == 0:
-            sendfile_iodone(sfio)
+            try:
+                sendfile_iodone(sfio)
+            except Exception:
+                # A broken invariant in one connection must not stop the others
+                # waiting on this read from completing (nor the event loop).
+                log.exception("sendfile_iodone failed; aborting that connection")
+                sfio.so.soabort(errno.EIO)

@@ -31,7 +31,7 @@ ObjectKey = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
 
 class VmObject:
-    __slots__ = ("busy", "key", "live", "on_empty", "pages", "size")
+    __slots__ = ("busy", "key", "live", "on_empty", "pages", "refs", "size")
 
     def __init__(self, key: ObjectKey) -> None:
         self.key = key
@@ -40,6 +40,7 @@ class VmObject:
         # Pages under I/O (wired, not yet valid) and the request reading each.
         self.busy: dict[int, PagerRequest] = {}
         self.live = True
+        self.refs = 0  # sendfile jobs using the object (the kernel's vnode reference)
         # Called when the last page leaves (the page cache forgets the object then).
         self.on_empty: Callable[[VmObject], None] | None = None
 
@@ -49,8 +50,18 @@ class VmObject:
     def page_remove(self, pg: VmPage) -> None:
         if self.pages.get(pg.pindex) is pg:
             del self.pages[pg.pindex]
-            if not self.pages and not self.busy and self.on_empty is not None:
-                self.on_empty(self)
+            self._maybe_empty()
+
+    def _maybe_empty(self) -> None:
+        if not self.pages and not self.busy and not self.refs and self.on_empty is not None:
+            self.on_empty(self)
+
+    def hold(self) -> None:
+        self.refs += 1
+
+    def release(self) -> None:
+        self.refs -= 1
+        self._maybe_empty()
 
     def page_lookup(self, pindex: int) -> VmPage | None:
         return self.pages.get(pindex)

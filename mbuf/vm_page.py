@@ -142,11 +142,13 @@ class PhysMem:
         if n < 0 or self.free_count() < n:
             return False
         self.reserved += n
+        self.stats.pages_reserved = self.reserved
         return True
 
     def unreserve(self, n: int) -> None:
         kassert(0 <= n <= self.reserved, "unreserve: %s of %s reserved", n, self.reserved)
         self.reserved -= n
+        self.stats.pages_reserved = self.reserved
         if n:
             self._page_freed()
 
@@ -154,6 +156,7 @@ class PhysMem:
         if reserved:
             kassert(self.reserved > 0, "page allocation from an empty reservation")
             self.reserved -= 1
+            self.stats.pages_reserved = self.reserved
         elif self.free_count() <= 0:
             return None
         if not self._free:

@@ -39,6 +39,7 @@ log = logging.getLogger("nomapd")
 SERVER_COUNTERS = (
     "connections",
     "connection_errors",
+    "connections_refused",
     "tls_handshakes",
     "tls_handshake_failures",
     "protocol_errors",
@@ -119,8 +120,18 @@ class Server:
         """One connection. At most --max-connections run at once; the others wait
         here, accepted, until a slot frees (nginx's worker_connections)."""
         try:
-            async with self.limiter:
+            if self.limiter.statistics().tasks_waiting >= self.cfg.max_connections:
+                self.stats["connections_refused"] += 1  # the waiting line is full too
+                return
+            with trio.move_on_after(self.cfg.header_timeout) as cs:
+                await self.limiter.acquire()
+            if cs.cancelled_caught:
+                self.stats["connections_refused"] += 1
+                return
+            try:
                 await self._handle(stream)
+            finally:
+                self.limiter.release()
         finally:
             with contextlib.suppress(OSError):
                 stream.socket.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -98,7 +99,7 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.sndbuf = parse_size(ns.sndbuf, "--sndbuf")
     cfg.nsfbufs = ns.nsfbufs
     if ns.readahead != "auto":
-        if not ns.readahead.isdigit():
+        if not re.fullmatch(r"[0-9]+", ns.readahead):
             raise ConfigError(f"--readahead: {ns.readahead!r} is not a page count or 'auto'")
         cfg.readahead = int(ns.readahead)
     if ns.ktls_workers is not None:

@@ -84,6 +84,14 @@ def _ipv4(addr: object) -> tuple[int, int]:
         return 0, 0
 
 
+_CLIENT_GONE = frozenset(
+    {
+        errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ETIMEDOUT,
+        errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EIO,
+    }
+)  # fmt: skip
+
+
 class ClientGone(Exception):
     """The peer closed or reset the connection."""
 
@@ -238,9 +246,12 @@ class Connection:
         except trio.TooSlowError:
             self.server.stats["timeouts"] += 1
         except OSError as e:
-            # The host socket failed (EPIPE, ECONNRESET, ETIMEDOUT...) or the kernel
-            # socket was aborted (EIO from a failed read or encryption).
-            log.debug("connection ended: %s", e)
+            if e.errno in _CLIENT_GONE:
+                # The host socket failed, or the kernel socket was aborted (EIO from a
+                # failed read or encryption): this connection ends, quietly.
+                log.debug("connection ended: %s", e)
+            else:  # not the client's doing (EMFILE, EBADF, ENOSPC...): say so
+                log.warning("connection ended by a server-side error: %s", e)
 
     async def _next_event(self) -> h11._events.Event | type[h11._util.Sentinel]:
         while True:
@@ -288,6 +299,7 @@ class Connection:
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             if conn.our_state is h11.DONE:
+                self._head_deadline = trio.current_time() + self.cfg.header_timeout
                 while conn.their_state is h11.SEND_BODY:  # discard an unwanted request body
                     try:
                         ev = await self._next_event()

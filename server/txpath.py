@@ -16,10 +16,13 @@ kernel's transmit side for one connection on the event loop:
   With nothing to write it sleeps until an upcall (I/O or encryption done) or
   a `VmWaitQueue` wakeup (page frames or sf_bufs freed: the kernel's vm_wait).
 
-A connection that makes no progress on the wire for `send_timeout` seconds is
-dropped (`trio.TooSlowError`), whatever it is waiting for: a client that stops
-reading, or packets that ip_output keeps refusing (the kernel's retransmit
-timer would give up too). `teardown` aborts the socket, waits (shielded) for page-ins and encryption
+A connection whose host socket takes no bytes for `send_timeout` seconds is
+dropped (`trio.TooSlowError`): a client that stopped reading. Waiting for its
+own page-ins and encryption, or for memory and sf_bufs other connections hold,
+may last RESOURCE_WAIT_FACTOR times as long before it is dropped too (the
+kernel's retransmit timer gives up on packets ip_output keeps refusing).
+
+`teardown` aborts the socket, waits (shielded) for page-ins and encryption
 still holding its mbufs, frees everything with `soclose`, and closes the file
 descriptors the page-ins used.
 """
@@ -27,6 +30,7 @@ descriptors the page-ins used.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 import trio
@@ -38,8 +42,12 @@ from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, sosend
 from mbuf.tcp_output import tcp_acked, tcp_output
 from mbuf.vm_object import PagerRequest, VmObject
 
+log = logging.getLogger("nomapd")
+
 # Upper bound on a sleep waiting for memory, in case a wakeup is missed.
 VM_WAIT_MAX = 0.1
+# Waits for resources may last this many send timeouts before the connection goes.
+RESOURCE_WAIT_FACTOR = 4
 
 
 class VmWaitQueue:
@@ -103,9 +111,9 @@ class KernelTx:
         with trio.CancelScope(shield=True):
             try:
                 await trio.to_thread.run_sync(req.run)
-            except BaseException:
+            except Exception:  # the read could not even be started: every waiter gets EIO
+                log.exception("page-in could not run")
                 req.error = req.error or errno.EIO
-                raise
             finally:
                 vm_pager_iodone(self.kern, req)
 
@@ -127,7 +135,9 @@ class KernelTx:
             raise trio.TooSlowError
         if so.so_error:
             raise OSError(so.so_error, os.strerror(so.so_error))
-        await self._sleep(deadline)
+        # Waiting for our own I/O or encryption, or for memory or sf_bufs that
+        # other connections hold (they have deadlines of their own): a longer limit.
+        await self._sleep(self._progress_at + RESOURCE_WAIT_FACTOR * self.send_timeout)
 
     async def sendfile(
         self, obj: VmObject, fd: int, offset: int, nbytes: int, head: bytes = b""
@@ -137,14 +147,17 @@ class KernelTx:
         self._fds.append(fd)
         self._progress_at = trio.current_time()
         job = SendfileJob(self.so, obj, fd, offset, nbytes, head)
-        while True:
-            io: list[PagerRequest] = []
-            status = sendfile_step(job, io)
-            for req in io:
-                self.nursery.start_soon(self._pagein, req)
-            if status is SendfileStatus.DONE:
-                return
-            await self._step()
+        try:
+            while True:
+                io: list[PagerRequest] = []
+                status = sendfile_step(job, io)
+                for req in io:
+                    self.nursery.start_soon(self._pagein, req)
+                if status is SendfileStatus.DONE:
+                    return
+                await self._step()
+        finally:
+            job.close()
 
     async def send(self, data: bytes | memoryview, record_type: int = TLS_RLTYPE_APP) -> None:
         """write(2): through sosend (framed into records when the socket has KTLS).

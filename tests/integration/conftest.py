@@ -36,6 +36,7 @@ LEAK_KEYS = (
     "sfbuf.in_use",
     "vm.pages_wired",
     "vm.pages_anon",
+    "vm.pages_reserved",
     "ktls.tasks_active",
     "ktls.sessions_active",
 )

@@ -20,7 +20,7 @@ def test_unmapped_first_mbuf_is_refused() -> None:
     assert kern.leaks() == {}
 
 
-@pytest.mark.parametrize("length", [1, 10, 40, 100, 224])
+@pytest.mark.parametrize("length", [1, 10, 40, 100, 168])
 def test_pullup_through_an_unmapped_mbuf(length: int) -> None:
     kern = Kernel(8 << 20)
     data = bytes(range(256)) * 40
@@ -36,6 +36,17 @@ def test_pullup_through_an_unmapped_mbuf(length: int) -> None:
     assert m_length(m)[0] == len(data)
     assert m_copydata(m, 0, len(data)) == data
     m_freem(m)
+    assert kern.leaks() == {}
+
+
+def test_pullup_beyond_mhlen_with_a_packet_header_is_refused() -> None:
+    kern = Kernel(8 << 20)
+    hdr = m_get(kern, pkthdr=True)
+    hdr.m_len = 10
+    hdr.m_next = m_uiotombuf(kern, bytes(1000), nomap=True)
+    with pytest.raises(ValueError):
+        m_pullup(hdr, 169)  # MHLEN is 168
+    m_freem(hdr)
     assert kern.leaks() == {}
 
 

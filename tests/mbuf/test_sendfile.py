@@ -536,6 +536,7 @@ def test_page_cache_forgets_objects_whose_pages_are_gone(tmp_path: Path) -> None
             io: list[PagerRequest] = []
             assert sendfile_step(job, io) is SendfileStatus.DONE
             run_io(kern, io)
+            job.close()
             soclose(so)
         finally:
             os.close(fd)
@@ -543,3 +544,28 @@ def test_page_cache_forgets_objects_whose_pages_are_gone(tmp_path: Path) -> None
     assert kern.stats.vm.evictions > 0
     live = len(kern.pagecache.objects)
     assert live <= 64 // 8 + 1, live
+
+
+def test_an_object_in_use_is_not_forgotten(tmp_path: Path) -> None:
+    """Evicting every page of a file a sendfile is still sending keeps its object
+    (the kernel holds the vnode): a new lookup finds the same object."""
+    kern = Kernel(64 * PAGE_SIZE)
+    path = tmp_path / "f"
+    path.write_bytes(bytes(16 * PAGE_SIZE))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        obj = kern.pagecache.lookup(os.fstat(fd))
+        job = SendfileJob(new_socket(kern), obj, fd, 0, 16 * PAGE_SIZE)
+        pg = kern.phys.page_alloc_object(obj, 0)
+        assert pg is not None
+        pg.wire_count = 1
+        kern.phys.page_validate(pg)
+        kern.phys.page_unwire(pg)  # cached
+        kern.phys.object_flush(obj)  # ... and gone: the object is empty
+        assert kern.pagecache.lookup(os.fstat(fd)) is obj
+        job.close()
+        assert obj.key not in kern.pagecache.objects  # forgotten once nobody uses it
+        soclose(job.so)
+    finally:
+        os.close(fd)
+    assert kern.leaks() == {}
