@@ -47,7 +47,7 @@ SERVER_COUNTERS = (
     "requests",
     "body_bytes",
     "responses_aborted",
-    *(f"status_{code}" for code in (200, 204, 301, 400, 403, 404, 405, 408)),
+    *(f"status_{code}" for code in (200, 204, 301, 304, 400, 403, 404, 405, 408, 412)),
 )
 
 

@@ -39,6 +39,7 @@ from ktls.handshake import TlsError, TlsHandshake, TlsReceiver
 from ktls.session import KtlsSession
 from mbuf.socket import TLS_RLTYPE_ALERT, Socket
 from mbuf.tcp_output import TcpCb
+from server.conditional import evaluate
 from server.httpfields import http_date, strong_etag
 from server.mime import content_type
 from server.resolve import ResolveStatus, resolve_target
@@ -391,9 +392,38 @@ class Connection:
             stats["status_404"] += 1
             await self._send_simple(404, head_only=head_only)
             return
-        await self._send_file(fd, st, res.path.name, head_only)
+        etag = strong_etag(st)
+        verdict = evaluate(method, dict(req.headers), etag, st.st_mtime)
+        if verdict == 304:  # not modified: the validators, no body
+            os.close(fd)
+            stats["status_304"] += 1
+            validators = [(b"ETag", etag), (b"Last-Modified", http_date(st.st_mtime))]
+            head304 = self.h11.send(
+                h11.Response(
+                    status_code=304,
+                    headers=[
+                        (b"Date", self.server.date.now()),
+                        (b"Server", SERVER_NAME),
+                        *validators,
+                    ],
+                    reason=b"Not Modified",
+                )
+            )
+            assert head304 is not None
+            self.h11.send(h11.EndOfMessage())
+            await self._send(head304)
+            await self.tx.flush()
+            return
+        if verdict == 412:
+            os.close(fd)
+            stats["status_412"] += 1
+            await self._send_simple(412, head_only=head_only)
+            return
+        await self._send_file(fd, st, res.path.name, head_only, etag)
 
-    async def _send_file(self, fd: int, st: os.stat_result, name: str, head_only: bool) -> None:
+    async def _send_file(
+        self, fd: int, st: os.stat_result, name: str, head_only: bool, etag: bytes
+    ) -> None:
         server = self.server
         headers = [
             (b"Date", server.date.now()),
@@ -401,7 +431,7 @@ class Connection:
             (b"Content-Type", content_type(name).encode()),
             (b"Content-Length", b"%d" % st.st_size),
             (b"Last-Modified", http_date(st.st_mtime)),
-            (b"ETag", strong_etag(st)),
+            (b"ETag", etag),
         ]
         head = self.h11.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
         assert head is not None

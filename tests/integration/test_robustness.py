@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import pathlib
 import socket
 import ssl
 import subprocess
@@ -283,3 +285,47 @@ def test_client_keyupdate_request_closes_instead_of_using_stale_keys(
     assert b"KEYUPDATE" in out
     _get_ok(default_server)
     default_server.assert_no_leaks()
+
+
+def _head_of(srv: ServerProcess, request: bytes) -> tuple[bytes, bytes]:
+    with _tls(srv) as s:
+        s.sendall(request)
+        return _read_response(s)
+
+
+def test_conditional_requests(default_server: ServerProcess, tmp_path: pathlib.Path) -> None:
+    """304 with validators and no body; If-None-Match beats If-Modified-Since; 412."""
+    head, body = _head_of(default_server, b"GET /f4097.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+    etag, lm = fields[b"ETag"], fields[b"Last-Modified"]
+    cases = [
+        (b"If-None-Match: " + etag, b"304"),
+        (b"If-None-Match: W/" + etag, b"304"),
+        (b"If-Modified-Since: " + lm, b"304"),
+        (b'If-None-Match: "nope"\r\nIf-Modified-Since: ' + lm, b"200"),
+        (b'If-Match: "nope"', b"412"),
+        (b"If-Match: " + etag, b"200"),
+        (b"If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT", b"412"),
+    ]
+    for header, status in cases:
+        head, body = _head_of(
+            default_server, b"GET /f4097.bin HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n"
+        )
+        assert head.split(b" ")[1] == status, (header, head)
+        if status == b"304":
+            assert body == b"" and b"\r\nETag: " + etag in head
+            assert b"\r\nLast-Modified: " + lm in head and b"Content-Length" not in head
+        if status == b"200":
+            assert body == file_bytes(4097)
+    # curl's own revalidation: -z (If-Modified-Since) and --etag-compare.
+    etag_file = tmp_path / "etag"
+    etag_file.write_bytes(etag + b"\n")
+    for extra in (["-z", lm.decode()], ["--etag-compare", str(etag_file)]):
+        res = subprocess.run(
+            ["curl", "-sk", "-o", os.devnull, "-w", "%{http_code}", *extra,
+             default_server.url("/f4097.bin")],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        assert res.stdout == "304", (extra, res.stderr)
+    s = default_server.assert_no_leaks()
+    assert s["server.status_304"] >= 5 and s["server.status_412"] >= 2
