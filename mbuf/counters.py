@@ -37,6 +37,8 @@ class MbStat(_Group):
     ext_pgs_total: int = 0
     ext_pgs_peak: int = 0
     sfbuf_mbufs_in_use: int = 0  # EXT_SFBUF mbufs: E0 sendfile and conversions
+    # netstat -m's "requests for mbufs denied/delayed": shown for its shape, always 0,
+    # because an mbuf header is a Python object and its allocation cannot fail here.
     requests_denied: int = 0
     requests_delayed: int = 0
     compressed: int = 0  # mb_unmapped_compress successes

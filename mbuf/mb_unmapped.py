@@ -35,7 +35,6 @@ from mbuf.mbuf import (
     m_unmapped_iov,
     mb_alloc_ext_pgs,
     mb_ext_release,
-    mtod,
 )
 from mbuf.param import (
     MBUF_PEXT_MAX_PGS,
@@ -46,7 +45,7 @@ from mbuf.param import (
     PAGE_SIZE,
     howmany,
 )
-from mbuf.sf_buf import SFB_NOWAIT, SfBuf
+from mbuf.sf_buf import SFB_NOWAIT, SfBuf, sf_buf_kva
 
 if TYPE_CHECKING:
     from mbuf.kern import Kernel
@@ -126,8 +125,9 @@ def m_uiotombuf(
 
 
 def _uiotombuf_nomap(kern: Kernel, view: memoryview, maxseg: int) -> Mbuf:
+    kassert(maxseg % PAGE_SIZE == 0, "m_uiotombuf_nomap: maxseg %s is not whole pages", maxseg)
     total = len(view)
-    pas = _alloc_anon_pages(kern, howmany(total, PAGE_SIZE) + howmany(total, maxseg))
+    pas = _alloc_anon_pages(kern, howmany(total, PAGE_SIZE))
     phys = kern.phys
     top: Mbuf | None = None
     tail: Mbuf | None = None
@@ -154,8 +154,7 @@ def _uiotombuf_nomap(kern: Kernel, view: memoryview, maxseg: int) -> Mbuf:
         else:
             tail.m_next = m
         tail = m
-    for pa in pas:  # over-reservation (maxseg not a page multiple) goes back
-        phys.page_free_anon(phys.phys_to_vm_page(pa))
+    kassert(not pas, "m_uiotombuf_nomap: %s pages left over", len(pas))
     assert top is not None
     return top
 
@@ -213,7 +212,9 @@ def _mb_unmapped_to_ext(m: Mbuf) -> tuple[Mbuf, Mbuf] | None:
             break
         pm = m_get(kern)
         pm.m_dat = None
-        m_extadd(pm, sf.kva, PAGE_SIZE, mb_unmapped_free_mext, sf, mref, M_RDONLY, EXT_SFBUF)
+        m_extadd(
+            pm, sf_buf_kva(sf), PAGE_SIZE, mb_unmapped_free_mext, sf, mref, M_RDONLY, EXT_SFBUF
+        )
         pm.m_data = pgoff + off
         pm.m_len = n
         pieces.append(pm)
@@ -320,14 +321,3 @@ def mb_unmapped_compress(m: Mbuf) -> bool:
     m.m_dat[: len(data)] = data
     m.m_data = 0
     return True
-
-
-__all__ = [
-    "NoMemory",
-    "m_uiotombuf",
-    "mb_free_mext_pgs",
-    "mb_unmapped_compress",
-    "mb_unmapped_free_mext",
-    "mb_unmapped_to_ext",
-    "mtod",
-]

@@ -45,6 +45,7 @@ from mbuf.kassert import kassert
 from mbuf.mb_unmapped import NoMemory, m_uiotombuf
 from mbuf.mbuf import (
     EXT_SFBUF,
+    M_NOMAP,
     M_NOTREADY,
     M_RDONLY,
     Mbuf,
@@ -61,7 +62,7 @@ from mbuf.param import (
     howmany,
     trunc_page,
 )
-from mbuf.sf_buf import SFB_NOWAIT, SfBuf
+from mbuf.sf_buf import SFB_NOWAIT, SfBuf, sf_buf_kva, sf_buf_page
 from mbuf.sockbuf import SBS_CANTSENDMORE
 from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
 from mbuf.vm_object import PagerRequest, VmObject
@@ -143,7 +144,7 @@ def sendfile_free_mext(m: Mbuf) -> None:
     sf: SfBuf = ext.ext_arg1
     kern = m.m_kern
     kern.sfbufs.sf_buf_free(sf)
-    kern.phys.page_unwire(sf.page)
+    kern.phys.page_unwire(sf_buf_page(sf))
 
 
 def _swapin(
@@ -285,7 +286,7 @@ def _build_mapped(
             _unwire_pages(kern, pages[i:])
             break
         m = m_get(kern)
-        m_extadd(m, sf.kva, PAGE_SIZE, sendfile_free_mext, sf, None, M_RDONLY, EXT_SFBUF)
+        m_extadd(m, sf_buf_kva(sf), PAGE_SIZE, sendfile_free_mext, sf, None, M_RDONLY, EXT_SFBUF)
         m.m_data = pgoff
         m.m_len = xfsize
         if notready:
@@ -425,8 +426,6 @@ def _append_batch(so: Socket, sfio: SfIo, mh: Mbuf | None, m: Mbuf | None, nbyte
 
 
 def _pages_in(m: Mbuf | None) -> int:
-    from mbuf.mbuf import M_NOMAP
-
     n = 0
     while m is not None:
         n += m.ext_pgs.npgs if m.m_flags & M_NOMAP else 1

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from mbuf.kassert import kassert
 from mbuf.mb_unmapped import mb_unmapped_compress
-from mbuf.mbuf import M_BLOCKED, M_EXT, M_NOMAP, M_NOTREADY, Mbuf, m_free
+from mbuf.mbuf import M_BLOCKED, M_EXT, M_NOMAP, M_NOTAVAIL, M_NOTREADY, Mbuf, m_free
 from mbuf.param import MLEN, MSIZE, SB_EFFICIENCY, SB_MAX
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class SockBuf:
 
     def sbfree(self, m: Mbuf) -> None:
         self.sb_ccc -= m.m_len
-        if not m.m_flags & M_NOTAVAIL_:
+        if not m.m_flags & M_NOTAVAIL:
             self.sb_acc -= m.m_len
         if self.sb_fnrdy is m:
             self.sb_fnrdy = None
@@ -309,6 +309,3 @@ class SockBuf:
         self.sb_sndptr = m
         self.sb_sndptroff = base
         return m, off - base, walked
-
-
-M_NOTAVAIL_ = M_NOTREADY | M_BLOCKED

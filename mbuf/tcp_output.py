@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 _HDR = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
 TH_ACK = 0x10
 TH_PSH = 0x08
-TH_FIN = 0x01
 
 
 class TcpCb:

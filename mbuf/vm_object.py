@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mbuf.param import PAGE_SHIFT, PAGE_SIZE
+from mbuf.param import PAGE_SIZE
 from mbuf.vm_page import PhysMem, VmPage
 
 ObjectKey = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
@@ -153,7 +153,3 @@ class PagerRequest:
                     tail -= len(v)
         except OSError as e:
             self.error = e.errno or 5
-
-
-def pindex_of(offset: int) -> int:
-    return offset >> PAGE_SHIFT

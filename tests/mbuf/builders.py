@@ -190,7 +190,7 @@ def mbuf_spec(draw: st.DrawFn, unmapped_only: bool = False) -> MbufSpec:
                 st.sampled_from([1, PAGE_SIZE, PAGE_SIZE + 1]), st.integers(1, 3 * PAGE_SIZE + 7)
             )
         )
-        maxseg = draw(st.sampled_from([0, PAGE_SIZE, 5000, 16384]))
+        maxseg = draw(st.sampled_from([0, PAGE_SIZE, 3 * PAGE_SIZE, 16384]))
         return MbufSpec("uio", length=length, maxseg=maxseg, trim_front=front, trim_back=back)
     cap = {"plain": MLEN, "cl2k": MCLBYTES, "cl4k": MJUMPAGESIZE}[kind]
     length = draw(st.one_of(st.sampled_from([0, 1, cap]), st.integers(0, cap)))

@@ -391,3 +391,11 @@ def test_m_adj_across_a_mixed_chain(front: int, back: int) -> None:
     mb_ext_pgs_check(b)
     m_freem(top)
     assert kern.leaks() == {}
+
+
+def test_m_uiotombuf_nomap_refuses_partial_page_segments() -> None:
+    """Unmapped segments are whole pages (KTLS frames are, and so is the default)."""
+    kern = Kernel(8 << 20)
+    with pytest.raises(KernelAssertion, match="whole pages"):
+        m_uiotombuf(kern, bytes(10000), nomap=True, maxseg=5000)
+    assert kern.leaks() == {}
