@@ -17,10 +17,15 @@ following record to open at the next number. The count is where KTLS starts,
 and a record that failed to open would mean our keys are wrong, so the
 connection is refused rather than garbled.
 
-Receiving stays with OpenSSL for now (`TlsReceiver`): it decrypts client
-records; anything OpenSSL wants to *send* after the hand-off (a KeyUpdate
-answer, a renegotiation) would reuse sequence numbers we own, so it is
-refused with `TlsHandoffError` and the connection closed.
+The receive side is handed over the same way. Client bytes reach OpenSSL one
+record at a time (`receive_data` buffers, `advance` feeds up to the next
+record boundary), so when the handshake completes nothing the client sent
+after its Finished has been read by OpenSSL: `leftover()` returns it for
+`ktls.control` (KTLS RX) or, with user-space TLS, for OpenSSL itself
+(`UserTls`). The first receive sequence number is counted the same way: in
+TLS 1.3 no record under the client's application keys was fed to OpenSSL
+(0); in TLS 1.2 it is the number of client records after its
+change_cipher_spec (its Finished: 1).
 """
 
 from __future__ import annotations
@@ -51,10 +56,6 @@ class TlsError(Exception):
     """The handshake failed or the peer misbehaved; the connection must close."""
 
 
-class TlsHandoffError(TlsError):
-    """OpenSSL wanted to write after KTLS took over the send side."""
-
-
 @dataclass(frozen=True, slots=True)
 class Established:
     version: TlsVersion
@@ -64,6 +65,8 @@ class Established:
     tx_seq: int  # first sequence number KTLS uses (rec_seq)
     tx_secret: bytes | None  # TLS 1.3 server application traffic secret (KeyUpdate)
     alpn: bytes | None
+    rx_seq: int = 0  # first sequence number of the client's records (KTLS RX)
+    rx_secret: bytes | None = None  # TLS 1.3 client application traffic secret
 
 
 def make_server_context(
@@ -154,26 +157,53 @@ class TlsHandshake:
         self.conn.set_accept_state()
         self._out = bytearray()
         self._server_stream = bytearray()
+        self._in = bytearray()  # client bytes not yet given to OpenSSL
+        self._rec_left = 0  # bytes of the current client record still to give
+        self._client_types: list[int] = []  # types of the client records given
         self.done = False
         self._established = False
 
-    def receive_data(self, data: bytes) -> None:
-        if data:
-            self.conn.bio_write(data)
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        self._in += data
 
     def advance(self) -> bool:
         """Run the handshake as far as the input allows. True when complete.
         Raises TlsError; data_to_send() then holds OpenSSL's alert, if any."""
-        try:
-            self.conn.do_handshake()
-            self.done = True
-        except SSL.WantReadError:
-            pass
-        except SSL.Error as e:
+        while True:
+            try:
+                self.conn.do_handshake()
+                self.done = True
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as e:
+                self._collect()
+                raise TlsError(f"TLS handshake failed: {_ssl_reason(e)}") from e
             self._collect()
-            raise TlsError(f"TLS handshake failed: {_ssl_reason(e)}") from e
-        self._collect()
-        return self.done
+            if self.done or not self._feed():
+                return self.done
+
+    def _feed(self) -> bool:
+        """Give OpenSSL client bytes up to the end of the next record; False if
+        there is nothing to give."""
+        buf = self._in
+        if not self._rec_left:
+            if len(buf) < 5:
+                return False
+            self._client_types.append(buf[0])
+            self._rec_left = 5 + ((buf[3] << 8) | buf[4])
+        n = min(self._rec_left, len(buf))
+        if not n:
+            return False
+        self.conn.bio_write(bytes(buf[:n]))
+        del buf[:n]
+        self._rec_left -= n
+        return True
+
+    def leftover(self) -> bytes:
+        """What the client sent after the handshake (for the record layer)."""
+        out = bytes(self._in)
+        self._in.clear()
+        return out
 
     def _collect(self) -> None:
         while True:
@@ -207,10 +237,13 @@ class TlsHandshake:
             raise TlsError("no cipher negotiated")
         suite = suite_for(cipher, version)
         tx_secret: bytes | None = None
+        rx_secret: bytes | None = None
         if version == TlsVersion.TLS13:
             tx_secret = self.keylog.secret("SERVER_TRAFFIC_SECRET_0")
+            rx_secret = self.keylog.secret("CLIENT_TRAFFIC_SECRET_0")
             tx = tls13_traffic_keys(suite, tx_secret)
-            rx = tls13_traffic_keys(suite, self.keylog.secret("CLIENT_TRAFFIC_SECRET_0"))
+            rx = tls13_traffic_keys(suite, rx_secret)
+            rx_seq = 0
         else:
             master = self.keylog.secret("CLIENT_RANDOM")
             crandom = self.conn.client_random()
@@ -219,10 +252,15 @@ class TlsHandshake:
                 raise TlsError("handshake randoms unavailable")
             block = tls12_key_block(suite, master, crandom, srandom)
             tx, rx = block.server, block.client
+            types = self._client_types
+            ccs = max((i for i, t in enumerate(types) if t == CT_CHANGE_CIPHER_SPEC), default=-1)
+            rx_seq = len(types) - ccs - 1
+            if ccs < 0 or rx_seq < 1:
+                raise TlsError("TLS 1.2 handshake ended without the client's Finished")
         seq = self._count_sent(suite, tx)
         self.keylog.wipe()
         alpn = self.conn.get_alpn_proto_negotiated() or None
-        return Established(version, suite, tx, rx, seq, tx_secret, alpn)
+        return Established(version, suite, tx, rx, seq, tx_secret, alpn, rx_seq, rx_secret)
 
     def _count_sent(self, suite: CipherSuite, tx: TrafficKeys) -> int:
         records, rest = split_records(bytes(self._server_stream))
@@ -246,21 +284,21 @@ class TlsHandshake:
         return seq
 
 
-class TlsReceiver:
-    """OpenSSL's side of the connection after the handshake.
+class UserTls:
+    """OpenSSL keeps both directions after the handshake: the --no-ktls baseline.
 
-    With KTLS (`owns_tx=False`) OpenSSL only receives; anything it wants to send
-    would reuse sequence numbers KTLS owns, so it raises TlsHandoffError. With
-    user-space TLS (`owns_tx=True`, the --no-ktls baseline) OpenSSL also
-    encrypts what the server writes (`encrypt`) and its own records (alerts
-    answering the client) wait in `outgoing` for the caller to write.
+    It decrypts what the client sends (`receive_data`) and encrypts what the
+    server writes (`encrypt`); its own records (alerts, its KeyUpdate answers)
+    wait in `outgoing` for the caller to write. Created with the client bytes
+    that followed the handshake (`TlsHandshake.leftover()`).
     """
 
-    def __init__(self, conn: SSL.Connection, *, owns_tx: bool = False) -> None:
+    def __init__(self, conn: SSL.Connection, leftover: bytes = b"") -> None:
         self.conn = conn
-        self.owns_tx = owns_tx
         self.closed = False
         self.outgoing = bytearray()
+        if leftover:
+            conn.bio_write(leftover)
 
     def _drain(self) -> bytes:
         out = bytearray()
@@ -294,17 +332,7 @@ class TlsReceiver:
             if not chunk:
                 break
             out += chunk
-        if not self.owns_tx and not self.closed:
-            # A TLS 1.3 KeyUpdate(update_requested) makes OpenSSL owe the peer a
-            # KeyUpdate of its own, which it only writes when its state machine
-            # next runs; run it now, so that what it wants to send is seen here.
-            with contextlib.suppress(SSL.WantReadError, SSL.Error):
-                self.conn.send(b"")
-        pending = self._drain()
-        if pending:
-            if not self.owns_tx:
-                raise TlsHandoffError("OpenSSL tried to send after the hand-off to ktls")
-            self.outgoing += pending
+        self.outgoing += self._drain()
         return bytes(out)
 
     def take_outgoing(self) -> bytes:
@@ -313,17 +341,13 @@ class TlsReceiver:
         return out
 
     def encrypt(self, data: bytes | memoryview) -> bytes:
-        """SSL_write into the memory BIO; returns the records (user-space TLS only)."""
-        if not self.owns_tx:
-            raise TlsHandoffError("encrypt() on a connection whose send side is KTLS")
+        """SSL_write into the memory BIO; returns the records."""
         if len(data):
             self.conn.sendall(data)
         return self.take_outgoing() + self._drain()
 
     def shutdown(self) -> bytes:
-        """SSL_shutdown: our close_notify (user-space TLS only)."""
-        if not self.owns_tx:
-            raise TlsHandoffError("shutdown() on a connection whose send side is KTLS")
+        """SSL_shutdown: our close_notify."""
         with contextlib.suppress(SSL.Error):
             self.conn.shutdown()
         return self.take_outgoing() + self._drain()

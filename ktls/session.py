@@ -55,10 +55,12 @@ log = logging.getLogger("nomapd.ktls")
 class KtlsSession:
     __slots__ = (
         "aead",
+        "bytes_encrypted",
         "explicit_nonce_len",
         "iv",
         "kern",
         "max_frame_len",
+        "records_encrypted",
         "reserved",
         "suite",
         "tls_hlen",
@@ -100,9 +102,27 @@ class KtlsSession:
         self.max_frame_len = max_frame_len
         self.wq_index = workers.pick_queue()
         self.reserved = 0  # frames set aside for ciphertext of wired file pages
+        self.records_encrypted = 0  # per-session counters
+        self.bytes_encrypted = 0
         st = kern.stats.ktls
         st.sessions_active += 1
         st.sessions_total += 1
+
+    def successor(self, key: bytes, iv: bytes) -> KtlsSession:
+        """The session a TLS 1.3 KeyUpdate installs (TCP_TXTLS_ENABLE once more):
+        same cipher and worker queue, new keys; the caller numbers from 0.
+        Records already framed keep this session (their `tls`) until encrypted.
+        The per-session counters carry on, so they count for the connection."""
+        kassert(self.reserved == 0, "ktls: new send keys while sendfile holds %d frames",
+                self.reserved)  # fmt: skip
+        new = KtlsSession(
+            self.kern, self.workers, self.suite, key, iv, max_frame_len=self.max_frame_len
+        )
+        new.wq_index = self.wq_index  # one connection's records stay in order on one queue
+        new.records_encrypted = self.records_encrypted
+        new.bytes_encrypted = self.bytes_encrypted
+        self.free()
+        return new
 
     def free(self) -> None:
         """ktls_free: the socket is closed."""
@@ -300,4 +320,6 @@ class _EncryptBatch:
             pgs.tls = None
         st.records_encrypted += len(self.records)
         st.bytes_encrypted += self.plain_bytes
+        self.tls.records_encrypted += len(self.records)
+        self.tls.bytes_encrypted += self.plain_bytes
         pru_ready(self.so, self.records[0], self.npages)

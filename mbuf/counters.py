@@ -127,6 +127,13 @@ class KtlsStat(_Group):
     tasks_active: int = 0  # batches queued to or running on workers
     failed_crypto: int = 0
     enqueued_pages: int = 0
+    rx_records: int = 0  # client records decrypted (KTLS RX)
+    rx_bytes: int = 0  # their plaintext bytes
+    rx_failures: int = 0  # client records refused (bad tag, too long, bad type)
+    alerts_sent: int = 0  # alerts sent by the record layer (not close_notify)
+    alerts_received: int = 0
+    key_updates_rx: int = 0  # TLS 1.3 KeyUpdates received
+    key_updates_tx: int = 0  # KeyUpdates sent (and new send sessions installed)
 
 
 @dataclass(slots=True)

@@ -1,6 +1,8 @@
 """The admin listener: the kernel counters over plain HTTP.
 
-GET /stats answers the JSON snapshot (`Server.statistics()`); GET / a short
+GET /stats answers the JSON snapshot (`Server.statistics()`); GET
+/connections each open connection with its TLS sessions' own counters
+(sequence numbers, records and bytes each way, KeyUpdates); GET / a short
 text index. It shares nothing with the data path but the counters it reads.
 """
 
@@ -17,7 +19,10 @@ from server.responses import simple_response
 if TYPE_CHECKING:
     from server.app import Server
 
-_INDEX = b"nomapd admin: GET /stats for the kernel counters (JSON)\n"
+_INDEX = (
+    b"nomapd admin: GET /stats for the kernel counters (JSON),\n"
+    b"GET /connections for each open connection and its TLS sessions (JSON)\n"
+)
 
 
 async def _admin_conn(server: Server, stream: trio.SocketStream) -> None:
@@ -36,8 +41,9 @@ async def _admin_conn(server: Server, stream: trio.SocketStream) -> None:
                 date = server.date.now()
                 if event.method not in (b"GET", b"HEAD"):
                     out = simple_response(conn, 405, date, extra=[(b"Allow", b"GET, HEAD")])
-                elif path == b"/stats":
-                    body = json.dumps(server.statistics(), indent=1, sort_keys=True).encode()
+                elif path in (b"/stats", b"/connections"):
+                    snap = server.statistics() if path == b"/stats" else server.connections()
+                    body = json.dumps(snap, indent=1, sort_keys=True).encode()
                     out = simple_response(
                         conn, 200, date, body=body + b"\n",
                         content_type=b"application/json",

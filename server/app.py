@@ -71,6 +71,7 @@ class Server:
         self.kern.set_wakeup(self.vmq.wakeup)
         self.limiter = trio.CapacityLimiter(cfg.max_connections)
         self.active = 0
+        self.conns: set[Connection] = set()
         self._keylog: Any = None
 
     def setup_tls(self) -> None:
@@ -111,6 +112,10 @@ class Server:
         snap["server.mode"] = self.mode()
         return snap
 
+    def connections(self) -> list[dict[str, object]]:
+        """Every open connection with its TLS sessions' counters (admin /connections)."""
+        return [c.info() for c in self.conns]
+
     def mode(self) -> str:
         if self.cfg.http:
             return "http"
@@ -146,9 +151,11 @@ class Server:
                 except OSError as e:  # reset before we looked at it (getpeername)
                     log.debug("connection gone at accept: %s", e)
                     return
+                self.conns.add(conn)
                 try:
                     await conn.run()
                 finally:
+                    self.conns.discard(conn)
                     await conn.teardown()
         except Exception:
             self.stats["connection_errors"] += 1

@@ -7,11 +7,16 @@ alerts) goes through the modeled kernel.
 
 * TLS: OpenSSL runs the handshake over memory BIOs (`ktls.TlsHandshake`); its
   output is written with `sosend` like any write(2). Then, with KTLS (the
-  default), the negotiated keys and the next sequence number become a
-  `KtlsSession` on the socket's send buffer (`TCP_TXTLS_ENABLE`), and OpenSSL
-  keeps only the receive side. With `--no-ktls` OpenSSL keeps both sides: it
-  encrypts in user space and the ciphertext is copied into the socket buffer
-  (the classic baseline). With `--http` there is no TLS at all.
+  default), the negotiated keys and the next sequence numbers become a
+  `KtlsSession` on the socket's send buffer (`TCP_TXTLS_ENABLE`) and a
+  `KtlsRxSession` under `TlsControl` for what the client sends
+  (`TCP_RXTLS_ENABLE`): OpenSSL is done. Control records go out through the
+  same send path with their record type: alerts answering bad records, our
+  close_notify, and the KeyUpdate a client's KeyUpdate(update_requested)
+  asks for, after which a successor session with the next keys takes over.
+  With `--no-ktls` OpenSSL keeps both sides (`UserTls`): it encrypts in user
+  space and the ciphertext is copied into the socket buffer (the classic
+  baseline). With `--http` there is no TLS at all.
 * HTTP: h11 parses requests; each GET answers with `sendfile(file, head)`, so
   the head and the file pages travel as one sendfile call, as nginx does with
   `sendfile on`. After each response the task waits for the send buffer to
@@ -20,6 +25,11 @@ alerts) goes through the modeled kernel.
   sent), h11 protocol errors (400 or h11's hint, then close), timeouts
   (handshake, request head, a client that stops reading) and disconnects.
   `teardown` always runs and frees every kernel resource of the connection.
+* Closing: after our last bytes (and close_notify) the write side is shut
+  and what the client still sends is read and dropped for a moment
+  (nginx's lingering close), so that a close with unread input does not
+  turn into a reset that destroys our last records before the client reads
+  them.
 """
 
 from __future__ import annotations
@@ -35,9 +45,11 @@ from typing import TYPE_CHECKING, cast
 import h11
 import trio
 
-from ktls.handshake import TlsError, TlsHandshake, TlsReceiver
+from ktls.alerts import CLOSE_NOTIFY, FATAL, WARNING, PeerAlert, RecordError, alert_bytes
+from ktls.control import KEY_UPDATE_NOT_REQUESTED, TlsControl
+from ktls.handshake import TlsError, TlsHandshake, UserTls
 from ktls.session import KtlsSession
-from mbuf.socket import TLS_RLTYPE_ALERT, Socket
+from mbuf.socket import TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE, Socket
 from mbuf.tcp_output import TcpCb
 from server.conditional import evaluate
 from server.httpfields import http_date, strong_etag
@@ -55,7 +67,8 @@ MAX_REQUEST_HEAD = 16 * 1024  # h11's default; nginx allows 1K + 4x8K
 RECV_SIZE = 65536
 WIRE_SNDBUF = 128 * 1024  # host socket send buffer (Linux doubles it)
 USER_TLS_CHUNK = 64 * 1024  # --no-ktls: bytes read and SSL_write()n at a time
-CLOSE_NOTIFY = b"\x01\x00"  # alert level warning, description close_notify
+LINGER_TIME = 1.0  # seconds of lingering close
+LINGER_BYTES = 1 << 20  # ... or this much input, whichever comes first
 
 
 _PLAIN_HTTP = re.compile(rb"^[A-Z]{3,10} [^ ]+ HTTP/1\.[01]\r?\n")
@@ -93,6 +106,14 @@ _CLIENT_GONE = frozenset(
 )  # fmt: skip
 
 
+def _peer(sock: trio.socket.SocketType) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except (OSError, ValueError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class ClientGone(Exception):
     """The peer closed or reset the connection."""
 
@@ -114,10 +135,42 @@ class Connection:
         )
         self.tx = KernelTx(kern, self.so, self.sock, nursery, server.vmq, self.cfg.send_timeout)
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
-        self.receiver: TlsReceiver | None = None
-        self.user_tls = False  # OpenSSL encrypts (--no-ktls)
+        self.ctl: TlsControl | None = None  # KTLS: our record layer
+        self.user: UserTls | None = None  # --no-ktls: OpenSSL's
+        self.peer = _peer(self.sock)
+        self.requests = 0
         self.eof = False
+        self._early = b""  # client bytes that came with its Finished
         self._head_deadline = trio.current_time() + self.cfg.header_timeout
+
+    def info(self) -> dict[str, object]:
+        """This connection's sessions and counters, for the admin /connections."""
+        sb = self.so.so_snd
+        out: dict[str, object] = {
+            "peer": self.peer,
+            "requests": self.requests,
+            "bytes_written": self.tx.bytes_written,
+            "sockbuf_bytes": sb.sb_ccc,
+        }
+        if self.user is not None:
+            out["tls"] = "user-space (OpenSSL)"
+        tls = sb.sb_tls_info
+        if self.ctl is not None and isinstance(tls, KtlsSession):
+            rx = self.ctl.rx
+            out.update(
+                tls=self.ctl.version.name,
+                suite=tls.suite.iana_name,
+                tx_seq=sb.sb_tls_seqno,
+                tx_records=tls.records_encrypted,
+                tx_bytes=tls.bytes_encrypted,
+                rx_seq=rx.seqno,
+                rx_records=rx.records,
+                rx_bytes=rx.bytes,
+                key_updates_rx=self.ctl.key_updates_rx,
+                key_updates_tx=self.ctl.key_updates_tx,
+                wq_index=tls.wq_index,
+            )
+        return out
 
     # -- receiving -----------------------------------------------------------
 
@@ -130,24 +183,64 @@ class Connection:
 
     async def _recv_plain(self) -> bytes:
         """Application bytes from the client; b"" at end of stream."""
-        if self.receiver is None:
+        if self.ctl is None and self.user is None:
             return await self._recv_raw()
         while True:
             raw = await self._recv_raw()
             if not raw:
                 return b""
-            plain = self.receiver.receive_data(raw)
-            await self._send_openssl_output()
-            if self.receiver.closed:
-                self.eof = True
-                return plain
-            if plain:
+            plain = await self._tls_receive(raw)
+            if self.eof or plain:
                 return plain
 
-    async def _send_openssl_output(self) -> None:
-        """--no-ktls: OpenSSL owns the send side and may have records to send."""
-        if self.receiver is not None and self.receiver.outgoing:
-            await self._write_records(self.receiver.take_outgoing())
+    async def _tls_receive(self, raw: bytes) -> bytes:
+        """Decrypt client bytes and act on what they carry; sets `eof` on close_notify."""
+        if self.user is not None:
+            try:
+                plain = self.user.receive_data(raw)
+            except TlsError:
+                with trio.move_on_after(self.cfg.send_timeout):
+                    await self._write_records(self.user.take_outgoing())  # OpenSSL's alert
+                    await self.tx.flush()
+                    await self._linger()
+                raise
+            if self.user.outgoing:  # OpenSSL's KeyUpdate or no_renegotiation warning
+                await self._write_records(self.user.take_outgoing())
+            self.eof = self.eof or self.user.closed
+            return plain
+        ctl = self.ctl
+        assert ctl is not None
+        try:
+            plain = ctl.receive_data(raw)
+        except RecordError as e:
+            await self._send_alert(FATAL, e.description)
+            raise
+        for rtype, payload in ctl.take_outgoing():
+            await self.tx.send(payload, rtype)
+        if ctl.key_update_owed:
+            await self._key_update()
+        self.eof = self.eof or ctl.closed
+        return plain
+
+    async def _send_alert(self, level: int, description: int) -> None:
+        """A fatal alert, sequenced after everything we sent, then nothing more."""
+        self.server.kern.stats.ktls.alerts_sent += 1
+        with trio.move_on_after(self.cfg.send_timeout):
+            await self.tx.send(alert_bytes(level, description), TLS_RLTYPE_ALERT)
+            await self.tx.flush()
+            await self._linger()
+
+    async def _key_update(self) -> None:
+        """Answer a KeyUpdate(update_requested): ours under the current keys, then
+        a successor session with the next ones for every later record."""
+        assert self.ctl is not None
+        sb = self.so.so_snd
+        await self.tx.send(KEY_UPDATE_NOT_REQUESTED, TLS_RLTYPE_HANDSHAKE)
+        keys = self.ctl.next_tx_keys()
+        old = sb.sb_tls_info
+        assert isinstance(old, KtlsSession)
+        sb.sb_tls_info = old.successor(keys.key, keys.iv)
+        sb.sb_tls_seqno = 0
 
     # -- TLS -----------------------------------------------------------------
 
@@ -178,11 +271,12 @@ class Connection:
                 )
                 self.so.so_snd.sb_tls_info = session
                 self.so.so_snd.sb_tls_seqno = est.tx_seq
-                self.receiver = TlsReceiver(hs.conn)
+                self.ctl = TlsControl(est, self.server.kern.stats.ktls)
+                self._early = hs.leftover()
+                hs.conn.set_app_data(None)  # OpenSSL is done with this connection
             else:
                 hs.keylog.wipe()
-                self.receiver = TlsReceiver(hs.conn, owns_tx=True)
-                self.user_tls = True
+                self.user = UserTls(hs.conn, hs.leftover())
             self.server.stats["tls_handshakes"] += 1
             return True
         except TlsError as e:
@@ -202,9 +296,8 @@ class Connection:
 
     async def _send(self, data: bytes) -> None:
         """Response bytes: through OpenSSL first with --no-ktls, else straight to sosend."""
-        if self.user_tls:
-            assert self.receiver is not None
-            await self._write_records(self.receiver.encrypt(data))
+        if self.user is not None:
+            await self._write_records(self.user.encrypt(data))
         else:
             await self.tx.send(data)
 
@@ -219,12 +312,23 @@ class Connection:
             pos = end
 
     async def _close_notify(self) -> None:
-        if self.receiver is None:
-            return
-        if self.user_tls:
-            await self._write_records(self.receiver.shutdown())
-        else:
-            await self.tx.send(CLOSE_NOTIFY, TLS_RLTYPE_ALERT)
+        if self.user is not None:
+            await self._write_records(self.user.shutdown())
+        elif self.ctl is not None:
+            await self.tx.send(alert_bytes(WARNING, CLOSE_NOTIFY), TLS_RLTYPE_ALERT)
+
+    async def _linger(self) -> None:
+        """Shut our side, then read and drop what the client still sends until it
+        closes, LINGER_TIME passes or LINGER_BYTES arrive (lingering close)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(trio.socket.SHUT_WR)
+        got = 0
+        with trio.move_on_after(LINGER_TIME), contextlib.suppress(OSError):
+            while got < LINGER_BYTES:
+                data = await self.sock.recv(RECV_SIZE)
+                if not data:
+                    return
+                got += len(data)
 
     # -- HTTP ----------------------------------------------------------------
 
@@ -232,16 +336,16 @@ class Connection:
         try:
             if not self.cfg.http and not await self._handshake():
                 return
-            if self.receiver is not None:
-                early = self.receiver.receive_data(b"")  # sent along with the Finished
+            if self.ctl is not None or self.user is not None:
+                early = await self._tls_receive(self._early)  # sent with the Finished
                 if early:
                     self.h11.receive_data(early)
-                self.eof = self.receiver.closed
             await self._serve_requests()
             await self._close_notify()
             await self.tx.flush()
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(trio.socket.SHUT_WR)
+            await self._linger()
+        except PeerAlert as e:
+            log.debug("connection ended: %s", e)
         except (ClientGone, TlsError) as e:
             log.debug("connection ended: %s", e)
         except trio.TooSlowError:
@@ -292,6 +396,7 @@ class Connection:
                 return
             if isinstance(event, h11.Request):
                 self.server.stats["requests"] += 1
+                self.requests += 1
                 await self._respond(event)
             elif event is h11.PAUSED or isinstance(event, (h11.Data, h11.EndOfMessage)):
                 pass
@@ -443,7 +548,7 @@ class Connection:
             await self.tx.flush()
             return
         self.h11.send_with_data_passthrough(h11.Data(data=cast(bytes, _SendfileBody(st.st_size))))
-        if self.user_tls:
+        if self.user is not None:
             try:
                 await self._user_tls_file(fd, st, head)
             finally:
@@ -463,10 +568,11 @@ class Connection:
 
     async def _user_tls_file(self, fd: int, st: os.stat_result, head: bytes) -> None:
         """--no-ktls: read(2) into a user buffer, SSL_write, write(2) the ciphertext."""
-        assert self.receiver is not None
+        user = self.user
+        assert user is not None
         buf = bytearray(USER_TLS_CHUNK)
         view = memoryview(buf)
-        await self._write_records(self.receiver.encrypt(head))
+        await self._write_records(user.encrypt(head))
         size = st.st_size
         off = 0
         version = (st.st_size, st.st_mtime_ns)
@@ -478,7 +584,7 @@ class Connection:
                 # As sendfile does: never send bytes of two versions in one response.
                 self.server.stats["responses_aborted"] += 1
                 raise OSError(errno.EIO, "file changed while being sent")
-            await self._write_records(self.receiver.encrypt(view[:n]))
+            await self._write_records(user.encrypt(view[:n]))
             off += n
 
     async def teardown(self) -> None:

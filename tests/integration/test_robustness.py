@@ -259,11 +259,12 @@ def test_stats_has_every_documented_key(default_server: ServerProcess) -> None:
     assert s["ktls.sessions_total"] >= 1 and s["ifnet.tx_packets"] >= 1
 
 
-def test_client_keyupdate_request_closes_instead_of_using_stale_keys(
+def test_client_keyupdate_request_is_answered_and_the_connection_goes_on(
     default_server: ServerProcess,
 ) -> None:
-    """TLS 1.3 KeyUpdate(update_requested): the server owes a KeyUpdate before its next
-    record. Until KTLS re-keys itself, it must close rather than answer under old keys."""
+    """TLS 1.3 KeyUpdate(update_requested): the server sends its own KeyUpdate before its
+    next record, changes keys, and answers the next request under the new ones."""
+    before = default_server.stats()
     script = (
         b"GET /f1.bin HTTP/1.1\r\nHost: x\r\n\r\n",
         b"K\n",  # s_client: send KeyUpdate with update_requested
@@ -281,10 +282,12 @@ def test_client_keyupdate_request_closes_instead_of_using_stale_keys(
             proc.stdin.close()
         out = proc.stdout.read()
         proc.wait(timeout=10)
-    assert out.count(b"HTTP/1.1 200 OK") == 1, out
+    assert out.count(b"HTTP/1.1 200 OK") == 2, out
     assert b"KEYUPDATE" in out
     _get_ok(default_server)
-    default_server.assert_no_leaks()
+    after = default_server.assert_no_leaks()
+    assert after["ktls.key_updates_rx"] - before["ktls.key_updates_rx"] == 1
+    assert after["ktls.key_updates_tx"] - before["ktls.key_updates_tx"] == 1
 
 
 def _head_of(srv: ServerProcess, request: bytes) -> tuple[bytes, bytes]:

@@ -1,0 +1,225 @@
+"""After the handshake: what user space does with the records KTLS RX hands up.
+
+With KTLS in both directions the kernel encrypts and decrypts, but a record
+that is not application data comes up to the reader (OpenSSL's record layer
+over a KTLS socket) with its type, and the reader acts on it. `TlsControl`
+is that reader for one connection, sans-IO:
+
+* `receive_data(bytes)` feeds ciphertext to the connection's `KtlsRxSession`
+  and returns the application bytes it completes (zero-length application
+  records are fine; more than MAX_EMPTY_RECORDS in a row are not, as in
+  OpenSSL).
+* Alerts: `close_notify` sets `closed` (the caller answers with its own and
+  closes); TLS 1.3 `user_canceled` and TLS 1.2 warnings are ignored (at most
+  MAX_WARN_ALERTS in a row); any other alert raises `PeerAlert`. An alert
+  record must hold exactly one alert in TLS 1.3 (RFC 8446 5.1); TLS 1.2 may
+  fragment and coalesce them.
+* Handshake messages may be split over records but not interleaved with
+  other types. In TLS 1.3 the client may only send KeyUpdate (RFC 8446
+  4.6.3): the receive keys move to the next traffic secret at once, and when
+  the client asks for an update `key_update_owed` is set: the caller must
+  send our KeyUpdate under the current keys before any further record, then
+  install `next_tx_keys()` (RFC 8446 4.6.3, "prior to sending its next
+  Application Data record"). A KeyUpdate must end its record (5.1). In TLS
+  1.2 a ClientHello asks for renegotiation, which nomapd does not do: a
+  warning `no_renegotiation` is queued in `outgoing`, as OpenSSL answers.
+* Anything else, a change_cipher_spec after the handshake or an unknown type
+  included, raises `RecordError` with the alert to send (`unexpected_message`,
+  `decode_error`, `illegal_parameter`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ktls.alerts import (
+    CLOSE_NOTIFY,
+    DECODE_ERROR,
+    FATAL,
+    ILLEGAL_PARAMETER,
+    NO_RENEGOTIATION,
+    UNEXPECTED_MESSAGE,
+    USER_CANCELED,
+    WARNING,
+    PeerAlert,
+    RecordError,
+    alert_bytes,
+)
+from ktls.handshake import Established
+from ktls.keys import TrafficKeys, tls13_next_traffic_secret, tls13_traffic_keys
+from ktls.rx import CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, KtlsRxSession
+from ktls.suites import TlsVersion
+
+if TYPE_CHECKING:
+    from mbuf.counters import KtlsStat
+
+HT_CLIENT_HELLO = 1
+HT_KEY_UPDATE = 24
+UPDATE_NOT_REQUESTED = 0
+UPDATE_REQUESTED = 1
+KEY_UPDATE_NOT_REQUESTED = bytes((HT_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED))
+
+MAX_EMPTY_RECORDS = 32  # OpenSSL's limit on consecutive empty records
+MAX_WARN_ALERTS = 5  # OpenSSL's limit on consecutive TLS 1.2 warning alerts
+MAX_HANDSHAKE_MESSAGE = 1 << 16  # a renegotiating ClientHello bigger than this is refused
+
+
+class TlsControl:
+    __slots__ = (
+        "_alert",
+        "_empty",
+        "_hs",
+        "_rx_secret",
+        "_tx_secret",
+        "_warnings",
+        "closed",
+        "key_update_owed",
+        "key_updates_rx",
+        "key_updates_tx",
+        "outgoing",
+        "rx",
+        "stats",
+        "suite",
+        "version",
+    )
+
+    def __init__(self, est: Established, stats: KtlsStat | None = None) -> None:
+        self.suite = est.suite
+        self.version = est.version
+        self.stats = stats
+        self.rx = KtlsRxSession(est.suite, est.rx.key, est.rx.iv, est.rx_seq, stats)
+        self._rx_secret = est.rx_secret
+        self._tx_secret = est.tx_secret
+        self._hs = bytearray()  # a handshake message split over records
+        self._alert = bytearray()  # TLS 1.2: an alert split over records
+        self._empty = 0
+        self._warnings = 0
+        self.closed = False  # close_notify received
+        self.key_update_owed = False
+        self.key_updates_rx = 0
+        self.key_updates_tx = 0
+        self.outgoing: list[tuple[int, bytes]] = []  # (record type, payload) to send
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Application bytes completed by `data`. Raises RecordError or PeerAlert."""
+        if self.closed:
+            return b""  # nothing after close_notify counts (RFC 8446 6.1)
+        rx = self.rx
+        rx.feed(data)
+        out = bytearray()
+        while not self.closed and (rec := rx.next_record()) is not None:
+            ctype = rec.ctype
+            if self._hs and ctype != CT_HANDSHAKE:
+                raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with a handshake message")
+            if not rec.data:
+                if ctype != CT_APPLICATION_DATA:
+                    raise RecordError(UNEXPECTED_MESSAGE, f"empty record of type {ctype}")
+                self._empty += 1
+                if self._empty > MAX_EMPTY_RECORDS:
+                    raise RecordError(UNEXPECTED_MESSAGE, "too many empty records")
+                continue
+            self._empty = 0
+            if ctype == CT_APPLICATION_DATA:
+                self._warnings = 0
+                out += rec.data
+            elif ctype == CT_ALERT:
+                self._alerts(rec.data)
+            elif ctype == CT_HANDSHAKE:
+                self._handshake(rec.data)
+            else:
+                raise RecordError(UNEXPECTED_MESSAGE, f"record of type {ctype} after the handshake")
+        return bytes(out)
+
+    # -- alerts --------------------------------------------------------------
+
+    def _alerts(self, data: bytes) -> None:
+        if self.version is TlsVersion.TLS13:
+            if len(data) != 2:  # RFC 8446 5.1: exactly one alert per record
+                raise RecordError(DECODE_ERROR, f"alert record of {len(data)} bytes")
+            self._alert_received(data[0], data[1])
+            return
+        self._alert += data
+        while len(self._alert) >= 2 and not self.closed:
+            level, desc = self._alert[0], self._alert[1]
+            del self._alert[:2]
+            self._alert_received(level, desc)
+
+    def _alert_received(self, level: int, desc: int) -> None:
+        if self.stats is not None:
+            self.stats.alerts_received += 1
+        if desc == CLOSE_NOTIFY:
+            self.closed = True
+            return
+        if self.version is TlsVersion.TLS13:
+            if desc == USER_CANCELED:
+                return
+            raise PeerAlert(level, desc)  # RFC 8446 6: every other alert is an error
+        if level == FATAL:
+            raise PeerAlert(level, desc)
+        if level != WARNING:
+            raise RecordError(ILLEGAL_PARAMETER, f"alert level {level}")
+        self._warnings += 1
+        if self._warnings > MAX_WARN_ALERTS:
+            raise RecordError(UNEXPECTED_MESSAGE, "too many warning alerts")
+
+    # -- post-handshake messages ---------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
+        hs = self._hs
+        hs += data
+        while len(hs) >= 4:
+            htype = hs[0]
+            length = int.from_bytes(hs[1:4])
+            self._check_message(htype, length)
+            if len(hs) < 4 + length:
+                return
+            body = bytes(hs[4 : 4 + length])
+            del hs[: 4 + length]
+            if htype == HT_KEY_UPDATE:
+                if hs:  # RFC 8446 5.1: a key change must end its record
+                    raise RecordError(UNEXPECTED_MESSAGE, "KeyUpdate not at the end of its record")
+                self._key_update(body[0])
+            else:  # a TLS 1.2 ClientHello: renegotiation, refused with a warning
+                self.outgoing.append((CT_ALERT, alert_bytes(WARNING, NO_RENEGOTIATION)))
+                if self.stats is not None:
+                    self.stats.alerts_sent += 1
+
+    def _check_message(self, htype: int, length: int) -> None:
+        if self.version is TlsVersion.TLS13:
+            if htype != HT_KEY_UPDATE:
+                raise RecordError(UNEXPECTED_MESSAGE, f"handshake message {htype} after Finished")
+            if length != 1:
+                raise RecordError(DECODE_ERROR, f"KeyUpdate of {length} bytes")
+        elif htype != HT_CLIENT_HELLO:
+            raise RecordError(UNEXPECTED_MESSAGE, f"handshake message {htype} after Finished")
+        elif length > MAX_HANDSHAKE_MESSAGE:
+            raise RecordError(UNEXPECTED_MESSAGE, f"ClientHello of {length} bytes")
+
+    def _key_update(self, request: int) -> None:
+        if request not in (UPDATE_NOT_REQUESTED, UPDATE_REQUESTED):
+            raise RecordError(ILLEGAL_PARAMETER, f"KeyUpdate request_update {request}")
+        assert self._rx_secret is not None
+        self._rx_secret = tls13_next_traffic_secret(self.suite, self._rx_secret)
+        keys = tls13_traffic_keys(self.suite, self._rx_secret)
+        self.rx.rekey(keys.key, keys.iv)
+        self.key_updates_rx += 1
+        if self.stats is not None:
+            self.stats.key_updates_rx += 1
+        if request == UPDATE_REQUESTED:
+            self.key_update_owed = True
+
+    def next_tx_keys(self) -> TrafficKeys:
+        """Our send keys after the KeyUpdate the caller has just queued."""
+        if self._tx_secret is None:
+            raise RecordError(UNEXPECTED_MESSAGE, "KeyUpdate outside TLS 1.3")
+        self._tx_secret = tls13_next_traffic_secret(self.suite, self._tx_secret)
+        self.key_update_owed = False
+        self.key_updates_tx += 1
+        if self.stats is not None:
+            self.stats.key_updates_tx += 1
+        return tls13_traffic_keys(self.suite, self._tx_secret)
+
+    def take_outgoing(self) -> list[tuple[int, bytes]]:
+        out = self.outgoing
+        self.outgoing = []
+        return out

@@ -1,0 +1,192 @@
+"""KTLS receive: decrypting the client's records (FreeBSD 13's KTLS RX).
+
+FreeBSD 13 added a receive side to kernel TLS (`ktls_enable_rx`): after the
+handshake, user space hands the kernel the peer's keys and next sequence
+number with `setsockopt(TCP_RXTLS_ENABLE)`. Incoming TCP data then collects
+as whole records (`sb_mtls`); `ktls_check_rx` looks at each record header as
+soon as it is there, so a record that claims to be too long is refused before
+its body arrives; `ktls_decrypt` opens each complete record and hands it to
+the reader with its type in a `TLS_GET_RECORD` control message. What a
+non-data record means (alerts, post-handshake messages) is user space's
+business (`ktls.control`); the kernel only decrypts and checks.
+
+`KtlsRxSession` is that kernel part, sans-IO: `feed` bytes as they come off
+the socket, then `next_record` until it returns None. Errors are
+`RecordError`s carrying the alert user space must send: `record_overflow`
+for a record longer than the version allows (RFC 8446 5.2: 2^14 + 256 bytes
+of ciphertext; RFC 5246 6.2.3: 2^14 + 2048) or whose plaintext is over 2^14,
+`bad_record_mac` for one that does not open (the kernel's EBADMSG),
+`unexpected_message` for a record type that cannot come protected, and
+`protocol_version` for a TLS 1.2 record with another version.
+
+The model keeps incoming bytes in a plain buffer rather than receive-side
+mbufs: client records are a few hundred bytes of request per response, and
+the transmit side is what the model is about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+
+from ktls.alerts import (
+    BAD_RECORD_MAC,
+    INTERNAL_ERROR,
+    PROTOCOL_VERSION,
+    RECORD_OVERFLOW,
+    UNEXPECTED_MESSAGE,
+    RecordError,
+)
+from ktls.nonce import SEQNO_LIMIT, tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce
+from ktls.suites import CipherSuite, TlsVersion
+
+if TYPE_CHECKING:
+    from mbuf.counters import KtlsStat
+
+CT_CHANGE_CIPHER_SPEC = 20
+CT_ALERT = 21
+CT_HANDSHAKE = 22
+CT_APPLICATION_DATA = 23
+
+MAX_PLAINTEXT = 1 << 14  # RFC 8446 5.1, RFC 5246 6.2.1
+TLS13_MAX_CIPHERTEXT = MAX_PLAINTEXT + 256  # RFC 8446 5.2
+TLS12_MAX_CIPHERTEXT = MAX_PLAINTEXT + 2048  # RFC 5246 6.2.3
+_HEADER = 5
+_TLS12_PROTECTED = frozenset({CT_ALERT, CT_HANDSHAKE, CT_APPLICATION_DATA})
+
+
+@dataclass(frozen=True, slots=True)
+class RxRecord:
+    """One decrypted record: its (inner) content type and plaintext."""
+
+    ctype: int
+    data: bytes
+
+
+class KtlsRxSession:
+    """The receive half of a kernel TLS session (`ktls_enable_rx`)."""
+
+    __slots__ = (
+        "_buf",
+        "_checked",
+        "aead",
+        "bytes",
+        "iv",
+        "max_ciphertext",
+        "records",
+        "seqno",
+        "stats",
+        "suite",
+        "version",
+    )
+
+    def __init__(
+        self, suite: CipherSuite, key: bytes, iv: bytes, seqno: int, stats: KtlsStat | None = None
+    ) -> None:
+        self.suite = suite
+        self.version = suite.version
+        self.aead = suite.aead(key)
+        self.iv = iv
+        self.seqno = seqno
+        self.stats = stats
+        tls13 = self.version is TlsVersion.TLS13
+        self.max_ciphertext = TLS13_MAX_CIPHERTEXT if tls13 else TLS12_MAX_CIPHERTEXT
+        self._buf = bytearray()
+        self._checked = False  # the header at the front of _buf passed ktls_check_rx
+        self.records = 0  # per-session counters
+        self.bytes = 0
+
+    def rekey(self, key: bytes, iv: bytes) -> None:
+        """New receive keys (a TLS 1.3 KeyUpdate): numbering starts again at 0."""
+        self.aead = self.suite.aead(key)
+        self.iv = iv
+        self.seqno = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def next_record(self) -> RxRecord | None:
+        """The next complete record, decrypted; None until one is complete.
+        Raises RecordError (the session is then unusable)."""
+        buf = self._buf
+        if len(buf) < _HEADER:
+            return None
+        ctype = buf[0]
+        length = (buf[3] << 8) | buf[4]
+        if not self._checked:
+            self._check_header(ctype, (buf[1] << 8) | buf[2], length)
+            self._checked = True
+        end = _HEADER + length
+        if len(buf) < end:
+            return None
+        header = bytes(buf[:_HEADER])
+        body = bytes(buf[_HEADER:end])
+        del buf[:end]
+        self._checked = False
+        try:
+            rec = self._open(ctype, header, body)
+        except RecordError:
+            if self.stats is not None:
+                self.stats.rx_failures += 1
+            raise
+        self.seqno += 1
+        self.records += 1
+        self.bytes += len(rec.data)
+        if self.stats is not None:
+            self.stats.rx_records += 1
+            self.stats.rx_bytes += len(rec.data)
+        return rec
+
+    def _check_header(self, ctype: int, version: int, length: int) -> None:
+        """ktls_check_rx: what the header alone tells."""
+        fail: RecordError | None = None
+        if self.version is TlsVersion.TLS13:
+            if ctype != CT_APPLICATION_DATA:
+                fail = RecordError(UNEXPECTED_MESSAGE, f"unprotected record of type {ctype}")
+        elif ctype not in _TLS12_PROTECTED:
+            fail = RecordError(UNEXPECTED_MESSAGE, f"record of type {ctype} after the handshake")
+        elif version != TlsVersion.TLS12:
+            fail = RecordError(PROTOCOL_VERSION, f"record version {version:#06x}")
+        if fail is None and length > self.max_ciphertext:
+            fail = RecordError(RECORD_OVERFLOW, f"record of {length} bytes")
+        if fail is None and self.seqno >= SEQNO_LIMIT:
+            fail = RecordError(INTERNAL_ERROR, "receive sequence number exhausted")
+        if fail is not None:
+            if self.stats is not None:
+                self.stats.rx_failures += 1
+            raise fail
+
+    def _open(self, ctype: int, header: bytes, body: bytes) -> RxRecord:
+        suite = self.suite
+        if self.version is TlsVersion.TLS13:
+            if len(body) <= suite.tag_len:
+                raise RecordError(BAD_RECORD_MAC, "record shorter than its tag")
+            try:
+                inner = self.aead.decrypt(
+                    tls13_nonce(self.iv, self.seqno), body, tls13_aad(len(body))
+                )
+            except InvalidTag:
+                raise RecordError(BAD_RECORD_MAC, "record does not authenticate") from None
+            if len(inner) > MAX_PLAINTEXT + 1:  # RFC 8446 5.4: padding included
+                raise RecordError(RECORD_OVERFLOW, f"inner plaintext of {len(inner)} bytes")
+            content = inner.rstrip(b"\x00")  # the zero padding after the content type
+            if not content:
+                raise RecordError(UNEXPECTED_MESSAGE, "inner plaintext without a content type")
+            return RxRecord(content[-1], content[:-1])
+        n = suite.explicit_nonce_len
+        plen = len(body) - n - suite.tag_len
+        if plen < 0:
+            raise RecordError(BAD_RECORD_MAC, "record shorter than its nonce and tag")
+        if plen > MAX_PLAINTEXT:
+            raise RecordError(RECORD_OVERFLOW, f"plaintext of {plen} bytes")
+        nonce = tls12_gcm_nonce(self.iv, body[:n]) if n else tls13_nonce(self.iv, self.seqno)
+        try:
+            plain = self.aead.decrypt(nonce, body[n:], tls12_aad(self.seqno, ctype, plen))
+        except InvalidTag:
+            raise RecordError(BAD_RECORD_MAC, "record does not authenticate") from None
+        return RxRecord(ctype, plain)
