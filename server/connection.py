@@ -206,6 +206,7 @@ class Connection:
                 raise
             if self.user.outgoing:  # OpenSSL's KeyUpdate or no_renegotiation warning
                 await self._write_records(self.user.take_outgoing())
+                await self.tx.flush()  # a client may wait for the answer
             self.eof = self.eof or self.user.closed
             return plain
         ctl = self.ctl
@@ -215,8 +216,10 @@ class Connection:
         except RecordError as e:
             await self._send_alert(FATAL, e.description)
             raise
-        for rtype, payload in ctl.take_outgoing():
-            await self.tx.send(payload, rtype)
+        if ctl.outgoing:  # a no_renegotiation warning: a client may wait for it
+            for rtype, payload in ctl.take_outgoing():
+                await self.tx.send(payload, rtype)
+            await self.tx.flush()
         if ctl.key_update_owed:
             await self._key_update()
         self.eof = self.eof or ctl.closed
