@@ -10,8 +10,9 @@ is that reader for one connection, sans-IO:
   records are fine; more than MAX_EMPTY_RECORDS in a row are not, as in
   OpenSSL).
 * Alerts: `close_notify` sets `closed` (the caller answers with its own and
-  closes); TLS 1.3 `user_canceled` and TLS 1.2 warnings are ignored (at most
-  MAX_WARN_ALERTS in a row); any other alert raises `PeerAlert`. An alert
+  closes); TLS 1.3 `user_canceled` and TLS 1.2 warnings are ignored, fewer
+  than MAX_WARN_ALERTS in a row (OpenSSL refuses the fifth); any other alert,
+  a TLS 1.2 close_notify of fatal level included, raises `PeerAlert`. An alert
   record must hold exactly one alert in TLS 1.3 (RFC 8446 5.1); TLS 1.2 may
   fragment and coalesce them.
 * Handshake messages may be split over records but not interleaved with
@@ -60,7 +61,7 @@ UPDATE_REQUESTED = 1
 KEY_UPDATE_NOT_REQUESTED = bytes((HT_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED))
 
 MAX_EMPTY_RECORDS = 32  # OpenSSL's limit on consecutive empty records
-MAX_WARN_ALERTS = 5  # OpenSSL's limit on consecutive TLS 1.2 warning alerts
+MAX_WARN_ALERTS = 5  # OpenSSL's MAX_WARN_ALERT_COUNT: the fifth in a row is refused
 MAX_HANDSHAKE_MESSAGE = 1 << 16  # a renegotiating ClientHello bigger than this is refused
 
 
@@ -119,11 +120,12 @@ class TlsControl:
                     raise RecordError(UNEXPECTED_MESSAGE, "too many empty records")
                 continue
             self._empty = 0
-            if ctype == CT_APPLICATION_DATA:
-                self._warnings = 0
-                out += rec.data
-            elif ctype == CT_ALERT:
+            if ctype == CT_ALERT:
                 self._alerts(rec.data)
+                continue
+            self._warnings = 0  # as OpenSSL: any other record that carries something
+            if ctype == CT_APPLICATION_DATA:
+                out += rec.data
             elif ctype == CT_HANDSHAKE:
                 self._handshake(rec.data)
             else:
@@ -147,19 +149,21 @@ class TlsControl:
     def _alert_received(self, level: int, desc: int) -> None:
         if self.stats is not None:
             self.stats.alerts_received += 1
-        if desc == CLOSE_NOTIFY:
+        if self.version is TlsVersion.TLS13:
+            if desc == CLOSE_NOTIFY:
+                self.closed = True
+                return
+            if desc != USER_CANCELED:
+                raise PeerAlert(level, desc)  # RFC 8446 6: every other alert is an error
+        elif level == FATAL:
+            raise PeerAlert(level, desc)
+        elif level != WARNING:
+            raise RecordError(ILLEGAL_PARAMETER, f"alert level {level}")
+        elif desc == CLOSE_NOTIFY:
             self.closed = True
             return
-        if self.version is TlsVersion.TLS13:
-            if desc == USER_CANCELED:
-                return
-            raise PeerAlert(level, desc)  # RFC 8446 6: every other alert is an error
-        if level == FATAL:
-            raise PeerAlert(level, desc)
-        if level != WARNING:
-            raise RecordError(ILLEGAL_PARAMETER, f"alert level {level}")
-        self._warnings += 1
-        if self._warnings > MAX_WARN_ALERTS:
+        self._warnings += 1  # warnings and user_canceled: OpenSSL takes a few in a row
+        if self._warnings >= MAX_WARN_ALERTS:
             raise RecordError(UNEXPECTED_MESSAGE, "too many warning alerts")
 
     # -- post-handshake messages ---------------------------------------------

@@ -17,7 +17,9 @@ for a record longer than the version allows (RFC 8446 5.2: 2^14 + 256 bytes
 of ciphertext; RFC 5246 6.2.3: 2^14 + 2048) or whose plaintext is over 2^14,
 `bad_record_mac` for one that does not open (the kernel's EBADMSG),
 `unexpected_message` for a record type that cannot come protected, and
-`protocol_version` for a TLS 1.2 record with another version.
+for a record version other than 0x0303 `protocol_version` (TLS 1.2) or
+`decode_error` (TLS 1.3, whose AAD is the header as received; OpenSSL and
+FreeBSD's `ktls_decrypt` refuse it too).
 
 The model keeps incoming bytes in a plain buffer rather than receive-side
 mbufs: client records are a few hundred bytes of request per response, and
@@ -33,13 +35,14 @@ from cryptography.exceptions import InvalidTag
 
 from ktls.alerts import (
     BAD_RECORD_MAC,
+    DECODE_ERROR,
     INTERNAL_ERROR,
     PROTOCOL_VERSION,
     RECORD_OVERFLOW,
     UNEXPECTED_MESSAGE,
     RecordError,
 )
-from ktls.nonce import SEQNO_LIMIT, tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce
+from ktls.nonce import SEQNO_LIMIT, tls12_aad, tls12_gcm_nonce, tls13_nonce
 from ktls.suites import CipherSuite, TlsVersion
 
 if TYPE_CHECKING:
@@ -148,6 +151,8 @@ class KtlsRxSession:
         if self.version is TlsVersion.TLS13:
             if ctype != CT_APPLICATION_DATA:
                 fail = RecordError(UNEXPECTED_MESSAGE, f"unprotected record of type {ctype}")
+            elif version != TlsVersion.TLS12:  # legacy_record_version, as OpenSSL checks it
+                fail = RecordError(DECODE_ERROR, f"record version {version:#06x}")
         elif ctype not in _TLS12_PROTECTED:
             fail = RecordError(UNEXPECTED_MESSAGE, f"record of type {ctype} after the handshake")
         elif version != TlsVersion.TLS12:
@@ -167,9 +172,7 @@ class KtlsRxSession:
             if len(body) <= suite.tag_len:
                 raise RecordError(BAD_RECORD_MAC, "record shorter than its tag")
             try:
-                inner = self.aead.decrypt(
-                    tls13_nonce(self.iv, self.seqno), body, tls13_aad(len(body))
-                )
+                inner = self.aead.decrypt(tls13_nonce(self.iv, self.seqno), body, header)
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record does not authenticate") from None
             if len(inner) > MAX_PLAINTEXT + 1:  # RFC 8446 5.4: padding included

@@ -15,24 +15,28 @@ list into the client's incoming BIO (optionally in small pieces, so that
 then `tcp_acked`. Every byte that reached the client is kept in `wire`, so a
 test can also parse the records itself.
 
-`open_record` decrypts one record on its own, written from RFC 8446 5.2/5.3,
-RFC 5288 3 and RFC 7905 2 with `cryptography` directly, so the tests do not
-check ktls's record code with ktls's record code.
+`open_record` decrypts one record on its own, and `Sealer` builds the client's
+records (well-formed or not), written from RFC 8446 5.2/5.3, RFC 5288 3 and
+RFC 7905 2 with `cryptography` directly, so the tests do not check ktls's
+record code with ktls's record code; `hkdf_expand_label` (RFC 8446 7.1) gives
+them TLS 1.3 traffic keys and KeyUpdate secrets the same way.
 """
 
 from __future__ import annotations
 
 import datetime
+import hmac
 import pathlib
 import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
@@ -55,6 +59,9 @@ CT_CHANGE_CIPHER_SPEC: Final = 20
 CT_ALERT: Final = 21
 CT_HANDSHAKE: Final = 22
 CT_APPLICATION_DATA: Final = 23
+HT_CLIENT_HELLO: Final = 1  # RFC 8446 4 / RFC 5246 7.4 HandshakeType
+HT_NEW_SESSION_TICKET: Final = 4
+HT_KEY_UPDATE: Final = 24
 LOCALHOST: Final = 0x7F000001
 
 
@@ -224,6 +231,106 @@ def open_record(
     return header[0], aead.decrypt(nonce, ct, aad)
 
 
+def hkdf_expand_label(
+    hash_alg: type[hashes.HashAlgorithm], secret: bytes, label: bytes, length: int
+) -> bytes:
+    """HKDF-Expand-Label(secret, label, "", length) of RFC 8446 7.1."""
+    full = b"tls13 " + label
+    info = struct.pack("!HB", length, len(full)) + full + b"\x00"
+    return HKDFExpand(hash_alg(), length, info).derive(secret)
+
+
+def tls13_keys(suite: CipherSuite, secret: bytes) -> TrafficKeys:
+    """A TLS 1.3 traffic secret's record key and IV (RFC 8446 7.3)."""
+    return TrafficKeys(
+        hkdf_expand_label(suite.hash, secret, b"key", suite.key_len),
+        hkdf_expand_label(suite.hash, secret, b"iv", 12),
+    )
+
+
+def tls13_next_secret(suite: CipherSuite, secret: bytes) -> bytes:
+    """application_traffic_secret_N+1 (RFC 8446 7.2)."""
+    return hkdf_expand_label(suite.hash, secret, b"traffic upd", len(secret))
+
+
+def tls12_client_keys(
+    suite: CipherSuite, master: bytes, client_random: bytes, server_random: bytes
+) -> TrafficKeys:
+    """The client write key and IV of a TLS 1.2 AEAD suite (RFC 5246 5 and 6.3:
+    P_hash over "key expansion"; client key, server key, client IV, server IV)."""
+    seed = b"key expansion" + server_random + client_random
+    k, i = suite.key_len, suite.fixed_iv_len
+    block = b""
+    a = seed
+    while len(block) < 2 * (k + i):
+        a = hmac.digest(master, a, suite.hash().name)
+        block += hmac.digest(master, a + seed, suite.hash().name)
+    return TrafficKeys(block[:k], block[2 * k : 2 * k + i])
+
+
+def key_update(request: int) -> bytes:
+    """A KeyUpdate handshake message (RFC 8446 4.6.3)."""
+    return bytes((HT_KEY_UPDATE, 0, 0, 1, request))
+
+
+class Sealer:
+    """One direction's records as a peer writes them: sequence numbers counted,
+    TLS 1.3 padding on request, KeyUpdate moving to the next secret."""
+
+    def __init__(
+        self, suite: CipherSuite, keys: TrafficKeys, seqno: int = 0, secret: bytes | None = None
+    ) -> None:
+        self.suite = suite
+        self.keys = keys
+        self.seqno = seqno
+        self.secret = secret  # TLS 1.3 traffic secret, for key_update()
+
+    def inner(self, inner: bytes) -> bytes:
+        """TLS 1.3: seal a TLSInnerPlaintext as given (content, type, zeros)."""
+        assert self.suite.version is TlsVersion.TLS13
+        header = struct.pack("!BHH", CT_APPLICATION_DATA, 0x0303, len(inner) + 16)
+        body = self.suite.aead(self.keys.key).encrypt(
+            _xor_seq(self.keys.iv, self.seqno), inner, header
+        )
+        self.seqno += 1
+        return header + body
+
+    def record(self, ctype: int, payload: bytes, pad: int = 0) -> bytes:
+        """A record of `ctype` carrying `payload` (TLS 1.3: `pad` zero bytes after
+        the inner content type)."""
+        if self.suite.version is TlsVersion.TLS13:
+            return self.inner(payload + bytes((ctype,)) + bytes(pad))
+        assert pad == 0
+        aead = self.suite.aead(self.keys.key)
+        aad = self.seqno.to_bytes(8, "big") + struct.pack("!BHH", ctype, 0x0303, len(payload))
+        if self.suite.explicit_nonce_len:  # RFC 5288 3: salt || explicit, explicit = seqno
+            explicit = self.seqno.to_bytes(8, "big")
+            body = explicit + aead.encrypt(self.keys.iv + explicit, payload, aad)
+        else:  # RFC 7905 2
+            body = aead.encrypt(_xor_seq(self.keys.iv, self.seqno), payload, aad)
+        self.seqno += 1
+        return struct.pack("!BHH", ctype, 0x0303, len(body)) + body
+
+    def data(self, payload: bytes, pad: int = 0) -> bytes:
+        return self.record(CT_APPLICATION_DATA, payload, pad)
+
+    def alert(self, level: int, description: int, pad: int = 0) -> bytes:
+        return self.record(CT_ALERT, bytes((level, description)), pad)
+
+    def next_keys(self) -> None:
+        """Move to the next traffic secret (after sending a KeyUpdate)."""
+        assert self.secret is not None
+        self.secret = tls13_next_secret(self.suite, self.secret)
+        self.keys = tls13_keys(self.suite, self.secret)
+        self.seqno = 0
+
+    def key_update(self, request: int = 0, pad: int = 0) -> bytes:
+        """A KeyUpdate record under the current keys; later records use the next."""
+        out = self.record(CT_HANDSHAKE, key_update(request), pad)
+        self.next_keys()
+        return out
+
+
 def plaintext_len(suite: CipherSuite, body: bytes) -> int:
     """Payload bytes a record of this suite carries (TLS 1.3: no padding is used)."""
     return len(body) - suite.tls_hlen + 5 - suite.tls_tlen
@@ -325,6 +432,15 @@ def handshake(
 # ---------------------------------------------------------------------------
 
 
+class Client(Protocol):
+    """Where KtlsConn delivers: a TLS client over memory BIOs (`TlsPair`, or one
+    with another client library)."""
+
+    def to_client(self, data: bytes | bytearray) -> None: ...
+
+    def client_read(self) -> bytes: ...
+
+
 class KtlsConn:
     """A kernel socket with a KTLS session whose NIC output goes to `pair.client`."""
 
@@ -333,7 +449,7 @@ class KtlsConn:
         kern: Kernel,
         workers: KtlsWorkers,
         est: Established,
-        pair: TlsPair,
+        pair: Client,
         *,
         sndbuf: int = SNDBUF,
         max_frame_len: int = MAX_PLAINTEXT,

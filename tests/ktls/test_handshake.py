@@ -75,7 +75,9 @@ def test_handshake_hands_off_to_ktls(
 ) -> None:
     pair = handshake(contexts, certs, case)
     assert pair.client.version() == STDLIB_VERSION[case.version]
-    assert pair.client.cipher()[0] == case.cipher
+    cipher = pair.client.cipher()
+    assert cipher is not None
+    assert cipher[0] == case.cipher
 
     est = pair.hs.established()
     assert est.version is case.version
@@ -153,7 +155,9 @@ def test_resumed_handshake_counts_its_own_records(
     second = TlsPair(server_ctx, client_ctx, session=first.client.session)
     second.handshake()
     assert second.client.session_reused
-    assert second.client.cipher()[0] == case.cipher
+    cipher = second.client.cipher()
+    assert cipher is not None
+    assert cipher[0] == case.cipher
     est = second.hs.established()
     assert est.suite is case.suite
     assert est.tx_seq == second.app_key_records()

@@ -98,7 +98,7 @@ def test_full_tls13_server_handshake_and_keys() -> None:
 
 def test_feed_bytearray() -> None:
     log = KeyLog()
-    log.feed(bytearray(line("EXPORTER_SECRET", SECRET32_HEX)))
+    log.feed(bytearray(line("EXPORTER_SECRET", SECRET32_HEX)))  # type: ignore[arg-type]
     assert log.has("EXPORTER_SECRET")
 
 

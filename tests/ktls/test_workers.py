@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import ktls.ocf
 import ktls.session
 from ktls.workers import KtlsWorkers
 from mbuf.kern import Kernel
@@ -48,7 +49,7 @@ def workers(posted: Posted) -> Iterator[KtlsWorkers]:
 def encrypt_threads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """(thread name, record seqno) of every record encrypted, in encryption order."""
     calls: list[tuple[str, int]] = []
-    real = ktls.session.ktls_ocf_encrypt
+    real = ktls.ocf.ktls_ocf_encrypt  # what ktls.session calls
 
     def recording(tls: Any, phys: Any, pgs: Any, dst: Any, scratch: bytearray) -> int:
         calls.append((threading.current_thread().name, pgs.seqno))
