@@ -43,9 +43,19 @@
 # O_NOFOLLOW is safe) and should compare st_dev/st_ino of the opened file with
 # `Resolution.stat` to detect a file replaced after resolution.
 #
+# With `autoindex`, a directory named with its trailing "/" that has no usable
+# index (missing, not a regular file, or a symlink out of the root) is
+# DIRECTORY instead of NOT_FOUND, or FORBIDDEN if this process may not read it
+# (nginx's opendir() EACCES is a 403 too).  `open_directory()` opens such a
+# directory for listing by the same fd-relative, O_NOFOLLOW walk, and
+# `locate()` applies stage 4 to a filesystem path (precompressed sidecars use
+# it), so nothing that lists or serves a file trusts a path string alone.
+# `name_is_servable()` says whether a directory entry's name could ever be
+# asked for: the listing leaves out names whose link would be refused.
+#
 # Deliberate differences from nginx: %2F is refused rather than decoded; a
-# directory without its index is NOT_FOUND (nginx says 403) until autoindex
-# exists; the Location of a directory redirect collapses a leading "//" to "/"
+# directory without its index is NOT_FOUND (nginx says 403) unless autoindex
+# is on; the Location of a directory redirect collapses a leading "//" to "/"
 # so that "//evil.example" can never become a scheme-relative redirect.
 from __future__ import annotations
 
@@ -60,7 +70,14 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Resolution", "ResolveStatus", "resolve_target"]
+__all__ = [
+    "Resolution",
+    "ResolveStatus",
+    "locate",
+    "name_is_servable",
+    "open_directory",
+    "resolve_target",
+]
 
 
 class ResolveStatus(enum.Enum):
@@ -69,6 +86,7 @@ class ResolveStatus(enum.Enum):
     BAD_REQUEST = "bad_request"  # 400: malformed or hostile target
     NOT_FOUND = "not_found"  # 404: missing, hidden, not a regular file, or outside root
     FORBIDDEN = "forbidden"  # 403: exists but the server may not read it
+    DIRECTORY = "directory"  # 200 listing: autoindex on, directory without an index
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +136,21 @@ def _os_error(exc: OSError, what: str) -> Resolution:
     raise exc
 
 
+def _segment_fault(seg: bytes) -> str | None:
+    """Why the decoded segment `seg` can never name a file we serve, or None."""
+    if b"/" in seg:
+        return "encoded slash in path segment"
+    if b"\\" in seg:
+        return "backslash in path"
+    try:
+        text = seg.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        return "path is not valid UTF-8"
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        return "control character in path"
+    return None
+
+
 def _decode_segments(raw_path: bytes) -> list[str] | Resolution:
     """Percent-decode each segment of `raw_path` once; BAD_REQUEST on any misuse."""
     if _BAD_ESCAPE.search(raw_path):
@@ -125,18 +158,21 @@ def _decode_segments(raw_path: bytes) -> list[str] | Resolution:
     out: list[str] = []
     for raw_seg in raw_path.split(b"/")[1:]:
         seg = urllib.parse.unquote_to_bytes(raw_seg) if b"%" in raw_seg else raw_seg
-        if b"/" in seg:
-            return _bad("encoded slash in path segment")
-        if b"\\" in seg:
-            return _bad("backslash in path")
-        try:
-            text = seg.decode("utf-8", errors="strict")
-        except UnicodeDecodeError:
-            return _bad("path is not valid UTF-8")
-        if any(unicodedata.category(ch) == "Cc" for ch in text):
-            return _bad("control character in path")
-        out.append(text)
+        fault = _segment_fault(seg)
+        if fault is not None:
+            return _bad(fault)
+        out.append(seg.decode("utf-8"))
     return out
+
+
+def name_is_servable(name: bytes) -> bool:
+    """Whether a directory entry called `name` (raw bytes, as os.fsencode gives)
+    could be requested at all: a request naming it must not be BAD_REQUEST.
+
+    False for "", ".", "..", and names containing "/", a backslash, a control
+    character or bytes that are not strict UTF-8.  Dotfiles are servable here;
+    hiding them is policy, not syntax."""
+    return name not in (b"", b".", b"..") and _segment_fault(name) is None
 
 
 def _normalise(segments: list[str]) -> tuple[list[str], bool] | Resolution:
@@ -185,22 +221,29 @@ def _walk(base: str, components: list[str]) -> tuple[os.stat_result, bool]:
         os.close(fd)
 
 
+def _components(root: str, real: str, follow_symlinks: bool) -> tuple[str, list[str]] | None:
+    """Where the fd walk to the real path `real` starts and what it descends
+    through; None if `real` is outside `root` and symlinks may not lead out."""
+    if _inside(root, real):
+        rel = os.path.relpath(real, root)
+        return root, ([] if rel == "." else rel.split(os.sep))
+    if follow_symlinks:
+        return os.sep, [c for c in real.split(os.sep) if c]
+    return None
+
+
 def _locate(
-    root: str, segments: list[str], follow_symlinks: bool
+    root: str, lexical: str, follow_symlinks: bool
 ) -> tuple[str, os.stat_result, bool] | Resolution:
-    """Find the object `segments` names below `root`: (real path, lstat, readable)."""
-    lexical = os.path.join(root, *segments)
+    """Find the object the absolute path `lexical` names: (real path, lstat, readable)."""
     try:
         real = os.path.realpath(lexical)
     except OSError as exc:
         return _os_error(exc, "realpath")
-    if _inside(root, real):
-        rel = os.path.relpath(real, root)
-        base, components = root, ([] if rel == "." else rel.split(os.sep))
-    elif follow_symlinks:
-        base, components = os.sep, [c for c in real.split(os.sep) if c]
-    else:
+    walk = _components(root, real, follow_symlinks)
+    if walk is None:
         return _not_found("symlink leads outside the document root")
+    base, components = walk
     try:
         st, readable = _walk(base, components)
     except OSError as exc:
@@ -208,6 +251,61 @@ def _locate(
     if stat_mod.S_ISLNK(st.st_mode):
         return _not_found("path changed during resolution")
     return real, st, readable
+
+
+def _listing(real: str, st: os.stat_result) -> Resolution:
+    if not os.access(real, os.R_OK):
+        return _forbidden("directory is not readable")
+    return Resolution(ResolveStatus.DIRECTORY, path=pathlib.Path(real), stat=st, reason="listing")
+
+
+def locate(
+    root: pathlib.Path, path: pathlib.Path, *, follow_symlinks: bool = False
+) -> tuple[pathlib.Path, os.stat_result, bool] | None:
+    """Stage 4 alone, for a filesystem path the server made up itself (such as
+    a sidecar "FILE.gz"): its realpath, lstat from the fd-relative walk, and
+    whether it is readable; None if it is missing, refused (EACCES), a
+    symlink out of `root` (unless `follow_symlinks`) or changed under us.
+
+    The result may be any kind of object: check S_ISREG before opening, and
+    open only the returned path.  Raises OSError for server faults."""
+    found = _locate(str(root), str(path), follow_symlinks)
+    if isinstance(found, Resolution):
+        return None
+    real, st, readable = found
+    return pathlib.Path(real), st, readable
+
+
+def open_directory(root: pathlib.Path, directory: pathlib.Path, *, follow_symlinks: bool) -> int:
+    """Open `directory` (a DIRECTORY resolution's real path) for reading.
+
+    Walks from `root` (from "/" for a directory outside it, allowed only with
+    `follow_symlinks`) one component at a time with O_NOFOLLOW, like
+    resolve_target, so a component swapped for a symlink since resolution
+    fails with ELOOP or ENOTDIR instead of leading elsewhere.  Returns an
+    O_RDONLY | O_DIRECTORY descriptor the caller must close.  Raises
+    ValueError if `directory` is not absolute and real, or is outside `root`
+    without `follow_symlinks`; OSError (ENOENT, ENOTDIR, ELOOP, EACCES, ...)
+    if it cannot be opened."""
+    real = str(directory)
+    if not directory.is_absolute() or os.path.normpath(real) != real:
+        raise ValueError(f"open_directory: {real!r} is not an absolute, normalised path")
+    walk = _components(str(root), real, follow_symlinks)
+    if walk is None:
+        raise ValueError(f"open_directory: {real!r} is outside the document root")
+    base, components = walk
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if not components:
+        return os.open(base, flags)
+    fd = os.open(base, _O_DIRWALK)
+    try:
+        for name in components[:-1]:
+            nfd = os.open(name, _O_DIRWALK, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(components[-1], flags, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _check_args(root: object, target: object, index: object) -> None:
@@ -230,6 +328,7 @@ def resolve_target(
     follow_symlinks: bool = False,
     serve_dotfiles: bool = False,
     index: str = "index.html",
+    autoindex: bool = False,
 ) -> Resolution:
     """Resolve the raw request-target `target` under the document root `root`.
 
@@ -252,7 +351,13 @@ def resolve_target(
                  named with a trailing "/", a directory without `index`,
                  ENOTDIR, ENAMETOOLONG, ELOOP.
     FORBIDDEN    EACCES/EPERM on the way, or the file is not readable
-                 (os.access R_OK).
+                 (os.access R_OK); with autoindex, a directory to list that
+                 is not readable.
+    DIRECTORY    only with `autoindex`: the target names a directory with a
+                 trailing "/" (or "." / "..") and its `index` is missing, not
+                 a regular file or out of bounds; path = the directory's
+                 realpath, stat = its stat from the fd-relative walk.  List
+                 it with `open_directory()`, never by path.
 
     Raises TypeError/ValueError on misuse, and OSError for server-side
     failures (EIO, EMFILE, ENOMEM, ...) that no client request explains.
@@ -280,7 +385,7 @@ def resolve_target(
         return _not_found("dotfile")
 
     # 4. The filesystem.
-    found = _locate(root_s, segments, follow_symlinks)
+    found = _locate(root_s, os.path.join(root_s, *segments), follow_symlinks)
     if isinstance(found, Resolution):
         return found
     real, st, readable = found
@@ -291,14 +396,16 @@ def resolve_target(
             if has_query:
                 location += b"?" + query
             return Resolution(ResolveStatus.REDIRECT, location=location, reason="directory")
-        found = _locate(root_s, [*segments, index], follow_symlinks)
-        if isinstance(found, Resolution):
-            if found.status is ResolveStatus.NOT_FOUND:
-                return _not_found(f"directory has no {index}")
-            return found
-        real, st, readable = found
-        if not stat_mod.S_ISREG(st.st_mode):
+        index_found = _locate(root_s, os.path.join(real, index), follow_symlinks)
+        if isinstance(index_found, Resolution):
+            if index_found.status is not ResolveStatus.NOT_FOUND:
+                return index_found
+            return _listing(real, st) if autoindex else _not_found(f"directory has no {index}")
+        if not stat_mod.S_ISREG(index_found[1].st_mode):
+            if autoindex:
+                return _listing(real, st)
             return _not_found(f"{index} is not a regular file")
+        real, st, readable = index_found
     elif not stat_mod.S_ISREG(st.st_mode):
         return _not_found("not a regular file")
     elif wants_dir:

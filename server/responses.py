@@ -15,6 +15,7 @@ ALLOW = b"GET, HEAD, OPTIONS"
 _REASONS = {
     200: b"OK",
     204: b"No Content",
+    206: b"Partial Content",
     301: b"Moved Permanently",
     304: b"Not Modified",
     400: b"Bad Request",
@@ -24,9 +25,12 @@ _REASONS = {
     408: b"Request Timeout",
     412: b"Precondition Failed",
     413: b"Content Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
 }
 
 

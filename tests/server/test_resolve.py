@@ -483,10 +483,18 @@ _targets = st.one_of(
 
 
 @settings(max_examples=600, deadline=None)
-@given(target=_targets, dotfiles=st.booleans())
-def test_property_file_is_inside_root(tree: pathlib.Path, target: bytes, dotfiles: bool) -> None:
-    res = resolve_target(tree, target, serve_dotfiles=dotfiles)
-    if res.status is FILE:
+@given(target=_targets, dotfiles=st.booleans(), autoindex=st.booleans())
+def test_property_file_is_inside_root(
+    tree: pathlib.Path, target: bytes, dotfiles: bool, autoindex: bool
+) -> None:
+    res = resolve_target(tree, target, serve_dotfiles=dotfiles, autoindex=autoindex)
+    if res.status is ResolveStatus.DIRECTORY:
+        assert autoindex
+        assert res.path is not None and res.stat is not None
+        assert os.path.commonpath((str(tree), str(res.path))) == str(tree)
+        assert res.path == pathlib.Path(os.path.realpath(res.path))
+        assert stat.S_ISDIR(res.stat.st_mode)
+    elif res.status is FILE:
         assert res.path is not None and res.stat is not None
         assert os.path.commonpath((str(tree), str(res.path))) == str(tree)
         assert res.path == pathlib.Path(os.path.realpath(res.path))

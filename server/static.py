@@ -1,0 +1,198 @@
+"""What a GET or HEAD for a path answers: nginx's static module, decided before any byte is sent.
+
+`plan(req, site)` resolves the target (`server.resolve`), picks the
+representation (a precompressed `FILE.br` / `FILE.gz` sidecar when the
+client's Accept-Encoding prefers it, `server.encoding`), opens it, evaluates
+the preconditions (`server.conditional`, RFC 9110 13.2.2) and then the Range
+(`server.ranges`, after If-Range), and returns a `Reply`:
+
+* `Simple`: a status with a small in-memory body (errors, redirects, 304,
+  416, directory listings);
+* `FileReply`: status 200 or 206, its header fields, an open descriptor and
+  the pieces of the body in order: bytes (multipart delimiters) and
+  `(first, last)` ranges of the file, which the connection sends with
+  sendfile, so every byte of the file still goes through the modelled kernel.
+
+Header fields follow nginx: `Accept-Ranges: bytes`, `ETag` (strong, from
+inode, size and mtime in ns) and `Last-Modified` on every file response,
+`Cache-Control` when `--cache-control` is set (on 304 too), and `Vary:
+Accept-Encoding` on every response for a file that has a sidecar, so caches
+keep the encodings apart. A sidecar is a representation of its own: its
+ETag, Last-Modified and length, ranges counted in encoded bytes, the
+original's Content-Type.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+from dataclasses import dataclass, field
+
+import h11
+
+from server.autoindex import render_listing
+from server.conditional import evaluate
+from server.encoding import choose_encoding, find_sidecars
+from server.httpfields import http_date, strong_etag
+from server.mime import content_type
+from server.multipart import Piece, byteranges_plan, new_boundary
+from server.ranges import UNSATISFIABLE, if_range_allows, parse_range
+from server.resolve import ResolveStatus, resolve_target
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """The static module's configuration (the `location` block)."""
+
+    root: pathlib.Path
+    follow_symlinks: bool = False
+    serve_dotfiles: bool = False
+    autoindex: bool = False
+    cache_control: bytes | None = None
+    default_type: str = "application/octet-stream"
+    max_ranges: int = 32
+
+
+@dataclass(slots=True)
+class Simple:
+    status: int
+    extra: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes | None = None  # None: the standard error page of the status
+    content_type: bytes = b"text/html; charset=utf-8"
+
+
+@dataclass(slots=True)
+class FileReply:
+    status: int  # 200 or 206
+    headers: list[tuple[bytes, bytes]]  # without Date/Server
+    fd: int
+    st: os.stat_result
+    pieces: list[Piece]
+    length: int  # Content-Length
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+Reply = Simple | FileReply
+
+_RESOLVE_STATUS = {
+    ResolveStatus.BAD_REQUEST: 400,
+    ResolveStatus.NOT_FOUND: 404,
+    ResolveStatus.FORBIDDEN: 403,
+}
+
+
+def plan(req: h11.Request, site: Site) -> Reply:
+    """The reply to a GET or HEAD. The caller owns (and must close) a FileReply's fd."""
+    res = resolve_target(
+        site.root,
+        req.target,
+        follow_symlinks=site.follow_symlinks,
+        serve_dotfiles=site.serve_dotfiles,
+        autoindex=site.autoindex,
+    )
+    if res.status is ResolveStatus.REDIRECT:
+        assert res.location is not None
+        return Simple(301, [(b"Location", res.location), *_cache(site)])  # as add_header does
+    if res.status is ResolveStatus.DIRECTORY:
+        assert res.path is not None
+        url_path = req.target.split(b"?", 1)[0]
+        try:
+            body = render_listing(
+                res.path,
+                url_path,
+                serve_dotfiles=site.serve_dotfiles,
+                follow_symlinks=site.follow_symlinks,
+                root=site.root,
+            )
+        except OSError as e:  # gone or swapped meanwhile: 404; unreadable: 403 (as nginx)
+            return Simple(403 if e.errno in (errno.EACCES, errno.EPERM) else 404)
+        return Simple(200, _cache(site), body)
+    if res.status is not ResolveStatus.FILE:
+        return Simple(_RESOLVE_STATUS[res.status])
+    assert res.path is not None and res.stat is not None
+    headers = {k.lower(): v for k, v in req.headers}
+    path, st = res.path, res.stat
+    extra: list[tuple[bytes, bytes]] = []
+    sidecars = find_sidecars(path, st, site.root, follow_symlinks=site.follow_symlinks)
+    if sidecars:
+        extra.append((b"Vary", b"Accept-Encoding"))
+        coding = choose_encoding(headers.get(b"accept-encoding"), list(sidecars))
+        if coding is not None:
+            path, st = sidecars[coding]
+            extra.append((b"Content-Encoding", coding.encode()))
+    ctype = content_type(res.path.name, default=site.default_type).encode()
+    try:
+        fd = _open(path, st)
+    except OSError as e:
+        return Simple(403 if e.errno in (errno.EACCES, errno.EPERM) else 404)
+    try:
+        return _file_reply(req, headers, site, fd, ctype, extra)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open(path: pathlib.Path, st: os.stat_result) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        now = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)  # replaced between resolution and open
+        raise FileNotFoundError(errno.ENOENT, "file replaced", str(path))
+    return fd
+
+
+def _cache(site: Site) -> list[tuple[bytes, bytes]]:
+    return [(b"Cache-Control", site.cache_control)] if site.cache_control else []
+
+
+def _file_reply(
+    req: h11.Request,
+    headers: dict[bytes, bytes],
+    site: Site,
+    fd: int,
+    ctype: bytes,
+    extra: list[tuple[bytes, bytes]],
+) -> Reply:
+    st = os.fstat(fd)
+    etag = strong_etag(st)
+    validators = [(b"Last-Modified", http_date(st.st_mtime)), (b"ETag", etag)]
+    verdict = evaluate(req.method, headers, etag, st.st_mtime)
+    if verdict is not None:
+        os.close(fd)
+        if verdict == 304:  # the validators and caching fields, no body
+            return Simple(304, [*validators, *_cache(site), *extra])
+        return Simple(verdict)
+    size = st.st_size
+    common = [*validators, (b"Accept-Ranges", b"bytes"), *_cache(site), *extra]
+    ranges = None
+    if b"range" in headers and (
+        b"if-range" not in headers or if_range_allows(headers[b"if-range"], etag, st.st_mtime)
+    ):
+        ranges = parse_range(headers[b"range"], size, site.max_ranges)
+    if ranges == UNSATISFIABLE:
+        os.close(fd)
+        return Simple(416, [(b"Content-Range", b"bytes */%d" % size), *common])
+    if ranges is None or isinstance(ranges, str):
+        fields = [(b"Content-Type", ctype), *common]
+        return FileReply(200, fields, fd, st, [(0, size - 1)] if size else [], size)
+    if len(ranges) == 1:
+        first, last = ranges[0]
+        fields = [
+            (b"Content-Type", ctype),
+            (b"Content-Range", b"bytes %d-%d/%d" % (first, last, size)),
+            *common,
+        ]
+        return FileReply(206, fields, fd, st, [(first, last)], last - first + 1)
+    boundary = new_boundary()
+    pieces, length = byteranges_plan(ranges, size, ctype, boundary)
+    fields = [(b"Content-Type", b"multipart/byteranges; boundary=" + boundary), *common]
+    return FileReply(206, fields, fd, st, pieces, length)
