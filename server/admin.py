@@ -4,20 +4,31 @@ GET /stats answers the JSON snapshot (`Server.statistics()`); GET
 /connections each open connection with its TLS sessions' own counters
 (sequence numbers, records and bytes each way, KeyUpdates); GET / a short
 text index. It shares nothing with the data path but the counters it reads.
+
+Whoever answers is an `AdminSource`: the `Server` itself with one process,
+the supervisor with `--workers N`, which asks every worker over its control
+channel and answers the sum (server/supervisor.py).
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import h11
 import trio
 
-from server.responses import simple_response
+from server.listen import serve_listeners
+from server.responses import DateCache, simple_response
 
-if TYPE_CHECKING:
-    from server.app import Server
+
+class AdminSource(Protocol):
+    date: DateCache
+
+    async def admin_stats(self) -> dict[str, Any]: ...
+
+    async def admin_connections(self) -> list[dict[str, object]]: ...
+
 
 _INDEX = (
     b"nomapd admin: GET /stats for the kernel counters (JSON),\n"
@@ -25,7 +36,7 @@ _INDEX = (
 )
 
 
-async def _admin_conn(server: Server, stream: trio.SocketStream) -> None:
+async def _admin_conn(server: AdminSource, stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         with trio.fail_after(10):
@@ -42,7 +53,11 @@ async def _admin_conn(server: Server, stream: trio.SocketStream) -> None:
                 if event.method not in (b"GET", b"HEAD"):
                     out = simple_response(conn, 405, date, extra=[(b"Allow", b"GET, HEAD")])
                 elif path in (b"/stats", b"/connections"):
-                    snap = server.statistics() if path == b"/stats" else server.connections()
+                    snap: object
+                    if path == b"/stats":
+                        snap = await server.admin_stats()
+                    else:
+                        snap = await server.admin_connections()
                     body = json.dumps(snap, indent=1, sort_keys=True).encode()
                     out = simple_response(
                         conn, 200, date, body=body + b"\n",
@@ -69,8 +84,9 @@ async def _admin_conn(server: Server, stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
-async def serve_admin(server: Server, listeners: list[trio.SocketListener]) -> None:
+async def serve_admin(server: AdminSource, listeners: list[trio.SocketListener]) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         await _admin_conn(server, stream)
 
-    await trio.serve_listeners(handler, listeners)
+    async with trio.open_nursery() as nursery:
+        await serve_listeners(handler, listeners, nursery)

@@ -1,13 +1,28 @@
 """The server: one modeled kernel, the listeners, and a task per connection.
 
 `Server` owns the `mbuf.Kernel` (physical memory, page cache, NIC, counters),
-the KTLS worker pool, the OpenSSL context and the listeners. Connections are
-served by `trio.serve_listeners`, which keeps accepting through EMFILE/ENFILE
-by sleeping and retrying. The admin listener (plain HTTP, loopback unless
-`--admin-public`) serves the counters at /stats.
+the KTLS worker pool, the OpenSSL context, the access log and the listeners.
+Connections are accepted by `server.listen.serve_listeners`, which keeps
+accepting through EMFILE/ENFILE/ENOMEM/ENOBUFS by logging, sleeping and
+retrying. The admin listener (plain HTTP, loopback unless `--admin-public`)
+serves the counters at /stats.
+
+With `--workers N` (N > 1) this process is the supervisor instead
+(server/supervisor.py), and each worker is this module again with
+`--worker-index`: listening sockets inherited from the supervisor, no admin
+listener and no start-up lines of its own, its counters answered over its
+control channel (server/worker.py).
+
+Signals: SIGTERM and SIGINT begin a graceful shutdown (server/shutdown.py:
+stop accepting, close idle connections, let responses in flight finish up to
+`--shutdown-timeout`, then cancel the rest); a second one cancels at once.
+SIGHUP reopens the access log. The hooks a connection sees are
+`server.stopping` (a trio.Event, set when the shutdown begins),
+`server.log_access()` after each response, and a cancel scope around each
+`Connection.run()`, cancelled at the shutdown deadline.
 
 Start-up problems (port in use, unusable certificate) are configuration
-errors: one line on stderr, exit code 2. SIGINT and SIGTERM stop the server.
+errors: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -15,23 +30,34 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pathlib
 import signal
-import sys
 from collections import Counter
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
 
 import trio
 from OpenSSL import SSL
 
 from ktls.handshake import make_server_context
 from ktls.workers import KtlsWorkers
+from mbuf.ifnet import IfCap
 from mbuf.kern import Kernel
+from server import errorlog
+from server.accesslog import AccessLog
 from server.admin import serve_admin
 from server.certs import CertificateError, ensure_self_signed, fingerprint, load_check
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
+from server.listen import listeners_from_fds, serve_listeners
 from server.responses import DateCache
+from server.shutdown import drain
+from server.static import Site
 from server.txpath import VmWaitQueue
+from server.worker import serve_control
+
+if TYPE_CHECKING:
+    import h11
 
 log = logging.getLogger("nomapd")
 
@@ -47,7 +73,10 @@ SERVER_COUNTERS = (
     "requests",
     "body_bytes",
     "responses_aborted",
-    *(f"status_{code}" for code in (200, 204, 301, 304, 400, 403, 404, 405, 408, 412)),
+    *(
+        f"status_{code}"
+        for code in (200, 204, 206, 301, 304, 400, 403, 404, 405, 408, 412, 414, 416, 431, 505)
+    ),
 )
 
 
@@ -55,6 +84,15 @@ class Server:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.root = cfg.root.resolve()
+        self.site = Site(
+            self.root,
+            follow_symlinks=cfg.follow_symlinks,
+            serve_dotfiles=cfg.serve_dotfiles,
+            autoindex=cfg.autoindex,
+            cache_control=cfg.cache_control.encode() if cfg.cache_control else None,
+            default_type=cfg.default_type,
+            max_ranges=cfg.max_ranges,
+        )
         self.kern = Kernel(
             cfg.phys_mem,
             capenable=cfg.capenable(),
@@ -73,21 +111,23 @@ class Server:
         self.active = 0
         self.conns: set[Connection] = set()
         self._keylog: Any = None
+        # Operations (see the module docstring): shutdown and logs.
+        self.stopping = trio.Event()  # set when a graceful shutdown begins
+        self.hard_stopped = False  # ... and when it stops waiting for responses
+        self.handlers = 0  # connection tasks, including those waiting for a slot
+        self._scopes: dict[Connection, trio.CancelScope] = {}
+        self._waiting: set[trio.CancelScope] = set()  # accepted, waiting for a slot
+        self._accepting: trio.CancelScope | None = None  # the accept loops
+        try:
+            self.access = AccessLog(cfg.access_log)
+        except OSError as e:
+            raise ConfigError(f"--access-log {cfg.access_log}: {e.strerror}") from e
 
     def setup_tls(self) -> None:
         cfg = self.cfg
         if cfg.http:
             return
-        try:
-            if cfg.cert is None or cfg.key is None:
-                files = ensure_self_signed()
-                cert, key, self.fingerprint = files.cert, files.key, files.fingerprint_sha256
-            else:
-                cert, key = cfg.cert, cfg.key
-                load_check(cert, key)
-                self.fingerprint = fingerprint(cert)
-        except CertificateError as e:
-            raise ConfigError(str(e)) from e
+        cert, key, self.fingerprint = certificate(cfg)
         sink = None
         if cfg.keylog is not None:
             try:
@@ -117,19 +157,67 @@ class Server:
         return [c.info() for c in self.conns]
 
     def mode(self) -> str:
-        if self.cfg.http:
-            return "http"
-        return "ktls" if self.cfg.ktls else "user-tls"
+        return mode_name(self.cfg)
+
+    async def admin_stats(self) -> dict[str, Any]:
+        return self.statistics()
+
+    async def admin_connections(self) -> list[dict[str, object]]:
+        return self.connections()
+
+    def log_access(
+        self, peer: str, request: h11.Request | None, status: int, body_bytes: int, started: float
+    ) -> None:
+        """One access log line, after each response (`started`: trio.current_time()
+        when the request began; request None when none could be parsed)."""
+        self.access.log(peer, request, status, body_bytes, trio.current_time() - started)
+
+    def stop(self, why: str) -> None:
+        """Begin the graceful shutdown (a second call: cancel everything now)."""
+        if self.stopping.is_set():
+            log.info("%s again: closing every connection now", why)
+            self.hard_stop()
+            return
+        log.info("%s: shutting down", why)
+        self.stopping.set()
+        if self._accepting is not None:  # the listening sockets close right after
+            self._accepting.cancel()
+        for cs in self._waiting:  # accepted, never served: closed like the backlog
+            cs.cancel()
+
+    def hard_stop(self) -> None:
+        """The shutdown deadline: cancel every connection's run() (teardown still runs)."""
+        self.hard_stopped = True
+        for cs in self._scopes.values():
+            cs.cancel()
+
+    @contextlib.contextmanager
+    def _run_scope(self, conn: Connection) -> Iterator[None]:
+        with trio.CancelScope() as cs:
+            if self.hard_stopped:
+                cs.cancel()
+            self._scopes[conn] = cs
+            try:
+                yield
+            finally:
+                del self._scopes[conn]
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """One connection. At most --max-connections run at once; the others wait
         here, accepted, until a slot frees (nginx's worker_connections)."""
+        self.handlers += 1
         try:
+            if self.stopping.is_set():  # accepted as the shutdown began
+                return
             if self.limiter.statistics().tasks_waiting >= self.cfg.max_connections:
                 self.stats["connections_refused"] += 1  # the waiting line is full too
                 return
             with trio.move_on_after(self.cfg.header_timeout) as cs:
-                await self.limiter.acquire()
+                self._waiting.add(cs)
+                try:
+                    await self.limiter.acquire()
+                finally:
+                    self._waiting.discard(cs)
             if cs.cancelled_caught:
                 self.stats["connections_refused"] += 1
                 return
@@ -138,6 +226,7 @@ class Server:
             finally:
                 self.limiter.release()
         finally:
+            self.handlers -= 1
             with contextlib.suppress(OSError):
                 stream.socket.close()
 
@@ -153,7 +242,8 @@ class Server:
                     return
                 self.conns.add(conn)
                 try:
-                    await conn.run()
+                    with self._run_scope(conn):
+                        await conn.run()
                 finally:
                     self.conns.discard(conn)
                     await conn.teardown()
@@ -164,29 +254,66 @@ class Server:
             self.active -= 1
 
 
-def _announce(
-    server: Server, listeners: list[trio.SocketListener], admin: list[trio.SocketListener] | None
+def certificate(cfg: ServerConfig) -> tuple[pathlib.Path, pathlib.Path, str]:
+    """Certificate, key and SHA-256 fingerprint (the self-signed pair, made on first use)."""
+    try:
+        if cfg.cert is None or cfg.key is None:
+            files = ensure_self_signed()
+            return files.cert, files.key, files.fingerprint_sha256
+        load_check(cfg.cert, cfg.key)
+        return cfg.cert, cfg.key, fingerprint(cfg.cert)
+    except CertificateError as e:
+        raise ConfigError(str(e)) from e
+
+
+def mode_name(cfg: ServerConfig) -> str:
+    if cfg.http:
+        return "http"
+    return "ktls" if cfg.ktls else "user-tls"
+
+
+def announce(
+    cfg: ServerConfig,
+    fingerprint_: str,
+    listening: list[tuple[str, int]],
+    admin: tuple[str, int] | None,
+    extra: str = "",
 ) -> None:
-    cfg = server.cfg
+    """The start-up lines (tests and the bench read the ports from them)."""
     if cfg.keylog is not None:  # first, so that nobody misses it
         print(f"nomapd: WARNING: writing TLS secrets to {cfg.keylog} (--keylog)", flush=True)
     scheme = "http" if cfg.http else "https"
-    for lst in listeners:
-        host, port = lst.socket.getsockname()[:2]
+    for host, port in listening:
         shown = f"[{host}]" if ":" in host else host
-        print(f"nomapd: serving {server.root} on {scheme}://{shown}:{port}/", flush=True)
-    if server.fingerprint:
-        print(f"nomapd: certificate SHA-256 fingerprint {server.fingerprint}", flush=True)
+        print(f"nomapd: serving {cfg.root.resolve()} on {scheme}://{shown}:{port}/", flush=True)
+    if fingerprint_:
+        print(f"nomapd: certificate SHA-256 fingerprint {fingerprint_}", flush=True)
     if admin:
-        host, port = admin[0].socket.getsockname()[:2]
-        print(f"nomapd: counters on http://{host}:{port}/stats (nomapd stat)", flush=True)
-    caps = ",".join(n.removeprefix("IFCAP_") for n in server.kern.ifnet.capenable_names())
+        print(f"nomapd: counters on http://{admin[0]}:{admin[1]}/stats (nomapd stat)", flush=True)
+    caps = cfg.capenable()
+    names = ",".join(f.name.removeprefix("IFCAP_") for f in IfCap if f.name and caps & f.value)
     print(
-        f"nomapd: mode {server.mode()}; nm0 options=<{caps or 'none'}>; "
+        f"nomapd: mode {mode_name(cfg)}; nm0 options=<{names or 'none'}>; "
         f"sendfile {'unmapped' if cfg.sendfile_nomap else 'sf_buf'}; "
-        f"phys-mem {cfg.phys_mem >> 20}M; ktls workers {cfg.ktls_workers}",
+        f"phys-mem {cfg.phys_mem >> 20}M; ktls workers {cfg.ktls_workers}{extra}",
         flush=True,
     )
+
+
+def _addr(lst: trio.SocketListener) -> tuple[str, int]:
+    host, port = lst.socket.getsockname()[:2]
+    return host, port
+
+
+async def open_admin(cfg: ServerConfig) -> list[trio.SocketListener] | None:
+    if cfg.admin is None:
+        return None
+    try:
+        return await trio.open_tcp_listeners(cfg.admin[1], host=cfg.admin[0])
+    except OSError as e:
+        raise ConfigError(
+            f"cannot listen on admin {cfg.admin[0]}:{cfg.admin[1]}: {e.strerror}"
+        ) from e
 
 
 async def _serve(server: Server) -> None:
@@ -194,38 +321,63 @@ async def _serve(server: Server) -> None:
     token = trio.lowlevel.current_trio_token()
     server.workers = KtlsWorkers(cfg.ktls_workers, post=token.run_sync_soon)
     try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            await _serve_until_stopped(server, signals)
+    finally:
+        server.workers.shutdown()
+        server.access.close()
+
+
+async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> None:
+    cfg = server.cfg
+    admin = None
+    if cfg.worker_index is not None:  # sockets from the supervisor, counters over the channel
+        listeners = listeners_from_fds(list(cfg.worker_fds[1:]))
+    else:
         try:
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
         except OSError as e:
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from e
-        admin_listener = None
-        if cfg.admin is not None:
-            try:
-                admins = await trio.open_tcp_listeners(cfg.admin[1], host=cfg.admin[0])
-            except OSError as e:
-                raise ConfigError(
-                    f"cannot listen on admin {cfg.admin[0]}:{cfg.admin[1]}: {e.strerror}"
-                ) from e
-            admin_listener = admins
-        _announce(server, listeners, admin_listener)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
-            if admin_listener is not None:
-                nursery.start_soon(serve_admin, server, admin_listener)
-            await trio.serve_listeners(server.handle, listeners)
-    finally:
-        server.workers.shutdown()
+        admin = await open_admin(cfg)
+        announce(
+            cfg, server.fingerprint, [_addr(lst) for lst in listeners],
+            _addr(admin[0]) if admin else None,
+        )  # fmt: skip
+    log.debug("pid %d listening on %s", os.getpid(), [_addr(lst) for lst in listeners])
+    async with trio.open_nursery() as services:  # until the last connection is gone
+        services.start_soon(_on_signals, server, signals)
+        services.start_soon(server.access.run_flusher)
+        if cfg.worker_index is not None:
+            services.start_soon(serve_control, server, cfg.worker_fds[0])
+        async with trio.open_nursery() as conns:
+            async with trio.open_nursery() as front:  # accepting and admin: until stopping
+                server._accepting = front.cancel_scope
+                front.start_soon(serve_listeners, server.handle, listeners, conns)
+                if admin is not None:
+                    front.start_soon(serve_admin, server, admin)
+                await server.stopping.wait()
+                front.cancel_scope.cancel()
+            for lst in [*listeners, *(admin or [])]:
+                await trio.aclose_forcefully(lst)
+            await drain(server, cfg.shutdown_timeout)
+        services.cancel_scope.cancel()
 
 
-async def _stop_on_signals(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return
+async def _on_signals(server: Server, signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            server.access.reopen()
+        else:
+            server.stop(signal.Signals(signum).name)
 
 
 def run_server(cfg: ServerConfig) -> int:
-    logging.basicConfig(level=logging.WARNING, format="nomapd: %(message)s", stream=sys.stderr)
+    who = "" if cfg.worker_index is None else f"worker {cfg.worker_index}"
+    errorlog.setup(cfg.log_level, who)
+    if cfg.workers > 1 and cfg.worker_index is None:
+        from server.supervisor import run_supervisor  # which imports this module
+
+        return run_supervisor(cfg)
     server = Server(cfg)
     server.setup_tls()
     trio.run(_serve, server)

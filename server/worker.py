@@ -1,0 +1,88 @@
+"""A worker's side of its control channel to the supervisor (`--workers N`).
+
+Theory of operation. The supervisor starts worker i as
+
+    python -m server serve ARGS... --worker-index i --worker-fds CONTROL,LISTEN[,LISTEN...]
+
+with the listening sockets it created for that worker and one end of a
+private socketpair, the control channel, as inherited descriptors. The
+channel carries newline-delimited JSON:
+
+    worker -> supervisor   {"ready": true, "pid": PID}             once listening
+    supervisor -> worker   {"id": N, "get": "stats"|"connections"}  a request
+    worker -> supervisor   {"id": N, "result": ...}                its answer
+
+So a worker has no admin listener of its own: nothing but its supervisor can
+ask for its counters. End of file on the channel means the supervisor is gone
+(killed, crashed): the worker stops as on SIGTERM rather than serve on as an
+orphan nobody can stop or count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from server.app import Server
+
+MAX_LINE = 1 << 16
+
+
+class LineChannel:
+    """Newline-delimited JSON over a stream socket (both ends use it)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        self._buf = bytearray()
+
+    async def send(self, obj: object) -> None:
+        await self.stream.send_all(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+    async def receive(self) -> object | None:
+        """The next JSON line; None at end of file."""
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[:end])
+                del self._buf[: end + 1]
+                obj: object = json.loads(line)
+                return obj
+            data = await self.stream.receive_some(MAX_LINE)
+            if not data:
+                return None
+            self._buf += data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def serve_control(server: Server, fd: int) -> None:
+    """Announce readiness, answer the supervisor's queries, stop when it is gone."""
+    chan = LineChannel(socket.socket(fileno=fd))
+    try:
+        await chan.send({"ready": True, "pid": os.getpid()})
+        while True:
+            try:
+                req = await chan.receive()
+            except (trio.BrokenResourceError, OSError, ValueError):
+                req = None
+            if req is None:
+                server.stop("supervisor gone")
+                return
+            what = req.get("get") if isinstance(req, dict) else None
+            result: object = None
+            if what == "stats":
+                result = server.statistics()
+            elif what == "connections":
+                result = server.connections()
+            ident = req.get("id") if isinstance(req, dict) else None
+            await chan.send({"id": ident, "result": result})
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        server.stop("supervisor gone")
+    finally:
+        await trio.aclose_forcefully(chan.stream)
