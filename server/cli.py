@@ -20,6 +20,7 @@ from server.config import (
     ServerConfig,
     parse_hostport,
     parse_size,
+    parse_workers,
 )
 
 
@@ -70,14 +71,67 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-timeout", type=float, default=60.0, help="drop a client taking no bytes (60s)"
     )
     s.add_argument(
-        "--header-timeout", type=float, default=30.0, help="request head / idle limit (30s)"
+        "--header-timeout", type=float, default=10.0, help="whole request head within (10s)"
+    )
+    s.add_argument(
+        "--keepalive-timeout", type=float, default=75.0, help="idle between requests (75s)"
+    )
+    s.add_argument(
+        "--handshake-timeout", type=float, default=10.0, help="TLS handshake within (10s)"
+    )
+    s.add_argument("--max-header-size", default="16K", help="request head limit; more: 431")
+    s.add_argument(
+        "--max-requests-per-connection",
+        type=int,
+        default=1000,
+        help="then the connection closes (1000)",
     )
     s.add_argument("--follow-symlinks", action="store_true", help="allow symlinks out of ROOT")
     s.add_argument("--serve-dotfiles", action="store_true", help="serve names starting with '.'")
+    s.add_argument("--autoindex", action="store_true", help="list directories without index.html")
+    s.add_argument("--cache-control", help="Cache-Control value for files, e.g. max-age=3600")
+    s.add_argument(
+        "--default-type",
+        default="application/octet-stream",
+        help="Content-Type for unknown extensions (application/octet-stream)",
+    )
+    s.add_argument(
+        "--max-ranges", type=int, default=32, help="more ranges than this: whole file (32)"
+    )
+    _operations_flags(s)
     t = sub.add_parser("stat", help="print the server's kernel counters, netstat -m style")
     t.add_argument("--admin", default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}", help="HOST:PORT")
     t.add_argument("--json", action="store_true", help="print the raw JSON")
     return top
+
+
+def _operations_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--workers", default="1", help="processes sharing the port, or 'auto' (1)")
+    s.add_argument(
+        "--shutdown-timeout", type=float, default=10.0,
+        help="SIGTERM/SIGINT: responses in flight may finish this long (10s)",
+    )  # fmt: skip
+    s.add_argument("--access-log", default="-", help="FILE, '-' (stdout, default) or 'off'")
+    s.add_argument(
+        "--log-level", default="warning", help="stderr: debug, info, warning (default), error"
+    )
+    s.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    s.add_argument("--worker-fds", help=argparse.SUPPRESS)  # CONTROL,LISTEN[,LISTEN...]
+
+
+def _operations_config(cfg: ServerConfig, ns: argparse.Namespace) -> None:
+    from server.errorlog import parse_level
+
+    cfg.workers = parse_workers(ns.workers)
+    cfg.shutdown_timeout = ns.shutdown_timeout
+    cfg.access_log = ns.access_log
+    cfg.log_level = parse_level(ns.log_level)
+    if ns.worker_index is not None:
+        cfg.worker_index = ns.worker_index
+        fds = (ns.worker_fds or "").split(",")
+        if len(fds) < 2 or not all(fd.isdigit() for fd in fds):
+            raise ConfigError("--worker-index needs --worker-fds CONTROL,LISTEN[,LISTEN...]")
+        cfg.worker_fds = tuple(int(fd) for fd in fds)
 
 
 def config_from_args(ns: argparse.Namespace) -> ServerConfig:
@@ -110,13 +164,23 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.max_connections = ns.max_connections
     cfg.send_timeout = ns.send_timeout
     cfg.header_timeout = ns.header_timeout
+    cfg.keepalive_timeout = ns.keepalive_timeout
+    cfg.handshake_timeout = ns.handshake_timeout
+    cfg.max_header_size = parse_size(ns.max_header_size, "--max-header-size")
+    cfg.max_requests = ns.max_requests_per_connection
     cfg.follow_symlinks = ns.follow_symlinks
     cfg.serve_dotfiles = ns.serve_dotfiles
+    cfg.autoindex = ns.autoindex
+    cfg.cache_control = ns.cache_control
+    cfg.default_type = ns.default_type
+    cfg.max_ranges = ns.max_ranges
+    _operations_config(cfg, ns)
     cfg.validate()
     return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "stat":
@@ -124,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_stat(parse_hostport(ns.admin, "--admin"), as_json=ns.json)
         cfg = config_from_args(ns)
+        cfg.argv = tuple(argv)  # --workers: the supervisor runs it again for each worker
         from server.app import run_server
 
         return run_server(cfg)

@@ -22,7 +22,11 @@ DEFAULT_ADMIN = ("127.0.0.1", 8444)
 # Pages one TSO burst can touch (64 KiB, not page aligned) plus its header: the
 # fewest sf_bufs with which ip_output can ever convert a packet.
 MIN_NSFBUFS = howmany(IP_MAXPACKET, PAGE_SIZE) + 2
+MAX_WORKERS = 256
 
+_FIELD_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?")  # RFC 9110 5.5
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(\s*;[\x20-\x7e]*)?")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*$")
 
 
@@ -44,6 +48,15 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
         raise ConfigError(f"{what}: {text!r} is not HOST:PORT")
     host = host.strip("[]")
     return host, parse_port(port, what)
+
+
+def parse_workers(text: str) -> int:
+    """--workers: a count, or 'auto' for one per CPU (nginx's worker_processes auto)."""
+    if text == "auto":
+        return os.cpu_count() or 1
+    if not text.isdigit():
+        raise ConfigError(f"--workers: {text!r} is not a number of processes or 'auto'")
+    return int(text)
 
 
 def parse_port(text: str, what: str) -> int:
@@ -84,10 +97,26 @@ class ServerConfig:
     keylog: pathlib.Path | None = None
     follow_symlinks: bool = False
     serve_dotfiles: bool = False
+    autoindex: bool = False
+    cache_control: str | None = None
+    default_type: str = "application/octet-stream"
+    max_ranges: int = 32
     handshake_timeout: float = 10.0
-    header_timeout: float = 30.0  # idle keep-alive and request head
+    header_timeout: float = 10.0  # the whole request head (nginx client_header_timeout 60s)
+    keepalive_timeout: float = 75.0  # idle between requests (nginx keepalive_timeout 75s)
     send_timeout: float = 60.0  # no progress writing to a client
+    max_header_size: int = 16 * 1024  # request head: larger -> 431
+    max_requests: int = 1000  # per connection (nginx keepalive_requests)
     max_connections: int = 1024
+    # Operations: worker processes, shutdown, logs (server/supervisor.py, shutdown.py,
+    # accesslog.py, errorlog.py).
+    workers: int = 1  # processes sharing the port with SO_REUSEPORT; 1: no supervisor
+    shutdown_timeout: float = 10.0  # SIGTERM: responses in flight may finish this long
+    access_log: str = "-"  # a file, "-" (stdout) or "off"
+    log_level: str = "warning"  # stderr: debug, info, warning, error
+    worker_index: int | None = None  # set (hidden flags) in a worker by its supervisor
+    worker_fds: tuple[int, ...] = ()  # ... its control channel, then its listening sockets
+    argv: tuple[str, ...] = ()  # the command line, which the supervisor runs for each worker
 
     def capenable(self) -> int:
         caps = 0
@@ -124,9 +153,15 @@ class ServerConfig:
         if self.readahead is not None and not 0 <= self.readahead <= 1024:
             raise ConfigError("--readahead must be 'auto' or 0..1024 pages")
         for name, value in (("--send-timeout", self.send_timeout),
-                            ("--header-timeout", self.header_timeout)):  # fmt: skip
+                            ("--header-timeout", self.header_timeout),
+                            ("--keepalive-timeout", self.keepalive_timeout),
+                            ("--handshake-timeout", self.handshake_timeout)):  # fmt: skip
             if not 0 < value <= 3600:
                 raise ConfigError(f"{name} must be between 0 and 3600 seconds")
+        if not 1024 <= self.max_header_size <= 1 << 20:
+            raise ConfigError("--max-header-size must be between 1K and 1M")
+        if self.max_requests < 1:
+            raise ConfigError("--max-requests-per-connection must be at least 1")
         if self.max_connections < 1:
             raise ConfigError("--max-connections must be at least 1")
         if (self.cert is None) != (self.key is None):
@@ -138,5 +173,23 @@ class ServerConfig:
             raise ConfigError(
                 f"--admin {self.admin[0]} is not a loopback address (add --admin-public to allow)"
             )
+        if not 0 <= self.max_ranges <= 1024:
+            raise ConfigError("--max-ranges must be between 0 and 1024")
+        if self.cache_control is not None and not _FIELD_VALUE.fullmatch(self.cache_control):
+            raise ConfigError(f"--cache-control: {self.cache_control!r} is not a field value")
+        if not _MEDIA_TYPE.fullmatch(self.default_type):
+            raise ConfigError(f"--default-type: {self.default_type!r} is not a media type")
         if self.http and self.keylog is not None:
             raise ConfigError("--keylog makes no sense with --http")
+        self._validate_operations()
+
+    def _validate_operations(self) -> None:
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}, or 'auto'")
+        if not 0 <= self.shutdown_timeout <= 3600:
+            raise ConfigError("--shutdown-timeout must be between 0 and 3600 seconds")
+        if self.access_log not in ("-", "off"):
+            try:  # now, so that a bad path is one line from one process, not one per worker
+                os.close(os.open(self.access_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+            except OSError as e:
+                raise ConfigError(f"--access-log {self.access_log}: {e.strerror}") from e

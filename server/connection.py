@@ -51,11 +51,8 @@ from ktls.handshake import TlsError, TlsHandshake, UserTls
 from ktls.session import KtlsSession
 from mbuf.socket import TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE, Socket
 from mbuf.tcp_output import TcpCb
-from server.conditional import evaluate
-from server.httpfields import http_date, strong_etag
-from server.mime import content_type
-from server.resolve import ResolveStatus, resolve_target
-from server.responses import ALLOW, SERVER_NAME, error_body, simple_response
+from server.responses import ALLOW, SERVER_NAME, error_body, reason, simple_response
+from server.static import FileReply, Simple, plan
 from server.txpath import KernelTx
 
 if TYPE_CHECKING:
@@ -63,7 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nomapd")
 
-MAX_REQUEST_HEAD = 16 * 1024  # h11's default; nginx allows 1K + 4x8K
+MAX_TARGET = 8 * 1024  # longer request lines: 414, as nginx (large_client_header_buffers 8k)
 RECV_SIZE = 65536
 WIRE_SNDBUF = 128 * 1024  # host socket send buffer (Linux doubles it)
 USER_TLS_CHUNK = 64 * 1024  # --no-ktls: bytes read and SSL_write()n at a time
@@ -71,6 +68,7 @@ LINGER_TIME = 1.0  # seconds of lingering close
 LINGER_BYTES = 1 << 20  # ... or this much input, whichever comes first
 
 
+_ABSOLUTE_FORM = re.compile(rb"(?i)https?://[^/?#]*")
 _PLAIN_HTTP = re.compile(rb"^[A-Z]{3,10} [^ ]+ HTTP/1\.[01]\r?\n")
 _PLAIN_HTTP_BODY = b"400 Bad Request: the plain HTTP request was sent to an HTTPS port\n"
 _PLAIN_HTTP_ON_TLS = (
@@ -134,14 +132,19 @@ class Connection:
             kern, TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4))), self.cfg.sndbuf
         )
         self.tx = KernelTx(kern, self.so, self.sock, nursery, server.vmq, self.cfg.send_timeout)
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_size)
         self.ctl: TlsControl | None = None  # KTLS: our record layer
         self.user: UserTls | None = None  # --no-ktls: OpenSSL's
         self.peer = _peer(self.sock)
         self.requests = 0
         self.eof = False
         self._early = b""  # client bytes that came with its Finished
-        self._head_deadline = trio.current_time() + self.cfg.header_timeout
+        self._head_deadline: float | None = None  # the request head must be in by then
+        self._idle_deadline = 0.0  # keep-alive: the next request must start by then
+        self.idle = False  # between requests, nothing of the next one received
+        self._request_start = 0.0  # first byte of the current request (or its wait)
+        self._status = 0  # of the last response, for the access log
+        self._sent = 0  # its body bytes
 
     def info(self) -> dict[str, object]:
         """This connection's sessions and counters, for the admin /connections."""
@@ -370,24 +373,41 @@ class Connection:
                 self.h11.receive_data(b"")
                 continue
             await self.tx.flush()  # never wait for the client with our bytes unsent
-            with trio.move_on_at(self._head_deadline) as cs:
+            self.idle = self._head_deadline is None
+            deadline = self._idle_deadline if self._head_deadline is None else self._head_deadline
+            with trio.move_on_at(deadline) as cs:
                 data = await self._recv_plain()
+            self.idle = False
             if cs.cancelled_caught:
                 raise trio.TooSlowError
             if not data:
                 self.eof = True
+            elif self._head_deadline is None:  # the next request has begun
+                self._request_start = trio.current_time()
+                self._head_deadline = self._request_start + self.cfg.header_timeout
+            elif self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+                self._request_start = trio.current_time()  # $request_time: from the first byte
             self.h11.receive_data(data)
 
     async def _serve_requests(self) -> None:
         conn = self.h11
+        cfg = self.cfg
         while True:
             # One deadline for the whole request head (and any body we discard), not
-            # per read: a client trickling a byte at a time cannot hold the slot.
-            self._head_deadline = trio.current_time() + self.cfg.header_timeout
+            # per read: a client trickling a byte at a time cannot hold the slot. It
+            # starts with the first request or the first byte of the next one; until
+            # then a kept-alive connection may idle for --keepalive-timeout (nginx's
+            # client_header_timeout and keepalive_timeout).
+            now = self._request_start = trio.current_time()
+            if self.requests == 0 or conn.trailing_data[0]:
+                self._head_deadline = now + cfg.header_timeout
+            else:
+                self._head_deadline = None
+                self._idle_deadline = now + cfg.keepalive_timeout
             try:
                 event = await self._next_event()
             except h11.RemoteProtocolError as e:
-                await self._protocol_error(e)
+                await self._protocol_error(e, self._request_start)
                 return
             except trio.TooSlowError:
                 self.server.stats["timeouts"] += 1
@@ -396,11 +416,15 @@ class Connection:
                 ):
                     self.server.stats["status_408"] += 1
                     await self._send_simple(408, close=True)
+                    self.server.log_access(self.peer, None, 408, self._sent, self._request_start)
                 return
             if isinstance(event, h11.Request):
                 self.server.stats["requests"] += 1
                 self.requests += 1
                 await self._respond(event)
+                self.server.log_access(
+                    self.peer, event, self._status, self._sent, self._request_start
+                )
             elif event is h11.PAUSED or isinstance(event, (h11.Data, h11.EndOfMessage)):
                 pass
             else:
@@ -408,7 +432,7 @@ class Connection:
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             if conn.our_state is h11.DONE:
-                self._head_deadline = trio.current_time() + self.cfg.header_timeout
+                self._head_deadline = trio.current_time() + cfg.header_timeout
                 while conn.their_state is h11.SEND_BODY:  # discard an unwanted request body
                     try:
                         ev = await self._next_event()
@@ -419,19 +443,27 @@ class Connection:
                 if conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
+                if self.server.stopping.is_set() and not conn.trailing_data[0]:
+                    return  # shutting down: no new request on this connection
 
-    async def _protocol_error(self, e: h11.RemoteProtocolError) -> None:
+    async def _protocol_error(self, e: h11.RemoteProtocolError, started: float) -> None:
+        status = e.error_status_hint
+        detail = str(e)
+        if status == 431:
+            line = self.h11.trailing_data[0].split(b"\n", 1)[0]
+            if len(line) > MAX_TARGET:  # it is the request line that is too long
+                status, detail = 414, "request target too long"
         self.server.stats["protocol_errors"] += 1
-        self.server.stats[f"status_{e.error_status_hint}"] += 1
+        self.server.stats[f"status_{status}"] += 1
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            status = e.error_status_hint
-            body = error_body(status, str(e))
+            body = error_body(status, detail)
             fresh = h11.Connection(h11.SERVER)  # the broken one cannot send
             fresh.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             fresh.next_event()
             await self._send(
                 simple_response(fresh, status, self.server.date.now(), body=body, close=True)
             )
+            self.server.log_access(self.peer, None, status, len(body), started)
 
     async def _send_simple(
         self,
@@ -439,14 +471,19 @@ class Connection:
         *,
         detail: str = "",
         extra: list[tuple[bytes, bytes]] | None = None,
+        body: bytes | None = None,
+        content_type: bytes = b"text/html; charset=utf-8",
         head_only: bool = False,
         close: bool = False,
     ) -> None:
-        body = error_body(status, detail) if status >= 300 else b""
+        if body is None:
+            body = error_body(status, detail) if status >= 300 and status != 304 else b""
         data = simple_response(
-            self.h11, status, self.server.date.now(),
-            body=body, extra=extra, head_only=head_only, close=close,
+            self.h11, status, self.server.date.now(), body=body, content_type=content_type,
+            extra=extra, head_only=head_only, close=close or self._last_request(),
         )  # fmt: skip
+        self._status = status
+        self._sent = 0 if head_only or status in (204, 304) else len(body)
         await self._send(data)
         await self.tx.flush()
 
@@ -454,133 +491,129 @@ class Connection:
         stats = self.server.stats
         method = req.method
         head_only = method == b"HEAD"
-        if method not in (b"GET", b"HEAD"):
-            if method == b"OPTIONS":
-                stats["status_204"] += 1
-                await self._send_simple(204, extra=[(b"Allow", ALLOW)])
-            else:
-                stats["status_405"] += 1
-                await self._send_simple(405, extra=[(b"Allow", ALLOW)])
+        if len(req.target) > MAX_TARGET:
+            stats["status_414"] += 1
+            await self._send_simple(414, detail="request target too long", close=True)
             return
-        res = resolve_target(
-            self.server.root,
-            req.target,
-            follow_symlinks=self.cfg.follow_symlinks,
-            serve_dotfiles=self.cfg.serve_dotfiles,
-        )
-        if res.status is ResolveStatus.REDIRECT:
-            assert res.location is not None
-            stats["status_301"] += 1
-            await self._send_simple(301, extra=[(b"Location", res.location)], head_only=head_only)
+        # h11 bounds only a head that arrives in pieces; one that came whole is
+        # measured here (its size as sent, give or take whitespace).
+        size = len(method) + len(req.target) + 12 + sum(len(n) + len(v) + 4 for n, v in req.headers)
+        if size > self.cfg.max_header_size:
+            stats["status_431"] += 1
+            await self._send_simple(431, detail="request header fields too large", close=True)
             return
-        if res.status is not ResolveStatus.FILE:
-            status = {
-                ResolveStatus.BAD_REQUEST: 400,
-                ResolveStatus.NOT_FOUND: 404,
-                ResolveStatus.FORBIDDEN: 403,
-            }[res.status]
-            stats[f"status_{status}"] += 1
-            await self._send_simple(status, head_only=head_only)
+        if req.http_version not in (b"1.0", b"1.1"):
+            stats["status_505"] += 1
+            await self._send_simple(505, detail="HTTP/1.x only", close=True)
             return
-        assert res.path is not None and res.stat is not None
-        try:
-            fd = os.open(res.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as e:
-            status = 403 if e.errno in (errno.EACCES, errno.EPERM) else 404
-            stats[f"status_{status}"] += 1
-            await self._send_simple(status, head_only=head_only)
+        names = {n for n, _ in req.headers}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            # RFC 9112 6.3: a smuggling attempt or a broken proxy; nginx refuses it too.
+            stats["status_400"] += 1
+            await self._send_simple(400, detail="Content-Length with Transfer-Encoding", close=True)
             return
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            raise
-        if (st.st_dev, st.st_ino) != (res.stat.st_dev, res.stat.st_ino):
-            os.close(fd)  # replaced between resolution and open
-            stats["status_404"] += 1
-            await self._send_simple(404, head_only=head_only)
-            return
-        etag = strong_etag(st)
-        verdict = evaluate(method, dict(req.headers), etag, st.st_mtime)
-        if verdict == 304:  # not modified: the validators, no body
-            os.close(fd)
-            stats["status_304"] += 1
-            validators = [(b"ETag", etag), (b"Last-Modified", http_date(st.st_mtime))]
-            head304 = self.h11.send(
-                h11.Response(
-                    status_code=304,
-                    headers=[
-                        (b"Date", self.server.date.now()),
-                        (b"Server", SERVER_NAME),
-                        *validators,
-                    ],
-                    reason=b"Not Modified",
-                )
+        m = _ABSOLUTE_FORM.match(req.target)
+        if m:  # RFC 9112 3.2.2: accepted, and the authority is ignored (one site)
+            req = h11.Request(
+                method=method,
+                target=req.target[m.end() :] or b"/",
+                headers=req.headers,
+                http_version=req.http_version,
             )
-            assert head304 is not None
-            self.h11.send(h11.EndOfMessage())
-            await self._send(head304)
-            await self.tx.flush()
+        if method not in (b"GET", b"HEAD"):
+            status = 204 if method == b"OPTIONS" else 405
+            stats[f"status_{status}"] += 1
+            await self._send_simple(status, extra=[(b"Allow", ALLOW)])
             return
-        if verdict == 412:
-            os.close(fd)
-            stats["status_412"] += 1
-            await self._send_simple(412, head_only=head_only)
+        reply = plan(req, self.server.site)
+        if isinstance(reply, Simple):
+            stats[f"status_{reply.status}"] += 1
+            await self._send_simple(
+                reply.status,
+                extra=reply.extra,
+                body=reply.body,
+                content_type=reply.content_type,
+                head_only=head_only,
+            )
             return
-        await self._send_file(fd, st, res.path.name, head_only, etag)
+        try:
+            await self._send_file(reply, head_only)
+        finally:
+            reply.close()
 
-    async def _send_file(
-        self, fd: int, st: os.stat_result, name: str, head_only: bool, etag: bytes
-    ) -> None:
+    def _last_request(self) -> bool:
+        """--max-requests-per-connection reached: this response closes (keepalive_requests)."""
+        return self.requests >= self.cfg.max_requests
+
+    async def _send_file(self, reply: FileReply, head_only: bool) -> None:
         server = self.server
         headers = [
             (b"Date", server.date.now()),
             (b"Server", SERVER_NAME),
-            (b"Content-Type", content_type(name).encode()),
-            (b"Content-Length", b"%d" % st.st_size),
-            (b"Last-Modified", http_date(st.st_mtime)),
-            (b"ETag", etag),
+            *reply.headers,
+            (b"Content-Length", b"%d" % reply.length),
         ]
-        head = self.h11.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+        if self._last_request():
+            headers.append((b"Connection", b"close"))
+        self._status = reply.status
+        self._sent = 0
+        head = self.h11.send(
+            h11.Response(status_code=reply.status, headers=headers, reason=reason(reply.status))
+        )
         assert head is not None
-        server.stats["status_200"] += 1
-        if head_only or st.st_size == 0:
-            os.close(fd)
+        server.stats[f"status_{reply.status}"] += 1
+        if head_only or reply.length == 0:
             self.h11.send(h11.EndOfMessage())
             await self._send(head)
             await self.tx.flush()
             return
-        self.h11.send_with_data_passthrough(h11.Data(data=cast(bytes, _SendfileBody(st.st_size))))
-        if self.user is not None:
-            try:
-                await self._user_tls_file(fd, st, head)
-            finally:
-                os.close(fd)
-        else:
-            obj = server.kern.pagecache.lookup(st)
-            try:
-                await self.tx.sendfile(obj, fd, 0, st.st_size, head)
-                await self.tx.flush()
-            except OSError as e:
-                if e.errno == errno.EIO:  # a page-in failed or found the file changed
-                    server.stats["responses_aborted"] += 1
-                raise
+        self.h11.send_with_data_passthrough(h11.Data(data=cast(bytes, _SendfileBody(reply.length))))
+        pending = head  # bytes waiting to go out as the next sendfile's header
+        sent = 0
+        for piece in reply.pieces:
+            if isinstance(piece, bytes):
+                pending += piece
+                continue
+            first, last = piece
+            await self._sendfile(reply, first, last - first + 1, pending)
+            sent += last - first + 1
+            pending = b""
+        if pending:
+            await self._send(pending)
         self.h11.send(h11.EndOfMessage())
         await self.tx.flush()
-        server.stats["body_bytes"] += st.st_size
+        self._sent = reply.length
+        server.stats["body_bytes"] += sent
 
-    async def _user_tls_file(self, fd: int, st: os.stat_result, head: bytes) -> None:
+    async def _sendfile(self, reply: FileReply, offset: int, nbytes: int, head: bytes) -> None:
+        """sendfile(2) of one range, `head` in front of it; --no-ktls: read and SSL_write."""
+        if self.user is not None:
+            await self._user_tls_file(reply.fd, reply.st, offset, nbytes, head)
+            return
+        obj = self.server.kern.pagecache.lookup(reply.st)
+        fd = os.dup(reply.fd)  # KernelTx keeps it until no page-in can still read it
+        try:
+            await self.tx.sendfile(obj, fd, offset, nbytes, head)
+        except OSError as e:
+            if e.errno == errno.EIO:  # a page-in failed or found the file changed
+                self.server.stats["responses_aborted"] += 1
+            raise
+
+    async def _user_tls_file(
+        self, fd: int, st: os.stat_result, offset: int, nbytes: int, head: bytes
+    ) -> None:
         """--no-ktls: read(2) into a user buffer, SSL_write, write(2) the ciphertext."""
         user = self.user
         assert user is not None
         buf = bytearray(USER_TLS_CHUNK)
         view = memoryview(buf)
-        await self._write_records(user.encrypt(head))
-        size = st.st_size
-        off = 0
+        if head:
+            await self._write_records(user.encrypt(head))
+        off = offset
+        end = offset + nbytes
         version = (st.st_size, st.st_mtime_ns)
-        while off < size:
-            chunk = [view[: min(USER_TLS_CHUNK, size - off)]]
+        while off < end:
+            chunk = [view[: min(USER_TLS_CHUNK, end - off)]]
             n = await trio.to_thread.run_sync(os.preadv, fd, chunk, off)
             now = os.fstat(fd)
             if n < len(chunk[0]) or (now.st_size, now.st_mtime_ns) != version:

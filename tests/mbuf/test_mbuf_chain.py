@@ -8,6 +8,7 @@ checked against the source data, not against each other.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -66,7 +67,7 @@ SEEDS = st.integers(0, 2**32 - 1)
 
 @settings(max_examples=150, deadline=None)
 @given(specs=st.lists(mbuf_spec(), min_size=1, max_size=6), seed=SEEDS, data=st.data())
-def test_m_copydata_random_chains(specs: list, seed: int, data: st.DataObject) -> None:
+def test_m_copydata_random_chains(specs: list[Any], seed: int, data: st.DataObject) -> None:
     kern = Kernel(PHYS)
     m, expected = build_chain(kern, specs, random.Random(seed))
     total = len(expected)

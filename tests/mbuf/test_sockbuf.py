@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -141,11 +143,9 @@ def test_sballoc_charges_msize_plus_ext_size(
     assert kern.leaks() == {}
 
 
-def _fake_stat() -> object:
-    class St:
-        st_dev, st_ino, st_size, st_mtime_ns = 1, 2, PAGE_SIZE, 3
-
-    return St()
+def _fake_stat() -> os.stat_result:
+    # st_mode, st_ino, st_dev, st_nlink, st_uid, st_gid, st_size, then times (mtime_ns 3)
+    return os.stat_result((0o100644, 2, 1, 1, 0, 0, PAGE_SIZE, 0, 0, 0, 0, 0, 0, 0, 3, 0))
 
 
 # ---------------------------------------------------------------------------
@@ -164,7 +164,7 @@ _op = st.one_of(
 
 @settings(max_examples=100, deadline=None)
 @given(ops=st.lists(_op, min_size=1, max_size=25), seed=st.integers(0, 2**32 - 1))
-def test_sbspace_tracks_an_independent_tally(ops: list, seed: int) -> None:
+def test_sbspace_tracks_an_independent_tally(ops: list[tuple[str, Any]], seed: int) -> None:
     kern = Kernel(PHYS)
     sb = new_sb(kern, 64 * 1024)
     rng = random.Random(seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -66,7 +67,7 @@ def pages_in_range(m: Mbuf) -> int:
 
 @settings(max_examples=150, deadline=None)
 @given(specs=st.lists(mbuf_spec(), min_size=1, max_size=5), seed=SEEDS, data=st.data())
-def test_unmapped_to_ext_random_chains(specs: list, seed: int, data: st.DataObject) -> None:
+def test_unmapped_to_ext_random_chains(specs: list[Any], seed: int, data: st.DataObject) -> None:
     kern = Kernel(PHYS)
     top, expected = build_chain(kern, specs, random.Random(seed))
     total = len(expected)
