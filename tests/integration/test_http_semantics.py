@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.integration.conftest import ServerProcess, file_bytes
 
@@ -28,6 +30,7 @@ ARGS = [
     "--max-header-size", "12K",
     "--default-type", "text/plain",
     "--autoindex",
+    "--handshake-timeout", "2",
 ]  # fmt: skip
 BIG = 3 * 1024 * 1024 + 17
 
@@ -395,3 +398,65 @@ def test_autoindex(srv: ServerProcess, corpus: pathlib.Path) -> None:
     assert get(srv, "/listing")[1]["location"] == "/listing/"
     assert get(srv, "/dir/")[2] == b"dir index\n"  # an index wins over the listing
     srv.assert_no_leaks()
+
+
+def test_handshake_timeout(srv: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        t0 = time.monotonic()
+        assert s.recv(100) == b""  # closed, without a byte of ours
+        assert 1.5 < time.monotonic() - t0 < 8
+    srv.assert_no_leaks()
+
+
+def test_request_head_byte_by_byte(srv: ServerProcess) -> None:
+    """Each byte of the head in its own TLS record and TCP segment, as h11's tests feed it."""
+    c = Client(srv)
+    for b in b"GET /f4097.bin HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n":
+        c.send(bytes((b,)))
+    status, _, body = c.response()
+    assert status == 200 and body == file_bytes(4097)
+    c.close()
+    srv.assert_no_leaks()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x00\x01\x02\r\n\r\n", b"GET / HTTP/9\r\n\r\n", b"\xff" * 40 + b"\r\n\r\n", b"GET\r\n\r\n"],
+)
+def test_garbage_after_a_request(srv: ServerProcess, garbage: bytes) -> None:
+    """A good request, then garbage: the answer, then a 400, then the close."""
+    c = Client(srv)
+    c.send(b"GET /f1.bin HTTP/1.1\r\nHost: x\r\n\r\n" + garbage)
+    assert c.response()[2] == file_bytes(1)
+    status, f, _ = c.response()
+    assert status == 400 and f["connection"] == "close"
+    assert c.closed(5)
+    c.close()
+
+
+PIPELINE = (
+    b"GET /f4095.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+    b"HEAD /f1.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\n\r\n"
+    b"GET /f16385.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2,4-5\r\nConnection: close\r\n\r\n"
+)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cuts=st.lists(st.integers(1, len(PIPELINE) - 1), max_size=6, unique=True))
+def test_pipelined_requests_cut_anywhere(srv: ServerProcess, cuts: list[int]) -> None:
+    """However the three requests are cut into writes, the answers are the same, in order."""
+    c = Client(srv)
+    pos = 0
+    for end in [*sorted(cuts), len(PIPELINE)]:
+        c.send(PIPELINE[pos:end])
+        pos = end
+    assert c.response()[2] == file_bytes(4095)
+    status, f, _ = c.response(head_only=True)
+    assert (status, f["content-range"]) == (206, "bytes 0-0/1")
+    status, f, body = c.response()
+    assert status == 206 and f["content-type"].startswith("multipart/byteranges")
+    assert body.count(file_bytes(16385)[1:3]) >= 1
+    assert c.closed(5)
+    c.close()
