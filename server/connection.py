@@ -112,6 +112,17 @@ def _peer(sock: trio.socket.SocketType) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _responder(method: bytes) -> h11.Connection:
+    """An h11 connection ready to send the response to an HTTP/1.1 `method` request:
+    it frames an HTTP/1.0 keep-alive response the way nginx does (HTTP/1.1 status
+    line, Content-Length, `Connection: keep-alive`)."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.next_event()
+    conn.next_event()
+    return conn
+
+
 class ClientGone(Exception):
     """The peer closed or reset the connection."""
 
@@ -132,7 +143,8 @@ class Connection:
             kern, TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4))), self.cfg.sndbuf
         )
         self.tx = KernelTx(kern, self.so, self.sock, nursery, server.vmq, self.cfg.send_timeout)
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_size)
+        self.h11 = self._new_h11()
+        self._keep10 = False  # answering an HTTP/1.0 request that asked for keep-alive
         self.ctl: TlsControl | None = None  # KTLS: our record layer
         self.user: UserTls | None = None  # --no-ktls: OpenSSL's
         self.peer = _peer(self.sock)
@@ -145,6 +157,22 @@ class Connection:
         self._request_start = 0.0  # first byte of the current request (or its wait)
         self._status = 0  # of the last response, for the access log
         self._sent = 0  # its body bytes
+
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_size)
+
+    def _http10_keepalive(self, req: h11.Request) -> bool:
+        """An HTTP/1.0 request with `Connection: keep-alive` and no body, which nginx
+        keeps alive (and ab -k relies on), while h11 would close after it."""
+        if req.http_version != b"1.0" or self.server.stopping.is_set():
+            return False
+        tokens: set[bytes] = set()
+        for name, value in req.headers:
+            if name in (b"content-length", b"transfer-encoding"):
+                return False
+            if name == b"connection":
+                tokens.update(t.strip().lower() for t in value.split(b","))
+        return b"keep-alive" in tokens and not self._last_request()
 
     def info(self) -> dict[str, object]:
         """This connection's sessions and counters, for the admin /connections."""
@@ -421,10 +449,25 @@ class Connection:
             if isinstance(event, h11.Request):
                 self.server.stats["requests"] += 1
                 self.requests += 1
+                parsed = conn
+                self._keep10 = self._http10_keepalive(event)
+                if self._keep10:  # h11 closes every HTTP/1.0 exchange: answer with another
+                    self.h11 = conn = _responder(event.method)
                 await self._respond(event)
                 self.server.log_access(
                     self.peer, event, self._status, self._sent, self._request_start
                 )
+                if self._keep10:
+                    self._keep10 = False
+                    if conn.our_state is not h11.DONE or self.server.stopping.is_set():
+                        return
+                    self.h11 = conn = self._new_h11()
+                    rest, closed = parsed.trailing_data
+                    if rest:
+                        conn.receive_data(rest)
+                    if closed:
+                        conn.receive_data(b"")  # b"" is h11's end of stream
+                    continue
             elif event is h11.PAUSED or isinstance(event, (h11.Data, h11.EndOfMessage)):
                 pass
             else:
@@ -478,6 +521,8 @@ class Connection:
     ) -> None:
         if body is None:
             body = error_body(status, detail) if status >= 300 and status != 304 else b""
+        if self._keep10 and not close:
+            extra = [*(extra or []), (b"Connection", b"keep-alive")]
         data = simple_response(
             self.h11, status, self.server.date.now(), body=body, content_type=content_type,
             extra=extra, head_only=head_only, close=close or self._last_request(),
@@ -555,6 +600,8 @@ class Connection:
         ]
         if self._last_request():
             headers.append((b"Connection", b"close"))
+        elif self._keep10:
+            headers.append((b"Connection", b"keep-alive"))
         self._status = reply.status
         self._sent = 0
         head = self.h11.send(

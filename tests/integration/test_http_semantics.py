@@ -257,11 +257,28 @@ def test_http10_without_host_and_close(srv: ServerProcess) -> None:
     c.send(b"GET /f4096.bin HTTP/1.0\r\n\r\n")
     status, f, body = c.response()
     assert status == 200 and body == file_bytes(4096)
-    assert f["connection"] == "close"  # h11 keeps no HTTP/1.0 connection alive
+    assert f["connection"] == "close"  # no keep-alive asked for
     assert c.closed(5)
     c.close()
     status, _, _ = get(srv, "/f1.bin", "Host: y")  # two Hosts in HTTP/1.1: 400
     assert status == 400
+    srv.assert_no_leaks()
+
+
+def test_http10_keepalive(srv: ServerProcess) -> None:
+    """As nginx (and ab -k) expect: HTTP/1.0 with Connection: keep-alive stays open."""
+    c = Client(srv)
+    ka = b"Connection: keep-alive\r\n\r\n"
+    c.send(b"GET /f4096.bin HTTP/1.0\r\n" + ka)
+    status, f, body = c.response()
+    assert (status, f["connection"], body) == (200, "keep-alive", file_bytes(4096))
+    c.send(b"HEAD /f1.bin HTTP/1.0\r\n" + ka + b"GET /nope HTTP/1.0\r\n" + ka)  # pipelined
+    status, f, _ = c.response(head_only=True)
+    assert (status, f["connection"], f["content-length"]) == (200, "keep-alive", "1")
+    status, f, _ = c.response()
+    assert status == 404 and f["connection"] == "close"  # --max-requests-per-connection 3
+    assert c.closed(5)
+    c.close()
     srv.assert_no_leaks()
 
 
