@@ -157,6 +157,18 @@ class Connection:
         self._request_start = 0.0  # first byte of the current request (or its wait)
         self._status = 0  # of the last response, for the access log
         self._sent = 0  # its body bytes
+        self._head_len = 0  # bytes of its head (access log of an aborted response)
+        self._length = 0  # its Content-Length
+        self._wire_start = 0  # tx.bytes_written when it began
+
+    def _log_aborted(self, req: h11.Request) -> None:
+        """A response cut short (client gone, timeout, shutdown) is logged too, as
+        nginx does: its status, or 499 if none was sent, and the body bytes that
+        reached the wire (counted on the wire, so TLS framing makes them approximate)."""
+        wire = self.tx.bytes_written - self._wire_start - self._head_len
+        sent = max(0, min(wire, self._length))
+        status = self._status or 499
+        self.server.log_access(self.peer, req, status, sent, self._request_start)
 
     def _new_h11(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_size)
@@ -453,7 +465,13 @@ class Connection:
                 self._keep10 = self._http10_keepalive(event)
                 if self._keep10:  # h11 closes every HTTP/1.0 exchange: answer with another
                     self.h11 = conn = _responder(event.method)
-                await self._respond(event)
+                self._status = self._sent = self._head_len = 0
+                self._wire_start = self.tx.bytes_written
+                try:
+                    await self._respond(event)
+                except BaseException:
+                    self._log_aborted(event)
+                    raise
                 self.server.log_access(
                     self.peer, event, self._status, self._sent, self._request_start
                 )
@@ -608,6 +626,8 @@ class Connection:
             h11.Response(status_code=reply.status, headers=headers, reason=reason(reply.status))
         )
         assert head is not None
+        self._head_len = len(head)
+        self._length = reply.length
         server.stats[f"status_{reply.status}"] += 1
         if head_only or reply.length == 0:
             self.h11.send(h11.EndOfMessage())

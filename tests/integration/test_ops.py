@@ -158,7 +158,11 @@ def test_workers_write_one_access_log_and_reopen_on_sighup(
     workers: ServerProcess, tmp_path: pathlib.Path
 ) -> None:
     log = pathlib.Path(workers.args[workers.args.index("--access-log") + 1])
-    _wait_for(lambda: len(_access_lines(log.read_text())) >= 40, 5, "the access log")
+    before_lines = len(_access_lines(log.read_text()))
+    for _ in range(20):  # on new connections, so the kernel spreads them over both workers
+        _fetch(workers.port, "/f4097.bin")
+        _fetch(workers.port, "/f16385.bin")
+    _wait_for(lambda: len(_access_lines(log.read_text())) >= before_lines + 40, 5, "the access log")
     lines = _access_lines(log.read_text())  # both workers' lines, none torn
     assert {m["request"] for m in lines} >= {"GET /f4097.bin HTTP/1.1", "GET /f16385.bin HTTP/1.1"}
     rotated = tmp_path / "access.log.1"
@@ -299,6 +303,28 @@ def test_access_log_lines(default_server: ServerProcess) -> None:
     assert (head["status"], head["bytes"]) == ("200", "0")
     assert head["agent"] == r"caf\xC3\xA9"
     assert (bad["request"], bad["status"]) == ("-", "400")
+    srv.assert_no_leaks()
+
+
+def test_access_log_of_an_aborted_download(default_server: ServerProcess) -> None:
+    """As nginx: a download the client abandons is logged with the bytes that left."""
+    srv = default_server
+    start = len(srv.stdout)
+    s = _tls(srv.port)
+    s.sendall(b"GET /f%d.bin HTTP/1.1\r\nHost: localhost\r\n\r\n" % BIG)
+    got = 0
+    while got < 300_000:
+        got += len(s.recv(65536))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()  # a reset, mid-body
+
+    def lines() -> list[re.Match[str]]:
+        return _access_lines("".join(srv.stdout[start:]))
+
+    _wait_for(lambda: len(lines()) >= 1, 10, "the aborted download's access log line")
+    (line,) = lines()
+    assert line["status"] == "200" and line["request"] == f"GET /f{BIG}.bin HTTP/1.1"
+    assert 250_000 < int(line["bytes"]) < BIG
     srv.assert_no_leaks()
 
 
