@@ -597,6 +597,7 @@ class Connection:
                 body=reply.body,
                 content_type=reply.content_type,
                 head_only=head_only,
+                close=reply.close,
             )
             return
         try:

@@ -60,6 +60,7 @@ class Simple:
     extra: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes | None = None  # None: the standard error page of the status
     content_type: bytes = b"text/html; charset=utf-8"
+    close: bool = False  # then close the connection (a hostile target, as nginx)
 
 
 @dataclass(slots=True)
@@ -113,7 +114,8 @@ def plan(req: h11.Request, site: Site) -> Reply:
             return Simple(403 if e.errno in (errno.EACCES, errno.EPERM) else 404)
         return Simple(200, _cache(site), body)
     if res.status is not ResolveStatus.FILE:
-        return Simple(_RESOLVE_STATUS[res.status])
+        status = _RESOLVE_STATUS[res.status]
+        return Simple(status, close=status == 400)
     assert res.path is not None and res.stat is not None
     headers = {k.lower(): v for k, v in req.headers}
     path, st = res.path, res.stat
@@ -170,7 +172,7 @@ def _file_reply(
         os.close(fd)
         if verdict == 304:  # the validators and caching fields, no body
             return Simple(304, [*validators, *_cache(site), *extra])
-        return Simple(verdict)
+        return Simple(verdict, [h for h in extra if h[0] == b"Vary"])
     size = st.st_size
     common = [*validators, (b"Accept-Ranges", b"bytes"), *_cache(site), *extra]
     ranges = None

@@ -477,3 +477,19 @@ def test_pipelined_requests_cut_anywhere(srv: ServerProcess, cuts: list[int]) ->
     assert body.count(file_bytes(16385)[1:3]) >= 1
     assert c.closed(5)
     c.close()
+
+
+def test_hostile_target_closes_and_412_varies(
+    srv: ServerProcess, corpus: pathlib.Path, sidecar: bytes
+) -> None:
+    """As nginx: a 400 for a hostile target closes the connection; a 412 for a file
+    with a sidecar says Vary, so caches keep the encodings apart."""
+    c = Client(srv)
+    c.send(b"GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, f, _ = c.response()
+    assert status == 400 and f["connection"] == "close"
+    assert c.closed(5)
+    c.close()
+    status, f, _ = get(srv, "/text.txt", 'If-Match: "stale"')
+    assert status == 412 and f["vary"] == "Accept-Encoding"
+    srv.assert_no_leaks()
