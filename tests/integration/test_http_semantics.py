@@ -493,3 +493,17 @@ def test_hostile_target_closes_and_412_varies(
     status, f, _ = get(srv, "/text.txt", 'If-Match: "stale"')
     assert status == 412 and f["vary"] == "Accept-Encoding"
     srv.assert_no_leaks()
+
+
+def _alpn(srv: ServerProcess, offered: list[str]) -> str | None:
+    ctx = _ctx()
+    ctx.set_alpn_protocols(offered)
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        return s.selected_alpn_protocol()
+
+
+def test_alpn_announces_http11(srv: ServerProcess) -> None:
+    assert _alpn(srv, ["h2", "http/1.1"]) == "http/1.1"
+    assert _alpn(srv, ["h2"]) is None  # nothing in common: no ALPN, the handshake goes on
+    srv.assert_no_leaks()
