@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 import warnings
 
 import pytest
@@ -332,3 +334,24 @@ def test_conditional_requests(default_server: ServerProcess, tmp_path: pathlib.P
         assert res.stdout == "304", (extra, res.stderr)
     s = default_server.assert_no_leaks()
     assert s["server.status_304"] >= 5 and s["server.status_412"] >= 2
+
+
+def test_admin_connections_shows_each_tls_session(default_server: ServerProcess) -> None:
+    """Per-session counters: /connections lists an open KTLS connection with its
+    suite, sequence numbers, records and bytes each way."""
+    with _tls(default_server, ssl.TLSVersion.TLSv1_3) as s:
+        for _ in range(2):
+            s.sendall(b"GET /f16385.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            head, body = _read_response(s)
+            assert head.startswith(b"HTTP/1.1 200 ") and body == file_bytes(16385)
+        url = f"http://127.0.0.1:{default_server.admin_port}/connections"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            conns = json.load(r)
+        port = s.getsockname()[1]
+        (me,) = [c for c in conns if c["peer"].endswith(f":{port}")]
+    assert me["tls"] == "TLS13" and me["suite"].startswith("TLS_")
+    assert me["requests"] == 2 and me["rx_records"] >= 2 and me["rx_bytes"] > 0
+    assert me["tx_records"] >= 4 and me["tx_bytes"] >= 2 * 16385
+    assert me["tx_seq"] >= me["tx_records"]  # tickets came first, under OpenSSL
+    assert me["key_updates_rx"] == me["key_updates_tx"] == 0
+    default_server.assert_no_leaks()
