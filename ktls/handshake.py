@@ -49,6 +49,9 @@ CT_ALERT = 21
 CT_HANDSHAKE = 22
 CT_APPLICATION_DATA = 23
 
+# Real clients send a handful of handshake records; OpenSSL has no limit of its own.
+MAX_HANDSHAKE_RECORDS = 64
+
 _VERSIONS = {"TLSv1.2": TlsVersion.TLS12, "TLSv1.3": TlsVersion.TLS13}
 
 
@@ -183,20 +186,36 @@ class TlsHandshake:
                 return self.done
 
     def _feed(self) -> bool:
-        """Give OpenSSL client bytes up to the end of the next record; False if
-        there is nothing to give."""
+        """Give OpenSSL client bytes; False if there is nothing to give.
+
+        Before OpenSSL has answered, nothing the client sent can complete the
+        handshake (its first flight; there is no 0-RTT), so every record there
+        goes at once. After that, one record at a time, so that OpenSSL never
+        reads past the client's Finished. The records are counted either way,
+        and a handshake cut into more than MAX_HANDSHAKE_RECORDS is refused:
+        each record costs a pass through OpenSSL."""
         buf = self._in
-        if not self._rec_left:
-            if len(buf) < 5:
-                return False
-            self._client_types.append(buf[0])
-            self._rec_left = 5 + ((buf[3] << 8) | buf[4])
-        n = min(self._rec_left, len(buf))
-        if not n:
+        bulk = not self._server_stream
+        end = 0  # bytes of buf to give
+        left = self._rec_left  # of the record being given
+        while True:
+            if left:
+                take = min(left, len(buf) - end)
+                end += take
+                left -= take
+                if left or not bulk:
+                    break
+            if len(buf) - end < 5:
+                break
+            self._client_types.append(buf[end])
+            left = 5 + ((buf[end + 3] << 8) | buf[end + 4])
+        if len(self._client_types) > MAX_HANDSHAKE_RECORDS:
+            raise TlsError(f"handshake cut into more than {MAX_HANDSHAKE_RECORDS} records")
+        if not end:
             return False
-        self.conn.bio_write(bytes(buf[:n]))
-        del buf[:n]
-        self._rec_left -= n
+        self._rec_left = left
+        self.conn.bio_write(bytes(buf[:end]))
+        del buf[:end]
         return True
 
     def leftover(self) -> bytes:

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
-from ktls.handshake import Established, TlsError, TlsHandshake
+from ktls.handshake import MAX_HANDSHAKE_RECORDS, Established, TlsError, TlsHandshake
 from ktls.keylog import KEYLOG_LABELS
 from ktls.suites import SUITES, TlsVersion
 from ktls.workers import KtlsWorkers
@@ -339,3 +339,41 @@ def test_refuses_suites_ktls_cannot_offload(
     assert alert == bytes((ALERT_FATAL, ALERT_HANDSHAKE_FAILURE))
     with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
         pair.client.do_handshake()
+
+
+def _fragmented_hello(
+    contexts: ServerContexts, certs: dict[str, CertFiles], pieces: int
+) -> TlsPair:
+    """The client's ClientHello cut into `pieces` handshake records."""
+    pair = TlsPair(contexts.for_case(TLS13_CASES[0]), client_context(TLS13_CASES[0], certs))
+    with pytest.raises(ssl.SSLWantReadError):
+        pair.client.do_handshake()
+    [(header, body)] = parse_records(pair.c_out.read())
+    step = -(-len(body) // pieces)
+    for i in range(0, len(body), step):
+        frag = body[i : i + step]
+        pair.hs.receive_data(header[:3] + len(frag).to_bytes(2, "big") + frag)
+    return pair
+
+
+def test_a_fragmented_client_hello_goes_to_openssl_at_once(
+    contexts: ServerContexts, certs: dict[str, CertFiles]
+) -> None:
+    """Before the server answers nothing can complete the handshake: the first
+    flight is given whole, however many records it takes, and the handshake
+    then completes as usual."""
+    pair = _fragmented_hello(contexts, certs, MAX_HANDSHAKE_RECORDS - 10)
+    assert not pair.hs.advance()
+    assert pair.hs.leftover() == b""  # all of it went to OpenSSL in one go
+    pair.to_client(pair.hs.data_to_send())
+    pair.handshake()
+    assert pair.hs.done
+
+
+def test_a_handshake_in_too_many_records_is_refused(
+    contexts: ServerContexts, certs: dict[str, CertFiles]
+) -> None:
+    pair = _fragmented_hello(contexts, certs, 10_000)  # one byte per record
+    assert len(pair.hs._in) // 6 > MAX_HANDSHAKE_RECORDS  # 1-byte records: more than allowed
+    with pytest.raises(TlsError, match="records"):
+        pair.hs.advance()
