@@ -112,6 +112,8 @@ class TlsControl:
             ctype = rec.ctype
             if self._hs and ctype != CT_HANDSHAKE:
                 raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with a handshake message")
+            if self._alert and ctype != CT_ALERT:
+                raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with an alert")
             if not rec.data:
                 if ctype != CT_APPLICATION_DATA:
                     raise RecordError(UNEXPECTED_MESSAGE, f"empty record of type {ctype}")

@@ -52,7 +52,7 @@ from ktls.session import KtlsSession
 from mbuf.socket import TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE, Socket
 from mbuf.tcp_output import TcpCb
 from server.responses import ALLOW, SERVER_NAME, error_body, reason, simple_response
-from server.static import FileReply, Simple, plan
+from server.static import FileReply, Listing, Simple, plan
 from server.txpath import KernelTx
 
 if TYPE_CHECKING:
@@ -110,6 +110,11 @@ def _peer(sock: trio.socket.SocketType) -> str:
     except (OSError, ValueError):
         return "?"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _origin_form(rest: bytes) -> bytes:
+    """The origin-form of what follows the authority of an absolute-form target."""
+    return rest if rest.startswith(b"/") else b"/" + rest
 
 
 def _responder(method: bytes) -> h11.Connection:
@@ -184,7 +189,7 @@ class Connection:
                 return False
             if name == b"connection":
                 tokens.update(t.strip().lower() for t in value.split(b","))
-        return b"keep-alive" in tokens and not self._last_request()
+        return b"keep-alive" in tokens and b"close" not in tokens and not self._last_request()
 
     def info(self) -> dict[str, object]:
         """This connection's sessions and counters, for the admin /connections."""
@@ -265,6 +270,7 @@ class Connection:
             await self.tx.flush()
         if ctl.key_update_owed:
             await self._key_update()
+            await self.tx.flush()  # now: a client may wait for it, and answers never pile up
         self.eof = self.eof or ctl.closed
         return plain
 
@@ -579,7 +585,7 @@ class Connection:
         if m:  # RFC 9112 3.2.2: accepted, and the authority is ignored (one site)
             req = h11.Request(
                 method=method,
-                target=req.target[m.end() :] or b"/",
+                target=_origin_form(req.target[m.end() :]),
                 headers=req.headers,
                 http_version=req.http_version,
             )
@@ -589,6 +595,8 @@ class Connection:
             await self._send_simple(status, extra=[(b"Allow", ALLOW)])
             return
         reply = plan(req, self.server.site)
+        if isinstance(reply, Listing):
+            reply = await trio.to_thread.run_sync(reply.render, self.server.site)
         if isinstance(reply, Simple):
             stats[f"status_{reply.status}"] += 1
             await self._send_simple(
@@ -659,9 +667,11 @@ class Connection:
             await self._user_tls_file(reply.fd, reply.st, offset, nbytes, head)
             return
         obj = self.server.kern.pagecache.lookup(reply.st)
-        fd = os.dup(reply.fd)  # KernelTx keeps it until no page-in can still read it
+        first = reply.tx_fd < 0
+        if first:  # one duplicate per response, whatever its number of ranges
+            reply.tx_fd = os.dup(reply.fd)  # KernelTx keeps it until no page-in can read it
         try:
-            await self.tx.sendfile(obj, fd, offset, nbytes, head)
+            await self.tx.sendfile(obj, reply.tx_fd, offset, nbytes, head, take_fd=first)
         except OSError as e:
             if e.errno == errno.EIO:  # a page-in failed or found the file changed
                 self.server.stats["responses_aborted"] += 1

@@ -7,7 +7,9 @@ the preconditions (`server.conditional`, RFC 9110 13.2.2) and then the Range
 (`server.ranges`, after If-Range), and returns a `Reply`:
 
 * `Simple`: a status with a small in-memory body (errors, redirects, 304,
-  416, directory listings);
+  416);
+* `Listing`: a directory listing, which the caller renders on a worker
+  thread (a large directory takes a good fraction of a second);
 * `FileReply`: status 200 or 206, its header fields, an open descriptor and
   the pieces of the body in order: bytes (multipart delimiters) and
   `(first, last)` ranges of the file, which the connection sends with
@@ -71,6 +73,7 @@ class FileReply:
     st: os.stat_result
     pieces: list[Piece]
     length: int  # Content-Length
+    tx_fd: int = -1  # the duplicate sendfile's page-ins read from (KernelTx owns it)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -78,7 +81,29 @@ class FileReply:
             self.fd = -1
 
 
-Reply = Simple | FileReply
+@dataclass(slots=True)
+class Listing:
+    """A directory listing (--autoindex): `render` it off the event loop."""
+
+    path: pathlib.Path
+    url_path: bytes
+    extra: list[tuple[bytes, bytes]]
+
+    def render(self, site: Site) -> Simple:
+        try:
+            body = render_listing(
+                self.path,
+                self.url_path,
+                serve_dotfiles=site.serve_dotfiles,
+                follow_symlinks=site.follow_symlinks,
+                root=site.root,
+            )
+        except OSError as e:  # gone or swapped meanwhile: 404; unreadable: 403 (as nginx)
+            return Simple(403 if e.errno in (errno.EACCES, errno.EPERM) else 404)
+        return Simple(200, self.extra, body)
+
+
+Reply = Simple | FileReply | Listing
 
 _RESOLVE_STATUS = {
     ResolveStatus.BAD_REQUEST: 400,
@@ -101,23 +126,14 @@ def plan(req: h11.Request, site: Site) -> Reply:
         return Simple(301, [(b"Location", res.location), *_cache(site)])  # as add_header does
     if res.status is ResolveStatus.DIRECTORY:
         assert res.path is not None
-        url_path = req.target.split(b"?", 1)[0]
-        try:
-            body = render_listing(
-                res.path,
-                url_path,
-                serve_dotfiles=site.serve_dotfiles,
-                follow_symlinks=site.follow_symlinks,
-                root=site.root,
-            )
-        except OSError as e:  # gone or swapped meanwhile: 404; unreadable: 403 (as nginx)
-            return Simple(403 if e.errno in (errno.EACCES, errno.EPERM) else 404)
-        return Simple(200, _cache(site), body)
+        return Listing(res.path, req.target.split(b"?", 1)[0], _cache(site))
     if res.status is not ResolveStatus.FILE:
         status = _RESOLVE_STATUS[res.status]
         return Simple(status, close=status == 400)
     assert res.path is not None and res.stat is not None
-    headers = {k.lower(): v for k, v in req.headers}
+    headers: dict[bytes, bytes] = {}
+    for name, value in req.headers:  # repeated lines are one list (RFC 9110 5.3)
+        headers[name] = headers[name] + b", " + value if name in headers else value
     path, st = res.path, res.stat
     extra: list[tuple[bytes, bytes]] = []
     sidecars = find_sidecars(path, st, site.root, follow_symlinks=site.follow_symlinks)
@@ -174,7 +190,8 @@ def _file_reply(
             return Simple(304, [*validators, *_cache(site), *extra])
         return Simple(verdict, [h for h in extra if h[0] == b"Vary"])
     size = st.st_size
-    common = [*validators, (b"Accept-Ranges", b"bytes"), *_cache(site), *extra]
+    accept_ranges = [(b"Accept-Ranges", b"bytes")] if site.max_ranges else []
+    common = [*validators, *accept_ranges, *_cache(site), *extra]
     ranges = None
     if b"range" in headers and (
         b"if-range" not in headers or if_range_allows(headers[b"if-range"], etag, st.st_mtime)

@@ -140,11 +140,20 @@ class KernelTx:
         await self._sleep(self._progress_at + RESOURCE_WAIT_FACTOR * self.send_timeout)
 
     async def sendfile(
-        self, obj: VmObject, fd: int, offset: int, nbytes: int, head: bytes = b""
+        self,
+        obj: VmObject,
+        fd: int,
+        offset: int,
+        nbytes: int,
+        head: bytes = b"",
+        *,
+        take_fd: bool = True,
     ) -> None:
-        """sendfile(fd, s, offset, nbytes, hdtr={head}). Takes ownership of fd: it
-        stays open until no page-in can still read from it."""
-        self._fds.append(fd)
+        """sendfile(fd, s, offset, nbytes, hdtr={head}). Takes ownership of fd (unless
+        `take_fd` is False: a later call on an fd it already owns): it stays open
+        until no page-in can still read from it."""
+        if take_fd:
+            self._fds.append(fd)
         self._progress_at = trio.current_time()
         job = SendfileJob(self.so, obj, fd, offset, nbytes, head)
         try:

@@ -507,3 +507,43 @@ def test_alpn_announces_http11(srv: ServerProcess) -> None:
     assert _alpn(srv, ["h2", "http/1.1"]) == "http/1.1"
     assert _alpn(srv, ["h2"]) is None  # nothing in common: no ALPN, the handshake goes on
     srv.assert_no_leaks()
+
+
+def test_review_fixes(srv: ServerProcess) -> None:
+    """Repeated list fields are one list; absolute-form with only a query; HTTP/1.0
+    keep-alive that also says close is closed."""
+    _, f, _ = get(srv, "/f1.bin", method="HEAD")
+    etag = f["etag"]
+    assert get(srv, "/f1.bin", 'If-None-Match: "zzz"', f"If-None-Match: {etag}")[0] == 304
+    c = Client(srv)
+    c.send(b"GET https://h?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert c.response()[0] == 200  # the index of /
+    c.close()
+    c = Client(srv)
+    c.send(b"GET /f1.bin HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n")
+    status, f, _ = c.response()
+    assert status == 200 and f["connection"] == "close"
+    assert c.closed(5)
+    c.close()
+    srv.assert_no_leaks()
+
+
+def _fds(pid: int) -> int:
+    return len(list(pathlib.Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_many_ranges_hold_one_descriptor(srv: ServerProcess) -> None:
+    """A multipart response to a client that stopped reading holds one duplicate
+    of the file, not one per range."""
+    spec = ",".join(f"{i * 90000}-{i * 90000 + 3999}" for i in range(32))
+    base = _fds(srv.proc.pid)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", srv.port))
+    s = _ctx().wrap_socket(raw, server_hostname="localhost")
+    s.sendall(f"GET /f{BIG}.bin HTTP/1.1\r\nHost: x\r\nRange: bytes={spec}\r\n\r\n".encode())
+    time.sleep(1.0)  # the server fills what the client does not read
+    held = _fds(srv.proc.pid) - base
+    s.close()
+    assert held <= 4, held  # socket, the file, its one duplicate (and slack)
+    srv.assert_no_leaks()

@@ -532,6 +532,32 @@ def test_key_update_requested(server: ServerProcess, suite: Suite) -> None:
         assert delta("key_updates_tx") == 1
 
 
+@pytest.mark.parametrize("suite", TLS13[:1], ids=_ids(TLS13[:1]))
+def test_key_update_answered_at_once_and_never_piled_up(
+    server: ServerProcess, suite: Suite
+) -> None:
+    """KTLS answers an idle connection's KeyUpdate(update_requested) at once, not
+    with the next response (OpenSSL, the --no-ktls baseline, waits for its next
+    write: RFC 8446 4.6.3 allows both). A flood of them gets at most one answer
+    per batch read (4.6.3: "respond with a single update") and queues nothing."""
+    with connect(server, suite) as c:
+        epoch = 0
+        if is_ktls(server):
+            c.key_update(requested=True)
+            res = c.read_records(READ_TIMEOUT, until=lambda r: bool(_key_updates(r)))
+            assert _key_updates(res) == [(b"\x00", 0)], res.summary()
+            epoch = 1
+        for _ in range(200):
+            c.key_update(requested=True)
+        c.send_app(REQ)
+        res = expect_answers(c, [SMALL_BODY])
+        answers = _key_updates(res)
+        assert 1 <= len(answers) <= 200, res.summary()
+        assert [e for _, e in answers] == list(range(epoch, epoch + len(answers)))
+        assert server.stats()["mbuf.mbufs_in_use"] < 100  # nothing piled up
+    finish(server, suite)
+
+
 @pytest.mark.parametrize("suite", TLS13, ids=_ids(TLS13))
 def test_key_update_split_across_records(server: ServerProcess, suite: Suite) -> None:
     """RFC 8446 5.1: handshake messages may be fragmented (2 + 3 bytes here)."""

@@ -577,6 +577,16 @@ def test_tls12_alert_fragmented(suite: CipherSuite) -> None:
 
 
 @pytest.mark.parametrize("suite", TLS12, ids=TLS12_IDS)
+def test_tls12_alert_fragment_then_other_record(suite: CipherSuite) -> None:
+    """Half an alert, then application data: nothing may come between the halves."""
+    conn = connect(suite)
+    c = conn.client
+    assert conn.feed(c.record(CT_ALERT, bytes((WARNING,)))) == b""
+    with refused(UNEXPECTED_MESSAGE):
+        conn.feed(c.data(b"GET"))
+
+
+@pytest.mark.parametrize("suite", TLS12, ids=TLS12_IDS)
 def test_tls12_alerts_coalesced(suite: CipherSuite) -> None:
     """...and several may share one; the odd byte waits for the next record."""
     conn = connect(suite)

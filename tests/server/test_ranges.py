@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import pathlib
 import re
 
+import h11
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from server.httpfields import http_date
 from server.multipart import byteranges_plan, new_boundary
 from server.ranges import UNSATISFIABLE, if_range_allows, parse_range
+from server.static import FileReply, Site, plan
 
 L = 10_000
 
@@ -152,3 +155,19 @@ def test_byteranges_body_parses_as_mime() -> None:
         assert part["Content-Range"] == f"bytes {first}-{last}/{len(data)}"
         assert part.get_payload(decode=True) == data[first : last + 1]
     assert body.endswith(b"\r\n--" + boundary + b"--\r\n")
+
+
+def test_max_ranges_zero_turns_ranges_off(tmp_path: pathlib.Path) -> None:
+    """As nginx's max_ranges 0: the whole file, and no Accept-Ranges to invite ranges."""
+    (tmp_path / "f.bin").write_bytes(b"x" * 100)
+    req = h11.Request(
+        method="GET", target="/f.bin", headers=[("Host", "x"), ("Range", "bytes=0-9")]
+    )
+    for max_ranges, status, accept in ((0, 200, None), (1, 206, b"bytes")):
+        reply = plan(req, Site(tmp_path.resolve(), max_ranges=max_ranges))
+        assert isinstance(reply, FileReply)
+        try:
+            assert reply.status == status
+            assert dict(reply.headers).get(b"Accept-Ranges") == accept
+        finally:
+            reply.close()
