@@ -118,9 +118,10 @@ def _origin_form(rest: bytes) -> bytes:
 
 
 def _responder(method: bytes) -> h11.Connection:
-    """An h11 connection ready to send the response to an HTTP/1.1 `method` request:
-    it frames an HTTP/1.0 keep-alive response the way nginx does (HTTP/1.1 status
-    line, Content-Length, `Connection: keep-alive`)."""
+    """An h11 connection ready to send the response to an HTTP/1.1 `method` request.
+    It frames what the request's own parser cannot: an HTTP/1.0 keep-alive
+    response, the way nginx does (HTTP/1.1 status line, Content-Length,
+    `Connection: keep-alive`), and the error answering a request h11 refused."""
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
     conn.next_event()
@@ -270,7 +271,6 @@ class Connection:
             await self.tx.flush()
         if ctl.key_update_owed:
             await self._key_update()
-            await self.tx.flush()  # now: a client may wait for it, and answers never pile up
         self.eof = self.eof or ctl.closed
         return plain
 
@@ -288,6 +288,9 @@ class Connection:
         assert self.ctl is not None
         sb = self.so.so_snd
         await self.tx.send(KEY_UPDATE_NOT_REQUESTED, TLS_RLTYPE_HANDSHAKE)
+        # Out at once (a client may wait for it, and answers never pile up); then
+        # the old session has nothing left in flight when the new one takes over.
+        await self.tx.flush()
         keys = self.ctl.next_tx_keys()
         old = sb.sb_tls_info
         assert isinstance(old, KtlsSession)
@@ -524,9 +527,7 @@ class Connection:
         self.server.stats[f"status_{status}"] += 1
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             body = error_body(status, detail)
-            fresh = h11.Connection(h11.SERVER)  # the broken one cannot send
-            fresh.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            fresh.next_event()
+            fresh = _responder(b"GET")  # the broken one cannot send
             await self._send(
                 simple_response(fresh, status, self.server.date.now(), body=body, close=True)
             )
