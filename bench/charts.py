@@ -1,0 +1,205 @@
+"""PNG charts of a results.json, drawn with matplotlib.
+
+Run by the bench as `python -m bench.charts RESULTS_JSON OUT_DIR` with the
+peers venv's python (where matplotlib is installed, see `bench.install`), so
+this module imports nothing from the bench or the project: the JSON is the
+whole interface. It prints the names of the files it wrote, one per line.
+
+- throughput.png: per workload, each row's headline figure (MB/s or
+  requests/s), one bar per tool, log scale (nginx is an order of magnitude
+  ahead; a linear axis would hide the differences between nomapd's modes).
+- cpu_per_gb.png: per keep-alive workload, each row's server CPU seconds per
+  GB (wrk, else the first tool).
+- sweep.png: the concurrency sweep on 1 MiB: MB/s against connections, one
+  line per row, log-2 axis, log MB/s.
+- mbufs_per_gb.png: nomapd's modes, mbufs, EXT_PGS mbufs and sf_bufs
+  allocated per GB, per keep-alive workload.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+LABEL = {"mb_s": "MB/s", "req_s": "requests/s"}
+SWEEP = (1, 8, 64, 256)
+
+
+def _index(doc: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(f["workload"], f["row"], f["tool"]): f for f in doc["figures"] if f["runs_ok"]}
+
+
+def _primary(doc: dict[str, Any]) -> str:
+    tools: list[str] = doc["tools"]
+    return "wrk" if "wrk" in tools else tools[0]
+
+
+def _grid(n: int) -> tuple[Any, list[Any]]:
+    cols = 2 if n > 1 else 1
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 0.45 * 10 * rows + 1.5), squeeze=False)
+    flat = [ax for line in axes for ax in line]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def throughput(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
+    idx = _index(doc)
+    rows = [r["name"] for r in doc["rows"]]
+    workloads = [w for w in doc["workloads"] if not w["name"].startswith("sweep-")]
+    workloads = [
+        w for w in workloads if any((w["name"], r, t) in idx for r in rows for t in doc["tools"])
+    ]
+    if not workloads:
+        return None
+    fig, axes = _grid(len(workloads))
+    height = 0.8 / max(1, len(doc["tools"]))
+    for ax, w in zip(axes, workloads, strict=True):
+        names = [r for r in rows if any((w["name"], r, t) in idx for t in doc["tools"])]
+        for i, tool in enumerate(doc["tools"]):
+            values = [idx.get((w["name"], r, tool), {}).get(w["metric"]) or 0 for r in names]
+            ys = [y + i * height for y in range(len(names))]
+            ax.barh(ys, values, height, label=tool)
+            for y, v in zip(ys, values, strict=True):
+                if v > 0:
+                    ax.text(v, y, f" {v:.3g}", va="center", fontsize=6)
+        ax.set_yticks([y + height * (len(doc["tools"]) - 1) / 2 for y in range(len(names))])
+        ax.set_yticklabels(names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel(LABEL[w["metric"]] + " (log scale)")
+        ax.set_title(f"{w['name']}: {w['title']}", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle("Throughput per server and mode")
+    fig.tight_layout()
+    path = out / "throughput.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def cpu_per_gb(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
+    idx = _index(doc)
+    tool = _primary(doc)
+    rows = [r["name"] for r in doc["rows"]]
+    workloads = [
+        w
+        for w in doc["workloads"]
+        if w["keepalive"]
+        and not w["name"].startswith("sweep-")
+        and any(idx.get((w["name"], r, tool), {}).get("cpu_s_per_gb") for r in rows)
+    ]
+    if not workloads:
+        return None
+    fig, axes = _grid(len(workloads))
+    for ax, w in zip(axes, workloads, strict=True):
+        names = [r for r in rows if idx.get((w["name"], r, tool), {}).get("cpu_s_per_gb")]
+        values = [idx[(w["name"], r, tool)]["cpu_s_per_gb"] for r in names]
+        colors = ["tab:blue" if r.startswith("nomapd") else "tab:gray" for r in names]
+        ax.barh(range(len(names)), values, color=colors)
+        for y, v in enumerate(values):
+            ax.text(v, y, f" {v:.3g}", va="center", fontsize=7)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("server CPU seconds per GB")
+        ax.set_title(f"{w['name']}: {w['title']} ({tool})", fontsize=9)
+    fig.suptitle("Server CPU per GB served (lower is better)")
+    fig.tight_layout()
+    path = out / "cpu_per_gb.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def sweep(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
+    idx = _index(doc)
+    tool = _primary(doc)
+    names = {w["name"] for w in doc["workloads"]}
+    points = [(c, "1m" if c == 8 else f"sweep-{c}") for c in SWEEP]
+    points = [(c, n) for c, n in points if n in names]
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drew = False
+    for r in doc["rows"]:
+        xs = [c for c, n in points if (n, r["name"], tool) in idx]
+        ys = [idx[(n, r["name"], tool)]["mb_s"] for c, n in points if (n, r["name"], tool) in idx]
+        if len(xs) >= 2:
+            style = "-" if r["server"] == "nomapd" else "--"
+            ax.plot(xs, ys, style, marker="o", label=r["name"])
+            drew = True
+    if not drew:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([c for c, _ in points])
+    ax.set_xticklabels([str(c) for c, _ in points])
+    ax.set_yscale("log")
+    ax.set_xlabel("connections")
+    ax.set_ylabel("MB/s (log scale)")
+    ax.set_title(f"Concurrency sweep, 1 MiB, keep-alive ({tool})")
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = out / "sweep.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def mbufs_per_gb(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
+    idx = _index(doc)
+    tool = _primary(doc)
+    rows = [r["name"] for r in doc["rows"] if r["server"] == "nomapd"]
+    keys = (("mbufs", "mbufs"), ("ext_pgs", "EXT_PGS mbufs"), ("sf_bufs", "sf_bufs"))
+    workloads = [
+        w
+        for w in doc["workloads"]
+        if w["keepalive"]
+        and not w["name"].startswith("sweep-")
+        and any(idx.get((w["name"], r, tool), {}).get("counters") for r in rows)
+    ]
+    if not workloads:
+        return None
+    fig, axes = _grid(len(workloads))
+    height = 0.8 / len(keys)
+    for ax, w in zip(axes, workloads, strict=True):
+        names = [r for r in rows if idx.get((w["name"], r, tool), {}).get("counters")]
+        for i, (key, label) in enumerate(keys):
+            values = [idx[(w["name"], r, tool)]["counters"].get(key, 0) for r in names]
+            ax.barh([y + i * height for y in range(len(names))], values, height, label=label)
+        ax.set_yticks([y + height for y in range(len(names))])
+        ax.set_yticklabels(names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("allocated per GB")
+        ax.set_title(f"{w['name']}: {w['title']} ({tool})", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle("nomapd: mbufs, EXT_PGS mbufs and sf_bufs per GB")
+    fig.tight_layout()
+    path = out / "mbufs_per_gb.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    doc = json.loads(pathlib.Path(argv[0]).read_text())
+    out = pathlib.Path(argv[1])
+    for draw in (throughput, cpu_per_gb, sweep, mbufs_per_gb):
+        path = draw(doc, out)
+        if path is not None:
+            print(path.name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,79 @@
+"""The rows of the benchmark: each server in each mode it is measured in.
+
+A row is one server process configuration. nomapd has six rows, one per mode
+of issue 6 (the flags are passed to `nomapd serve` as they are); nginx and
+hypercorn have two each, HTTPS and plain HTTP, so that every nomapd row has a
+peer speaking the same protocol: the HTTPS rows of nomapd are compared with
+`nginx` and `hypercorn`, the `--http` rows with `nginx-http` and
+`hypercorn-http` (`peer_of`).
+
+Row names are what `--only` matches (with the workload and the tool, see
+`bench.plan`), so they are short and stable: renaming one changes the command
+lines people have written down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NOMAPD = "nomapd"
+NGINX = "nginx"
+HYPERCORN = "hypercorn"
+SERVERS = (NOMAPD, NGINX, HYPERCORN)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One server in one mode."""
+
+    name: str
+    server: str
+    tls: bool
+    flags: tuple[str, ...] = ()
+    title: str = ""
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+ROWS: tuple[Row, ...] = (
+    Row("nomapd-default", NOMAPD, True, (), "KTLS, NIC with IFCAP_NOMAP"),
+    Row("nomapd-no-nomap", NOMAPD, True, ("--no-nomap",), "KTLS, NIC without NOMAP"),
+    Row(
+        "nomapd-no-nomap-no-txcsum",
+        NOMAPD,
+        True,
+        ("--no-nomap", "--no-txcsum"),
+        "KTLS, old NIC: no NOMAP, no TXCSUM (so no TSO)",
+    ),
+    Row("nomapd-no-ktls", NOMAPD, True, ("--no-ktls",), "user-space TLS (OpenSSL)"),
+    Row("nomapd-http", NOMAPD, False, ("--http",), "plain HTTP, unmapped sendfile"),
+    Row(
+        "nomapd-http-no-sendfile-nomap",
+        NOMAPD,
+        False,
+        ("--http", "--no-sendfile-nomap"),
+        "plain HTTP, one sf_buf mbuf per page",
+    ),
+    Row(NGINX, NGINX, True, (), "nginx, 1 worker, sendfile on, HTTPS"),
+    Row(f"{NGINX}-http", NGINX, False, (), "nginx, 1 worker, sendfile on, plain HTTP"),
+    Row(HYPERCORN, HYPERCORN, True, (), "hypercorn -k trio, Starlette StaticFiles, HTTPS"),
+    Row(
+        f"{HYPERCORN}-http",
+        HYPERCORN,
+        False,
+        (),
+        "hypercorn -k trio, Starlette StaticFiles, plain HTTP",
+    ),
+)
+
+BY_NAME: dict[str, Row] = {r.name: r for r in ROWS}
+
+
+def peer_of(row: Row, server: str) -> Row:
+    """The row of `server` that speaks the same protocol as `row` (HTTPS or plain HTTP)."""
+    for r in ROWS:
+        if r.server == server and r.tls == row.tls:
+            return r
+    raise KeyError(f"no {server} row with tls={row.tls}")
