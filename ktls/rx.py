@@ -21,9 +21,16 @@ for a record version other than 0x0303 `protocol_version` (TLS 1.2) or
 `decode_error` (TLS 1.3, whose AAD is the header as received; OpenSSL and
 FreeBSD's `ktls_decrypt` refuse it too).
 
-The model keeps incoming bytes in a plain buffer rather than receive-side
-mbufs: client records are a few hundred bytes of request per response, and
-the transmit side is what the model is about.
+Where the model deliberately differs from the kernel (reference 6.10):
+* KTLS RX as committed in July 2020 did TLS 1.1/1.2 only; TLS 1.3 RX came
+  later. nomapd receives both, since every TLS 1.3 client must be served.
+* Incoming bytes sit in a plain buffer rather than receive-side mbufs
+  (`sb_mtls`), and records are opened inline on the event loop, not queued
+  to a worker (`sw_rx_inqueue`): client records are a few hundred bytes of
+  request per response, and the transmit side is what the model is about.
+* A refused record is counted in `ktls.rx_failures` (the kernel's
+  `corrupted_records` counts malformed headers; EBADMSG failures are per
+  record) and the connection ends with the alert user space would send.
 """
 
 from __future__ import annotations
@@ -127,8 +134,9 @@ class KtlsRxSession:
         end = _HEADER + length
         if len(buf) < end:
             return None
-        header = bytes(buf[:_HEADER])
-        body = bytes(buf[_HEADER:end])
+        with memoryview(buf) as view:  # one copy of the record, not two
+            header = bytes(view[:_HEADER])
+            body = bytes(view[_HEADER:end])
         del buf[:end]
         self._checked = False
         try:

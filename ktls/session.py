@@ -109,8 +109,11 @@ class KtlsSession:
         st.sessions_total += 1
 
     def successor(self, key: bytes, iv: bytes) -> KtlsSession:
-        """The session a TLS 1.3 KeyUpdate installs (TCP_TXTLS_ENABLE once more):
-        same cipher and worker queue, new keys; the caller numbers from 0.
+        """The session a TLS 1.3 KeyUpdate installs: same cipher and worker queue,
+        new keys; the caller numbers from 0. A deliberate extension: the 2019
+        kernel installs keys once (a second TCP_TXTLS_ENABLE fails with
+        EALREADY; reference 6.7), so a real KTLS socket could not answer a
+        client's KeyUpdate(update_requested) and had to close.
         Records already framed keep this session (their `tls`) until encrypted.
         The per-session counters carry on, so they count for the connection."""
         kassert(self.reserved == 0, "ktls: new send keys while sendfile holds %d frames",

@@ -13,7 +13,9 @@ alerts) goes through the modeled kernel.
   (`TCP_RXTLS_ENABLE`): OpenSSL is done. Control records go out through the
   same send path with their record type: alerts answering bad records, our
   close_notify, and the KeyUpdate a client's KeyUpdate(update_requested)
-  asks for, after which a successor session with the next keys takes over.
+  asks for, after which a successor session with the next keys takes over
+  (beyond the 2019 kernel, which installs keys once: see
+  `KtlsSession.successor`).
   With `--no-ktls` OpenSSL keeps both sides (`UserTls`): it encrypts in user
   space and the ciphertext is copied into the socket buffer (the classic
   baseline). With `--http` there is no TLS at all.

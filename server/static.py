@@ -145,17 +145,19 @@ def plan(req: h11.Request, site: Site) -> Reply:
             extra.append((b"Content-Encoding", coding.encode()))
     ctype = content_type(res.path.name, default=site.default_type).encode()
     try:
-        fd = _open(path, st)
+        opened = _open(path, st)
     except OSError as e:
         return Simple(403 if e.errno in (errno.EACCES, errno.EPERM) else 404)
+    fd, st = opened
     try:
-        return _file_reply(req, headers, site, fd, ctype, extra)
+        return _file_reply(req, headers, site, fd, st, ctype, extra)
     except BaseException:
         os.close(fd)
         raise
 
 
-def _open(path: pathlib.Path, st: os.stat_result) -> int:
+def _open(path: pathlib.Path, st: os.stat_result) -> tuple[int, os.stat_result]:
+    """The file and its fstat, which is the one every header is made from."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         now = os.fstat(fd)
@@ -165,7 +167,7 @@ def _open(path: pathlib.Path, st: os.stat_result) -> int:
     if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
         os.close(fd)  # replaced between resolution and open
         raise FileNotFoundError(errno.ENOENT, "file replaced", str(path))
-    return fd
+    return fd, now
 
 
 def _cache(site: Site) -> list[tuple[bytes, bytes]]:
@@ -177,10 +179,10 @@ def _file_reply(
     headers: dict[bytes, bytes],
     site: Site,
     fd: int,
+    st: os.stat_result,
     ctype: bytes,
     extra: list[tuple[bytes, bytes]],
 ) -> Reply:
-    st = os.fstat(fd)
     etag = strong_etag(st)
     validators = [(b"Last-Modified", http_date(st.st_mtime)), (b"ETag", etag)]
     verdict = evaluate(req.method, headers, etag, st.st_mtime)
