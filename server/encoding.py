@@ -58,7 +58,7 @@ import stat as stat_mod
 from collections.abc import Sequence
 from typing import Final
 
-from server.resolve import locate
+from server.resolve import locate_str
 
 __all__ = ["SIDECARS", "choose_encoding", "find_sidecars", "parse_accept_encoding"]
 
@@ -144,8 +144,9 @@ def find_sidecars(
     if not stat_mod.S_ISREG(st.st_mode):
         return {}
     found: dict[str, tuple[pathlib.Path, os.stat_result]] = {}
+    root_s, path_s = str(root), str(path)
     for coding, suffix in SIDECARS.items():
-        hit = locate(root, pathlib.Path(str(path) + suffix), follow_symlinks=follow_symlinks)
+        hit = locate_str(root_s, path_s + suffix, follow_symlinks=follow_symlinks)
         if hit is None:
             continue
         real, sst, readable = hit
@@ -153,5 +154,5 @@ def find_sidecars(
             continue
         if (sst.st_dev, sst.st_ino) == (st.st_dev, st.st_ino):
             continue
-        found[coding] = (real, sst)
+        found[coding] = (pathlib.Path(real), sst)
     return found

@@ -65,7 +65,6 @@ import os
 import pathlib
 import re
 import stat as stat_mod
-import unicodedata
 import urllib.parse
 from dataclasses import dataclass
 from typing import Final
@@ -74,6 +73,7 @@ __all__ = [
     "Resolution",
     "ResolveStatus",
     "locate",
+    "locate_str",
     "name_is_servable",
     "open_directory",
     "resolve_target",
@@ -101,6 +101,8 @@ class Resolution:
 # RFC 9112 3.2: a request-target is visible ASCII only.
 _NOT_VCHAR: Final = re.compile(rb"[^\x21-\x7e]")
 _BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# Unicode category Cc is exactly C0, DEL and C1 (checked against unicodedata in the tests).
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 # Errors that mean "no such file as far as the client is concerned".
 _MISSING_ERRNOS: Final = frozenset(
@@ -146,7 +148,7 @@ def _segment_fault(seg: bytes) -> str | None:
         text = seg.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         return "path is not valid UTF-8"
-    if any(unicodedata.category(ch) == "Cc" for ch in text):
+    if _CONTROL.search(text):
         return "control character in path"
     return None
 
@@ -232,10 +234,62 @@ def _components(root: str, real: str, follow_symlinks: bool) -> tuple[str, list[
     return None
 
 
+def _walk_lexical(root: str, lexical: str) -> tuple[os.stat_result, bool] | Resolution | None:
+    """The fast path of `_locate`: walk the lexical path itself from `root`.
+
+    When no component is a symlink, realpath(lexical) is `lexical`, and this
+    walk is exactly the one `_locate` would make after realpath(), minus the
+    lstat() of every component realpath() makes first. None when the walk met
+    a symlink or anything else unusual: the caller then takes the full path.
+    A missing last component below symlink-free directories is definitive."""
+    if (
+        "//" in lexical
+        or "/./" in lexical
+        or "/../" in lexical
+        or lexical.endswith(("/.", "/..", "/"))
+    ):
+        return None  # not a normalised path: only the full path knows what it names
+    if lexical == root:
+        components: list[str] = []
+    elif lexical.startswith(root) and lexical[len(root)] == os.sep:
+        components = lexical[len(root) + 1 :].split(os.sep)
+    else:
+        return None
+    try:
+        fd = os.open(root, _O_DIRWALK)
+    except OSError:
+        return None
+    try:
+        for name in components[:-1]:
+            nfd = os.open(name, _O_DIRWALK, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        if not components:
+            return os.fstat(fd), True
+        last = components[-1]
+        try:
+            st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return _not_found("walk: ENOENT")
+        if stat_mod.S_ISLNK(st.st_mode):
+            return None
+        readable = os.access(last, os.R_OK, dir_fd=fd) if stat_mod.S_ISREG(st.st_mode) else True
+        return st, readable
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _locate(
     root: str, lexical: str, follow_symlinks: bool
 ) -> tuple[str, os.stat_result, bool] | Resolution:
     """Find the object the absolute path `lexical` names: (real path, lstat, readable)."""
+    fast = _walk_lexical(root, lexical)
+    if isinstance(fast, Resolution):
+        return fast
+    if fast is not None:
+        return lexical, fast[0], fast[1]
     try:
         real = os.path.realpath(lexical)
     except OSError as exc:
@@ -269,11 +323,21 @@ def locate(
 
     The result may be any kind of object: check S_ISREG before opening, and
     open only the returned path.  Raises OSError for server faults."""
-    found = _locate(str(root), str(path), follow_symlinks)
-    if isinstance(found, Resolution):
+    found = locate_str(str(root), str(path), follow_symlinks=follow_symlinks)
+    if found is None:
         return None
     real, st, readable = found
     return pathlib.Path(real), st, readable
+
+
+def locate_str(
+    root: str, path: str, *, follow_symlinks: bool = False
+) -> tuple[str, os.stat_result, bool] | None:
+    """`locate` on path strings, for the hot path (no pathlib objects)."""
+    found = _locate(root, path, follow_symlinks)
+    if isinstance(found, Resolution):
+        return None
+    return found
 
 
 def open_directory(root: pathlib.Path, directory: pathlib.Path, *, follow_symlinks: bool) -> int:

@@ -9,6 +9,7 @@ import pathlib
 import re
 import socket
 import stat
+import unicodedata
 from collections.abc import Iterator
 
 import pytest
@@ -386,10 +387,13 @@ def test_real_permissions(world_tmp: str) -> None:
 def test_swapped_symlink_is_not_found(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A directory replaced by a symlink after realpath() is caught by the fd walk."""
+    """A directory replaced by a symlink after realpath() is caught by the fd walk.
+    The target goes through a symlink ("via" -> "d"), so the lexical fast walk
+    gives way and realpath() runs (a symlink-free path never calls it)."""
     root = pathlib.Path(os.path.realpath(tmp_path)) / "root"
     (root / "d").mkdir(parents=True)
     (root / "d" / "f.txt").write_bytes(b"inside")
+    (root / "via").symlink_to(root / "d")
     outside = root.parent / "outside"
     outside.mkdir()
     (outside / "f.txt").write_bytes(b"outside")
@@ -403,7 +407,7 @@ def test_swapped_symlink_is_not_found(
         return result
 
     monkeypatch.setattr(os.path, "realpath", racing_realpath)
-    res = resolve_target(root, b"/d/f.txt")
+    res = resolve_target(root, b"/via/f.txt")
     monkeypatch.undo()
     assert (root / "d").is_symlink()  # the race really happened
     _check(root, res, MISSING, None)
@@ -506,3 +510,14 @@ def test_property_file_is_inside_root(
         assert re.fullmatch(rb"[\x21-\x7e]+", res.location)
     else:
         assert res.path is None and res.stat is None
+
+
+def test_control_pattern_is_unicode_category_cc() -> None:
+    """The regex that refuses control characters matches exactly category Cc."""
+    from server.resolve import _CONTROL
+
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        assert bool(_CONTROL.search(ch)) == (unicodedata.category(ch) == "Cc"), hex(cp)
