@@ -18,12 +18,14 @@ GIL while it works), and slice assignment scatters it into the pages.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from ktls.nonce import tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce
+from ktls.nonce import SEQNO_LIMIT
 from ktls.suites import TlsVersion
+from mbuf.mbuf import pages_iov
 
 if TYPE_CHECKING:
     from ktls.session import KtlsSession
@@ -32,11 +34,16 @@ if TYPE_CHECKING:
 
 
 def _page_views(phys: PhysMem, pgs: MbufExtPgs, pas: list[int]) -> list[memoryview]:
-    out = []
-    for i, pa in enumerate(pas):
-        off = pgs.first_pg_off if i == 0 else 0
-        out.append(phys.phys_view(pa, off, pgs.page_len(i)))
+    """The record's payload in pages `pas` (its own or its destination pages, laid
+    out alike): one view per physically contiguous run."""
+    out: list[memoryview] = []
+    pages_iov(phys.dmap, pas, pgs.npgs, pgs.first_pg_off, pgs.last_pg_len, 0,
+              pgs.page_bytes(), out)  # fmt: skip
     return out
+
+
+_TYPE_BYTE = [bytes((t,)) for t in range(256)]
+_TLS12_AAD = struct.Struct(">QBHH")  # seq_num, type, version, length
 
 
 def ktls_ocf_encrypt(
@@ -48,21 +55,29 @@ def ktls_ocf_encrypt(
 ) -> int:
     """Encrypt one framed record. `dst_pas` are fresh anonymous pages for a
     record of file pages (None: encrypt in place). Returns plaintext bytes."""
+    seqno = pgs.seqno
+    if not 0 <= seqno < SEQNO_LIMIT:  # never wraps: the batch fails (EIO)
+        raise ValueError(f"ktls: record sequence number {seqno} is beyond 2**64 - 1")
     src = _page_views(phys, pgs, pgs.pa)
-    payload = b"".join(src)
-    plen = len(payload)
     aead: AESGCM | ChaCha20Poly1305 = tls.aead
     if tls.version == TlsVersion.TLS13:
-        inner = payload + bytes((pgs.record_type,))
-        nonce = tls13_nonce(tls.iv, pgs.seqno)
-        aad = tls13_aad(plen + tls.tls_tlen)
+        src.append(memoryview(_TYPE_BYTE[pgs.record_type]))
+        inner: bytes | memoryview = b"".join(src)
+        src.pop()
+        plen = len(inner) - 1
+        nonce = (tls.iv_int ^ seqno).to_bytes(12, "big")  # RFC 8446 5.3
+        # The additional data is the record header ktls_frame wrote (RFC 8446 5.2).
+        aad = bytes(pgs.hdr[:5])
+        if int.from_bytes(aad[3:5], "big") != plen + tls.tls_tlen:
+            raise ValueError(f"ktls: record header {aad.hex()} does not match {plen} bytes")
     else:
-        inner = payload
-        if tls.explicit_nonce_len:
-            nonce = tls12_gcm_nonce(tls.iv, bytes(pgs.hdr[5 : 5 + tls.explicit_nonce_len]))
-        else:
-            nonce = tls13_nonce(tls.iv, pgs.seqno)
-        aad = tls12_aad(pgs.seqno, pgs.record_type, plen)
+        inner = src[0] if len(src) == 1 else b"".join(src)
+        plen = len(inner)
+        if tls.explicit_nonce_len:  # RFC 5288 3: salt, then the explicit part in the header
+            nonce = tls.iv + bytes(pgs.hdr[5 : 5 + tls.explicit_nonce_len])
+        else:  # RFC 7905 2
+            nonce = (tls.iv_int ^ seqno).to_bytes(12, "big")
+        aad = _TLS12_AAD.pack(seqno, pgs.record_type, 0x0303, plen)  # RFC 5246 6.2.3.3
     need = len(inner) + 16
     if len(scratch) < need:
         scratch.extend(bytes(need - len(scratch)))

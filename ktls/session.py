@@ -58,6 +58,7 @@ class KtlsSession:
         "bytes_encrypted",
         "explicit_nonce_len",
         "iv",
+        "iv_int",
         "kern",
         "max_frame_len",
         "records_encrypted",
@@ -96,6 +97,7 @@ class KtlsSession:
         self.version = suite.version
         self.aead: AESGCM | ChaCha20Poly1305 = suite.aead(key)
         self.iv = iv
+        self.iv_int = int.from_bytes(iv, "big")
         self.explicit_nonce_len = suite.explicit_nonce_len
         self.tls_hlen = suite.tls_hlen
         self.tls_tlen = suite.tls_tlen
@@ -249,12 +251,15 @@ class _EncryptBatch:
             if pgs.flags & MBUF_PEXT_FLAG_ANON:
                 self.dst.append(None)
                 continue
-            pas = []
-            for _ in range(pgs.npgs):
-                pg = phys.page_alloc_anon(reserved=from_reserve > 0)
-                from_reserve -= 1
-                assert pg is not None
-                pas.append(pg.phys_addr)
+            n = pgs.npgs
+            k = min(n, max(from_reserve, 0))
+            pas = phys.pages_alloc_anon(k, reserved=True) if k else []
+            if k < n:
+                rest = phys.pages_alloc_anon(n - k)
+                assert pas is not None and rest is not None
+                pas += rest
+            from_reserve -= n
+            assert pas is not None
             self.dst.append(pas)
         return True
 
@@ -294,16 +299,15 @@ class _EncryptBatch:
         phys = self.tls.kern.phys
         for r, dst in zip(self.records, self.dst, strict=False):
             if dst and r.ext_pgs.tls is not None and r.ext_pgs.pa is not dst:
-                for pa in dst:
-                    phys.page_free_anon(phys.phys_to_vm_page(pa))
+                phys.pages_free_anon(dst)
         self.dst = []
 
     def _fail(self) -> None:
         phys = self.tls.kern.phys
         self.tls.kern.stats.ktls.failed_crypto += 1
         for dst in self.dst:
-            for pa in dst or ():
-                phys.page_free_anon(phys.phys_to_vm_page(pa))
+            if dst:
+                phys.pages_free_anon(dst)
         self.dst = []
         self.so.soabort(errno.EIO)
 

@@ -58,9 +58,7 @@ class NoMemory(OSError):
 def mb_free_mext_pgs(m: Mbuf) -> None:
     """Free routine of anonymous page vectors: unwire and free each page."""
     pgs = m.ext_pgs
-    phys = m.m_kern.phys
-    for pa in pgs.pa:
-        phys.page_free_anon(phys.phys_to_vm_page(pa))
+    m.m_kern.phys.pages_free_anon(pgs.pa)
     pgs.pa.clear()
 
 
@@ -70,11 +68,8 @@ def _alloc_anon_pages(kern: Kernel, n: int) -> list[int]:
     if phys.free_count() < n:
         phys.vm_wait()
         raise NoMemory(12, f"no free pages for {n} anonymous pages")
-    out: list[int] = []
-    for _ in range(n):
-        pg = phys.page_alloc_anon()
-        assert pg is not None
-        out.append(pg.phys_addr)
+    out = phys.pages_alloc_anon(n)
+    assert out is not None
     return out
 
 

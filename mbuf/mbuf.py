@@ -42,6 +42,7 @@ from mbuf.param import (
     MJUMPAGESIZE,
     MLEN,
     PAGE_SIZE,
+    PHYS_BASE,
 )
 
 if TYPE_CHECKING:
@@ -217,10 +218,8 @@ class Mbuf:
     @property
     def ext_pgs(self) -> MbufExtPgs:
         ext = self.m_ext
-        kassert(
-            ext is not None and ext.ext_pgs is not None and self.m_flags & M_NOMAP,
-            "MBUF_EXT_PGS_ASSERT: not an unmapped mbuf",
-        )
+        if ext is None or ext.ext_pgs is None or not self.m_flags & M_NOMAP:
+            kassert(False, "MBUF_EXT_PGS_ASSERT: not an unmapped mbuf")
         assert ext is not None and ext.ext_pgs is not None
         return ext.ext_pgs
 
@@ -415,40 +414,88 @@ def mtod(m: Mbuf) -> memoryview:
     return memoryview(m.m_dat)[m.m_data : m.m_data + m.m_len]
 
 
+def pages_iov(
+    dmap: memoryview,
+    pa: list[int],
+    npgs: int,
+    first_pg_off: int,
+    last_pg_len: int,
+    off: int,
+    length: int,
+    out: list[memoryview],
+) -> None:
+    """Views of bytes [off, off+length) of a page vector through the direct map,
+    appended to `out`. Physically contiguous pages come back as one view, as
+    busdma coalesces adjacent segments; the caller has checked the bounds."""
+    run = -1  # arena offset of the run being built
+    run_len = 0
+    last = npgs - 1
+    for i in range(npgs):
+        if i == 0:
+            pgoff = first_pg_off
+            plen = last_pg_len if last == 0 else PAGE_SIZE - first_pg_off
+        else:
+            pgoff = 0
+            plen = last_pg_len if i == last else PAGE_SIZE
+        if off >= plen:
+            off -= plen
+            continue
+        take = plen - off
+        if take > length:
+            take = length
+        addr = pa[i] - PHYS_BASE + pgoff + off
+        if run_len and run + run_len == addr:
+            run_len += take
+        else:
+            if run_len:
+                out.append(dmap[run : run + run_len])
+            run = addr
+            run_len = take
+        length -= take
+        off = 0
+        if not length:
+            break
+    if run_len:
+        out.append(dmap[run : run + run_len])
+    if length:
+        kassert(False, "pages_iov: %s bytes beyond the pages", length)
+
+
 def m_unmapped_iov(m: Mbuf, off: int, length: int) -> list[memoryview]:
     """Views of bytes [off, off+length) of an unmapped mbuf: header, pages by physical
     address through the direct map, trailer. `off` is relative to the mbuf's data
     (the trim offset `m_data` is added here). This is what m_unmappedtouio,
     uiomove_fromphys and busdma's unmapped loader do, without copying."""
-    pgs = m.ext_pgs
-    kassert(
-        off >= 0 and off + length <= m.m_len, "m_unmapped_iov: %s+%s > %s", off, length, m.m_len
-    )
+    ext = m.m_ext
+    if ext is None or ext.ext_pgs is None or not m.m_flags & M_NOMAP:
+        kassert(False, "MBUF_EXT_PGS_ASSERT: not an unmapped mbuf")
+    assert ext is not None and ext.ext_pgs is not None
+    pgs = ext.ext_pgs
+    if off < 0 or off + length > m.m_len:
+        kassert(False, "m_unmapped_iov: %s+%s > %s", off, length, m.m_len)
     out: list[memoryview] = []
     off += m.m_data
     rem = length
-    if off < pgs.hdr_len and rem:
-        n = min(pgs.hdr_len - off, rem)
-        out.append(memoryview(pgs.hdr)[off : off + n])
-        rem -= n
+    hdr_len = pgs.hdr_len
+    if off < hdr_len:
+        if rem:
+            n = min(hdr_len - off, rem)
+            out.append(memoryview(pgs.hdr)[off : off + n])
+            rem -= n
         off = 0
     else:
-        off -= pgs.hdr_len
-    phys = m.m_kern.phys
-    pgoff = pgs.first_pg_off
-    for i in range(pgs.npgs):
-        if not rem:
-            break
-        plen = pgs.page_len(i)
-        if off >= plen:
-            off -= plen
-            pgoff = 0
-            continue
-        n = min(plen - off, rem)
-        out.append(phys.phys_view(pgs.pa[i], pgoff + off, n))
-        rem -= n
-        off = 0
-        pgoff = 0
+        off -= hdr_len
+    if rem and pgs.npgs:
+        in_pages = pgs.page_bytes() - off
+        if in_pages > 0:
+            n = min(in_pages, rem)
+            pages_iov(
+                m.m_kern.phys.dmap, pgs.pa, pgs.npgs, pgs.first_pg_off, pgs.last_pg_len, off, n, out
+            )
+            rem -= n
+            off = 0
+        else:
+            off = -in_pages
     if rem:
         kassert(off + rem <= pgs.trail_len, "m_unmapped_iov: %s bytes beyond the trailer", rem)
         out.append(memoryview(pgs.trail)[off : off + rem])

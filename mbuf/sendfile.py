@@ -131,9 +131,7 @@ class SendfileJob:
 def sendfile_free_mext_pg(m: Mbuf) -> None:
     """Free routine of sendfile's page vectors: unwire each file page (it stays cached)."""
     pgs = m.ext_pgs
-    phys = m.m_kern.phys
-    for pa in pgs.pa:
-        phys.page_unwire(phys.phys_to_vm_page(pa))
+    m.m_kern.phys.pages_unwire(pgs.pa)
     pgs.pa.clear()
 
 
@@ -238,33 +236,40 @@ def _unwire_pages(kern: Kernel, pages: list[VmPage]) -> None:
 def _build_unmapped(
     kern: Kernel, pages: list[VmPage], off: int, length: int, max_pgs: int, notready: bool
 ) -> Mbuf:
+    """The E1 chain: EXT_PGS mbufs of up to `max_pgs` pages each (one record with TLS)."""
     top: Mbuf | None = None
     tail: Mbuf | None = None
-    m: Mbuf | None = None
+    pgoff = off & PAGE_MASK
     rem = length
-    for i, pg in enumerate(pages):
-        pgoff = off & PAGE_MASK if i == 0 else 0
-        xfsize = min(PAGE_SIZE - pgoff, rem)
-        if m is None or m.ext_pgs.npgs == max_pgs:
-            m = mb_alloc_ext_pgs(kern, False, sendfile_free_mext_pg)
-            m.ext_pgs.first_pg_off = pgoff
-            if notready:
-                m.m_flags |= M_NOTREADY
-            if tail is None:
-                top = m
-            else:
-                tail.m_next = m
-            tail = m
-        pgs = m.ext_pgs
-        pgs.pa.append(pg.phys_addr)
-        pgs.npgs += 1
+    npages = len(pages)
+    i = 0
+    while i < npages:
+        run = pages[i : i + max_pgs]
+        k = len(run)
+        nbytes = min(k * PAGE_SIZE - pgoff, rem)
+        last_len = nbytes if k == 1 else nbytes - (k - 1) * PAGE_SIZE + pgoff
+        kassert(0 < last_len <= PAGE_SIZE, "sendfile: pages do not cover the batch")
+        m = mb_alloc_ext_pgs(kern, False, sendfile_free_mext_pg)
+        ext = m.m_ext
+        assert ext is not None and ext.ext_pgs is not None
+        pgs = ext.ext_pgs
+        pgs.first_pg_off = pgoff
+        pgs.pa = [pg.phys_addr for pg in run]
+        pgs.npgs = k
+        pgs.last_pg_len = last_len
+        ext.ext_size = k * PAGE_SIZE
+        m.m_len = nbytes
         if notready:
-            pgs.nrdy += 1
-        pgs.last_pg_len = xfsize
-        m.m_len += xfsize
-        assert m.m_ext is not None
-        m.m_ext.ext_size += PAGE_SIZE
-        rem -= xfsize
+            m.m_flags |= M_NOTREADY
+            pgs.nrdy = k
+        if tail is None:
+            top = m
+        else:
+            tail.m_next = m
+        tail = m
+        rem -= nbytes
+        pgoff = 0
+        i += k
     kassert(rem == 0 and top is not None, "sendfile: pages do not cover the batch")
     assert top is not None
     return top

@@ -107,10 +107,9 @@ class PhysMem:
 
     def phys_view(self, pa: int, off: int = 0, length: int = PAGE_SIZE) -> memoryview:
         """PHYS_TO_DMAP: a view of `length` bytes at `off` within the page at `pa`."""
-        kassert(pa & PAGE_MASK == 0, "phys_view: unaligned page address %#x", pa)
-        kassert(
-            off >= 0 and off + length <= PAGE_SIZE, "phys_view: %s+%s leaves the page", off, length
-        )
+        if pa & PAGE_MASK or off < 0 or off + length > PAGE_SIZE:
+            kassert(pa & PAGE_MASK == 0, "phys_view: unaligned page address %#x", pa)
+            kassert(False, "phys_view: %s+%s leaves the page", off, length)
         base = pa - PHYS_BASE + off
         return self.dmap[base : base + length]
 
@@ -191,6 +190,82 @@ class PhysMem:
         self.stats.pages_anon += 1
         self.stats.pages_wired += 1
         return pg
+
+    def pages_alloc_anon(self, n: int, reserved: bool = False) -> list[int] | None:
+        """n anonymous pages at once (page_alloc_anon n times): their physical
+        addresses, or None (nothing taken) when memory is short. Frames come off
+        the free list in ascending order where it allows, so a vector freed by
+        `pages_free_anon` is handed out again as the same contiguous run."""
+        if reserved:
+            kassert(self.reserved >= n, "page allocation of %s from a reservation of %s",
+                    n, self.reserved)  # fmt: skip
+            self.reserved -= n
+            self.stats.pages_reserved = self.reserved
+        elif self.free_count() < n:
+            return None
+        free = self._free
+        while len(free) < n:
+            kassert(self._lru, "reservation exceeds free and evictable pages")
+            self._evict_one()
+        taken = free[: -n - 1 : -1] if n else []
+        del free[len(free) - n :]
+        pages = self.pages
+        out = []
+        for frame in taken:
+            pg = pages[frame]
+            pg.anon = True
+            pg.wire_count = 1
+            pg.valid = True
+            out.append(pg.phys_addr)
+        st = self.stats
+        st.pages_free -= n
+        st.pages_anon += n
+        st.pages_wired += n
+        return out
+
+    def pages_free_anon(self, pas: list[int]) -> None:
+        """page_free_anon for a vector of anonymous pages, freed last to first so
+        that the free list hands the run out again in ascending order."""
+        pages = self.pages
+        free = self._free
+        for pa in reversed(pas):
+            frame = (pa - PHYS_BASE) >> PAGE_SHIFT
+            pg = pages[frame]
+            if not pg.anon or pg.wire_count != 1:
+                kassert(False, "page_free_anon: %s", pg)
+            pg.anon = False
+            pg.wire_count = 0
+            pg.valid = False
+            free.append(frame)
+        n = len(pas)
+        st = self.stats
+        st.pages_anon -= n
+        st.pages_wired -= n
+        st.pages_free += n
+        if n:
+            self._page_freed()
+
+    def pages_unwire(self, pas: list[int]) -> None:
+        """page_unwire for a vector of (file) pages, in order."""
+        pages = self.pages
+        lru = self._lru
+        cached = 0
+        for pa in pas:
+            pg = pages[(pa - PHYS_BASE) >> PAGE_SHIFT]
+            wc = pg.wire_count
+            if wc > 1 and not pg.anon:
+                pg.wire_count = wc - 1
+            elif wc == 1 and pg.valid and not pg.anon and pg.object is not None and pg.object.live:
+                pg.wire_count = 0  # the common last unwiring: back on the inactive queue
+                lru[pg] = None
+                cached += 1
+            else:
+                self.page_unwire(pg)
+        if cached:
+            st = self.stats
+            st.pages_wired -= cached
+            st.pages_cached += cached
+            self._page_freed()
 
     def page_free_anon(self, pg: VmPage) -> None:
         """vm_page_unwire_noq + vm_page_free of an anonymous page."""
