@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="sendfile readahead in pages, or 'auto' (rest of the request up to 128K)",
     )
-    s.add_argument("--ktls-workers", type=int, default=None, help="encryption threads (CPUs)")
+    s.add_argument(
+        "--ktls-workers", type=int, default=None, help="encryption threads (0: encrypt inline)"
+    )
     s.add_argument(
         "--admin",
         default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}",

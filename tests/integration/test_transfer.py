@@ -24,6 +24,7 @@ MODES = {
     "no-nomap": ["--no-nomap"],
     "no-txcsum": ["--no-txcsum"],
     "no-ktls": ["--no-ktls"],
+    "ktls-workers": ["--ktls-workers", "2"],  # encryption on worker threads (default: inline)
     "http": ["--http"],
     "http-sfbuf": ["--http", "--no-sendfile-nomap"],
 }
@@ -102,11 +103,11 @@ def test_counters_show_the_path(server: ServerProcess, tmp_path: pathlib.Path) -
     mode = server.mode  # type: ignore[attr-defined]
     caps = set(s["ifnet.capenable"])
     assert delta("ifnet.tx_bytes") > SIZES[-1]
-    if mode in ("nomap", "http", "no-ktls", "http-sfbuf"):
+    if mode in ("nomap", "http", "no-ktls", "http-sfbuf", "ktls-workers"):
         assert "IFCAP_NOMAP" in caps
         assert delta("ip.unmapped_converted") == 0
         assert delta("ip.sw_csum_packets") == 0
-    if mode in ("nomap", "http"):
+    if mode in ("nomap", "http", "ktls-workers"):
         assert delta("sfbuf.total") == 0
         assert delta("mbuf.ext_pgs_total") > 0
         assert delta("ifnet.tx_unmapped_mbufs") > 0
@@ -120,9 +121,11 @@ def test_counters_show_the_path(server: ServerProcess, tmp_path: pathlib.Path) -
         assert delta("ip.sw_csum_packets") > 0
         assert delta("ip.sw_csum_bytes") > SIZES[-1]
         assert delta("ip.unmapped_converted") > 0
-    if mode in ("nomap", "no-nomap", "no-txcsum"):
+    if mode in ("nomap", "no-nomap", "no-txcsum", "ktls-workers"):
         assert delta("ktls.records_encrypted") >= SIZES[-1] // 16384
         assert delta("ktls.bytes_encrypted") > SIZES[-1]
+    if mode == "ktls-workers":
+        assert any("ktls workers 2" in line for line in server.stdout)
     if mode == "no-ktls":
         assert delta("ktls.records_encrypted") == 0
         assert delta("mbuf.ext_pgs_total") == 0
