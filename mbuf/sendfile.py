@@ -157,11 +157,14 @@ def _swapin(
     pages: list[VmPage] = []
     run: PagerRequest | None = None
     waiting: set[int] = set()
+    lookup = obj.pages.get
     for i in range(npages):
         pindex = first + i
-        pg = obj.page_lookup(pindex)
+        pg = lookup(pindex)
         if pg is not None and pg.valid:
-            if not phys.page_wire_try(pg):
+            if pg.wire_count:  # wired by another mbuf already: one more wiring
+                pg.wire_count += 1
+            elif not phys.page_wire_try(pg):
                 phys.vm_wait()
                 break
             st.pages_valid += 1
