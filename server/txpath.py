@@ -11,7 +11,8 @@ kernel's transmit side for one connection on the event loop:
 * encryption runs on the KTLS worker threads and completes on the loop;
 * `_step` is the NIC's transmit interrupt and TCP's ACK clock in one:
   `tcp_output` cuts ready data into packets, the packets' scatter-gather lists
-  are written to the host socket with `sendmsg`, the bytes it took are
+  are written to the host socket with `writev` (it is non-blocking; only a full
+  socket makes the task wait, for writability), the bytes it took are
   completed on the NIC queue and acknowledged to TCP (`tcp_acked`, `sbdrop`).
   With nothing to write it sleeps until an upcall (I/O or encryption done) or
   a `VmWaitQueue` wakeup (page frames or sf_bufs freed: the kernel's vm_wait).
@@ -83,6 +84,7 @@ class KernelTx:
         self.kern = kern
         self.so = so
         self.sock = sock
+        self._fd = sock.fileno()
         self.nursery = nursery
         self.vmq = vmq
         self.send_timeout = send_timeout
@@ -122,17 +124,24 @@ class KernelTx:
         so = self.so
         tcp_output(so)
         txq = so.so_txq
-        deadline = self._progress_at + self.send_timeout
         if not txq.empty():
             iov = txq.pending_iov()
-            with trio.move_on_at(deadline):
-                n = await self.sock.sendmsg(iov)
-                txq.complete(n)
-                tcp_acked(so, n)
-                self.bytes_written += n
-                self._progress_at = trio.current_time()
-                return
-            raise trio.TooSlowError
+            try:
+                # The host socket is non-blocking: write first, wait only when it
+                # is full (no cancel scope, no trio wrapper on the common path).
+                n = os.writev(self._fd, iov)
+            except BlockingIOError:
+                deadline = self._progress_at + self.send_timeout
+                with trio.move_on_at(deadline):
+                    await trio.lowlevel.wait_writable(self.sock)
+                    return  # the caller steps again and writes
+                raise trio.TooSlowError from None
+            txq.complete(n)
+            tcp_acked(so, n)
+            self.bytes_written += n
+            self._progress_at = trio.current_time()
+            await trio.lowlevel.checkpoint()  # a scheduling point per write, as sendmsg has
+            return
         if so.so_error:
             raise OSError(so.so_error, os.strerror(so.so_error))
         # Waiting for our own I/O or encryption, or for memory or sf_bufs that
