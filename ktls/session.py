@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import struct
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -39,7 +40,7 @@ from ktls.suites import CipherSuite, TlsVersion
 from ktls.workers import KtlsWorkers
 from mbuf.kassert import kassert
 from mbuf.mb_unmapped import mb_free_mext_pgs
-from mbuf.mbuf import M_NOMAP, M_NOTREADY, MBUF_PEXT_FLAG_ANON, Mbuf
+from mbuf.mbuf import M_NOTREADY, MBUF_PEXT_FLAG_ANON, Mbuf
 from mbuf.param import PAGE_SIZE
 from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from mbuf.sockbuf import SockBuf
 
 TLS_MAX_MSG_SIZE_V10_2 = 16384
+_TLS_HEADER = struct.Struct(">BHH")  # type, legacy version, length
 
 log = logging.getLogger("nomapd.ktls")
 
@@ -157,25 +159,17 @@ class KtlsSession:
         enq = 0
         m: Mbuf | None = top
         nrec = 0
+        max_len = self.max_frame_len
         while m is not None:
-            kassert(m.m_flags & M_NOMAP, "ktls_frame: mapped mbuf in a TLS chain")
-            pgs = m.ext_pgs
-            kassert(
-                m.m_len <= self.max_frame_len and m.m_data == 0,
-                "ktls_frame: record of %d bytes",
-                m.m_len,
-            )
+            pgs = m.ext_pgs  # MBUF_EXT_PGS_ASSERT: a mapped mbuf in a TLS chain trips it
+            if m.m_len > max_len or m.m_data:
+                kassert(False, "ktls_frame: record of %d bytes", m.m_len)
             pgs.hdr_len = hlen
             pgs.trail_len = tlen
             m.m_len += hlen + tlen
             pgs.tls = self
             pgs.record_type = record_type
-            length = m.m_len - 5
-            pgs.hdr[0] = outer
-            pgs.hdr[1] = 3
-            pgs.hdr[2] = 3
-            pgs.hdr[3] = length >> 8
-            pgs.hdr[4] = length & 0xFF
+            _TLS_HEADER.pack_into(pgs.hdr, 0, outer, 0x0303, m.m_len - 5)
             m.m_flags |= M_NOTREADY
             pgs.nrdy = pgs.npgs
             enq += pgs.npgs
