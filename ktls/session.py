@@ -197,7 +197,8 @@ class KtlsSession:
         n: Mbuf | None = m
         while n is not None and pages < page_count:
             pgs = n.ext_pgs
-            kassert(n.m_flags & M_NOTREADY and pgs.tls is self, "ktls_enqueue: not a fresh record")
+            if not n.m_flags & M_NOTREADY or pgs.tls is not self:
+                kassert(False, "ktls_enqueue: not a fresh record")
             records.append(n)
             pages += pgs.npgs
             n = n.m_next
@@ -313,7 +314,8 @@ class _EncryptBatch:
             if dst is not None:
                 ext = r.m_ext
                 assert ext is not None and ext.ext_free is not None
-                kassert(ext.ext_mref is r, "ktls: record is not its storage's owner")
+                if ext.ext_mref is not r:
+                    kassert(False, "ktls: record is not its storage's owner")
                 ext.ext_free(r)  # releases the file pages
                 pgs.pa = dst
                 pgs.flags |= MBUF_PEXT_FLAG_ANON

@@ -245,7 +245,8 @@ def _mbuf_alloc(kern: Kernel, flags: int) -> Mbuf:
 
 
 def _mbuf_release(m: Mbuf) -> None:
-    kassert(not m.m_flags & M_FREED, "double free of %r", m)
+    if m.m_flags & M_FREED:
+        kassert(False, "double free of %r", m)
     st = m.m_kern.stats.mb
     if m.m_ext is not None and m.m_ext.ext_type == EXT_SFBUF:
         st.sfbuf_mbufs_in_use -= 1
@@ -328,10 +329,13 @@ def mb_ext_release(mref: Mbuf) -> None:
     storage through the owner (its free routine runs once) and the owner itself."""
     rext = mref.m_ext
     assert rext is not None
-    kassert(rext.ext_count > 0, "mb_free_ext: reference count underflow on %r", mref)
-    rext.ext_count -= 1
-    if rext.ext_count:
+    count = rext.ext_count - 1
+    if count > 0:
+        rext.ext_count = count
         return
+    if count < 0:
+        kassert(False, "mb_free_ext: reference count underflow on %r", mref)
+    rext.ext_count = 0
     kern = mref.m_kern
     st = kern.stats.mb
     t = rext.ext_type
@@ -373,9 +377,11 @@ def mb_free_ext(m: Mbuf) -> None:
 
 def m_free(m: Mbuf) -> Mbuf | None:
     """m_free: free one mbuf (and its storage reference); return its successor."""
-    kassert(not m.m_flags & (M_FREED | M_ZOMBIE), "m_free: use after free of %r", m)
+    flags = m.m_flags
+    if flags & (M_FREED | M_ZOMBIE):
+        kassert(False, "m_free: use after free of %r", m)
     n = m.m_next
-    if m.m_flags & M_EXT:
+    if flags & M_EXT:
         mb_free_ext(m)
     else:
         _mbuf_release(m)
@@ -582,7 +588,8 @@ def m_copym(m: Mbuf | None, off: int, length: int) -> Mbuf:
     tail: Mbuf | None = None
     rem = length
     while rem:
-        kassert(m is not None, "m_copym: chain too short")
+        if m is None:
+            kassert(False, "m_copym: chain too short")
         assert m is not None
         kern = m.m_kern
         n = _mbuf_alloc(kern, 0)
