@@ -127,6 +127,7 @@ def _uiotombuf_nomap(kern: Kernel, view: memoryview, maxseg: int) -> Mbuf:
     top: Mbuf | None = None
     tail: Mbuf | None = None
     off = 0
+    used = 0
     while off < total:
         seg = min(maxseg, total - off)
         m = mb_alloc_ext_pgs(kern, False, mb_free_mext_pgs)
@@ -135,7 +136,8 @@ def _uiotombuf_nomap(kern: Kernel, view: memoryview, maxseg: int) -> Mbuf:
         done = 0
         while done < seg:
             n = min(PAGE_SIZE, seg - done)
-            pa = pas.pop()
+            pa = pas[used]  # in allocation order: an ascending run stays one DMA segment
+            used += 1
             phys.phys_view(pa, 0, n)[:] = view[off + done : off + done + n]
             pgs.pa.append(pa)
             pgs.npgs += 1
@@ -149,7 +151,7 @@ def _uiotombuf_nomap(kern: Kernel, view: memoryview, maxseg: int) -> Mbuf:
         else:
             tail.m_next = m
         tail = m
-    kassert(not pas, "m_uiotombuf_nomap: %s pages left over", len(pas))
+    kassert(used == len(pas), "m_uiotombuf_nomap: %s pages left over", len(pas) - used)
     assert top is not None
     return top
 
