@@ -434,11 +434,13 @@ def pages_iov(
     appended to `out`. Physically contiguous pages come back as one view, as
     busdma coalesces adjacent segments; the caller has checked the bounds."""
     last = npgs - 1
-    if last > 0:
-        p0 = pa[0]
-        if pa[last] - p0 == last * PAGE_SIZE and pa == list(
-            range(p0, p0 + npgs * PAGE_SIZE, PAGE_SIZE)
-        ):  # one physically contiguous run: byte b of the vector is at p0 + first_pg_off + b
+    if last > 0 and pa[last] - pa[0] == last * PAGE_SIZE:
+        p0 = expect = pa[0]
+        for a in pa:
+            if a != expect:
+                break
+            expect += PAGE_SIZE
+        else:  # one physically contiguous run: byte b of the vector is at p0 + first_pg_off + b
             if off + length > (npgs - 1) * PAGE_SIZE - first_pg_off + last_pg_len:
                 kassert(False, "pages_iov: %s+%s beyond the pages", off, length)
             base = p0 - PHYS_BASE + first_pg_off + off
