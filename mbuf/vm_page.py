@@ -68,6 +68,8 @@ class PhysMem:
         "_free",
         "_lru",
         "_mem",
+        "_run_frames",
+        "_runs",
         "dmap",
         "npages",
         "pages",
@@ -86,6 +88,12 @@ class PhysMem:
         self.pages = [VmPage(PHYS_BASE + (i << PAGE_SHIFT)) for i in range(self.npages)]
         # Pop from the end: low frames first, which makes small runs readable.
         self._free = list(range(self.npages - 1, -1, -1))
+        # Free contiguous runs by length (start frames): what vm_phys's buddy
+        # queues give the kernel. A record's ciphertext pages go back as one run
+        # and come out as one, so they stay one DMA segment; singles never split them
+        # until the single frames run out.
+        self._runs: dict[int, list[int]] = {}
+        self._run_frames = 0
         # Unwired valid file pages in least-recently-used order (the inactive queue).
         self._lru: OrderedDict[VmPage, None] = OrderedDict()
         self.stats = stats
@@ -128,7 +136,22 @@ class PhysMem:
     def free_count(self) -> int:
         """Pages an unreserved allocation could obtain now (free plus evictable,
         less what is reserved)."""
-        return len(self._free) + len(self._lru) - self.reserved
+        return len(self._free) + self._run_frames + len(self._lru) - self.reserved
+
+    def _refill(self, n: int) -> None:
+        """Make n single free frames available: split cached runs, then evict."""
+        free = self._free
+        runs = self._runs
+        while len(free) < n and self._run_frames:
+            for size, starts in runs.items():
+                if starts:
+                    start = starts.pop()
+                    free.extend(range(start + size - 1, start - 1, -1))  # pops ascending
+                    self._run_frames -= size
+                    break
+        while len(free) < n:
+            kassert(self._lru, "reservation exceeds free and evictable pages")
+            self._evict_one()
 
     def reserve(self, n: int) -> bool:
         """Set n frames aside for later `page_alloc_anon(reserved=True)`; all or nothing.
@@ -159,8 +182,7 @@ class PhysMem:
         elif self.free_count() <= 0:
             return None
         if not self._free:
-            kassert(self._lru, "reservation exceeds free and evictable pages")
-            self._evict_one()
+            self._refill(1)
         frame = self._free.pop()
         self.stats.pages_free -= 1
         return self.pages[frame]
@@ -203,12 +225,17 @@ class PhysMem:
             self.stats.pages_reserved = self.reserved
         elif self.free_count() < n:
             return None
-        free = self._free
-        while len(free) < n:
-            kassert(self._lru, "reservation exceeds free and evictable pages")
-            self._evict_one()
-        taken = free[: -n - 1 : -1] if n else []
-        del free[len(free) - n :]
+        starts = self._runs.get(n) if n > 1 else None
+        if starts:
+            start = starts.pop()
+            self._run_frames -= n
+            taken: list[int] | range = range(start, start + n)
+        else:
+            free = self._free
+            if len(free) < n:
+                self._refill(n)
+            taken = free[: -n - 1 : -1] if n else []
+            del free[len(free) - n :]
         pages = self.pages
         out = []
         for frame in taken:
@@ -224,11 +251,12 @@ class PhysMem:
         return out
 
     def pages_free_anon(self, pas: list[int]) -> None:
-        """page_free_anon for a vector of anonymous pages, freed last to first so
-        that the free list hands the run out again in ascending order."""
+        """page_free_anon for a vector of anonymous pages. A physically contiguous
+        vector goes back as one run (handed out again whole); otherwise the frames
+        are freed last to first, so the free list gives them out ascending."""
         pages = self.pages
-        free = self._free
-        for pa in reversed(pas):
+        frames = []
+        for pa in pas:
             frame = (pa - PHYS_BASE) >> PAGE_SHIFT
             pg = pages[frame]
             if not pg.anon or pg.wire_count != 1:
@@ -236,8 +264,18 @@ class PhysMem:
             pg.anon = False
             pg.wire_count = 0
             pg.valid = False
-            free.append(frame)
+            frames.append(frame)
         n = len(pas)
+        if (
+            n > 1
+            and frames[-1] - frames[0] == n - 1
+            and frames == list(range(frames[0], frames[0] + n))
+        ):
+            self._runs.setdefault(n, []).append(frames[0])
+            self._run_frames += n
+        else:
+            frames.reverse()
+            self._free.extend(frames)
         st = self.stats
         st.pages_anon -= n
         st.pages_wired -= n

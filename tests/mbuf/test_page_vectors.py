@@ -114,3 +114,44 @@ def test_scattered_pages_are_one_segment_per_run() -> None:
     assert b"".join(m_unmapped_iov(m, 0, m.m_len)) == expected
     m_freem(m)
     assert not kern.leaks()
+
+
+def test_a_freed_run_comes_back_whole_and_singles_do_not_split_it() -> None:
+    kern = Kernel(MiB)
+    phys = kern.phys
+    run = phys.pages_alloc_anon(4)
+    single = phys.pages_alloc_anon(1)
+    assert run is not None and single is not None
+    phys.pages_free_anon(run)
+    phys.pages_free_anon(single)
+    again = phys.pages_alloc_anon(1)  # a single comes from the singles
+    assert again is not None and again[0] not in run
+    assert phys.pages_alloc_anon(4) == run
+    phys.pages_free_anon(run)
+    phys.pages_free_anon(again)
+    assert not kern.leaks()
+
+
+def test_cached_runs_are_free_memory_before_any_eviction() -> None:
+    kern = Kernel(64 * PAGE_SIZE)
+    phys, vm = kern.phys, kern.stats.vm
+    runs = [phys.pages_alloc_anon(4) for _ in range(16)]  # all 64 frames
+    assert all(r is not None for r in runs) and phys.free_count() == 0
+    for r in runs:
+        assert r is not None
+        phys.pages_free_anon(r)
+    assert phys.free_count() == 64 and vm.pages_free == 64
+    # Single frames and other sizes split the cached runs; nothing is evicted.
+    singles = [phys.page_alloc_anon() for _ in range(10)]
+    threes = phys.pages_alloc_anon(3)
+    assert all(pg is not None for pg in singles) and threes is not None
+    assert vm.evictions == 0 and phys.free_count() == 64 - 13
+    rest = phys.pages_alloc_anon(phys.free_count())
+    assert rest is not None and phys.free_count() == 0
+    assert phys.pages_alloc_anon(1) is None
+    phys.pages_free_anon(rest)
+    phys.pages_free_anon(threes)
+    for pg in singles:
+        assert pg is not None
+        phys.page_free_anon(pg)
+    assert vm.pages_free == 64 and not kern.leaks()
