@@ -35,7 +35,8 @@
 # send identity rather than 406, as RFC 9110 12.5.3 permits and nginx does.
 #
 # `find_sidecars()` looks for exactly FILE.br and FILE.gz beside the resolved
-# (real) path of FILE, through `resolve.locate()`: the same containment rule
+# (real) path of FILE, through `resolve.locate_siblings()` (`resolve.locate()`
+# for each, with one walk to their directory): the same containment rule
 # as resolution (a symlink may not lead out of the root unless
 # `follow_symlinks`) and the same fd-relative, O_NOFOLLOW walk; only readable
 # regular files count, and FIFOs, sockets, devices and directories named
@@ -58,12 +59,13 @@ import stat as stat_mod
 from collections.abc import Sequence
 from typing import Final
 
-from server.resolve import locate_str
+from server.resolve import locate_siblings
 
 __all__ = ["SIDECARS", "choose_encoding", "find_sidecars", "parse_accept_encoding"]
 
 # Content-coding -> sidecar suffix, in order of preference on equal q.
 SIDECARS: Final = {"br": ".br", "gzip": ".gz"}
+_SUFFIXES: Final = tuple(SIDECARS.values())
 _RANK: Final = {coding: len(SIDECARS) - i for i, coding in enumerate(SIDECARS)}
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -144,9 +146,8 @@ def find_sidecars(
     if not stat_mod.S_ISREG(st.st_mode):
         return {}
     found: dict[str, tuple[pathlib.Path, os.stat_result]] = {}
-    root_s, path_s = str(root), str(path)
-    for coding, suffix in SIDECARS.items():
-        hit = locate_str(root_s, path_s + suffix, follow_symlinks=follow_symlinks)
+    hits = locate_siblings(str(root), str(path), _SUFFIXES, follow_symlinks=follow_symlinks)
+    for coding, hit in zip(SIDECARS, hits, strict=True):
         if hit is None:
             continue
         real, sst, readable = hit

@@ -14,6 +14,7 @@
 # the same second, or a file replaced by rename, still changes the tag.
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -46,6 +47,13 @@ def http_date(timestamp: float) -> bytes:
     secs = math.floor(timestamp)
     if not _MIN_TIMESTAMP <= secs <= _MAX_TIMESTAMP:
         raise ValueError(f"http_date: timestamp {timestamp!r} is outside years 1..9999")
+    return _imf_fixdate(secs)
+
+
+@functools.lru_cache(maxsize=256)
+def _imf_fixdate(secs: int) -> bytes:
+    """The date of a whole second: a pure function, so its cache is always right
+    (every Last-Modified of the same file, and the Date of the current second)."""
     tm = time.gmtime(secs)
     return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
         _DAYS[tm.tm_wday],

@@ -18,7 +18,9 @@
 # JSON/JavaScript/SVG/manifest types listed in `_CHARSET_TYPES`.
 from __future__ import annotations
 
+import functools
 import mimetypes
+import os
 import pathlib
 import re
 from collections.abc import Mapping
@@ -90,17 +92,37 @@ def content_type(path: pathlib.PurePath | str, default: str = "application/octet
     none).  A textual result without parameters gets "; charset=utf-8",
     `default` included; a `default` that already has parameters is returned
     unchanged."""
-    if isinstance(path, str):
-        path = pathlib.PurePath(path)
-    elif not isinstance(path, pathlib.PurePath):
+    if isinstance(path, str) and os.sep not in path:
+        suffix = _suffix(path)  # a bare name (the hot path): PurePath(path).suffix
+    elif isinstance(path, str | pathlib.PurePath):
+        suffix = pathlib.PurePath(path).suffix
+    else:
         raise TypeError(
             f"content_type: path must be str or pathlib.Path, not {type(path).__name__}"
         )
     if not isinstance(default, str):
         raise TypeError(f"content_type: default must be str, not {type(default).__name__}")
+    return _lookup(suffix.lower(), _check_default(default))
+
+
+def _suffix(name: str) -> str:
+    """PurePath(name).suffix of a name without a separator: from its last dot,
+    unless that dot leads or ends the name (".bashrc", "a.", "..")."""
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
+
+
+@functools.lru_cache(maxsize=64)
+def _check_default(default: str) -> str:
+    """`default`, checked once per distinct value (the check is a pure function)."""
     if not _MEDIA_TYPE.fullmatch(default):
         raise ValueError(
             f"content_type: default must be a media type like 'type/subtype', got {default!r}"
         )
-    mtype = _TABLE.get(path.suffix.lower(), default)
-    return _with_charset(mtype)
+    return default
+
+
+@functools.lru_cache(maxsize=1024)
+def _lookup(suffix: str, default: str) -> str:
+    """The answer for a lower-case suffix: a pure function of the fixed table."""
+    return _with_charset(_TABLE.get(suffix, default))

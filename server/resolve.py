@@ -66,6 +66,7 @@ import pathlib
 import re
 import stat as stat_mod
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -73,6 +74,7 @@ __all__ = [
     "Resolution",
     "ResolveStatus",
     "locate",
+    "locate_siblings",
     "locate_str",
     "name_is_servable",
     "open_directory",
@@ -101,6 +103,8 @@ class Resolution:
 # RFC 9112 3.2: a request-target is visible ASCII only.
 _NOT_VCHAR: Final = re.compile(rb"[^\x21-\x7e]")
 _BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# The common target that stages 1-3 leave as it is (see resolve_target).
+_PLAIN_TARGET: Final = re.compile(rb"(?:/[0-9A-Za-z_~+,=@-][0-9A-Za-z._~+,=@-]*)+")
 # Unicode category Cc is exactly C0, DEL and C1 (checked against unicodedata in the tests).
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -234,6 +238,41 @@ def _components(root: str, real: str, follow_symlinks: bool) -> tuple[str, list[
     return None
 
 
+def _lexical_components(root: str, lexical: str) -> list[str] | None:
+    """The components of the absolute path `lexical` below `root`, if it is a
+    normalised path inside it; None if only the full path knows what it names."""
+    if (
+        "//" in lexical
+        or "/./" in lexical
+        or "/../" in lexical
+        or lexical.endswith(("/.", "/..", "/"))
+    ):
+        return None
+    if lexical == root:
+        return []
+    if lexical.startswith(root) and lexical[len(root)] == os.sep:
+        return lexical[len(root) + 1 :].split(os.sep)
+    return None
+
+
+def _open_lexical_dir(root: str, components: list[str]) -> int | None:
+    """An O_PATH fd of the directory `components` name below `root`, walked with
+    O_NOFOLLOW; None if the walk fails (a symlink on the way, or anything else)."""
+    try:
+        fd = os.open(root, _O_DIRWALK)
+    except OSError:
+        return None
+    try:
+        for name in components:
+            nfd = os.open(name, _O_DIRWALK, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _walk_lexical(root: str, lexical: str) -> tuple[os.stat_result, bool] | Resolution | None:
     """The fast path of `_locate`: walk the lexical path itself from `root`.
 
@@ -242,28 +281,13 @@ def _walk_lexical(root: str, lexical: str) -> tuple[os.stat_result, bool] | Reso
     lstat() of every component realpath() makes first. None when the walk met
     a symlink or anything else unusual: the caller then takes the full path.
     A missing last component below symlink-free directories is definitive."""
-    if (
-        "//" in lexical
-        or "/./" in lexical
-        or "/../" in lexical
-        or lexical.endswith(("/.", "/..", "/"))
-    ):
-        return None  # not a normalised path: only the full path knows what it names
-    if lexical == root:
-        components: list[str] = []
-    elif lexical.startswith(root) and lexical[len(root)] == os.sep:
-        components = lexical[len(root) + 1 :].split(os.sep)
-    else:
+    components = _lexical_components(root, lexical)
+    if components is None:
+        return None
+    fd = _open_lexical_dir(root, components[:-1])
+    if fd is None:
         return None
     try:
-        fd = os.open(root, _O_DIRWALK)
-    except OSError:
-        return None
-    try:
-        for name in components[:-1]:
-            nfd = os.open(name, _O_DIRWALK, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
         if not components:
             return os.fstat(fd), True
         last = components[-1]
@@ -279,6 +303,44 @@ def _walk_lexical(root: str, lexical: str) -> tuple[os.stat_result, bool] | Reso
         return None
     finally:
         os.close(fd)
+
+
+def locate_siblings(
+    root: str, path: str, suffixes: Sequence[str], *, follow_symlinks: bool = False
+) -> list[tuple[str, os.stat_result, bool] | None]:
+    """[locate_str(root, path + suffix) for each suffix], for names beside `path`
+    (such as "FILE.br" and "FILE.gz"), with one walk to their directory when
+    the lexical fast path applies: the answers are the same, minus a walk per
+    name. A name that is a symlink, or that the walk cannot stat, gets the
+    full `locate_str`."""
+    if any(os.sep in suffix or not suffix for suffix in suffixes):
+        raise ValueError(f"locate_siblings: suffixes must be non-empty names, got {suffixes!r}")
+    components = _lexical_components(root, path)
+    # A lexically normal `path` inside `root` makes every `path + suffix` one
+    # too, in the same directory; `root` itself has no siblings inside it.
+    fd = None if not components else _open_lexical_dir(root, components[:-1])
+    if fd is None:
+        return [locate_str(root, path + s, follow_symlinks=follow_symlinks) for s in suffixes]
+    out: list[tuple[str, os.stat_result, bool] | None] = []
+    try:
+        assert components
+        for suffix in suffixes:
+            name = components[-1] + suffix
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                out.append(None)  # definitive below symlink-free directories
+                continue
+            except OSError:
+                st = None
+            if st is None or stat_mod.S_ISLNK(st.st_mode):
+                out.append(locate_str(root, path + suffix, follow_symlinks=follow_symlinks))
+                continue
+            readable = os.access(name, os.R_OK, dir_fd=fd) if stat_mod.S_ISREG(st.st_mode) else True
+            out.append((path + suffix, st, readable))
+    finally:
+        os.close(fd)
+    return out
 
 
 def _locate(
@@ -429,27 +491,36 @@ def resolve_target(
     _check_args(root, target, index)
     root_s = str(root)
 
-    # 1. Syntax.
-    if not target.startswith(b"/"):
-        return _bad("request-target is not origin-form")
-    if _NOT_VCHAR.search(target):
-        return _bad("request-target contains non-visible-ASCII bytes")
-    target = target.partition(b"#")[0]
-    raw_path, has_query, query = target.partition(b"?")
+    if _PLAIN_TARGET.fullmatch(target):
+        # Stages 1-3 have nothing to do: visible ASCII without "%", "?" or "#",
+        # non-empty segments none of which starts with "." (so no dot segment
+        # and no dotfile), naming no directory. The lexical path is the target.
+        raw_path, has_query, query = target, b"", b""
+        lexical = target.decode("ascii") if root_s == os.sep else root_s + target.decode("ascii")
+        wants_dir = False
+    else:
+        # 1. Syntax.
+        if not target.startswith(b"/"):
+            return _bad("request-target is not origin-form")
+        if _NOT_VCHAR.search(target):
+            return _bad("request-target contains non-visible-ASCII bytes")
+        target = target.partition(b"#")[0]
+        raw_path, has_query, query = target.partition(b"?")
 
-    # 2. Decoding, 3. normalisation.
-    decoded = _decode_segments(raw_path)
-    if isinstance(decoded, Resolution):
-        return decoded
-    normal = _normalise(decoded)
-    if isinstance(normal, Resolution):
-        return normal
-    segments, wants_dir = normal
-    if not serve_dotfiles and any(seg.startswith(".") for seg in segments):
-        return _not_found("dotfile")
+        # 2. Decoding, 3. normalisation.
+        decoded = _decode_segments(raw_path)
+        if isinstance(decoded, Resolution):
+            return decoded
+        normal = _normalise(decoded)
+        if isinstance(normal, Resolution):
+            return normal
+        segments, wants_dir = normal
+        if not serve_dotfiles and any(seg.startswith(".") for seg in segments):
+            return _not_found("dotfile")
+        lexical = os.path.join(root_s, *segments)
 
     # 4. The filesystem.
-    found = _locate(root_s, os.path.join(root_s, *segments), follow_symlinks)
+    found = _locate(root_s, lexical, follow_symlinks)
     if isinstance(found, Resolution):
         return found
     real, st, readable = found

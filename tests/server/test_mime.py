@@ -9,6 +9,8 @@ import pathlib
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server import mime
 from server.mime import content_type
@@ -196,3 +198,18 @@ def test_demo_site_samples_are_as_documented() -> None:
         assert shown in index, (path.name, shown)
     assert "<script" not in index and "http://127.0.0.1:8444/stats" in index
     assert not re.search(r'(src|href)="(https?:)?//(?!127\.0\.0\.1:8444/)', index)
+
+
+@given(st.text(alphabet="ab.c\\ é", max_size=8))
+def test_bare_name_suffix_is_purepath_suffix(name: str) -> None:
+    """The hot path for a bare name reads the suffix as pathlib does."""
+    assert mime._suffix(name) == pathlib.PurePath(name).suffix
+    assert content_type(name) == content_type(pathlib.PurePath(name))
+
+
+def test_default_is_checked_even_when_cached() -> None:
+    assert content_type("a.unknownext", default="text/x-a") == "text/x-a; charset=utf-8"
+    assert content_type("b.unknownext", default="text/x-a") == "text/x-a; charset=utf-8"
+    for _ in range(2):
+        with pytest.raises(ValueError, match="media type"):
+            content_type("a.unknownext", default="not a type")

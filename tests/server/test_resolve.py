@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from server import resolve as resolve_mod
 from server.resolve import Resolution, ResolveStatus, resolve_target
 from tests.privdrop import as_unprivileged
 
@@ -521,3 +522,75 @@ def test_control_pattern_is_unicode_category_cc() -> None:
             continue
         ch = chr(cp)
         assert bool(_CONTROL.search(ch)) == (unicodedata.category(ch) == "Cc"), hex(cp)
+
+
+def _without_plain_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resolve_mod, "_PLAIN_TARGET", re.compile(rb"(?!)"))
+
+
+def _same(a: Resolution, b: Resolution) -> bool:
+    stat_a = None if a.stat is None else (a.stat.st_dev, a.stat.st_ino, a.stat.st_mode)
+    stat_b = None if b.stat is None else (b.stat.st_dev, b.stat.st_ino, b.stat.st_mode)
+    return (a.status, a.path, a.location, stat_a) == (b.status, b.path, b.location, stat_b)
+
+
+_PLAIN_CASES = [case[0] for case in OK_CASES if resolve_mod._PLAIN_TARGET.fullmatch(case[0])]
+
+
+@pytest.mark.parametrize("target", [*_PLAIN_CASES, b"/hello.txt", b"/docs", b"/link_out", b"/nope"])
+@pytest.mark.parametrize("follow", [False, True])
+def test_plain_target_fast_path_matches_the_stages(
+    tree: pathlib.Path, monkeypatch: pytest.MonkeyPatch, target: bytes, follow: bool
+) -> None:
+    """A target the fast path takes resolves exactly as stages 1-3 would have it."""
+    assert resolve_mod._PLAIN_TARGET.fullmatch(target)
+    fast = resolve_target(tree, target, follow_symlinks=follow, autoindex=True)
+    _without_plain_fast_path(monkeypatch)
+    slow = resolve_target(tree, target, follow_symlinks=follow, autoindex=True)
+    assert _same(fast, slow), (fast, slow)
+
+
+@settings(max_examples=300, deadline=None)
+@given(target=_targets, dotfiles=st.booleans())
+def test_property_plain_fast_path_matches_the_stages(
+    tree: pathlib.Path, target: bytes, dotfiles: bool
+) -> None:
+    fast = resolve_target(tree, target, serve_dotfiles=dotfiles)
+    with pytest.MonkeyPatch.context() as mp:
+        _without_plain_fast_path(mp)
+        slow = resolve_target(tree, target, serve_dotfiles=dotfiles)
+    assert _same(fast, slow), (target, fast, slow)
+
+
+@pytest.mark.parametrize(
+    "name", ["hello.txt", "docs/page.html", "link_in", "link_dir_in/page.html", "docs", "nope"]
+)
+@pytest.mark.parametrize("follow", [False, True])
+def test_locate_siblings_is_locate_str_of_each(tree: pathlib.Path, name: str, follow: bool) -> None:
+    """One walk for FILE + each suffix answers as a walk per name does: missing
+    names, symlinks in and out of the root (the full path decides), directories."""
+    root = str(tree)
+    suffixes = [".br", ".gz", "_in", "_out", "_dir_in", "_dir_out", "_abs_out", "_devnull"]
+    path = os.path.join(root, name)
+    got = resolve_mod.locate_siblings(root, path, suffixes, follow_symlinks=follow)
+    want = [resolve_mod.locate_str(root, path + s, follow_symlinks=follow) for s in suffixes]
+    key = [None if h is None else (h[0], h[1].st_ino, h[1].st_mode, h[2]) for h in got]
+    want_key = [None if h is None else (h[0], h[1].st_ino, h[1].st_mode, h[2]) for h in want]
+    assert key == want_key
+
+
+def test_locate_siblings_of_link_names(tree: pathlib.Path) -> None:
+    """`link` + "_in" etc.: the siblings of "link" are the tree's symlinks."""
+    root = str(tree)
+    path = os.path.join(root, "link")
+    suffixes = ["_in", "_out", "_dir_in", "_dir_out", "_abs_out", "_devnull"]
+    for follow in (False, True):
+        got = resolve_mod.locate_siblings(root, path, suffixes, follow_symlinks=follow)
+        want = [resolve_mod.locate_str(root, path + s, follow_symlinks=follow) for s in suffixes]
+        assert [g and (g[0], g[1].st_ino) for g in got] == [w and (w[0], w[1].st_ino) for w in want]
+        assert any(g is not None for g in got)
+
+
+def test_locate_siblings_refuses_paths_as_suffixes(tree: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="suffixes"):
+        resolve_mod.locate_siblings(str(tree), str(tree / "hello.txt"), ["/../x"])
