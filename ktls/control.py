@@ -107,14 +107,19 @@ class TlsControl:
             return b""  # nothing after close_notify counts (RFC 8446 6.1)
         rx = self.rx
         rx.feed(data)
-        out = bytearray()
+        out: list[bytes] = []
         while not self.closed and (rec := rx.next_record()) is not None:
-            ctype = rec.ctype
+            ctype, payload = rec
+            if ctype == CT_APPLICATION_DATA and payload and not self._hs and not self._alert:
+                self._empty = 0  # the usual record: what the branches below do for it
+                self._warnings = 0
+                out.append(payload)
+                continue
             if self._hs and ctype != CT_HANDSHAKE:
                 raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with a handshake message")
             if self._alert and ctype != CT_ALERT:
                 raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with an alert")
-            if not rec.data:
+            if not payload:
                 if ctype != CT_APPLICATION_DATA:
                     raise RecordError(UNEXPECTED_MESSAGE, f"empty record of type {ctype}")
                 self._empty += 1
@@ -123,16 +128,16 @@ class TlsControl:
                 continue
             self._empty = 0
             if ctype == CT_ALERT:
-                self._alerts(rec.data)
+                self._alerts(payload)
                 continue
             self._warnings = 0  # as OpenSSL: any other record that carries something
             if ctype == CT_APPLICATION_DATA:
-                out += rec.data
+                out.append(payload)
             elif ctype == CT_HANDSHAKE:
-                self._handshake(rec.data)
+                self._handshake(payload)
             else:
                 raise RecordError(UNEXPECTED_MESSAGE, f"record of type {ctype} after the handshake")
-        return bytes(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     # -- alerts --------------------------------------------------------------
 

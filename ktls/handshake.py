@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from OpenSSL import SSL
 
 from ktls.keylog import KeyLog
@@ -53,6 +54,8 @@ CT_APPLICATION_DATA = 23
 MAX_HANDSHAKE_RECORDS = 64
 
 _VERSIONS = {"TLSv1.2": TlsVersion.TLS12, "TLSv1.3": TlsVersion.TLS13}
+# The key log lines `established()` reads; a connection keeps no other secret.
+_KEYLOG_NEEDED = (b"CLIENT_TRAFFIC_SECRET_0 ", b"SERVER_TRAFFIC_SECRET_0 ", b"CLIENT_RANDOM ")
 
 
 class TlsError(Exception):
@@ -94,9 +97,10 @@ def make_server_context(
     ctx.set_session_id(b"nomapd")
 
     def on_keylog(conn: SSL.Connection, line: bytes) -> None:
-        hs = conn.get_app_data()
-        if isinstance(hs, TlsHandshake):
-            hs.keylog.feed(line)
+        if line.startswith(_KEYLOG_NEEDED):  # the handshake secrets are never used
+            hs = conn.get_app_data()
+            if isinstance(hs, TlsHandshake):
+                hs.keylog.feed(line)
         if keylog_sink is not None:
             keylog_sink(line)
 
@@ -128,11 +132,19 @@ def split_records(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], bytes]:
 
 
 def open_record(
-    suite: CipherSuite, keys: TrafficKeys, seqno: int, ctype: int, header: bytes, body: bytes
+    suite: CipherSuite,
+    keys: TrafficKeys,
+    seqno: int,
+    ctype: int,
+    header: bytes,
+    body: bytes,
+    aead: AESGCM | ChaCha20Poly1305 | None = None,
 ) -> tuple[int, bytes]:
     """Decrypt one protected record; returns (inner content type, plaintext).
-    Raises InvalidTag if it does not open with these keys at this number."""
-    aead = suite.aead(keys.key)
+    Raises InvalidTag if it does not open with these keys at this number.
+    `aead`: suite.aead(keys.key), when the caller opens several records."""
+    if aead is None:
+        aead = suite.aead(keys.key)
     if suite.version == TlsVersion.TLS13:
         plain = aead.decrypt(tls13_nonce(keys.iv, seqno), body, tls13_aad(len(body)))
         stripped = plain.rstrip(b"\x00")
@@ -289,10 +301,11 @@ class TlsHandshake:
             (i for i, r in enumerate(records) if r[0] == CT_CHANGE_CIPHER_SPEC), default=-1
         )
         protected = records[last_ccs + 1 :]
+        aead = suite.aead(tx.key)
         seq = 0
         for ctype, header, body in protected:
             try:
-                open_record(suite, tx, seq, ctype, header, body)
+                open_record(suite, tx, seq, ctype, header, body, aead)
             except InvalidTag:
                 if seq:
                     raise TlsError(f"record {seq} after the handshake does not open") from None

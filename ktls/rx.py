@@ -35,8 +35,7 @@ Where the model deliberately differs from the kernel (reference 6.10):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 
@@ -49,7 +48,7 @@ from ktls.alerts import (
     UNEXPECTED_MESSAGE,
     RecordError,
 )
-from ktls.nonce import SEQNO_LIMIT, tls12_aad, tls12_gcm_nonce, tls13_nonce
+from ktls.nonce import SEQNO_LIMIT, TLS13_IV_LEN, tls12_aad, tls12_gcm_nonce, tls13_nonce
 from ktls.suites import CipherSuite, TlsVersion
 
 if TYPE_CHECKING:
@@ -67,9 +66,16 @@ _HEADER = 5
 _TLS12_PROTECTED = frozenset({CT_ALERT, CT_HANDSHAKE, CT_APPLICATION_DATA})
 
 
-@dataclass(frozen=True, slots=True)
-class RxRecord:
-    """One decrypted record: its (inner) content type and plaintext."""
+def _iv_int(iv: bytes) -> int:
+    """The TLS 1.3 write IV as the integer each record's nonce is XORed from
+    (RFC 8446 5.3); -1 for an IV of another length (TLS 1.2 GCM's 4-byte salt),
+    which then goes through `tls13_nonce` and its check."""
+    return int.from_bytes(iv) if len(iv) == TLS13_IV_LEN else -1
+
+
+class RxRecord(NamedTuple):
+    """One decrypted record: its (inner) content type and plaintext. (A named
+    tuple: one is made per record, and a tuple is the cheapest immutable.)"""
 
     ctype: int
     data: bytes
@@ -81,6 +87,7 @@ class KtlsRxSession:
     __slots__ = (
         "_buf",
         "_checked",
+        "_iv_int",
         "aead",
         "bytes",
         "iv",
@@ -99,6 +106,7 @@ class KtlsRxSession:
         self.version = suite.version
         self.aead = suite.aead(key)
         self.iv = iv
+        self._iv_int = _iv_int(iv)
         self.seqno = seqno
         self.stats = stats
         tls13 = self.version is TlsVersion.TLS13
@@ -112,6 +120,7 @@ class KtlsRxSession:
         """New receive keys (a TLS 1.3 KeyUpdate): numbering starts again at 0."""
         self.aead = self.suite.aead(key)
         self.iv = iv
+        self._iv_int = _iv_int(iv)
         self.seqno = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -124,21 +133,35 @@ class KtlsRxSession:
         """The next complete record, decrypted; None until one is complete.
         Raises RecordError (the session is then unusable)."""
         buf = self._buf
-        if len(buf) < _HEADER:
+        have = len(buf)
+        if have < _HEADER:
             return None
         ctype = buf[0]
         length = (buf[3] << 8) | buf[4]
         if not self._checked:
-            self._check_header(ctype, (buf[1] << 8) | buf[2], length)
+            # Application data with the right version and a plausible length passes
+            # in either version; anything else gets the whole check.
+            if not (
+                ctype == CT_APPLICATION_DATA
+                and buf[1] == 3
+                and buf[2] == 3
+                and length <= self.max_ciphertext
+                and self.seqno < SEQNO_LIMIT
+            ):
+                self._check_header(ctype, (buf[1] << 8) | buf[2], length)
             self._checked = True
         end = _HEADER + length
-        if len(buf) < end:
+        if have < end:
             return None
-        with memoryview(buf) as view:  # one copy of the record, not two
-            header = bytes(view[:_HEADER])
-            body = bytes(view[_HEADER:end])
-        del buf[:end]
+        if have == end:  # the usual case: the buffer is this record
+            record = bytes(buf)
+            buf.clear()
+        else:
+            record = bytes(buf[:end])
+            del buf[:end]
         self._checked = False
+        header = record[:_HEADER]
+        body = memoryview(record)[_HEADER:]
         try:
             rec = self._open(ctype, header, body)
         except RecordError:
@@ -174,17 +197,24 @@ class KtlsRxSession:
                 self.stats.rx_failures += 1
             raise fail
 
-    def _open(self, ctype: int, header: bytes, body: bytes) -> RxRecord:
+    def _open(self, ctype: int, header: bytes, body: bytes | memoryview) -> RxRecord:
         suite = self.suite
         if self.version is TlsVersion.TLS13:
             if len(body) <= suite.tag_len:
                 raise RecordError(BAD_RECORD_MAC, "record shorter than its tag")
+            # tls13_nonce(self.iv, self.seqno), with the IV checked once at install
+            # and the sequence number by the header check.
+            iv = self._iv_int
+            seqno = self.seqno
+            nonce = (iv ^ seqno).to_bytes(TLS13_IV_LEN) if iv >= 0 else tls13_nonce(self.iv, seqno)
             try:
-                inner = self.aead.decrypt(tls13_nonce(self.iv, self.seqno), body, header)
+                inner = self.aead.decrypt(nonce, body, header)
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record does not authenticate") from None
             if len(inner) > MAX_PLAINTEXT + 1:  # RFC 8446 5.4: padding included
                 raise RecordError(RECORD_OVERFLOW, f"inner plaintext of {len(inner)} bytes")
+            if inner[-1]:  # no padding (the usual case)
+                return RxRecord(inner[-1], inner[:-1])
             content = inner.rstrip(b"\x00")  # the zero padding after the content type
             if not content:
                 raise RecordError(UNEXPECTED_MESSAGE, "inner plaintext without a content type")
@@ -195,7 +225,7 @@ class KtlsRxSession:
             raise RecordError(BAD_RECORD_MAC, "record shorter than its nonce and tag")
         if plen > MAX_PLAINTEXT:
             raise RecordError(RECORD_OVERFLOW, f"plaintext of {plen} bytes")
-        nonce = tls12_gcm_nonce(self.iv, body[:n]) if n else tls13_nonce(self.iv, self.seqno)
+        nonce = tls12_gcm_nonce(self.iv, bytes(body[:n])) if n else tls13_nonce(self.iv, self.seqno)
         try:
             plain = self.aead.decrypt(nonce, body[n:], tls12_aad(self.seqno, ctype, plen))
         except InvalidTag:
