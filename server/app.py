@@ -33,7 +33,7 @@ import os
 import pathlib
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -116,6 +116,7 @@ class Server:
         self.hard_stopped = False  # ... and when it stops waiting for responses
         self.handlers = 0  # connection tasks, including those waiting for a slot
         self._scopes: dict[Connection, trio.CancelScope] = {}
+        self._lingering: set[trio.CancelScope] = set()  # lingering closes, slots released
         self._waiting: set[trio.CancelScope] = set()  # accepted, waiting for a slot
         self._accepting: trio.CancelScope | None = None  # the accept loops
         try:
@@ -186,72 +187,91 @@ class Server:
             cs.cancel()
 
     def hard_stop(self) -> None:
-        """The shutdown deadline: cancel every connection's run() (teardown still runs)."""
+        """The shutdown deadline: cancel every connection's run() (teardown still runs)
+        and every lingering close."""
         self.hard_stopped = True
-        for cs in self._scopes.values():
+        for cs in [*self._scopes.values(), *self._lingering]:
             cs.cancel()
-
-    @contextlib.contextmanager
-    def _run_scope(self, conn: Connection) -> Iterator[None]:
-        with trio.CancelScope() as cs:
-            if self.hard_stopped:
-                cs.cancel()
-            self._scopes[conn] = cs
-            try:
-                yield
-            finally:
-                del self._scopes[conn]
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """One connection. At most --max-connections run at once; the others wait
-        here, accepted, until a slot frees (nginx's worker_connections)."""
+        here, accepted, until a slot frees (nginx's worker_connections). The
+        lingering close comes after the slot is released: a client that keeps
+        its end open for LINGER_TIME holds no slot and no kernel resource."""
         self.handlers += 1
         try:
             if self.stopping.is_set():  # accepted as the shutdown began
                 return
-            if self.limiter.statistics().tasks_waiting >= self.cfg.max_connections:
-                self.stats["connections_refused"] += 1  # the waiting line is full too
-                return
-            with trio.move_on_after(self.cfg.header_timeout) as cs:
-                self._waiting.add(cs)
-                try:
-                    await self.limiter.acquire()
-                finally:
-                    self._waiting.discard(cs)
-            if cs.cancelled_caught:
-                self.stats["connections_refused"] += 1
-                return
             try:
-                await self._handle(stream)
+                self.limiter.acquire_nowait()  # a free slot and nobody waiting for one
+            except trio.WouldBlock:
+                if not await self._wait_for_slot():
+                    self.stats["connections_refused"] += 1
+                    return
+            try:
+                conn = await self._handle(stream)
             finally:
                 self.limiter.release()
+            if conn is not None and conn.linger_wanted:
+                with trio.CancelScope() as cs:
+                    if self.hard_stopped:
+                        cs.cancel()
+                    self._lingering.add(cs)
+                    try:
+                        await conn.linger()
+                    finally:
+                        self._lingering.discard(cs)
         finally:
             self.handlers -= 1
             with contextlib.suppress(OSError):
                 stream.socket.close()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _wait_for_slot(self) -> bool:
+        """Wait up to --header-timeout for a slot; False if the waiting line is full
+        too, or the wait timed out or was cut by the shutdown."""
+        if self.limiter.statistics().tasks_waiting >= self.cfg.max_connections:
+            return False
+        with trio.move_on_after(self.cfg.header_timeout) as cs:
+            self._waiting.add(cs)
+            try:
+                await self.limiter.acquire()
+            finally:
+                self._waiting.discard(cs)
+        return not cs.cancelled_caught
+
+    async def _handle(self, stream: trio.SocketStream) -> Connection | None:
+        """Run one connection and free its kernel resources; returns it (None if it
+        was gone at once) for the lingering close."""
         self.active += 1
         self.stats["connections"] += 1
+        conn: Connection | None = None
         try:
             async with trio.open_nursery() as nursery:
                 try:
                     conn = Connection(self, stream, nursery)
                 except OSError as e:  # reset before we looked at it (getpeername)
                     log.debug("connection gone at accept: %s", e)
-                    return
+                    return None
                 self.conns.add(conn)
                 try:
-                    with self._run_scope(conn):
-                        await conn.run()
+                    with trio.CancelScope() as cs:
+                        if self.hard_stopped:
+                            cs.cancel()
+                        self._scopes[conn] = cs
+                        try:
+                            await conn.run()
+                        finally:
+                            del self._scopes[conn]
                 finally:
                     self.conns.discard(conn)
                     await conn.teardown()
         except Exception:
             self.stats["connection_errors"] += 1
             log.exception("connection failed")
+            return None
         finally:
             self.active -= 1
+        return conn
 
 
 def certificate(cfg: ServerConfig) -> tuple[pathlib.Path, pathlib.Path, str]:

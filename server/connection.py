@@ -27,21 +27,26 @@ alerts) goes through the modeled kernel.
   sent), h11 protocol errors (400 or h11's hint, then close), timeouts
   (handshake, request head, a client that stops reading) and disconnects.
   `teardown` always runs and frees every kernel resource of the connection.
-* Closing: after our last bytes (and close_notify) the write side is shut
-  and what the client still sends is read and dropped for a moment
-  (nginx's lingering close), so that a close with unread input does not
-  turn into a reset that destroys our last records before the client reads
-  them.
+* Closing: our close_notify leaves in the same write as the last response
+  (and TLS 1.3 session tickets with the first one), so a connection that
+  carries one request costs two writes after the ClientHello. After our last
+  bytes the write side is shut and what the client still sends is read and
+  dropped for a moment (nginx's lingering close), so that a close with
+  unread input does not turn into a reset that destroys our last records
+  before the client reads them. `run()` only asks for it (`linger_wanted`);
+  the server lingers after `teardown` has freed the kernel socket and the
+  connection slot is released, so a lingering client holds nothing but its
+  host socket.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import re
+import socket
 from typing import TYPE_CHECKING, cast
 
 import h11
@@ -79,6 +84,13 @@ _PLAIN_HTTP_ON_TLS = (
 )
 
 
+# h11 events are immutable and h11 looks only at their contents: one of each is
+# reused. A file response's framing event is a function of its key alone.
+_END_OF_MESSAGE = h11.EndOfMessage()
+FRAMING_CACHE = 256  # (status, Content-Length, Connection) keys; then it starts over
+_framing_responses: dict[tuple[int, int, bytes], h11.Response] = {}
+
+
 class _SendfileBody:
     """A body placeholder for h11's send_with_data_passthrough: only its length."""
 
@@ -90,11 +102,14 @@ class _SendfileBody:
 
 
 def _ipv4(addr: object) -> tuple[int, int]:
+    """(IPv4 address as an integer, port) of a socket address; 0 for the address
+    of anything else (IPv6, v4-mapped included), (0, 0) if it is not one."""
     try:
         host, port = cast(tuple[str, int], addr)[:2]
-        ip = ipaddress.ip_address(host)
-        return (int(ip) if ip.version == 4 else 0), port
-    except (ValueError, TypeError):
+        if ":" in host:
+            return 0, port
+        return int.from_bytes(socket.inet_aton(host)), port
+    except (OSError, ValueError, TypeError):
         return 0, 0
 
 
@@ -106,10 +121,10 @@ _CLIENT_GONE = frozenset(
 )  # fmt: skip
 
 
-def _peer(sock: trio.socket.SocketType) -> str:
+def _peer(addr: object) -> str:
     try:
-        host, port = sock.getpeername()[:2]
-    except (OSError, ValueError):
+        host, port = cast(tuple[str, int], addr)[:2]
+    except (ValueError, TypeError):
         return "?"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -145,7 +160,8 @@ class Connection:
         # a host buffer that Linux would autotune to megabytes.
         self.sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, WIRE_SNDBUF)
         src, sport = _ipv4(self.sock.getsockname())
-        dst, dport = _ipv4(self.sock.getpeername())
+        peer = self.sock.getpeername()  # OSError: reset before we looked (the caller's)
+        dst, dport = _ipv4(peer)
         kern = server.kern
         self.so = Socket(
             kern, TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4))), self.cfg.sndbuf
@@ -155,7 +171,7 @@ class Connection:
         self._keep10 = False  # answering an HTTP/1.0 request that asked for keep-alive
         self.ctl: TlsControl | None = None  # KTLS: our record layer
         self.user: UserTls | None = None  # --no-ktls: OpenSSL's
-        self.peer = _peer(self.sock)
+        self.peer = _peer(peer)
         self.requests = 0
         self.eof = False
         self._early = b""  # client bytes that came with its Finished
@@ -168,6 +184,9 @@ class Connection:
         self._head_len = 0  # bytes of its head (access log of an aborted response)
         self._length = 0  # its Content-Length
         self._wire_start = 0  # tx.bytes_written when it began
+        self._unflushed = False  # handshake output queued but not flushed (see _next_event)
+        self._closing = False  # our close_notify is queued: nothing may follow it
+        self.linger_wanted = False  # our last bytes are out: linger() before closing
 
     def _log_aborted(self, req: h11.Request) -> None:
         """A response cut short (client gone, timeout, shutdown) is logged too, as
@@ -234,15 +253,17 @@ class Connection:
 
     async def _recv_plain(self) -> bytes:
         """Application bytes from the client; b"" at end of stream."""
-        if self.ctl is None and self.user is None:
-            return await self._recv_raw()
         while True:
             raw = await self._recv_raw()
-            if not raw:
-                return b""
-            plain = await self._tls_receive(raw)
-            if self.eof or plain:
+            plain = await self._decode(raw)
+            if plain or not raw or self.eof:
                 return plain
+
+    async def _decode(self, raw: bytes) -> bytes:
+        """The application bytes `raw` (from the host socket) completes."""
+        if not raw or (self.ctl is None and self.user is None):
+            return raw
+        return await self._tls_receive(raw)
 
     async def _tls_receive(self, raw: bytes) -> bytes:
         """Decrypt client bytes and act on what they carry; sets `eof` on close_notify."""
@@ -253,7 +274,7 @@ class Connection:
                 with trio.move_on_after(self.cfg.send_timeout):
                     await self._write_records(self.user.take_outgoing())  # OpenSSL's alert
                     await self.tx.flush()
-                    await self._linger()
+                    self.linger_wanted = True
                 raise
             if self.user.outgoing:  # OpenSSL's KeyUpdate or no_renegotiation warning
                 await self._write_records(self.user.take_outgoing())
@@ -282,7 +303,7 @@ class Connection:
         with trio.move_on_after(self.cfg.send_timeout):
             await self.tx.send(alert_bytes(level, description), TLS_RLTYPE_ALERT)
             await self.tx.flush()
-            await self._linger()
+            self.linger_wanted = True
 
     async def _key_update(self) -> None:
         """Answer a KeyUpdate(update_requested): ours under the current keys, then
@@ -320,7 +341,13 @@ class Connection:
             out = hs.data_to_send()
             if out:  # TLS 1.2: our Finished; TLS 1.3: session tickets
                 await self.tx.send(out)
-                await self.tx.flush()
+                # The client waits for a TLS 1.2 Finished, never for tickets: those
+                # leave with the first response, unless _next_event has to wait
+                # for the request first.
+                if hs.conn.get_protocol_version_name() == "TLSv1.3":
+                    self._unflushed = True
+                else:
+                    await self.tx.flush()
             if self.cfg.ktls:
                 est = hs.established()
                 session = KtlsSession(
@@ -369,16 +396,24 @@ class Connection:
             pos = end
 
     async def _close_notify(self) -> None:
+        """Queue our close_notify (once): the caller flushes it, with whatever precedes it."""
+        if self._closing:
+            return
+        self._closing = True
         if self.user is not None:
             await self._write_records(self.user.shutdown())
         elif self.ctl is not None:
             await self.tx.send(alert_bytes(WARNING, CLOSE_NOTIFY), TLS_RLTYPE_ALERT)
 
-    async def _linger(self) -> None:
+    async def linger(self) -> None:
         """Shut our side, then read and drop what the client still sends until it
-        closes, LINGER_TIME passes or LINGER_BYTES arrive (lingering close)."""
-        with contextlib.suppress(OSError):
+        closes, LINGER_TIME passes or LINGER_BYTES arrive (lingering close). Only
+        the host socket is used: the caller runs it after `teardown`, outside the
+        connection's slot."""
+        try:
             self.sock.shutdown(trio.socket.SHUT_WR)
+        except OSError:  # ENOTCONN: reset by the client, nothing left to read or protect
+            return
         got = 0
         with trio.move_on_after(LINGER_TIME), contextlib.suppress(OSError):
             while got < LINGER_BYTES:
@@ -398,9 +433,9 @@ class Connection:
                 if early:
                     self.h11.receive_data(early)
             await self._serve_requests()
-            await self._close_notify()
+            await self._close_notify()  # unless it left with the last response
             await self.tx.flush()
-            await self._linger()
+            self.linger_wanted = True
         except PeerAlert as e:
             log.debug("connection ended: %s", e)
         except (ClientGone, TlsError) as e:
@@ -415,6 +450,16 @@ class Connection:
             else:  # not the client's doing (EMFILE, EBADF, ENOSPC...): say so
                 log.warning("connection ended by a server-side error: %s", e)
 
+    def _recv_ready(self) -> bytes | None:
+        """What the host socket already holds (b"" at its end), without waiting;
+        None if nothing has arrived."""
+        try:
+            return os.read(self.sock.fileno(), RECV_SIZE)  # the socket is non-blocking
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise ClientGone(str(e)) from e
+
     async def _next_event(self) -> h11._events.Event | type[h11._util.Sentinel]:
         while True:
             event = self.h11.next_event()
@@ -423,14 +468,27 @@ class Connection:
             if self.eof:
                 self.h11.receive_data(b"")
                 continue
-            await self.tx.flush()  # never wait for the client with our bytes unsent
-            self.idle = self._head_deadline is None
-            deadline = self._idle_deadline if self._head_deadline is None else self._head_deadline
-            with trio.move_on_at(deadline) as cs:
-                data = await self._recv_plain()
-            self.idle = False
-            if cs.cancelled_caught:
-                raise trio.TooSlowError
+            raw = None
+            if self._unflushed:
+                # Right after the handshake: a request already here goes first, and
+                # our tickets leave with its response, in one write.
+                self._unflushed = False
+                raw = self._recv_ready()
+            if raw is not None:
+                data = await self._decode(raw)
+                if not data and raw and not self.eof:
+                    continue  # a partial record or a control record: flush and wait
+            else:
+                await self.tx.flush()  # never wait for the client with our bytes unsent
+                self.idle = self._head_deadline is None
+                deadline = (
+                    self._idle_deadline if self._head_deadline is None else self._head_deadline
+                )
+                with trio.move_on_at(deadline) as cs:
+                    data = await self._recv_plain()
+                self.idle = False
+                if cs.cancelled_caught:
+                    raise trio.TooSlowError
             if not data:
                 self.eof = True
             elif self._head_deadline is None:  # the next request has begun
@@ -557,6 +615,13 @@ class Connection:
         self._status = status
         self._sent = 0 if head_only or status in (204, 304) else len(body)
         await self._send(data)
+        await self._flush_response()
+
+    async def _flush_response(self) -> None:
+        """Wait until the response just queued is on the wire. When it is the last
+        one (h11 will close), our close_notify goes with it, in the same write."""
+        if self.h11.our_state is h11.MUST_CLOSE:
+            await self._close_notify()
         await self.tx.flush()
 
     async def _respond(self, req: h11.Request) -> None:
@@ -569,7 +634,8 @@ class Connection:
             return
         # h11 bounds only a head that arrives in pieces; one that came whole is
         # measured here (its size as sent, give or take whitespace).
-        size = len(method) + len(req.target) + 12 + sum(len(n) + len(v) + 4 for n, v in req.headers)
+        fields = list(req.headers)  # one pass over h11's Sequence
+        size = len(method) + len(req.target) + 12 + sum(len(n) + len(v) + 4 for n, v in fields)
         if size > self.cfg.max_header_size:
             stats["status_431"] += 1
             await self._send_simple(431, detail="request header fields too large", close=True)
@@ -578,7 +644,7 @@ class Connection:
             stats["status_505"] += 1
             await self._send_simple(505, detail="HTTP/1.x only", close=True)
             return
-        names = {n for n, _ in req.headers}
+        names = {n for n, _ in fields}
         if b"transfer-encoding" in names and b"content-length" in names:
             # RFC 9112 6.3: a smuggling attempt or a broken proxy; nginx refuses it too.
             stats["status_400"] += 1
@@ -620,31 +686,53 @@ class Connection:
         """--max-requests-per-connection reached: this response closes (keepalive_requests)."""
         return self.requests >= self.cfg.max_requests
 
+    def _file_head(self, reply: FileReply) -> bytes:
+        """The response head of a file, as h11 writes it for the fields Date, Server,
+        reply.headers, Content-Length and Connection, in that order.
+
+        h11 is given only the framing fields (Content-Length, Connection): they are
+        all its state machine and its framing look at, and it writes the status
+        line and those fields (adding `Connection: close` when it will close).
+        The other fields are ours, made from validated parts (server/static.py,
+        --cache-control checked at start), and go between the status line and
+        the framing fields, where h11 would have written them, without h11
+        validating them again on every response."""
+        connection = b"close" if self._last_request() else b"keep-alive" if self._keep10 else b""
+        key = (reply.status, reply.length, connection)
+        response = _framing_responses.get(key)
+        if response is None:
+            framing = [(b"Content-Length", b"%d" % reply.length)]
+            if connection:
+                framing.append((b"Connection", connection))
+            response = h11.Response(
+                status_code=reply.status, headers=framing, reason=reason(reply.status)
+            )
+            if len(_framing_responses) >= FRAMING_CACHE:
+                _framing_responses.clear()
+            _framing_responses[key] = response
+        out = self.h11.send(response)
+        assert out is not None
+        cut = out.index(b"\r\n") + 2  # after the status line
+        return b"%sDate: %s\r\nServer: %s\r\n%s%s" % (
+            out[:cut],
+            self.server.date.now(),
+            SERVER_NAME,
+            b"".join([b"%s: %s\r\n" % field for field in reply.headers]),
+            out[cut:],
+        )
+
     async def _send_file(self, reply: FileReply, head_only: bool) -> None:
         server = self.server
-        headers = [
-            (b"Date", server.date.now()),
-            (b"Server", SERVER_NAME),
-            *reply.headers,
-            (b"Content-Length", b"%d" % reply.length),
-        ]
-        if self._last_request():
-            headers.append((b"Connection", b"close"))
-        elif self._keep10:
-            headers.append((b"Connection", b"keep-alive"))
         self._status = reply.status
         self._sent = 0
-        head = self.h11.send(
-            h11.Response(status_code=reply.status, headers=headers, reason=reason(reply.status))
-        )
-        assert head is not None
+        head = self._file_head(reply)
         self._head_len = len(head)
         self._length = reply.length
         server.stats[f"status_{reply.status}"] += 1
         if head_only or reply.length == 0:
-            self.h11.send(h11.EndOfMessage())
+            self.h11.send(_END_OF_MESSAGE)
             await self._send(head)
-            await self.tx.flush()
+            await self._flush_response()
             return
         self.h11.send_with_data_passthrough(h11.Data(data=cast(bytes, _SendfileBody(reply.length))))
         pending = head  # bytes waiting to go out as the next sendfile's header
@@ -659,8 +747,8 @@ class Connection:
             pending = b""
         if pending:
             await self._send(pending)
-        self.h11.send(h11.EndOfMessage())
-        await self.tx.flush()
+        self.h11.send(_END_OF_MESSAGE)
+        await self._flush_response()
         self._sent = reply.length
         server.stats["body_bytes"] += sent
 
@@ -705,6 +793,6 @@ class Connection:
             off += n
 
     async def teardown(self) -> None:
+        """Free every kernel resource of the connection. The host socket stays open
+        for `linger`; the caller closes it."""
         await self.tx.teardown()
-        with trio.CancelScope(shield=True), contextlib.suppress(OSError):
-            self.sock.close()
