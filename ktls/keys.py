@@ -18,14 +18,15 @@
 # The secrets come from the key log (ktls/keylog.py).  Every input is checked
 # at this boundary - a 48-byte secret handed to a SHA-256 suite is a caller
 # bug that would otherwise produce a silently wrong key - and the work is then
-# done by `cryptography` (HKDFExpand, HMAC).  Nothing here touches I/O.
+# done in C: HKDF-Expand with the stdlib's HMAC, the TLS 1.2 PRF with
+# `cryptography`'s.  Nothing here touches I/O.
 from __future__ import annotations
 
+import hmac as stdlib_hmac
 from dataclasses import dataclass
 from typing import Final
 
 from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from ktls.suites import CipherSuite, TlsVersion
 
@@ -153,7 +154,20 @@ def hkdf_expand_label(
         + len(ctx).to_bytes(1, "big")
         + ctx
     )
-    return HKDFExpand(algorithm=alg(), length=n, info=info).derive(prk)
+    return _hkdf_expand(alg.name, prk, info, n)
+
+
+def _hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand of RFC 5869 2.3 with the stdlib's C HMAC (one HMAC for the
+    key and IV lengths TLS asks for; HKDFExpand's object set-up cost more)."""
+    out = b""
+    block = b""
+    i = 1
+    while len(out) < length:
+        block = stdlib_hmac.digest(prk, block + info + bytes((i,)), hash_name)
+        out += block
+        i += 1
+    return out[:length]
 
 
 def tls13_traffic_keys(suite: CipherSuite, traffic_secret: bytes) -> TrafficKeys:
