@@ -154,7 +154,7 @@ def hkdf_expand_label(
         + len(ctx).to_bytes(1, "big")
         + ctx
     )
-    return _hkdf_expand(alg.name, prk, info, n)
+    return _hkdf_expand(alg().name, prk, info, n)
 
 
 def _hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
