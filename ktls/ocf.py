@@ -14,6 +14,11 @@ in the page arena (the caller allocated the destination pages).
 The copies are in C: `b"".join` gathers the plaintext pages, `encrypt_into`
 writes ciphertext and tag into one scratch buffer (cryptography releases the
 GIL while it works), and slice assignment scatters it into the pages.
+
+Deliberate difference: ktls_encrypt builds one iovec entry per page; here
+physically contiguous pages are one entry (`pages_iov`), which changes no byte.
+The TLS 1.3 additional data is the record header itself (RFC 8446 5.2), as in
+ktls_ocf.c; its length field is checked against the payload.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from ktls.nonce import SEQNO_LIMIT
 from ktls.ocf import ktls_ocf_encrypt
 from ktls.suites import CipherSuite, TlsVersion
 from ktls.workers import KtlsWorkers
-from mbuf.kassert import kassert
+from mbuf.kassert import kassert, kpanic
 from mbuf.mb_unmapped import mb_free_mext_pgs
 from mbuf.mbuf import M_NOTREADY, MBUF_PEXT_FLAG_ANON, Mbuf
 from mbuf.param import PAGE_SIZE
@@ -163,7 +163,7 @@ class KtlsSession:
         while m is not None:
             pgs = m.ext_pgs  # MBUF_EXT_PGS_ASSERT: a mapped mbuf in a TLS chain trips it
             if m.m_len > max_len or m.m_data:
-                kassert(False, "ktls_frame: record of %d bytes", m.m_len)
+                kpanic("ktls_frame: record of %d bytes", m.m_len)
             pgs.hdr_len = hlen
             pgs.trail_len = tlen
             m.m_len += hlen + tlen
@@ -198,7 +198,7 @@ class KtlsSession:
         while n is not None and pages < page_count:
             pgs = n.ext_pgs
             if not n.m_flags & M_NOTREADY or pgs.tls is not self:
-                kassert(False, "ktls_enqueue: not a fresh record")
+                kpanic("ktls_enqueue: not a fresh record")
             records.append(n)
             pages += pgs.npgs
             n = n.m_next
@@ -315,7 +315,7 @@ class _EncryptBatch:
                 ext = r.m_ext
                 assert ext is not None and ext.ext_free is not None
                 if ext.ext_mref is not r:
-                    kassert(False, "ktls: record is not its storage's owner")
+                    kpanic("ktls: record is not its storage's owner")
                 ext.ext_free(r)  # releases the file pages
                 pgs.pa = dst
                 pgs.flags |= MBUF_PEXT_FLAG_ANON

@@ -6,6 +6,8 @@ because the whole point of the model is to show the invariants hold.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 
 class KernelAssertion(AssertionError):
     """An invariant of the modeled kernel was violated (a bug, never bad input)."""
@@ -16,3 +18,9 @@ def kassert(cond: object, fmt: str, *args: object) -> None:
     so an assertion on the hot path costs one test and a call."""
     if not cond:
         raise KernelAssertion(fmt % args if args else fmt)
+
+
+def kpanic(fmt: str, *args: object) -> NoReturn:
+    """panic(9) for a broken invariant, for hot paths that test the condition
+    inline (`if bad: kpanic(...)`) so that nothing is called when it holds."""
+    raise KernelAssertion(fmt % args if args else fmt)

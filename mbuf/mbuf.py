@@ -32,7 +32,7 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mbuf.kassert import kassert
+from mbuf.kassert import kassert, kpanic
 from mbuf.param import (
     MBUF_PEXT_HDR_LEN,
     MBUF_PEXT_MAX_PGS,
@@ -44,6 +44,7 @@ from mbuf.param import (
     PAGE_SIZE,
     PHYS_BASE,
 )
+from mbuf.vm_page import pages_contiguous
 
 if TYPE_CHECKING:
     from mbuf.kern import Kernel
@@ -219,7 +220,7 @@ class Mbuf:
     def ext_pgs(self) -> MbufExtPgs:
         ext = self.m_ext
         if ext is None or ext.ext_pgs is None or not self.m_flags & M_NOMAP:
-            kassert(False, "MBUF_EXT_PGS_ASSERT: not an unmapped mbuf")
+            kpanic("MBUF_EXT_PGS_ASSERT: not an unmapped mbuf")
         assert ext is not None and ext.ext_pgs is not None
         return ext.ext_pgs
 
@@ -246,7 +247,7 @@ def _mbuf_alloc(kern: Kernel, flags: int) -> Mbuf:
 
 def _mbuf_release(m: Mbuf) -> None:
     if m.m_flags & M_FREED:
-        kassert(False, "double free of %r", m)
+        kpanic("double free of %r", m)
     st = m.m_kern.stats.mb
     if m.m_ext is not None and m.m_ext.ext_type == EXT_SFBUF:
         st.sfbuf_mbufs_in_use -= 1
@@ -334,7 +335,7 @@ def mb_ext_release(mref: Mbuf) -> None:
         rext.ext_count = count
         return
     if count < 0:
-        kassert(False, "mb_free_ext: reference count underflow on %r", mref)
+        kpanic("mb_free_ext: reference count underflow on %r", mref)
     rext.ext_count = 0
     kern = mref.m_kern
     st = kern.stats.mb
@@ -379,7 +380,7 @@ def m_free(m: Mbuf) -> Mbuf | None:
     """m_free: free one mbuf (and its storage reference); return its successor."""
     flags = m.m_flags
     if flags & (M_FREED | M_ZOMBIE):
-        kassert(False, "m_free: use after free of %r", m)
+        kpanic("m_free: use after free of %r", m)
     n = m.m_next
     if flags & M_EXT:
         mb_free_ext(m)
@@ -434,19 +435,14 @@ def pages_iov(
     appended to `out`. Physically contiguous pages come back as one view, as
     busdma coalesces adjacent segments; the caller has checked the bounds."""
     last = npgs - 1
-    if last > 0 and pa[last] - pa[0] == last * PAGE_SIZE:
-        p0 = expect = pa[0]
-        for a in pa:
-            if a != expect:
-                break
-            expect += PAGE_SIZE
-        else:  # one physically contiguous run: byte b of the vector is at p0 + first_pg_off + b
-            if off + length > (npgs - 1) * PAGE_SIZE - first_pg_off + last_pg_len:
-                kassert(False, "pages_iov: %s+%s beyond the pages", off, length)
-            base = p0 - PHYS_BASE + first_pg_off + off
-            if length:
-                out.append(dmap[base : base + length])
-            return
+    if last > 0 and pages_contiguous(pa):
+        # One run: byte b of the vector is at pa[0] + first_pg_off + b.
+        if off + length > last * PAGE_SIZE - first_pg_off + last_pg_len:
+            kpanic("pages_iov: %s+%s beyond the pages", off, length)
+        base = pa[0] - PHYS_BASE + first_pg_off + off
+        if length:
+            out.append(dmap[base : base + length])
+        return
     run = -1  # arena offset of the run being built
     run_len = 0
     for i in range(npgs):
@@ -477,7 +473,7 @@ def pages_iov(
     if run_len:
         out.append(dmap[run : run + run_len])
     if length:
-        kassert(False, "pages_iov: %s bytes beyond the pages", length)
+        kpanic("pages_iov: %s bytes beyond the pages", length)
 
 
 def m_unmapped_iov(m: Mbuf, off: int, length: int) -> list[memoryview]:
@@ -485,13 +481,9 @@ def m_unmapped_iov(m: Mbuf, off: int, length: int) -> list[memoryview]:
     address through the direct map, trailer. `off` is relative to the mbuf's data
     (the trim offset `m_data` is added here). This is what m_unmappedtouio,
     uiomove_fromphys and busdma's unmapped loader do, without copying."""
-    ext = m.m_ext
-    if ext is None or ext.ext_pgs is None or not m.m_flags & M_NOMAP:
-        kassert(False, "MBUF_EXT_PGS_ASSERT: not an unmapped mbuf")
-    assert ext is not None and ext.ext_pgs is not None
-    pgs = ext.ext_pgs
+    pgs = m.ext_pgs
     if off < 0 or off + length > m.m_len:
-        kassert(False, "m_unmapped_iov: %s+%s > %s", off, length, m.m_len)
+        kpanic("m_unmapped_iov: %s+%s > %s", off, length, m.m_len)
     out: list[memoryview] = []
     off += m.m_data
     rem = length
@@ -591,7 +583,7 @@ def m_copym(m: Mbuf | None, off: int, length: int) -> Mbuf:
     rem = length
     while rem:
         if m is None:
-            kassert(False, "m_copym: chain too short")
+            kpanic("m_copym: chain too short")
         assert m is not None
         kern = m.m_kern
         n = _mbuf_alloc(kern, 0)

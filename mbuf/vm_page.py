@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mbuf.counters import VmStat
-from mbuf.kassert import kassert
+from mbuf.kassert import kassert, kpanic
 from mbuf.param import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PHYS_BASE
 
 if TYPE_CHECKING:
@@ -39,6 +39,21 @@ if TYPE_CHECKING:
 
 def _nothing() -> None:
     return None
+
+
+def pages_contiguous(pa: list[int]) -> bool:
+    """Whether the page vector `pa` is one physically contiguous ascending run."""
+    n = len(pa)
+    if n < 2:
+        return True
+    expect = pa[0]
+    if pa[-1] - expect != (n - 1) * PAGE_SIZE:
+        return False
+    for a in pa:
+        if a != expect:
+            return False
+        expect += PAGE_SIZE
+    return True
 
 
 class VmPage:
@@ -88,10 +103,11 @@ class PhysMem:
         self.pages = [VmPage(PHYS_BASE + (i << PAGE_SHIFT)) for i in range(self.npages)]
         # Pop from the end: low frames first, which makes small runs readable.
         self._free = list(range(self.npages - 1, -1, -1))
-        # Free contiguous runs by length (start frames): what vm_phys's buddy
-        # queues give the kernel. A record's ciphertext pages go back as one run
-        # and come out as one, so they stay one DMA segment; singles never split them
-        # until the single frames run out.
+        # Free contiguous runs by length (start frames). Deliberate simplification:
+        # the kernel's vm_phys keeps free pages in buddy queues by power-of-two
+        # order and merges neighbours; the model only caches what was freed as a
+        # run, so a record's ciphertext pages come back out as one run (one DMA
+        # segment). Singles never split a cached run until single frames run out.
         self._runs: dict[int, list[int]] = {}
         self._run_frames = 0
         # Unwired valid file pages in least-recently-used order (the inactive queue).
@@ -117,7 +133,7 @@ class PhysMem:
         """PHYS_TO_DMAP: a view of `length` bytes at `off` within the page at `pa`."""
         if pa & PAGE_MASK or off < 0 or off + length > PAGE_SIZE:
             kassert(pa & PAGE_MASK == 0, "phys_view: unaligned page address %#x", pa)
-            kassert(False, "phys_view: %s+%s leaves the page", off, length)
+            kpanic("phys_view: %s+%s leaves the page", off, length)
         base = pa - PHYS_BASE + off
         return self.dmap[base : base + length]
 
@@ -215,9 +231,9 @@ class PhysMem:
 
     def pages_alloc_anon(self, n: int, reserved: bool = False) -> list[int] | None:
         """n anonymous pages at once (page_alloc_anon n times): their physical
-        addresses, or None (nothing taken) when memory is short. Frames come off
-        the free list in ascending order where it allows, so a vector freed by
-        `pages_free_anon` is handed out again as the same contiguous run."""
+        addresses, or None (nothing taken) when memory is short. A cached run of
+        exactly n frames is taken whole; otherwise single frames, ascending where
+        the free list allows."""
         if reserved:
             kassert(self.reserved >= n, "page allocation of %s from a reservation of %s",
                     n, self.reserved)  # fmt: skip
@@ -260,17 +276,13 @@ class PhysMem:
             frame = (pa - PHYS_BASE) >> PAGE_SHIFT
             pg = pages[frame]
             if not pg.anon or pg.wire_count != 1:
-                kassert(False, "page_free_anon: %s", pg)
+                kpanic("page_free_anon: %s", pg)
             pg.anon = False
             pg.wire_count = 0
             pg.valid = False
             frames.append(frame)
         n = len(pas)
-        if (
-            n > 1
-            and frames[-1] - frames[0] == n - 1
-            and frames == list(range(frames[0], frames[0] + n))
-        ):
+        if n > 1 and pages_contiguous(pas):
             self._runs.setdefault(n, []).append(frames[0])
             self._run_frames += n
         else:

@@ -204,6 +204,29 @@ def _inside(root: str, real: str) -> bool:
     return os.path.commonpath((root, real)) == root
 
 
+def _open_dirs(base: str, names: list[str]) -> int:
+    """An O_PATH fd of the directory `names` lead to below directory `base`,
+    walked one component at a time with O_NOFOLLOW. Raises OSError from the
+    first failing step (a symlink on the way fails with ELOOP or ENOTDIR)."""
+    fd = os.open(base, _O_DIRWALK)
+    try:
+        for name in names:
+            nfd = os.open(name, _O_DIRWALK, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _stat_entry(fd: int, name: str) -> tuple[os.stat_result, bool]:
+    """The lstat of `name` in directory `fd` and whether a regular file is readable."""
+    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    readable = os.access(name, os.R_OK, dir_fd=fd) if stat_mod.S_ISREG(st.st_mode) else True
+    return st, readable
+
+
 def _walk(base: str, components: list[str]) -> tuple[os.stat_result, bool]:
     """Walk `components` below directory `base` without following symlinks.
 
@@ -211,18 +234,11 @@ def _walk(base: str, components: list[str]) -> tuple[os.stat_result, bool]:
     none) and whether it is readable by this process.  Raises OSError from the
     first failing step; a component that is a symlink fails with ELOOP or
     ENOTDIR (intermediate) or comes back as S_ISLNK (last)."""
-    fd = os.open(base, _O_DIRWALK)
+    fd = _open_dirs(base, components[:-1])
     try:
-        for name in components[:-1]:
-            nfd = os.open(name, _O_DIRWALK, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
         if not components:
             return os.fstat(fd), True
-        last = components[-1]
-        st = os.stat(last, dir_fd=fd, follow_symlinks=False)
-        readable = os.access(last, os.R_OK, dir_fd=fd) if stat_mod.S_ISREG(st.st_mode) else True
-        return st, readable
+        return _stat_entry(fd, components[-1])
     finally:
         os.close(fd)
 
@@ -256,21 +272,12 @@ def _lexical_components(root: str, lexical: str) -> list[str] | None:
 
 
 def _open_lexical_dir(root: str, components: list[str]) -> int | None:
-    """An O_PATH fd of the directory `components` name below `root`, walked with
-    O_NOFOLLOW; None if the walk fails (a symlink on the way, or anything else)."""
+    """`_open_dirs` for the fast path: None if the walk fails (a symlink on the
+    way, or anything else), and the caller takes the full path."""
     try:
-        fd = os.open(root, _O_DIRWALK)
+        return _open_dirs(root, components)
     except OSError:
         return None
-    try:
-        for name in components:
-            nfd = os.open(name, _O_DIRWALK, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def _walk_lexical(root: str, lexical: str) -> tuple[os.stat_result, bool] | Resolution | None:
@@ -290,14 +297,12 @@ def _walk_lexical(root: str, lexical: str) -> tuple[os.stat_result, bool] | Reso
     try:
         if not components:
             return os.fstat(fd), True
-        last = components[-1]
         try:
-            st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+            st, readable = _stat_entry(fd, components[-1])
         except FileNotFoundError:
             return _not_found("walk: ENOENT")
         if stat_mod.S_ISLNK(st.st_mode):
             return None
-        readable = os.access(last, os.R_OK, dir_fd=fd) if stat_mod.S_ISREG(st.st_mode) else True
         return st, readable
     except OSError:
         return None
@@ -325,9 +330,8 @@ def locate_siblings(
     try:
         assert components
         for suffix in suffixes:
-            name = components[-1] + suffix
             try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                st, readable = _stat_entry(fd, components[-1] + suffix)
             except FileNotFoundError:
                 out.append(None)  # definitive below symlink-free directories
                 continue
@@ -336,7 +340,6 @@ def locate_siblings(
             if st is None or stat_mod.S_ISLNK(st.st_mode):
                 out.append(locate_str(root, path + suffix, follow_symlinks=follow_symlinks))
                 continue
-            readable = os.access(name, os.R_OK, dir_fd=fd) if stat_mod.S_ISREG(st.st_mode) else True
             out.append((path + suffix, st, readable))
     finally:
         os.close(fd)
@@ -423,12 +426,8 @@ def open_directory(root: pathlib.Path, directory: pathlib.Path, *, follow_symlin
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     if not components:
         return os.open(base, flags)
-    fd = os.open(base, _O_DIRWALK)
+    fd = _open_dirs(base, components[:-1])
     try:
-        for name in components[:-1]:
-            nfd = os.open(name, _O_DIRWALK, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
         return os.open(components[-1], flags, dir_fd=fd)
     finally:
         os.close(fd)

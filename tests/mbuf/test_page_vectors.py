@@ -155,3 +155,15 @@ def test_cached_runs_are_free_memory_before_any_eviction() -> None:
         assert pg is not None
         phys.page_free_anon(pg)
     assert vm.pages_free == 64 and not kern.leaks()
+
+
+@pytest.mark.parametrize(
+    ("frames", "one_run"),
+    [([], True), ([7], True), ([3, 4, 5], True), ([3, 5, 4, 6], False), ([5, 4], False),
+     ([3, 4, 6], False)],
+)  # fmt: skip
+def test_pages_contiguous(frames: list[int], one_run: bool) -> None:
+    from mbuf.param import PHYS_BASE
+    from mbuf.vm_page import pages_contiguous
+
+    assert pages_contiguous([PHYS_BASE + f * PAGE_SIZE for f in frames]) is one_run
