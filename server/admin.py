@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import h11
 import trio
 
+from server.http.responses import DateCache, simple_response
 from server.listen import serve_listeners
-from server.responses import DateCache, simple_response
 
 
 class AdminSource(Protocol):

@@ -49,10 +49,10 @@ from server.admin import serve_admin
 from server.certs import CertificateError, ensure_self_signed, fingerprint, load_check
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
+from server.http.responses import DateCache
+from server.http.static import Site
 from server.listen import listeners_from_fds, serve_listeners
-from server.responses import DateCache
 from server.shutdown import drain
-from server.static import Site
 from server.txpath import VmWaitQueue
 from server.worker import serve_control
 

@@ -58,8 +58,8 @@ from ktls.handshake import TlsError, TlsHandshake, UserTls
 from ktls.session import KtlsSession
 from mbuf.socket import TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE, Socket
 from mbuf.tcp_output import TcpCb
-from server.responses import ALLOW, SERVER_NAME, error_body, reason, simple_response
-from server.static import FileReply, Listing, Simple, plan
+from server.http.responses import ALLOW, SERVER_NAME, error_body, reason, simple_response
+from server.http.static import FileReply, Listing, Simple, plan
 from server.txpath import KernelTx
 
 if TYPE_CHECKING:
@@ -693,7 +693,7 @@ class Connection:
         h11 is given only the framing fields (Content-Length, Connection): they are
         all its state machine and its framing look at, and it writes the status
         line and those fields (adding `Connection: close` when it will close).
-        The other fields are ours, made from validated parts (server/static.py,
+        The other fields are ours, made from validated parts (server/http/static.py,
         --cache-control checked at start), and go between the status line and
         the framing fields, where h11 would have written them, without h11
         validating them again on every response."""

@@ -66,8 +66,8 @@ import trio
 from server.admin import serve_admin
 from server.app import announce, certificate, open_admin
 from server.config import ServerConfig
+from server.http.responses import DateCache
 from server.listen import reuseport_sockets
-from server.responses import DateCache
 from server.worker import LineChannel
 
 log = logging.getLogger("nomapd")

@@ -11,8 +11,8 @@ import pytest
 
 from server import connection as connection_mod
 from server.connection import Connection, _responder
-from server.responses import SERVER_NAME, reason
-from server.static import FileReply
+from server.http.responses import SERVER_NAME, reason
+from server.http.static import FileReply
 
 DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
 FIELDS = [

@@ -1,4 +1,4 @@
-"""server.mime: Content-Type by extension, host-independent."""
+"""server.http.mime: Content-Type by extension, host-independent."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server import mime
-from server.mime import content_type
+from server.http import mime
+from server.http.mime import content_type
 
 OCTET = "application/octet-stream"
 
@@ -148,7 +148,7 @@ def test_host_mime_types_file_is_ignored(
 # The bundled demo site: every file has a sensible type, and the samples are
 # byte-for-byte what SHA256SUMS and the index page say they are.
 
-DEMO = pathlib.Path(mime.__file__).parent / "demo_site"
+DEMO = pathlib.Path(mime.__file__).parent.parent / "demo_site"
 
 
 def test_demo_site_types() -> None:

@@ -7,7 +7,7 @@ import time
 
 import h11
 
-from server.httpfields import http_date
+from server.http.httpfields import http_date
 
 SERVER_NAME = b"nomapd"
 ALLOW = b"GET, HEAD, OPTIONS"

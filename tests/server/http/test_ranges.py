@@ -1,4 +1,4 @@
-"""server.ranges and server.multipart: Range parsing (RFC 9110 14) and byteranges bodies."""
+"""server.http.ranges and .multipart: Range parsing (RFC 9110 14) and byteranges bodies."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.httpfields import http_date
-from server.multipart import byteranges_plan, new_boundary
-from server.ranges import UNSATISFIABLE, if_range_allows, parse_range
-from server.static import FileReply, Site, plan
+from server.http.httpfields import http_date
+from server.http.multipart import byteranges_plan, new_boundary
+from server.http.ranges import UNSATISFIABLE, if_range_allows, parse_range
+from server.http.static import FileReply, Site, plan
 
 L = 10_000
 

@@ -1,4 +1,4 @@
-"""server.httpfields: IMF-fixdate and strong ETags."""
+"""server.http.httpfields: IMF-fixdate and strong ETags."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.httpfields import http_date, strong_etag
+from server.http.httpfields import http_date, strong_etag
 
 IMF_FIXDATE = re.compile(
     rb"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d "

@@ -1,4 +1,4 @@
-"""server.resolve: request-target -> file under a document root, and every refusal."""
+"""server.http.resolve: request-target -> file under a document root, and every refusal."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server import resolve as resolve_mod
-from server.resolve import Resolution, ResolveStatus, resolve_target
+from server.http import resolve as resolve_mod
+from server.http.resolve import Resolution, ResolveStatus, resolve_target
 from tests.privdrop import as_unprivileged
 
 FILE = ResolveStatus.FILE
@@ -515,7 +515,7 @@ def test_property_file_is_inside_root(
 
 def test_control_pattern_is_unicode_category_cc() -> None:
     """The regex that refuses control characters matches exactly category Cc."""
-    from server.resolve import _CONTROL
+    from server.http.resolve import _CONTROL
 
     for cp in range(0x110000):
         if 0xD800 <= cp <= 0xDFFF:

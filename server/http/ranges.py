@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from typing import Final, Literal
 
-from server.conditional import parse_http_date
+from server.http.conditional import parse_http_date
 
 Ranges = list[tuple[int, int]]
 UNSATISFIABLE: Final = "unsatisfiable"

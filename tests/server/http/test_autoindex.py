@@ -1,4 +1,4 @@
-"""server.autoindex and the DIRECTORY resolution: nginx-style listings that are safe to click."""
+"""server.http.autoindex and DIRECTORY resolution: nginx-style listings that are safe to click."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.autoindex import MAX_ENTRIES, render_listing
-from server.resolve import ResolveStatus, name_is_servable, open_directory, resolve_target
+from server.http.autoindex import MAX_ENTRIES, render_listing
+from server.http.resolve import ResolveStatus, name_is_servable, open_directory, resolve_target
 from tests.privdrop import as_unprivileged
 
 DIRECTORY = ResolveStatus.DIRECTORY

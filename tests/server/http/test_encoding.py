@@ -1,4 +1,4 @@
-"""server.encoding: Accept-Encoding (RFC 9110 12.5.3) and precompressed sidecars."""
+"""server.http.encoding: Accept-Encoding (RFC 9110 12.5.3) and precompressed sidecars."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.encoding import SIDECARS, choose_encoding, find_sidecars, parse_accept_encoding
-from server.resolve import ResolveStatus, resolve_target
+from server.http.encoding import SIDECARS, choose_encoding, find_sidecars, parse_accept_encoding
+from server.http.resolve import ResolveStatus, resolve_target
 from tests.privdrop import as_unprivileged
 
 # --- parse_accept_encoding ---------------------------------------------------

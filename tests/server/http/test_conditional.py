@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.conditional import evaluate, parse_etags, parse_http_date
-from server.httpfields import http_date
+from server.http.conditional import evaluate, parse_etags, parse_http_date
+from server.http.httpfields import http_date
 
 ETAG = b'"1a-400-17f"'
 MTIME = 1_700_000_000.75  # Last-Modified is this second: ..:..:20 GMT, fraction dropped

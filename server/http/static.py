@@ -1,10 +1,10 @@
 """What a GET or HEAD for a path answers: nginx's static module, decided before any byte is sent.
 
-`plan(req, site)` resolves the target (`server.resolve`), picks the
+`plan(req, site)` resolves the target (`server.http.resolve`), picks the
 representation (a precompressed `FILE.br` / `FILE.gz` sidecar when the
-client's Accept-Encoding prefers it, `server.encoding`), opens it, evaluates
-the preconditions (`server.conditional`, RFC 9110 13.2.2) and then the Range
-(`server.ranges`, after If-Range), and returns a `Reply`:
+client's Accept-Encoding prefers it, `server.http.encoding`), opens it, evaluates
+the preconditions (`server.http.conditional`, RFC 9110 13.2.2) and then the Range
+(`server.http.ranges`, after If-Range), and returns a `Reply`:
 
 * `Simple`: a status with a small in-memory body (errors, redirects, 304,
   416);
@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 
 import h11
 
-from server.autoindex import render_listing
-from server.conditional import evaluate
-from server.encoding import choose_encoding, find_sidecars
-from server.httpfields import http_date, strong_etag
-from server.mime import content_type
-from server.multipart import Piece, byteranges_plan, new_boundary
-from server.ranges import UNSATISFIABLE, if_range_allows, parse_range
-from server.resolve import ResolveStatus, resolve_target
+from server.http.autoindex import render_listing
+from server.http.conditional import evaluate
+from server.http.encoding import choose_encoding, find_sidecars
+from server.http.httpfields import http_date, strong_etag
+from server.http.mime import content_type
+from server.http.multipart import Piece, byteranges_plan, new_boundary
+from server.http.ranges import UNSATISFIABLE, if_range_allows, parse_range
+from server.http.resolve import ResolveStatus, resolve_target
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ import stat as stat_mod
 from collections.abc import Sequence
 from typing import Final
 
-from server.resolve import locate_siblings
+from server.http.resolve import locate_siblings
 
 __all__ = ["SIDECARS", "choose_encoding", "find_sidecars", "parse_accept_encoding"]
 

@@ -60,7 +60,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Final
 
-from server.resolve import locate, name_is_servable, open_directory
+from server.http.resolve import locate, name_is_servable, open_directory
 
 __all__ = ["MAX_ENTRIES", "MAX_SCANNED", "render_listing"]
 
