@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ktls.handshake import TlsError
+from ktls.errors import TlsError
 
 WARNING: Final = 1
 FATAL: Final = 2

@@ -46,12 +46,12 @@ from ktls.alerts import (
     RecordError,
     alert_bytes,
 )
-from ktls.handshake import Established
 from ktls.keys import TrafficKeys, tls13_next_traffic_secret, tls13_traffic_keys
 from ktls.rx import CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, KtlsRxSession
 from ktls.suites import TlsVersion
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a name in an annotation: ktls.handshake loads pyOpenSSL at run time
+    from ktls.handshake import Established
     from mbuf.counters import KtlsStat
 
 HT_CLIENT_HELLO = 1

@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from OpenSSL import SSL
 
+from ktls.errors import TlsError as TlsError  # server.connection imports it from here
 from ktls.keylog import KeyLog
 from ktls.keys import TrafficKeys, tls12_key_block, tls13_traffic_keys
 from ktls.nonce import tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce
@@ -56,10 +57,6 @@ MAX_HANDSHAKE_RECORDS = 64
 _VERSIONS = {"TLSv1.2": TlsVersion.TLS12, "TLSv1.3": TlsVersion.TLS13}
 # The key log lines `established()` reads; a connection keeps no other secret.
 _KEYLOG_NEEDED = (b"CLIENT_TRAFFIC_SECRET_0 ", b"SERVER_TRAFFIC_SECRET_0 ", b"CLIENT_RANDOM ")
-
-
-class TlsError(Exception):
-    """The handshake failed or the peer misbehaved; the connection must close."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
-"""ktls (and the mbuf model under it) is sans-IO: importing it never loads trio.
+"""ktls (and the mbuf model under it) is sans-IO: importing it never loads trio,
+and no module of it but `ktls.handshake` loads pyOpenSSL.
 
-Checked in a fresh interpreter, since this one has trio loaded by pytest-trio.
-The module list comes from the package directory, so a new module is covered
-without editing this test.
+Checked in a fresh interpreter, since this one has trio loaded by pytest-trio
+(and OpenSSL by the server's tests). The module lists come from the package
+directory, so a new module is covered without editing this test.
+tests/test_arrows.py checks the same arrows in the source, without importing.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ if mode == "walk":
     for info in pkgutil.iter_modules(pkg.__path__, name + "."):
         importlib.import_module(info.name)
         names.append(info.name)
-trio = sorted(m for m in sys.modules if m == "trio" or m.startswith("trio."))
-print(json.dumps({"imported": names, "trio": trio}))
+def loaded(top):
+    return sorted(m for m in sys.modules if m == top or m.startswith(top + "."))
+print(json.dumps({"imported": names, "trio": loaded("trio"), "OpenSSL": loaded("OpenSSL")}))
 """
 
 
@@ -60,7 +63,24 @@ def test_importing_does_not_load_trio(package: object) -> None:
     assert result["trio"] == []
 
 
+# The one module that drives OpenSSL (its handshake, over memory BIOs).
+HANDSHAKE = "ktls.handshake"
+
+
+@pytest.mark.parametrize("name", sorted(modules_of(ktls) - {HANDSHAKE}))
+def test_the_record_layer_does_not_load_openssl(name: str) -> None:
+    result = import_in_fresh_interpreter("one", name)
+    assert result["imported"] == [name]
+    assert result["OpenSSL"] == []
+    assert result["trio"] == []
+
+
 def test_the_probe_does_see_trio() -> None:
     """The control: the server's transmit path is the trio side, and the probe notices."""
     result = import_in_fresh_interpreter("one", "server.txpath")
     assert "trio" in result["trio"]
+
+
+def test_the_probe_does_see_openssl() -> None:
+    """The control: the handshake module is the OpenSSL side, and the probe notices."""
+    assert "OpenSSL" in import_in_fresh_interpreter("one", HANDSHAKE)["OpenSSL"]
