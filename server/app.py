@@ -7,7 +7,7 @@ accepting through EMFILE/ENFILE/ENOMEM/ENOBUFS by logging, sleeping and
 retrying. The admin listener (plain HTTP, loopback unless `--admin-public`)
 serves the counters at /stats.
 
-With `--workers N` (N > 1) this process is the supervisor instead
+With `--workers N` (N > 1) the command line starts the supervisor instead
 (server/supervisor.py), and each worker is this module again with
 `--worker-index`: listening sockets inherited from the supervisor, no admin
 listener and no start-up lines of its own, its counters answered over its
@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pathlib
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -41,18 +40,17 @@ from OpenSSL import SSL
 
 from ktls.handshake import make_server_context
 from ktls.workers import KtlsWorkers
-from mbuf.ifnet import IfCap
 from mbuf.kern import Kernel
 from server import errorlog
 from server.accesslog import AccessLog
 from server.admin import serve_admin
-from server.certs import CertificateError, ensure_self_signed, fingerprint, load_check
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
 from server.http.responses import DateCache
 from server.http.static import Site
 from server.listen import listeners_from_fds, serve_listeners
 from server.shutdown import drain
+from server.startup import announce, certificate, mode_name, open_admin
 from server.txpath import VmWaitQueue
 from server.worker import serve_control
 
@@ -274,66 +272,9 @@ class Server:
         return conn
 
 
-def certificate(cfg: ServerConfig) -> tuple[pathlib.Path, pathlib.Path, str]:
-    """Certificate, key and SHA-256 fingerprint (the self-signed pair, made on first use)."""
-    try:
-        if cfg.cert is None or cfg.key is None:
-            files = ensure_self_signed()
-            return files.cert, files.key, files.fingerprint_sha256
-        load_check(cfg.cert, cfg.key)
-        return cfg.cert, cfg.key, fingerprint(cfg.cert)
-    except CertificateError as e:
-        raise ConfigError(str(e)) from e
-
-
-def mode_name(cfg: ServerConfig) -> str:
-    if cfg.http:
-        return "http"
-    return "ktls" if cfg.ktls else "user-tls"
-
-
-def announce(
-    cfg: ServerConfig,
-    fingerprint_: str,
-    listening: list[tuple[str, int]],
-    admin: tuple[str, int] | None,
-    extra: str = "",
-) -> None:
-    """The start-up lines (tests and the bench read the ports from them)."""
-    if cfg.keylog is not None:  # first, so that nobody misses it
-        print(f"nomapd: WARNING: writing TLS secrets to {cfg.keylog} (--keylog)", flush=True)
-    scheme = "http" if cfg.http else "https"
-    for host, port in listening:
-        shown = f"[{host}]" if ":" in host else host
-        print(f"nomapd: serving {cfg.root.resolve()} on {scheme}://{shown}:{port}/", flush=True)
-    if fingerprint_:
-        print(f"nomapd: certificate SHA-256 fingerprint {fingerprint_}", flush=True)
-    if admin:
-        print(f"nomapd: counters on http://{admin[0]}:{admin[1]}/stats (nomapd stat)", flush=True)
-    caps = cfg.capenable()
-    names = ",".join(f.name.removeprefix("IFCAP_") for f in IfCap if f.name and caps & f.value)
-    print(
-        f"nomapd: mode {mode_name(cfg)}; nm0 options=<{names or 'none'}>; "
-        f"sendfile {'unmapped' if cfg.sendfile_nomap else 'sf_buf'}; "
-        f"phys-mem {cfg.phys_mem >> 20}M; ktls workers {cfg.ktls_workers}{extra}",
-        flush=True,
-    )
-
-
 def _addr(lst: trio.SocketListener) -> tuple[str, int]:
     host, port = lst.socket.getsockname()[:2]
     return host, port
-
-
-async def open_admin(cfg: ServerConfig) -> list[trio.SocketListener] | None:
-    if cfg.admin is None:
-        return None
-    try:
-        return await trio.open_tcp_listeners(cfg.admin[1], host=cfg.admin[0])
-    except OSError as e:
-        raise ConfigError(
-            f"cannot listen on admin {cfg.admin[0]}:{cfg.admin[1]}: {e.strerror}"
-        ) from e
 
 
 async def _serve(server: Server) -> None:
@@ -392,12 +333,9 @@ async def _on_signals(server: Server, signals: AsyncIterator[int]) -> None:
 
 
 def run_server(cfg: ServerConfig) -> int:
+    """One server process: alone (`--workers 1`) or one worker of the supervisor's."""
     who = "" if cfg.worker_index is None else f"worker {cfg.worker_index}"
     errorlog.setup(cfg.log_level, who)
-    if cfg.workers > 1 and cfg.worker_index is None:
-        from server.supervisor import run_supervisor  # which imports this module
-
-        return run_supervisor(cfg)
     server = Server(cfg)
     server.setup_tls()
     trio.run(_serve, server)

@@ -191,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_stat(parse_hostport(ns.admin, "--admin"), as_json=ns.json)
         cfg = config_from_args(ns)
         cfg.argv = tuple(argv)  # --workers: the supervisor runs it again for each worker
+        if cfg.workers > 1 and cfg.worker_index is None:
+            from server.supervisor import run_supervisor
+
+            return run_supervisor(cfg)
         from server.app import run_server
 
         return run_server(cfg)

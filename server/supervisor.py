@@ -63,11 +63,12 @@ from typing import Any
 
 import trio
 
+from server import errorlog
 from server.admin import serve_admin
-from server.app import announce, certificate, open_admin
 from server.config import ServerConfig
 from server.http.responses import DateCache
 from server.listen import reuseport_sockets
+from server.startup import announce, certificate, open_admin
 from server.worker import LineChannel
 
 log = logging.getLogger("nomapd")
@@ -393,6 +394,8 @@ class Supervisor:
 
 
 def run_supervisor(cfg: ServerConfig) -> int:
+    """The supervisor process of `--workers N` (N > 1)."""
+    errorlog.setup(cfg.log_level)
     sup = Supervisor(cfg)
     if not cfg.http:
         sup.fingerprint = certificate(cfg)[2]  # made once here, not raced by N workers
