@@ -17,7 +17,9 @@ Modules, each named for what it models:
   workloads and their files; `plan`: the order of runs (rows alternated);
 - `install`: the setup step (apt-get for wrk, nghttp2-client, nginx; the peers
   venv for hypercorn, Starlette and matplotlib); `machine`: the machine and
-  versions; `docroot`: the files; `servers`: starting and stopping servers;
+  versions; `docroot`: the files; `loopback`: the address, the TLS name and
+  free ports; `cert`: the self-signed certificate; `servers`: starting and
+  stopping servers;
   `peer_app`: the Starlette app hypercorn serves; `tlsprobe`: what TLS each
   server negotiates;
 - `wrk`, `h2load`: command lines and output parsers, into `load.LoadResult`;
@@ -28,8 +30,8 @@ Modules, each named for what it models:
   report.md; `charts`: the PNGs (run in the peers venv);
 - `cli`: the command line.
 
-The bench runs from the checkout (it imports `tools.nginx_compare` and starts
-`python -m server`). This package's `__init__` imports nothing, so that the
+The bench runs from the checkout (it starts `python -m server`, and imports
+nothing of `server` or `tools`). This package's `__init__` imports nothing, so that the
 peers venv can import `bench.peer_app` and `bench.charts` without the
 project's dependencies.
 """

@@ -9,7 +9,7 @@
    and matplotlib. What is still missing is reported, and its runs recorded
    as failed.
 3. A temporary directory with the document root (`bench.docroot`), the
-   certificate (`tools/nginx_compare.make_cert`), the servers' logs and
+   certificate (`bench.cert`), the servers' logs and
    configuration; removed at the end (`--keep` keeps it).
 4. The runs (`bench.runner`), with a progress line on stderr.
 5. Results in `bench/results/<UTC time>/` (`--results` for another base):
@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 
 from bench import docroot, install, machine
+from bench.cert import make_cert
 from bench.plan import TOOLS, make_plan
 from bench.progress import Progress
 from bench.report import markdown, terminal_table
@@ -45,7 +46,6 @@ from bench.runner import Runner
 from bench.servers import READY_PATH, Setting
 from bench.summary import Summary
 from bench.workloads import MIB, workloads
-from tools.nginx_compare import make_cert
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

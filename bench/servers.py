@@ -2,8 +2,8 @@
 
 Every server listens on 127.0.0.1, on a port picked free just before it
 starts, serves the same document root, and for HTTPS uses the same
-self-signed P-256 certificate (made by `tools/nginx_compare.make_cert`, the
-way `tools/nginx_compare.py` runs nginx and nomapd side by side). Each is
+self-signed P-256 certificate (`bench.cert`; `tools/nginx_compare` runs nginx
+and nomapd side by side the same way). Each is
 started in its own session (`start_new_session`), so stopping it is one
 SIGTERM to its process group (nginx's worker and hypercorn's worker go with
 their parents), then SIGKILL after 10 s.
@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import procfs
+from bench.loopback import HOST, free_port
 from bench.rows import HYPERCORN, NGINX, NOMAPD, Row
-from tools.nginx_compare import HOST, free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 READY_PATH = "/1k.bin"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from tools.nginx_compare import HOST, SNI
+from bench.loopback import HOST, SNI
 
 
 def _get(
