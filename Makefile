@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 ARGS   ?=
+# What ruff checks and formats (mypy's list is `files` in pyproject.toml; tests/test_lint.py reads this line).
+LINT_PATHS = server mbuf ktls bench tools tests
 
 .PHONY: serve test lint bench stat clean
 
@@ -20,8 +22,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check server mbuf ktls bench tests
-	$(VENV)/bin/ruff format --check server mbuf ktls bench tests
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
 stat: $(VENV)/.installed

@@ -9,13 +9,19 @@ import sys
 import pytest
 
 TOP = pathlib.Path(__file__).resolve().parent.parent
+# The Makefile's one list: `LINT_PATHS = server mbuf ...`.
+LINT_PATHS = next(
+    line.partition("=")[2].split()
+    for line in (TOP / "Makefile").read_text().splitlines()
+    if line.startswith("LINT_PATHS")
+)
 
 
 @pytest.mark.parametrize(
     "args",
     [
-        ["ruff", "check", "server", "mbuf", "ktls", "bench", "tests"],
-        ["ruff", "format", "--check", "server", "mbuf", "ktls", "bench", "tests"],
+        ["ruff", "check", *LINT_PATHS],
+        ["ruff", "format", "--check", *LINT_PATHS],
         ["mypy"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
