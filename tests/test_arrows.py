@@ -6,16 +6,25 @@ and under `if TYPE_CHECKING:`. `check_arrows` holds them to `RULES`:
 
 * the package rules count every import, TYPE_CHECKING-only ones included. They
   never run, but an arrow is an arrow: a kernel module that names a server type
-  in an annotation depends on the server, and a checker or a compiler (mypy,
-  mypyc) follows it;
-* the cycle rule counts run-time imports only (module level, not under
-  TYPE_CHECKING, not inside a function): those are the ones executed when a
-  module is imported, so a circle of them means some module is used half
-  initialised. A function-local import runs later and cannot be half done;
-  a TYPE_CHECKING import never runs. Every cycle is printed.
+  in an annotation depends on the server, and the checkers and compilers that
+  read annotations (mypy, mypyc) follow it;
+* sans-IO: no kernel module imports trio or pyOpenSSL (`OpenSSL`), except
+  `ktls.handshake`, which drives OpenSSL's handshake; and no other kernel module
+  runs `ktls.handshake` when it is imported (module-level imports, followed
+  through our modules: `ktls.rx -> ktls.alerts -> ktls.handshake` would load
+  OpenSSL). tests/ktls/test_sans_io.py proves the same by importing;
+* no import cycle at run time: the graph of module-level imports (not under
+  TYPE_CHECKING, not inside a function), whose circles leave a module used half
+  initialised. A second graph adds the function-local imports: a circle there
+  is the same two-way arrow, only hidden by deferring one side (as `server.app`
+  once imported `server.supervisor` inside `run_server`, "which imports this
+  module"). TYPE_CHECKING arrows back (`server.worker` naming `server.app.Server`
+  in an annotation) close no cycle. Every cycle is printed, module by module.
 
 The table covers the packages that do not exist yet (bpf, netmap, userland):
-they are checked the day their directory appears. tests/ is not checked: tests
+they are checked the day their directory appears. What it cannot see: that
+userland takes only the kernel's *headers* (no header modules exist yet), and
+what bench and tools run through a command line. tests/ is not checked: tests
 may import anything.
 """
 
