@@ -89,13 +89,14 @@ TLS_PROFILES = {"intermediate": SSL.TLS1_2_VERSION, "modern": SSL.TLS1_3_VERSION
 def _set_groups(ctx: SSL.Context, groups: str) -> None:
     """SSL_CTX_set1_groups_list: pyOpenSSL has no method for it, cryptography's
     binding has it (as the older alias SSL_CTX_set1_curves_list) since 47."""
-    lib = Binding.lib
+    lib = Binding().lib  # the instance makes sure OpenSSL is initialised
     set_list = getattr(lib, "SSL_CTX_set1_groups_list", None) or getattr(
         lib, "SSL_CTX_set1_curves_list", None
     )
     if set_list is None:
         raise SSL.Error("this cryptography has no SSL_CTX_set1_groups_list (needs 47 or later)")
     if set_list(ctx._context, groups.encode()) != 1:
+        lib.ERR_clear_error()  # not to be reported with a later, unrelated error
         raise SSL.Error(f"OpenSSL refused the groups {groups}")
 
 
