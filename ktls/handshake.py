@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from OpenSSL import SSL
 
@@ -72,20 +73,47 @@ class Established:
     rx_secret: bytes | None = None  # TLS 1.3 client application traffic secret
 
 
+# Mozilla's server-side TLS recommendations, version 5.7 (the one sslyze's
+# checker ships): key exchange over X25519, P-256 (prime256v1) or P-384 only,
+# not OpenSSL's default list (X448, P-521, FFDHE and the hybrid ML-KEM groups).
+# The TLS 1.2 suites are the ECDHE half of "intermediate" (no DHE: nomapd has no
+# DH parameters), all of them AEADs that ktls.suites can model.
+TLS_GROUPS = "X25519:P-256:P-384"
+# --tls-profile: name -> lowest protocol version (the highest is TLS 1.3 for both).
+TLS_PROFILES = {"intermediate": SSL.TLS1_2_VERSION, "modern": SSL.TLS1_3_VERSION}
+
+
+def _set_groups(ctx: SSL.Context, groups: str) -> None:
+    """SSL_CTX_set1_groups_list: pyOpenSSL has no method for it, cryptography's
+    binding has it (as the older alias SSL_CTX_set1_curves_list) since 47."""
+    lib = Binding().lib  # the instance makes sure OpenSSL is initialised
+    set_list = getattr(lib, "SSL_CTX_set1_groups_list", None) or getattr(
+        lib, "SSL_CTX_set1_curves_list", None
+    )
+    if set_list is None:
+        raise SSL.Error("this cryptography has no SSL_CTX_set1_groups_list (needs 47 or later)")
+    if set_list(ctx._context, groups.encode()) != 1:
+        lib.ERR_clear_error()  # not to be reported with a later, unrelated error
+        raise SSL.Error(f"OpenSSL refused the groups {groups}")
+
+
 def make_server_context(
     cert: str,
     key: str,
     *,
     keylog_sink: Callable[[bytes], None] | None = None,
     alpn: tuple[bytes, ...] = (b"http/1.1",),
+    profile: str = "intermediate",
 ) -> SSL.Context:
-    """An OpenSSL server context: TLS 1.2 and 1.3 only, AEAD suites only, no
-    compression or renegotiation. Raises SSL.Error for unusable files."""
+    """An OpenSSL server context for a Mozilla `profile` (TLS_PROFILES):
+    "intermediate" TLS 1.2 and 1.3, "modern" TLS 1.3 only; AEAD suites and the
+    TLS_GROUPS only, the client's order of preference, no compression or
+    renegotiation. Raises SSL.Error for unusable files."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.set_options(
-        SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
-    )
+    ctx.set_min_proto_version(TLS_PROFILES[profile])
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    _set_groups(ctx, TLS_GROUPS)
     ctx.set_cipher_list(TLS12_CIPHER_LIST.encode())
     ctx.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode())
     ctx.use_certificate_chain_file(cert)

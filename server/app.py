@@ -140,7 +140,9 @@ class Server:
                 keylog.write(line.rstrip(b"\r\n") + b"\n")
 
         try:
-            self.ssl_ctx = make_server_context(str(cert), str(key), keylog_sink=sink)
+            self.ssl_ctx = make_server_context(
+                str(cert), str(key), keylog_sink=sink, profile=cfg.tls_profile
+            )
         except SSL.Error as e:
             raise ConfigError(f"cannot use certificate {cert} / key {key}: {e}") from e
 

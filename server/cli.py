@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--admin-public", action="store_true", help="allow a non-loopback --admin")
     s.add_argument("--keylog", help="WRITE TLS SECRETS to this file (for Wireshark); off")
     s.add_argument(
+        "--tls-profile",
+        default="intermediate",
+        help="Mozilla TLS profile: intermediate (TLS 1.2 and 1.3, default) or modern (1.3 only)",
+    )
+    s.add_argument(
         "--max-connections", type=int, default=1024, help="connections served at once (1024)"
     )
     s.add_argument(
@@ -163,6 +168,7 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.admin = None if ns.admin == "off" else parse_hostport(ns.admin, "--admin")
     cfg.admin_public = ns.admin_public
     cfg.keylog = pathlib.Path(ns.keylog) if ns.keylog else None
+    cfg.tls_profile = ns.tls_profile
     cfg.max_connections = ns.max_connections
     cfg.send_timeout = ns.send_timeout
     cfg.header_timeout = ns.header_timeout

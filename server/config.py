@@ -12,6 +12,7 @@ import pathlib
 import re
 from dataclasses import dataclass
 
+from ktls.handshake import TLS_PROFILES
 from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
 from mbuf.param import IP_MAXPACKET, PAGE_SIZE, SB_MAX, SB_SNDBUF_DEFAULT, howmany
 
@@ -98,6 +99,7 @@ class ServerConfig:
     admin: tuple[str, int] | None = DEFAULT_ADMIN
     admin_public: bool = False
     keylog: pathlib.Path | None = None
+    tls_profile: str = "intermediate"  # Mozilla's: intermediate or modern (TLS 1.3 only)
     follow_symlinks: bool = False
     serve_dotfiles: bool = False
     autoindex: bool = False
@@ -184,6 +186,9 @@ class ServerConfig:
             raise ConfigError(f"--default-type: {self.default_type!r} is not a media type")
         if self.http and self.keylog is not None:
             raise ConfigError("--keylog makes no sense with --http")
+        if self.tls_profile not in TLS_PROFILES:
+            names = " or ".join(TLS_PROFILES)
+            raise ConfigError(f"--tls-profile: {self.tls_profile!r} is not {names}")
         self._validate_operations()
 
     def _validate_operations(self) -> None:
