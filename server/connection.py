@@ -361,10 +361,10 @@ class Connection:
             else:
                 hs.keylog.wipe()
                 self.user = UserTls(hs.conn, hs.leftover())
-            self.server.stats["tls_handshakes"] += 1
+            self.server.stats.tls_handshakes += 1
             return True
         except TlsError as e:
-            self.server.stats["tls_handshake_failures"] += 1
+            self.server.stats.tls_handshake_failures += 1
             log.debug("handshake failed: %s", e)
             out = hs.data_to_send()
             if _PLAIN_HTTP.match(first):
@@ -375,7 +375,7 @@ class Connection:
                 await self.tx.flush()
             return False
         except trio.TooSlowError:
-            self.server.stats["timeouts"] += 1
+            self.server.stats.timeouts += 1
             return False
 
     async def _send(self, data: bytes) -> None:
@@ -441,7 +441,7 @@ class Connection:
         except (ClientGone, TlsError) as e:
             log.debug("connection ended: %s", e)
         except trio.TooSlowError:
-            self.server.stats["timeouts"] += 1
+            self.server.stats.timeouts += 1
         except OSError as e:
             if e.errno in _CLIENT_GONE:
                 # The host socket failed, or the kernel socket was aborted (EIO from a
@@ -519,16 +519,16 @@ class Connection:
                 await self._protocol_error(e, self._request_start)
                 return
             except trio.TooSlowError:
-                self.server.stats["timeouts"] += 1
+                self.server.stats.timeouts += 1
                 if conn.their_state is h11.SEND_BODY or (
                     conn.their_state is h11.IDLE and conn.trailing_data[0]
                 ):
-                    self.server.stats["status_408"] += 1
+                    self.server.stats.count_status(408)
                     await self._send_simple(408, close=True)
                     self.server.log_access(self.peer, None, 408, self._sent, self._request_start)
                 return
             if isinstance(event, h11.Request):
-                self.server.stats["requests"] += 1
+                self.server.stats.requests += 1
                 self.requests += 1
                 parsed = conn
                 self._keep10 = self._http10_keepalive(event)
@@ -583,8 +583,8 @@ class Connection:
             line = self.h11.trailing_data[0].split(b"\n", 1)[0]
             if len(line) > MAX_TARGET:  # it is the request line that is too long
                 status, detail = 414, "request target too long"
-        self.server.stats["protocol_errors"] += 1
-        self.server.stats[f"status_{status}"] += 1
+        self.server.stats.protocol_errors += 1
+        self.server.stats.count_status(status)
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             body = error_body(status, detail)
             fresh = _responder(b"GET")  # the broken one cannot send
@@ -629,7 +629,7 @@ class Connection:
         method = req.method
         head_only = method == b"HEAD"
         if len(req.target) > MAX_TARGET:
-            stats["status_414"] += 1
+            stats.count_status(414)
             await self._send_simple(414, detail="request target too long", close=True)
             return
         # h11 bounds only a head that arrives in pieces; one that came whole is
@@ -637,17 +637,17 @@ class Connection:
         fields = list(req.headers)  # one pass over h11's Sequence
         size = len(method) + len(req.target) + 12 + sum(len(n) + len(v) + 4 for n, v in fields)
         if size > self.cfg.max_header_size:
-            stats["status_431"] += 1
+            stats.count_status(431)
             await self._send_simple(431, detail="request header fields too large", close=True)
             return
         if req.http_version not in (b"1.0", b"1.1"):
-            stats["status_505"] += 1
+            stats.count_status(505)
             await self._send_simple(505, detail="HTTP/1.x only", close=True)
             return
         names = {n for n, _ in fields}
         if b"transfer-encoding" in names and b"content-length" in names:
             # RFC 9112 6.3: a smuggling attempt or a broken proxy; nginx refuses it too.
-            stats["status_400"] += 1
+            stats.count_status(400)
             await self._send_simple(400, detail="Content-Length with Transfer-Encoding", close=True)
             return
         m = _ABSOLUTE_FORM.match(req.target)
@@ -660,14 +660,14 @@ class Connection:
             )
         if method not in (b"GET", b"HEAD"):
             status = 204 if method == b"OPTIONS" else 405
-            stats[f"status_{status}"] += 1
+            stats.count_status(status)
             await self._send_simple(status, extra=[(b"Allow", ALLOW)])
             return
         reply = plan(req, self.server.site)
         if isinstance(reply, Listing):
             reply = await trio.to_thread.run_sync(reply.render, self.server.site)
         if isinstance(reply, Simple):
-            stats[f"status_{reply.status}"] += 1
+            stats.count_status(reply.status)
             await self._send_simple(
                 reply.status,
                 extra=reply.extra,
@@ -728,7 +728,7 @@ class Connection:
         head = self._file_head(reply)
         self._head_len = len(head)
         self._length = reply.length
-        server.stats[f"status_{reply.status}"] += 1
+        server.stats.count_status(reply.status)
         if head_only or reply.length == 0:
             self.h11.send(_END_OF_MESSAGE)
             await self._send(head)
@@ -750,7 +750,7 @@ class Connection:
         self.h11.send(_END_OF_MESSAGE)
         await self._flush_response()
         self._sent = reply.length
-        server.stats["body_bytes"] += sent
+        server.stats.body_bytes += sent
 
     async def _sendfile(self, reply: FileReply, offset: int, nbytes: int, head: bytes) -> None:
         """sendfile(2) of one range, `head` in front of it; --no-ktls: read and SSL_write."""
@@ -765,7 +765,7 @@ class Connection:
             await self.tx.sendfile(obj, reply.tx_fd, offset, nbytes, head, take_fd=first)
         except OSError as e:
             if e.errno == errno.EIO:  # a page-in failed or found the file changed
-                self.server.stats["responses_aborted"] += 1
+                self.server.stats.responses_aborted += 1
             raise
 
     async def _user_tls_file(
@@ -787,7 +787,7 @@ class Connection:
             now = os.fstat(fd)
             if n < len(chunk[0]) or (now.st_size, now.st_mtime_ns) != version:
                 # As sendfile does: never send bytes of two versions in one response.
-                self.server.stats["responses_aborted"] += 1
+                self.server.stats.responses_aborted += 1
                 raise OSError(errno.EIO, "file changed while being sent")
             await self._write_records(user.encrypt(view[:n]))
             off += n
