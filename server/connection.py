@@ -16,9 +16,8 @@ is the loop only: timeouts, keep-alive, pipelining, shutdown, logging.
   (heads framed by server/http/framing.py). After each response the task
   waits for the send buffer to drain before reading the next request
   (pipelined requests wait in h11).
-* Timeouts: one deadline for the whole request head (--header-timeout), an
-  idle one between requests (--keepalive-timeout), the handshake's
-  (--handshake-timeout) and the send timeout `KernelTx` applies.
+* Timeouts: the request head's (--header-timeout), between requests
+  (--keepalive-timeout), the handshake's and `KernelTx`'s send timeout.
 * Errors end this connection only: handshake failures (OpenSSL's alert is
   sent), h11 protocol errors (400 or h11's hint, then close), timeouts and
   disconnects (`ClientGone`, server/transport/errors.py). `teardown` always
@@ -27,20 +26,16 @@ is the loop only: timeouts, keep-alive, pipelining, shutdown, logging.
   (and TLS 1.3 session tickets with the first one), so a connection that
   carries one request costs two writes after the ClientHello. After our last
   bytes the write side is shut and what the client still sends is read and
-  dropped for a moment (nginx's lingering close), so that a close with
-  unread input does not turn into a reset that destroys our last records
-  before the client reads them. `run()` only asks for it (`linger_wanted`);
-  the server lingers after `teardown` has freed the kernel socket and the
-  connection slot is released, so a lingering client holds nothing but its
-  host socket.
+  dropped for a moment (nginx's lingering close), so that unread input does
+  not turn the close into a reset that destroys our last records. `run()`
+  only asks for it (`linger_wanted`); the server lingers after `teardown`
+  and the slot's release: a lingering client holds only its host socket.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import socket
 from typing import TYPE_CHECKING, cast
 
 import h11
@@ -48,8 +43,6 @@ import trio
 
 from ktls.alerts import PeerAlert
 from ktls.handshake import TlsError
-from mbuf.socket import Socket
-from mbuf.tcp_output import TcpCb
 from server.http.framing import (
     END_OF_MESSAGE,
     SendfileBody,
@@ -64,7 +57,7 @@ from server.transport import Transport
 from server.transport.errors import ClientGone
 from server.transport.handshake import tls_accept
 from server.transport.plain import PlainTransport
-from server.txpath import KernelTx
+from server.txpath import KernelTx, so_accept
 
 if TYPE_CHECKING:
     from server.app import Server
@@ -72,44 +65,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("nomapd")
 
 
-def _ipv4(addr: object) -> tuple[int, int]:
-    """(IPv4 address as an integer, port) of a socket address; 0 for the address
-    of anything else (IPv6, v4-mapped included), (0, 0) if it is not one."""
-    try:
-        host, port = cast(tuple[str, int], addr)[:2]
-        if ":" in host:
-            return 0, port
-        return int.from_bytes(socket.inet_aton(host)), port
-    except (OSError, ValueError, TypeError):
-        return 0, 0
-
-
-def _peer(addr: object) -> str:
-    try:
-        host, port = cast(tuple[str, int], addr)[:2]
-    except (ValueError, TypeError):
-        return "?"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class Connection:
     def __init__(self, server: Server, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
         self.server = server
         self.cfg = server.cfg
         self.sock = stream.socket
-        src, sport = _ipv4(self.sock.getsockname())
-        peer = self.sock.getpeername()  # OSError: reset before we looked (the caller's)
-        dst, dport = _ipv4(peer)
         kern = server.kern
-        self.so = Socket(
-            kern, TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4))), self.cfg.sndbuf
-        )
+        # OSError: reset before we looked (the caller's)
+        self.so, self.peer = so_accept(kern, self.sock, self.cfg.sndbuf)
         self.tx = KernelTx(kern, self.so, self.sock, nursery, server.vmq, self.cfg.send_timeout)
         # Plain until a TLS handshake establishes its own.
         self.transport: Transport = PlainTransport(self.tx, kern, server.stats)
         self.h11 = self._new_h11()
         self._keep10 = False  # answering an HTTP/1.0 request that asked for keep-alive
-        self.peer = _peer(peer)
         self.requests = 0
         self.eof = False
         self._head_deadline: float | None = None  # the request head must be in by then
@@ -234,7 +202,6 @@ class Connection:
                 if conn.their_state is h11.SEND_BODY or (
                     conn.their_state is h11.IDLE and conn.trailing_data[0]
                 ):
-                    self.server.stats.count_status(408)
                     await self._send_simple(408, close=True)
                     self.server.log_access(self.peer, None, 408, self._sent, self._request_start)
                 return
@@ -323,6 +290,7 @@ class Connection:
             self.h11, status, self.server.date.now(), body=body, content_type=content_type,
             extra=extra, head_only=head_only, close=close or self._last_request(),
         )  # fmt: skip
+        self.server.stats.count_status(status)
         self._status = status
         self._sent = 0 if head_only or status in (204, 304) else len(body)
         await self.transport.send(data)
@@ -336,22 +304,18 @@ class Connection:
         await self.tx.flush()
 
     async def _respond(self, req: h11.Request) -> None:
-        stats = self.server.stats
         head_only = req.method == b"HEAD"
         checked = check_request(req, self.cfg.max_header_size)
         if isinstance(checked, Answer):
-            stats.count_status(checked.status)
             await self._send_simple(
                 checked.status, detail=checked.detail, extra=list(checked.extra),
                 close=checked.close,
             )  # fmt: skip
             return
-        req = checked
-        reply = plan(req, self.server.site)
+        reply = plan(checked, self.server.site)
         if isinstance(reply, Listing):
             reply = await trio.to_thread.run_sync(reply.render, self.server.site)
         if isinstance(reply, Simple):
-            stats.count_status(reply.status)
             await self._send_simple(
                 reply.status,
                 extra=reply.extra,

@@ -41,6 +41,8 @@ import contextlib
 import errno
 import logging
 import os
+import socket
+from typing import cast
 
 import trio
 
@@ -48,7 +50,7 @@ from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
 from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, sosend
-from mbuf.tcp_output import tcp_acked, tcp_output
+from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
 from mbuf.vm_object import PagerRequest, VmObject
 from server.transport.errors import client_gone
 
@@ -62,6 +64,38 @@ RECV_SIZE = 65536  # bytes asked of the host socket per read
 WIRE_SNDBUF = 128 * 1024  # host socket send buffer (Linux doubles it)
 LINGER_TIME = 1.0  # seconds of lingering close
 LINGER_BYTES = 1 << 20  # ... or this much input, whichever comes first
+
+
+def _ipv4(addr: object) -> tuple[int, int]:
+    """(IPv4 address as an integer, port) of a socket address; 0 for the address
+    of anything else (IPv6, v4-mapped included), (0, 0) if it is not one."""
+    try:
+        host, port = cast(tuple[str, int], addr)[:2]
+        if ":" in host:
+            return 0, port
+        return int.from_bytes(socket.inet_aton(host)), port
+    except (OSError, ValueError, TypeError):
+        return 0, 0
+
+
+def _peer(addr: object) -> str:
+    """A socket address as the logs write it: host:port, [v6 host]:port."""
+    try:
+        host, port = cast(tuple[str, int], addr)[:2]
+    except (ValueError, TypeError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def so_accept(kern: Kernel, sock: trio.socket.SocketType, sndbuf: int) -> tuple[Socket, str]:
+    """The model's socket for an accepted host socket (its addresses in the TCP
+    control block, a random initial sequence number), and the peer as the logs
+    write it. OSError if the client reset before we looked (getpeername)."""
+    src, sport = _ipv4(sock.getsockname())
+    peer = sock.getpeername()
+    dst, dport = _ipv4(peer)
+    tp = TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4)))
+    return Socket(kern, tp, sndbuf), _peer(peer)
 
 
 class VmWaitQueue:
