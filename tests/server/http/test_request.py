@@ -186,12 +186,3 @@ def test_http10_keepalive(feed: str, fields: tuple[bytes, ...], keep: bool) -> N
 @feeds
 def test_http11_is_not_http10_keepalive(feed: str) -> None:
     assert not http10_keepalive(_request(_get(b"/a", b"Connection: keep-alive"), feed))
-
-
-def test_no_trio() -> None:
-    """The sans-IO HTTP modules this change added do not load trio."""
-    import subprocess
-    import sys
-
-    code = "import sys, server.http.request, server.http.framing; sys.exit('trio' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
