@@ -10,24 +10,16 @@ from __future__ import annotations
 
 import pathlib
 import socket
-import types
-from typing import TYPE_CHECKING, cast
 
 import pytest
 import trio
 from OpenSSL import SSL
 
 from ktls.handshake import make_server_context
-from ktls.workers import KtlsWorkers
-from mbuf.kern import Kernel
-from server.counters import ServerStat
 from server.transport import Transport
 from server.transport.handshake import PLAIN_HTTP_ON_TLS, tls_accept
-from server.txpath import KernelTx, VmWaitQueue, so_accept
 from tests.ktls.harness import CertFiles, make_cert
-
-if TYPE_CHECKING:
-    from server.app import Server
+from tests.server.edge import Edge
 
 
 @pytest.fixture(scope="module")
@@ -83,39 +75,15 @@ class _Client:
                 return b""
 
 
-class _Edge:
-    """The server's side: the kernel socket and KernelTx over one end of the pair."""
-
-    def __init__(self, nursery: trio.Nursery, ctx: SSL.Context, ktls: bool) -> None:
-        a, self.peer = socket.socketpair()
-        self.peer.setblocking(False)
-        self.sock = trio.socket.from_stdlib_socket(a)
-        self.kern = Kernel(16 << 20)
-        self.so, _ = so_accept(self.kern, self.sock, 64 * 1024)
-        self.tx = KernelTx(self.kern, self.so, self.sock, nursery, VmWaitQueue(), 5.0)
-        self.stats = ServerStat()
-        cfg = types.SimpleNamespace(handshake_timeout=5.0, ktls=ktls, send_timeout=5.0)
-        self.server = cast(
-            "Server",
-            types.SimpleNamespace(
-                ssl_ctx=ctx, cfg=cfg, kern=self.kern, workers=KtlsWorkers(0), stats=self.stats
-            ),
-        )
-
-    async def receive(self, transport: Transport) -> bytes:
-        while True:
-            raw = await self.tx.recv()
-            if not raw:
-                return b""
-            plain = await transport.receive(raw)
-            if plain or transport.eof:
-                return plain
-
-    async def close(self) -> None:
-        await self.tx.teardown()
-        self.sock.close()
-        self.peer.close()
-        assert self.kern.leaks() == {}
+async def _receive(edge: Edge, transport: Transport) -> bytes:
+    """Application bytes from the client through `transport`; b"" at its end."""
+    while True:
+        raw = await edge.tx.recv()
+        if not raw:
+            return b""
+        plain = await transport.receive(raw)
+        if plain or transport.eof:
+            return plain
 
 
 @pytest.mark.parametrize("ktls", [True, False], ids=["ktls", "user-tls"])
@@ -123,11 +91,11 @@ class _Edge:
 async def test_request_response_close(cert: CertFiles, ktls: bool, version: int) -> None:
     ctx = make_server_context(cert.cert, cert.key)
     async with trio.open_nursery() as nursery:
-        edge = _Edge(nursery, ctx, ktls)
+        edge = Edge(nursery)
         client = _Client(edge.peer, version)
         async with trio.open_nursery() as both:  # until both ends are done
             both.start_soon(client.handshake)
-            transport = await tls_accept(edge.server, edge.tx)
+            transport = await tls_accept(edge.server(ctx, ktls=ktls), edge.tx)
         assert transport is not None
         assert edge.stats.tls_handshakes == 1
         assert transport.tickets_pending is (version == SSL.TLS1_3_VERSION)
@@ -141,7 +109,7 @@ async def test_request_response_close(cert: CertFiles, ktls: bool, version: int)
 
         client.conn.sendall(b"GET / HTTP/1.1\r\n\r\n")
         await client.flush()
-        assert await edge.receive(transport) == b"GET / HTTP/1.1\r\n\r\n"
+        assert await _receive(edge, transport) == b"GET / HTTP/1.1\r\n\r\n"
 
         await transport.send(b"HTTP/1.1 200 OK\r\n\r\nhello")
         await transport.close_notify()
@@ -154,7 +122,7 @@ async def test_request_response_close(cert: CertFiles, ktls: bool, version: int)
 
         client.conn.shutdown()  # the client's close_notify
         await client.flush()
-        assert await edge.receive(transport) == b""
+        assert await _receive(edge, transport) == b""
         assert transport.eof
         await edge.close()
 
@@ -163,23 +131,19 @@ async def test_plain_http_on_the_tls_port(cert: CertFiles) -> None:
     """As nginx: a plain HTTP request on the TLS port is answered in plain HTTP."""
     ctx = make_server_context(cert.cert, cert.key)
     async with trio.open_nursery() as nursery:
-        edge = _Edge(nursery, ctx, True)
+        edge = Edge(nursery)
         edge.peer.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await tls_accept(edge.server, edge.tx) is None
+        assert await tls_accept(edge.server(ctx, ktls=True), edge.tx) is None
         assert edge.stats.tls_handshake_failures == 1
-        got = b""
-        while len(got) < len(PLAIN_HTTP_ON_TLS):
-            await trio.lowlevel.wait_readable(edge.peer)
-            got += edge.peer.recv(1 << 16)
-        assert got == PLAIN_HTTP_ON_TLS
+        assert await edge.peer_read(len(PLAIN_HTTP_ON_TLS)) == PLAIN_HTTP_ON_TLS
         await edge.close()
 
 
 async def test_client_gone_during_handshake(cert: CertFiles) -> None:
     ctx = make_server_context(cert.cert, cert.key)
     async with trio.open_nursery() as nursery:
-        edge = _Edge(nursery, ctx, True)
+        edge = Edge(nursery)
         edge.peer.shutdown(socket.SHUT_WR)
-        assert await tls_accept(edge.server, edge.tx) is None
+        assert await tls_accept(edge.server(ctx, ktls=True), edge.tx) is None
         assert (edge.stats.tls_handshakes, edge.stats.tls_handshake_failures) == (0, 0)
         await edge.close()

@@ -11,14 +11,10 @@ import socket
 import pytest
 import trio
 
-from mbuf.kern import Kernel
-from mbuf.socket import Socket
-from mbuf.tcp_output import TcpCb
-from server.counters import ServerStat
 from server.http.static import FileReply
 from server.transport.errors import CLIENT_GONE_ERRNOS, ClientGone, client_gone
 from server.transport.plain import PlainTransport
-from server.txpath import KernelTx, VmWaitQueue
+from tests.server.edge import Edge
 
 
 @pytest.mark.parametrize("code", sorted(CLIENT_GONE_ERRNOS))
@@ -45,50 +41,24 @@ def test_nothing_raised_nothing_changed() -> None:
         raise ValueError("not an OSError")
 
 
-class _Pair:
-    """A kernel socket and its KernelTx over one end of a host socket pair."""
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        a, self.peer = socket.socketpair()
-        self.peer.setblocking(False)
-        self.sock = trio.socket.from_stdlib_socket(a)
-        self.kern = Kernel(16 << 20)
-        self.so = Socket(self.kern, TcpCb(1, 2, 3, 4, 5), 64 * 1024)
-        self.tx = KernelTx(self.kern, self.so, self.sock, nursery, VmWaitQueue(), 5.0)
-        self.stats = ServerStat()
-        self.transport = PlainTransport(self.tx, self.kern, self.stats)
-
-    async def read_all(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            await trio.lowlevel.wait_readable(self.peer)
-            out += self.peer.recv(1 << 16)
-        return out
-
-    async def close(self) -> None:
-        await self.tx.teardown()
-        self.sock.close()
-        self.peer.close()
-        assert self.kern.leaks() == {}
-
-
 async def test_plain_send_and_sendfile(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "f"
     data = os.urandom(100_000)
     path.write_bytes(data)
     async with trio.open_nursery() as nursery:
-        pair = _Pair(nursery)
+        pair = Edge(nursery)
+        transport = PlainTransport(pair.tx, pair.kern, pair.stats)
         fd = os.open(path, os.O_RDONLY)
         try:
             reply = FileReply(200, [], fd, os.fstat(fd), [], len(data))
-            await pair.transport.send(b"head1\r\n")
-            await pair.transport.sendfile(reply, 10, 50_000, b"head2\r\n")
-            await pair.transport.close_notify()  # nothing without TLS
+            await transport.send(b"head1\r\n")
+            await transport.sendfile(reply, 10, 50_000, b"head2\r\n")
+            await transport.close_notify()  # nothing without TLS
             await pair.tx.flush()
             expected = b"head1\r\nhead2\r\n" + data[10:50_010]
-            assert await pair.read_all(len(expected)) == expected
+            assert await pair.peer_read(len(expected)) == expected
             assert pair.tx.bytes_written == len(expected)
-            assert pair.transport.info() == {}
+            assert transport.info() == {}
         finally:
             os.close(fd)
             await pair.close()
@@ -96,11 +66,12 @@ async def test_plain_send_and_sendfile(tmp_path: pathlib.Path) -> None:
 
 async def test_reads() -> None:
     async with trio.open_nursery() as nursery:
-        pair = _Pair(nursery)
+        pair = Edge(nursery)
+        transport = PlainTransport(pair.tx, pair.kern, pair.stats)
         assert pair.tx.recv_ready() is None
         pair.peer.send(b"GET")
         assert await pair.tx.recv() == b"GET"
-        assert await pair.transport.receive(b"GET") == b"GET"
+        assert await transport.receive(b"GET") == b"GET"
         pair.peer.shutdown(socket.SHUT_WR)
         assert await pair.tx.recv() == b""  # an orderly end is no error
         await pair.close()
@@ -108,11 +79,12 @@ async def test_reads() -> None:
 
 async def test_writes_to_a_gone_client_raise_client_gone() -> None:
     async with trio.open_nursery() as nursery:
-        pair = _Pair(nursery)
+        pair = Edge(nursery)
+        transport = PlainTransport(pair.tx, pair.kern, pair.stats)
         pair.peer.close()
         with pytest.raises(ClientGone):
             for _ in range(64):  # the first write may still be taken
-                await pair.transport.send(b"x" * 65536)
+                await transport.send(b"x" * 65536)
                 await pair.tx.flush()
         pair.peer = socket.socket()  # already closed: close() below closes this one
         await pair.close()
