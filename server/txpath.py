@@ -1,7 +1,10 @@
 """The transmit path of one connection: the modeled kernel socket and its host socket.
 
-`KernelTx` is the only place where the model meets a real socket. It reads
-what the client sends (`recv`, `recv_ready`: host bytes, which the
+`so_accept` makes the model's socket (`mbuf.Socket`, its TCP control block
+from the host socket's addresses) for an accepted host socket, whose send
+buffer it keeps small (WIRE_SNDBUF), so that data waits where the counters
+see it. `KernelTx` is the only place where the model meets a real socket. It
+reads what the client sends (`recv`, `recv_ready`: host bytes, which the
 connection's transport decodes) and runs the kernel's transmit side for one
 connection on the event loop:
 
@@ -91,6 +94,10 @@ def so_accept(kern: Kernel, sock: trio.socket.SocketType, sndbuf: int) -> tuple[
     """The model's socket for an accepted host socket (its addresses in the TCP
     control block, a random initial sequence number), and the peer as the logs
     write it. OSError if the client reset before we looked (getpeername)."""
+    # The host socket is the wire: keep what it holds in flight small, so that
+    # data waits in the model's send buffer (where the counters see it), not in
+    # a host buffer that Linux would autotune to megabytes.
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, WIRE_SNDBUF)
     src, sport = _ipv4(sock.getsockname())
     peer = sock.getpeername()
     dst, dport = _ipv4(peer)
@@ -131,10 +138,6 @@ class KernelTx:
         self.kern = kern
         self.so = so
         self.sock = sock
-        # The host socket is the wire: keep what it holds in flight small, so that
-        # data waits in the model's send buffer (where the counters see it), not in
-        # a host buffer that Linux would autotune to megabytes.
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, WIRE_SNDBUF)
         self._fd = sock.fileno()
         self.nursery = nursery
         self.vmq = vmq
