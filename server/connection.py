@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, cast
 import h11
 import trio
 
-from ktls.alerts import PeerAlert
 from ktls.handshake import TlsError
 from server.http.framing import (
     END_OF_MESSAGE,
@@ -383,9 +382,7 @@ class Connection:
             await self.transport.close_notify()  # unless it left with the last response
             await self.tx.flush()
             self._finished = True
-        except PeerAlert as e:
-            log.debug("connection ended: %s", e)
-        except (ClientGone, TlsError) as e:
+        except (ClientGone, TlsError) as e:  # TlsError: PeerAlert and RecordError too
             log.debug("connection ended: %s", e)
         except trio.TooSlowError:
             self.server.stats.timeouts += 1

@@ -17,6 +17,7 @@ so every byte, handshake included, travels through the modeled kernel. The
 TLS handshake (handshake.py) runs before a TLS transport exists and returns
 the established one. The loop asks each transport for the same things:
 
+* `first_data()`: application bytes that came with the handshake's end;
 * `receive(raw)`: the application bytes that host bytes complete, acting on
   what else they carry (alerts, KeyUpdate); `eof` once a close_notify came;
 * `send(data)`: a response head or a small body;

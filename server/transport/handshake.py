@@ -70,13 +70,11 @@ async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
                 first = first or data
                 hs.receive_data(data)
         out = hs.data_to_send()
-        if out:  # TLS 1.2: our Finished; TLS 1.3: session tickets
+        tickets = bool(out) and hs.conn.get_protocol_version_name() == "TLSv1.3"
+        if out:  # TLS 1.2: our Finished (flushed: the client waits); TLS 1.3: tickets
             await tx.send(out)
-            tickets = hs.conn.get_protocol_version_name() == "TLSv1.3"
             if not tickets:
                 await tx.flush()
-        else:
-            tickets = False
         transport: Transport
         if cfg.ktls:
             est = hs.established()
