@@ -15,7 +15,7 @@ import pytest
 import trio
 from OpenSSL import SSL
 
-from ktls.handshake import make_server_context
+from ktls.handshake import TlsError, make_server_context
 from server.transport import Transport
 from server.transport.handshake import PLAIN_HTTP_ON_TLS, tls_accept
 from tests.ktls.harness import CertFiles, make_cert
@@ -86,17 +86,28 @@ async def _receive(edge: Edge, transport: Transport) -> bytes:
             return plain
 
 
-@pytest.mark.parametrize("ktls", [True, False], ids=["ktls", "user-tls"])
+async def _established(
+    edge: Edge, cert: CertFiles, ktls: bool, version: int
+) -> tuple[_Client, Transport]:
+    """A client and the transport `tls_accept` returned, once both ends are done."""
+    ctx = make_server_context(cert.cert, cert.key)
+    client = _Client(edge.peer, version)
+    async with trio.open_nursery() as both:
+        both.start_soon(client.handshake)
+        transport = await tls_accept(edge.server(ctx, ktls=ktls), edge.tx)
+    assert transport is not None
+    return client, transport
+
+
+modes = pytest.mark.parametrize("ktls", [True, False], ids=["ktls", "user-tls"])
+
+
+@modes
 @pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION], ids=["1.2", "1.3"])
 async def test_request_response_close(cert: CertFiles, ktls: bool, version: int) -> None:
-    ctx = make_server_context(cert.cert, cert.key)
     async with trio.open_nursery() as nursery:
         edge = Edge(nursery)
-        client = _Client(edge.peer, version)
-        async with trio.open_nursery() as both:  # until both ends are done
-            both.start_soon(client.handshake)
-            transport = await tls_accept(edge.server(ctx, ktls=ktls), edge.tx)
-        assert transport is not None
+        client, transport = await _established(edge, cert, ktls, version)
         assert edge.stats.tls_handshakes == 1
         assert transport.tickets_pending is (version == SSL.TLS1_3_VERSION)
         assert await transport.first_data() == b""
@@ -124,6 +135,21 @@ async def test_request_response_close(cert: CertFiles, ktls: bool, version: int)
         await client.flush()
         assert await _receive(edge, transport) == b""
         assert transport.eof
+        await edge.close()
+
+
+@modes
+async def test_bad_record_is_answered_with_a_fatal_alert(cert: CertFiles, ktls: bool) -> None:
+    """A record that does not decrypt: a fatal alert, our last bytes, then TlsError."""
+    async with trio.open_nursery() as nursery:
+        edge = Edge(nursery)
+        _, transport = await _established(edge, cert, ktls, SSL.TLS1_2_VERSION)
+        with pytest.raises(TlsError):
+            await transport.receive(b"\x17\x03\x03\x00\x28" + bytes(40))
+        assert transport.linger_wanted
+        alert = await edge.peer_read(5)
+        assert alert[0] == 0x15  # TLS 1.2: an encrypted alert in an alert record
+        assert edge.kern.stats.ktls.alerts_sent == (1 if ktls else 0)
         await edge.close()
 
 
