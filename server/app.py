@@ -31,7 +31,6 @@ import contextlib
 import logging
 import os
 import signal
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +45,7 @@ from server.accesslog import AccessLog
 from server.admin import serve_admin
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
+from server.counters import ServerStat
 from server.http.responses import DateCache
 from server.http.static import Site
 from server.listen import listeners_from_fds, serve_listeners
@@ -58,24 +58,6 @@ if TYPE_CHECKING:
     import h11
 
 log = logging.getLogger("nomapd")
-
-# Server-level counters, always present in /stats (as server.NAME).
-SERVER_COUNTERS = (
-    "connections",
-    "connection_errors",
-    "connections_refused",
-    "tls_handshakes",
-    "tls_handshake_failures",
-    "protocol_errors",
-    "timeouts",
-    "requests",
-    "body_bytes",
-    "responses_aborted",
-    *(
-        f"status_{code}"
-        for code in (200, 204, 206, 301, 304, 400, 403, 404, 405, 408, 412, 414, 416, 431, 505)
-    ),
-)
 
 
 class Server:
@@ -98,7 +80,7 @@ class Server:
             nsfbufs=cfg.nsfbufs,
             readahead=cfg.readahead,
         )
-        self.stats: Counter[str] = Counter(dict.fromkeys(SERVER_COUNTERS, 0))
+        self.stats = ServerStat()
         self.date = DateCache()
         self.ssl_ctx: SSL.Context | None = None
         self.fingerprint = ""
@@ -148,7 +130,7 @@ class Server:
 
     def statistics(self) -> dict[str, Any]:
         snap = dict(self.kern.statistics())
-        snap.update({f"server.{k}": v for k, v in sorted(self.stats.items())})
+        snap.update(self.stats.snapshot())
         snap["server.connections_active"] = self.active
         snap["server.mode"] = self.mode()
         return snap
@@ -206,7 +188,7 @@ class Server:
                 self.limiter.acquire_nowait()  # a free slot and nobody waiting for one
             except trio.WouldBlock:
                 if not await self._wait_for_slot():
-                    self.stats["connections_refused"] += 1
+                    self.stats.connections_refused += 1
                     return
             try:
                 conn = await self._handle(stream)
@@ -243,7 +225,7 @@ class Server:
         """Run one connection and free its kernel resources; returns it (None if it
         was gone at once) for the lingering close."""
         self.active += 1
-        self.stats["connections"] += 1
+        self.stats.connections += 1
         conn: Connection | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -266,7 +248,7 @@ class Server:
                     self.conns.discard(conn)
                     await conn.teardown()
         except Exception:
-            self.stats["connection_errors"] += 1
+            self.stats.connection_errors += 1
             log.exception("connection failed")
             return None
         finally:

@@ -1,7 +1,12 @@
 """The transmit path of one connection: the modeled kernel socket and its host socket.
 
-`KernelTx` is the only place where the model meets a real socket. It runs the
-kernel's transmit side for one connection on the event loop:
+`so_accept` makes the model's socket (`mbuf.Socket`, its TCP control block
+from the host socket's addresses) for an accepted host socket, whose send
+buffer it keeps small (WIRE_SNDBUF), so that data waits where the counters
+see it. `KernelTx` is the only place where the model meets a real socket. It
+reads what the client sends (`recv`, `recv_ready`: host bytes, which the
+connection's transport decodes) and runs the kernel's transmit side for one
+connection on the event loop:
 
 * `sendfile` / `send` append to the model's send buffer as `sbspace` allows
   (`sendfile_step`, `sosend`), so memory stays bounded by the buffer size;
@@ -25,14 +30,22 @@ kernel's retransmit timer gives up on packets ip_output keeps refusing).
 
 `teardown` aborts the socket, waits (shielded) for page-ins and encryption
 still holding its mbufs, frees everything with `soclose`, and closes the file
-descriptors the page-ins used.
+descriptors the page-ins used. `linger` then uses only the host socket.
+
+Errors: every read and write reports a client that is gone as `ClientGone`
+(server/transport/errors.py), whether the host socket said so or the modeled
+socket did (EPIPE from sosend after a reset); EIO from the modeled kernel and
+server-side errors stay `OSError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import socket
+from typing import cast
 
 import trio
 
@@ -40,8 +53,9 @@ from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
 from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, sosend
-from mbuf.tcp_output import tcp_acked, tcp_output
+from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
 from mbuf.vm_object import PagerRequest, VmObject
+from server.transport.errors import client_gone
 
 log = logging.getLogger("nomapd")
 
@@ -49,6 +63,46 @@ log = logging.getLogger("nomapd")
 VM_WAIT_MAX = 0.1
 # Waits for resources may last this many send timeouts before the connection goes.
 RESOURCE_WAIT_FACTOR = 4
+RECV_SIZE = 65536  # bytes asked of the host socket per read
+WIRE_SNDBUF = 128 * 1024  # host socket send buffer (Linux doubles it)
+LINGER_TIME = 1.0  # seconds of lingering close
+LINGER_BYTES = 1 << 20  # ... or this much input, whichever comes first
+
+
+def _ipv4(addr: object) -> tuple[int, int]:
+    """(IPv4 address as an integer, port) of a socket address; 0 for the address
+    of anything else (IPv6, v4-mapped included), (0, 0) if it is not one."""
+    try:
+        host, port = cast(tuple[str, int], addr)[:2]
+        if ":" in host:
+            return 0, port
+        return int.from_bytes(socket.inet_aton(host)), port
+    except (OSError, ValueError, TypeError):
+        return 0, 0
+
+
+def _peer(addr: object) -> str:
+    """A socket address as the logs write it: host:port, [v6 host]:port."""
+    try:
+        host, port = cast(tuple[str, int], addr)[:2]
+    except (ValueError, TypeError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def so_accept(kern: Kernel, sock: trio.socket.SocketType, sndbuf: int) -> tuple[Socket, str]:
+    """The model's socket for an accepted host socket (its addresses in the TCP
+    control block, a random initial sequence number), and the peer as the logs
+    write it. OSError if the client reset before we looked (getpeername)."""
+    # The host socket is the wire: keep what it holds in flight small, so that
+    # data waits in the model's send buffer (where the counters see it), not in
+    # a host buffer that Linux would autotune to megabytes.
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, WIRE_SNDBUF)
+    src, sport = _ipv4(sock.getsockname())
+    peer = sock.getpeername()
+    dst, dport = _ipv4(peer)
+    tp = TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4)))
+    return Socket(kern, tp, sndbuf), _peer(peer)
 
 
 class VmWaitQueue:
@@ -96,6 +150,40 @@ class KernelTx:
 
     def wake(self) -> None:
         self._wake.set()
+
+    # -- receiving (host bytes; the connection's transport decodes them) -----
+
+    async def recv(self) -> bytes:
+        """What the client sent next; b"" at the end of its stream."""
+        with client_gone:
+            return await self.sock.recv(RECV_SIZE)
+
+    def recv_ready(self) -> bytes | None:
+        """What the host socket already holds (b"" at its end), without waiting;
+        None if nothing has arrived."""
+        try:
+            with client_gone:
+                return os.read(self._fd, RECV_SIZE)  # the socket is non-blocking
+        except BlockingIOError:
+            return None
+
+    async def linger(self) -> None:
+        """Shut our side, then read and drop what the client still sends until it
+        closes, LINGER_TIME passes or LINGER_BYTES arrive (lingering close). Only
+        the host socket is used: it runs after `teardown`."""
+        try:
+            self.sock.shutdown(trio.socket.SHUT_WR)
+        except OSError:  # ENOTCONN: reset by the client, nothing left to read or protect
+            return
+        got = 0
+        with trio.move_on_after(LINGER_TIME), contextlib.suppress(OSError):
+            while got < LINGER_BYTES:
+                data = await self.sock.recv(RECV_SIZE)
+                if not data:
+                    return
+                got += len(data)
+
+    # -- transmitting --------------------------------------------------------
 
     async def _sleep(self, deadline: float) -> None:
         """Until an upcall or a memory wakeup (or VM_WAIT_MAX); TooSlowError past deadline."""
@@ -166,14 +254,15 @@ class KernelTx:
         self._progress_at = trio.current_time()
         job = SendfileJob(self.so, obj, fd, offset, nbytes, head)
         try:
-            while True:
-                io: list[PagerRequest] = []
-                status = sendfile_step(job, io)
-                for req in io:
-                    self.nursery.start_soon(self._pagein, req)
-                if status is SendfileStatus.DONE:
-                    return
-                await self._step()
+            with client_gone:
+                while True:
+                    io: list[PagerRequest] = []
+                    status = sendfile_step(job, io)
+                    for req in io:
+                        self.nursery.start_soon(self._pagein, req)
+                    if status is SendfileStatus.DONE:
+                        return
+                    await self._step()
         finally:
             job.close()
 
@@ -182,21 +271,23 @@ class KernelTx:
         Waits for memory like m_uiotombuf(M_WAITOK) when page frames are short."""
         view = memoryview(data)
         self._progress_at = trio.current_time()
-        while view:
-            try:
-                n = sosend(self.so, view, record_type)
-            except NoMemory:
-                n = 0
-            view = view[n:]
-            if view:
-                await self._step()
+        with client_gone:
+            while view:
+                try:
+                    n = sosend(self.so, view, record_type)
+                except NoMemory:
+                    n = 0
+                view = view[n:]
+                if view:
+                    await self._step()
 
     async def flush(self) -> None:
         """Wait until everything queued is on the wire (send buffer empty)."""
         so = self.so
         self._progress_at = trio.current_time()
-        while so.so_snd.sb_ccc or not so.so_txq.empty() or so.so_pending:
-            await self._step()
+        with client_gone:
+            while so.so_snd.sb_ccc or not so.so_txq.empty() or so.so_pending:
+                await self._step()
         self.release_files()
 
     def release_files(self) -> None:

@@ -1,16 +1,15 @@
-"""server.connection: a file response head is byte for byte the one h11 writes
+"""server.http.framing: a file response head is byte for byte the one h11 writes
 when it is given every field, whatever h11 decides about the connection."""
 
 from __future__ import annotations
 
 import os
-import types
 
 import h11
 import pytest
 
-from server import connection as connection_mod
-from server.connection import Connection, _responder
+from server.http import framing as framing_mod
+from server.http.framing import connection_field, file_head, responder
 from server.http.responses import SERVER_NAME, reason
 from server.http.static import FileReply
 
@@ -31,14 +30,9 @@ def _parsed(request: bytes) -> h11.Connection:
     return conn
 
 
-def _fake(conn: h11.Connection, *, keep10: bool, requests: int, max_requests: int) -> Connection:
-    fake = Connection.__new__(Connection)
-    fake.h11 = conn
-    fake._keep10 = keep10
-    fake.requests = requests
-    fake.cfg = types.SimpleNamespace(max_requests=max_requests)  # type: ignore[assignment]
-    fake.server = types.SimpleNamespace(date=types.SimpleNamespace(now=lambda: DATE))  # type: ignore[assignment]
-    return fake
+def _head(conn: h11.Connection, reply: FileReply, *, keep10: bool, last: bool) -> bytes:
+    """The head as the connection frames it: `last` when its request limit is reached."""
+    return file_head(conn, reply, DATE, connection_field(last=last, keep10=keep10))
 
 
 def _reference(conn: h11.Connection, reply: FileReply, close: bool, keep10: bool) -> bytes:
@@ -77,8 +71,7 @@ def test_file_head_is_what_h11_writes(
     for attempt in range(2):  # the second time, the framing event comes from the cache
         request = REQUESTS[request_name]
         ours, theirs = _parsed(request), _parsed(request)
-        fake = _fake(ours, keep10=False, requests=3 if last else 1, max_requests=3)
-        head = fake._file_head(reply)
+        head = _head(ours, reply, keep10=False, last=last)
         assert head == _reference(theirs, reply, last, False), attempt
         assert (ours.our_state, ours.their_state) == (theirs.our_state, theirs.their_state)
         for conn in (ours, theirs):
@@ -92,17 +85,30 @@ def test_file_head_is_what_h11_writes(
 def test_http10_keepalive_head(method: bytes) -> None:
     """An HTTP/1.0 keep-alive answer (nginx's way) through the responder h11."""
     reply = FileReply(200, list(FIELDS), -1, os.stat("/"), [], 7)
-    ours, theirs = _responder(method), _responder(method)
-    head = _fake(ours, keep10=True, requests=1, max_requests=100)._file_head(reply)
+    ours, theirs = responder(method), responder(method)
+    head = _head(ours, reply, keep10=True, last=False)
     assert head == _reference(theirs, reply, False, True)
     assert b"\r\nConnection: keep-alive\r\n" in head
 
 
 def test_framing_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(connection_mod, "_framing_responses", {})
-    for length in range(connection_mod.FRAMING_CACHE * 2 + 1):
+    monkeypatch.setattr(framing_mod, "_framing_responses", {})
+    for length in range(framing_mod.FRAMING_CACHE * 2 + 1):
         reply = FileReply(200, [], -1, os.stat("/"), [], length)
         conn = _parsed(REQUESTS["keep-alive"])
-        head = _fake(conn, keep10=False, requests=1, max_requests=100)._file_head(reply)
+        head = _head(conn, reply, keep10=False, last=False)
         assert head.endswith(b"Content-Length: %d\r\n\r\n" % length)
-        assert len(connection_mod._framing_responses) <= connection_mod.FRAMING_CACHE
+        assert len(framing_mod._framing_responses) <= framing_mod.FRAMING_CACHE
+
+
+@pytest.mark.parametrize(
+    ("last", "keep10", "field"),
+    [
+        (False, False, b""),
+        (True, False, b"close"),
+        (False, True, b"keep-alive"),
+        (True, True, b"close"),
+    ],
+)
+def test_connection_field(last: bool, keep10: bool, field: bytes) -> None:
+    assert connection_field(last=last, keep10=keep10) == field

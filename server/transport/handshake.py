@@ -1,0 +1,108 @@
+"""The TLS handshake, then the transport that carries the connection on.
+
+Theory of operation. OpenSSL runs the handshake over memory BIOs
+(`ktls.TlsHandshake`); what it writes goes out with `sosend` like any
+write(2), through the modeled kernel. Once it is done, `tls_accept` returns
+the established transport: with KTLS (the default) the negotiated keys and
+the next sequence numbers become a `KtlsSession` on the socket's send buffer
+and a `TlsControl` over what the client sends, and OpenSSL is done with the
+connection (`KtlsTransport`); with `--no-ktls` OpenSSL keeps both directions
+(`UserTlsTransport`). Client bytes that came with its Finished are kept for
+the transport's `first_data`.
+
+Our last handshake flight: a TLS 1.2 Finished is flushed at once (the client
+waits for it); TLS 1.3 session tickets are not (the client never waits for
+them): they leave with the first response, in the same write, unless the
+connection has to wait for the request first (`Transport.tickets_pending`).
+
+A handshake that fails is answered with OpenSSL's alert, or, when the first
+bytes were a plain HTTP request, with a plain HTTP 400 (as nginx does), and
+ends the connection: `tls_accept` returns None. So does a client that closes
+during the handshake, and one that does not finish within --handshake-timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import trio
+
+from ktls.control import TlsControl
+from ktls.handshake import TlsError, TlsHandshake, UserTls
+from ktls.session import KtlsSession
+from server.transport import Transport
+from server.transport.ktls import KtlsTransport
+from server.transport.usertls import UserTlsTransport
+from server.txpath import KernelTx
+
+if TYPE_CHECKING:
+    from server.app import Server
+
+log = logging.getLogger("nomapd")
+
+_PLAIN_HTTP = re.compile(rb"^[A-Z]{3,10} [^ ]+ HTTP/1\.[01]\r?\n")
+_PLAIN_HTTP_BODY = b"400 Bad Request: the plain HTTP request was sent to an HTTPS port\n"
+PLAIN_HTTP_ON_TLS = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
+)
+
+
+async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
+    """Run the server side of the TLS handshake on `tx`; the established transport,
+    or None if the connection is to end (the failure answered, counted, logged)."""
+    assert server.ssl_ctx is not None
+    cfg = server.cfg
+    hs = TlsHandshake(server.ssl_ctx)
+    first = b""
+    try:
+        with trio.fail_after(cfg.handshake_timeout):
+            while not hs.advance():
+                out = hs.data_to_send()
+                if out:
+                    await tx.send(out)
+                    await tx.flush()
+                data = await tx.recv()
+                if not data:
+                    return None
+                first = first or data
+                hs.receive_data(data)
+        out = hs.data_to_send()
+        tickets = bool(out) and hs.conn.get_protocol_version_name() == "TLSv1.3"
+        if out:  # TLS 1.2: our Finished (flushed: the client waits); TLS 1.3: tickets
+            await tx.send(out)
+            if not tickets:
+                await tx.flush()
+        transport: Transport
+        if cfg.ktls:
+            est = hs.established()
+            kern = server.kern
+            session = KtlsSession(kern, server.workers, est.suite, est.tx.key, est.tx.iv)
+            tx.so.so_snd.sb_tls_info = session
+            tx.so.so_snd.sb_tls_seqno = est.tx_seq
+            ctl = TlsControl(est, kern.stats.ktls)
+            transport = KtlsTransport(tx, kern, server.stats, ctl, hs.leftover(), cfg.send_timeout)
+            hs.conn.set_app_data(None)  # OpenSSL is done with this connection
+        else:
+            hs.keylog.wipe()
+            user = UserTls(hs.conn, hs.leftover())
+            transport = UserTlsTransport(tx, user, server.stats, cfg.send_timeout)
+        transport.tickets_pending = tickets
+        server.stats.tls_handshakes += 1
+        return transport
+    except TlsError as e:
+        server.stats.tls_handshake_failures += 1
+        log.debug("handshake failed: %s", e)
+        out = hs.data_to_send()
+        if _PLAIN_HTTP.match(first):
+            # As nginx does: answer a plain HTTP request on the TLS port in plain HTTP.
+            out = PLAIN_HTTP_ON_TLS
+        if out:  # OpenSSL's alert
+            await tx.send(out)
+            await tx.flush()
+        return None
+    except trio.TooSlowError:
+        server.stats.timeouts += 1
+        return None

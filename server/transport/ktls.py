@@ -1,0 +1,115 @@
+"""Kernel TLS: the model's kernel is the record layer once the handshake is done.
+
+Theory of operation. After the handshake (handshake.py) the negotiated keys
+and the next sequence numbers are a `KtlsSession` on the socket's send buffer
+(`TCP_TXTLS_ENABLE`), which frames and encrypts everything we send, and a
+`KtlsRxSession` under `TlsControl` for what the client sends
+(`TCP_RXTLS_ENABLE`): OpenSSL is done. Heads, bodies and files go out as on
+a plain socket (`PlainTransport`'s send and sendfile) and come out as records.
+Control records go out through the same send path with their record type:
+
+* a fatal alert answering a record `TlsControl` refused (bad tag, bad type,
+  too long), sequenced after everything we sent, then nothing more;
+* the no_renegotiation warning answering a renegotiation attempt;
+* our KeyUpdate answering a client's KeyUpdate(update_requested), after which
+  a successor session with the next keys takes over (beyond the 2019 kernel,
+  which installs keys once: see `KtlsSession.successor`);
+* our close_notify.
+
+Each answer a client may wait for is flushed at once, so answers never pile up.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ktls.alerts import CLOSE_NOTIFY, FATAL, WARNING, RecordError, alert_bytes
+from ktls.control import KEY_UPDATE_NOT_REQUESTED, TlsControl
+from ktls.session import KtlsSession
+from mbuf.kern import Kernel
+from mbuf.socket import TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE
+from server.counters import ServerStat
+from server.transport.plain import PlainTransport
+from server.txpath import KernelTx
+
+
+class KtlsTransport(PlainTransport):
+    def __init__(
+        self,
+        tx: KernelTx,
+        kern: Kernel,
+        stats: ServerStat,
+        ctl: TlsControl,
+        early: bytes,
+        send_timeout: float,
+    ) -> None:
+        super().__init__(tx, kern, stats)
+        self.ctl = ctl
+        self._early = early  # client bytes that came with its Finished
+        self.send_timeout = send_timeout
+
+    async def first_data(self) -> bytes:
+        early, self._early = self._early, b""
+        return await self.receive(early)
+
+    async def receive(self, raw: bytes) -> bytes:
+        """Decrypt client bytes and act on what they carry; sets `eof` on close_notify."""
+        ctl = self.ctl
+        try:
+            plain = ctl.receive_data(raw)
+        except RecordError as e:
+            await self._send_alert(FATAL, e.description)
+            raise
+        if ctl.outgoing:  # a no_renegotiation warning: a client may wait for it
+            for rtype, payload in ctl.take_outgoing():
+                await self.tx.send(payload, rtype)
+            await self.tx.flush()
+        if ctl.key_update_owed:
+            await self._key_update()
+        self.eof = self.eof or ctl.closed
+        return plain
+
+    async def _send_alert(self, level: int, description: int) -> None:
+        """A fatal alert, sequenced after everything we sent, then nothing more."""
+        self.kern.stats.ktls.alerts_sent += 1
+        with trio.move_on_after(self.send_timeout):
+            await self.tx.send(alert_bytes(level, description), TLS_RLTYPE_ALERT)
+            await self.tx.flush()
+            self.linger_wanted = True
+
+    async def _key_update(self) -> None:
+        """Answer a KeyUpdate(update_requested): ours under the current keys, then
+        a successor session with the next ones for every later record."""
+        sb = self.tx.so.so_snd
+        await self.tx.send(KEY_UPDATE_NOT_REQUESTED, TLS_RLTYPE_HANDSHAKE)
+        # Out at once (a client may wait for it, and answers never pile up); then
+        # the old session has nothing left in flight when the new one takes over.
+        await self.tx.flush()
+        keys = self.ctl.next_tx_keys()
+        old = sb.sb_tls_info
+        assert isinstance(old, KtlsSession)
+        sb.sb_tls_info = old.successor(keys.key, keys.iv)
+        sb.sb_tls_seqno = 0
+
+    async def _close_notify(self) -> None:
+        await self.tx.send(alert_bytes(WARNING, CLOSE_NOTIFY), TLS_RLTYPE_ALERT)
+
+    def info(self) -> dict[str, object]:
+        sb = self.tx.so.so_snd
+        tls = sb.sb_tls_info
+        if not isinstance(tls, KtlsSession):  # torn down
+            return {}
+        rx = self.ctl.rx
+        return {
+            "tls": self.ctl.version.name,
+            "suite": tls.suite.iana_name,
+            "tx_seq": sb.sb_tls_seqno,
+            "tx_records": tls.records_encrypted,
+            "tx_bytes": tls.bytes_encrypted,
+            "rx_seq": rx.seqno,
+            "rx_records": rx.records,
+            "rx_bytes": rx.bytes,
+            "key_updates_rx": self.ctl.key_updates_rx,
+            "key_updates_tx": self.ctl.key_updates_tx,
+            "wq_index": tls.wq_index,
+        }
