@@ -287,7 +287,7 @@ class _EncryptBatch:
             st.failed_crypto += 1
             so.soabort(errno.EIO)
             self._free_unused_dst()
-        so.sorwakeup()
+        so.sowwakeup()
 
     def _free_unused_dst(self) -> None:
         """Ciphertext pages of records that never took them (still `tls`) go back."""

@@ -464,7 +464,7 @@ def sendfile_iodone(sfio: SfIo) -> None:
         sfio.tls.ktls_enqueue(so, sfio.m, sfio.npages)
     else:
         pru_ready(so, sfio.m, sfio.npages)
-    so.sorwakeup()
+    so.sowwakeup()
 
 
 def vm_pager_iodone(kern: Kernel, req: PagerRequest) -> None:

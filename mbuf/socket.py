@@ -58,7 +58,9 @@ class Socket:
         self.so_upcall: Callable[[], None] = _no_upcall
         kern.stats.tcp.connections += 1
 
-    def sorwakeup(self) -> None:
+    def sowwakeup(self) -> None:
+        """sowwakeup: wake the writer of so_snd (room or ready data appeared); the
+        kernel's sorwakeup is the reader's wakeup on so_rcv."""
         self.so_upcall()
 
     def soabort(self, error: int) -> None:
