@@ -48,8 +48,9 @@ from ktls.alerts import (
 )
 from ktls.handshake import Established
 from ktls.keys import TrafficKeys, tls13_next_traffic_secret, tls13_traffic_keys
-from ktls.rx import CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, KtlsRxSession
+from ktls.rx import KtlsRxSession
 from ktls.suites import TlsVersion
+from mbuf.ktls_hdr import TLS_RLTYPE_ALERT, TLS_RLTYPE_APP, TLS_RLTYPE_HANDSHAKE
 
 if TYPE_CHECKING:
     from mbuf.counters import KtlsStat
@@ -110,30 +111,30 @@ class TlsControl:
         out: list[bytes] = []
         while not self.closed and (rec := rx.next_record()) is not None:
             ctype, payload = rec
-            if ctype == CT_APPLICATION_DATA and payload and not self._hs and not self._alert:
+            if ctype == TLS_RLTYPE_APP and payload and not self._hs and not self._alert:
                 self._empty = 0  # the usual record: what the branches below do for it
                 self._warnings = 0
                 out.append(payload)
                 continue
-            if self._hs and ctype != CT_HANDSHAKE:
+            if self._hs and ctype != TLS_RLTYPE_HANDSHAKE:
                 raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with a handshake message")
-            if self._alert and ctype != CT_ALERT:
+            if self._alert and ctype != TLS_RLTYPE_ALERT:
                 raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with an alert")
             if not payload:
-                if ctype != CT_APPLICATION_DATA:
+                if ctype != TLS_RLTYPE_APP:
                     raise RecordError(UNEXPECTED_MESSAGE, f"empty record of type {ctype}")
                 self._empty += 1
                 if self._empty > MAX_EMPTY_RECORDS:
                     raise RecordError(UNEXPECTED_MESSAGE, "too many empty records")
                 continue
             self._empty = 0
-            if ctype == CT_ALERT:
+            if ctype == TLS_RLTYPE_ALERT:
                 self._alerts(payload)
                 continue
             self._warnings = 0  # as OpenSSL: any other record that carries something
-            if ctype == CT_APPLICATION_DATA:
+            if ctype == TLS_RLTYPE_APP:
                 out.append(payload)
-            elif ctype == CT_HANDSHAKE:
+            elif ctype == TLS_RLTYPE_HANDSHAKE:
                 self._handshake(payload)
             else:
                 raise RecordError(UNEXPECTED_MESSAGE, f"record of type {ctype} after the handshake")
@@ -191,7 +192,7 @@ class TlsControl:
                     raise RecordError(UNEXPECTED_MESSAGE, "KeyUpdate not at the end of its record")
                 self._key_update(body[0])
             else:  # a TLS 1.2 ClientHello: renegotiation, refused with a warning
-                self.outgoing.append((CT_ALERT, alert_bytes(WARNING, NO_RENEGOTIATION)))
+                self.outgoing.append((TLS_RLTYPE_ALERT, alert_bytes(WARNING, NO_RENEGOTIATION)))
                 if self.stats is not None:
                     self.stats.alerts_sent += 1
 

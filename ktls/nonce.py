@@ -28,13 +28,18 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from mbuf.ktls_hdr import (
+    TLS13_MAX_CIPHERTEXT_LEN,
+    TLS_LEGACY_RECORD_VERSION,
+    TLS_MAX_MSG_SIZE_V10_2,
+    TLS_RLTYPE_APP,
+)
+
 __all__ = [
     "SEQNO_LIMIT",
     "TLS12_EXPLICIT_NONCE_LEN",
     "TLS12_GCM_SALT_LEN",
-    "TLS12_MAX_PLAINTEXT_LEN",
     "TLS13_IV_LEN",
-    "TLS13_MAX_CIPHERTEXT_LEN",
     "tls12_aad",
     "tls12_gcm_nonce",
     "tls13_aad",
@@ -48,13 +53,6 @@ TLS13_IV_LEN: Final = 12
 # RFC 5288 3: GCMNonce = salt[4] || nonce_explicit[8].
 TLS12_GCM_SALT_LEN: Final = 4
 TLS12_EXPLICIT_NONCE_LEN: Final = 8
-# RFC 5246 6.2.1: TLSPlaintext.length MUST NOT exceed 2^14.
-TLS12_MAX_PLAINTEXT_LEN: Final = 1 << 14
-# RFC 8446 5.2: TLSCiphertext.length MUST NOT exceed 2^14 + 256.
-TLS13_MAX_CIPHERTEXT_LEN: Final = (1 << 14) + 256
-
-_APPLICATION_DATA: Final = 0x17
-_LEGACY_VERSION: Final = 0x0303
 _TLS13_AAD: Final = struct.Struct(">BHH")  # opaque_type, legacy_record_version, length
 _TLS12_AAD: Final = struct.Struct(">QBHH")  # seq_num, type, version, length
 
@@ -106,7 +104,7 @@ def tls13_aad(ciphertext_len: int) -> bytes:
         raise ValueError(
             f"ciphertext_len must be in [0, 2**14 + 256] (RFC 8446 5.2), got {ciphertext_len}"
         )
-    return _TLS13_AAD.pack(_APPLICATION_DATA, _LEGACY_VERSION, ciphertext_len)
+    return _TLS13_AAD.pack(TLS_RLTYPE_APP, TLS_LEGACY_RECORD_VERSION, ciphertext_len)
 
 
 def tls12_aad(seqno: int, content_type: int, plaintext_len: int) -> bytes:
@@ -122,8 +120,8 @@ def tls12_aad(seqno: int, content_type: int, plaintext_len: int) -> bytes:
         raise ValueError(f"content_type must be in [0, 255], got {content_type}")
     if isinstance(plaintext_len, bool) or not isinstance(plaintext_len, int):
         raise TypeError(f"plaintext_len must be int, not {type(plaintext_len).__name__}")
-    if not 0 <= plaintext_len <= TLS12_MAX_PLAINTEXT_LEN:
+    if not 0 <= plaintext_len <= TLS_MAX_MSG_SIZE_V10_2:
         raise ValueError(
             f"plaintext_len must be in [0, 2**14] (RFC 5246 6.2.1), got {plaintext_len}"
         )
-    return _TLS12_AAD.pack(seq, content_type, _LEGACY_VERSION, plaintext_len)
+    return _TLS12_AAD.pack(seq, content_type, TLS_LEGACY_RECORD_VERSION, plaintext_len)

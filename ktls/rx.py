@@ -50,20 +50,20 @@ from ktls.alerts import (
 )
 from ktls.nonce import SEQNO_LIMIT, TLS13_IV_LEN, tls12_aad, tls12_gcm_nonce, tls13_nonce
 from ktls.suites import CipherSuite, TlsVersion
+from mbuf.ktls_hdr import (
+    TLS12_MAX_CIPHERTEXT_LEN,
+    TLS13_MAX_CIPHERTEXT_LEN,
+    TLS_HEADER_LEN,
+    TLS_MAX_MSG_SIZE_V10_2,
+    TLS_RLTYPE_ALERT,
+    TLS_RLTYPE_APP,
+    TLS_RLTYPE_HANDSHAKE,
+)
 
 if TYPE_CHECKING:
     from mbuf.counters import KtlsStat
 
-CT_CHANGE_CIPHER_SPEC = 20
-CT_ALERT = 21
-CT_HANDSHAKE = 22
-CT_APPLICATION_DATA = 23
-
-MAX_PLAINTEXT = 1 << 14  # RFC 8446 5.1, RFC 5246 6.2.1
-TLS13_MAX_CIPHERTEXT = MAX_PLAINTEXT + 256  # RFC 8446 5.2
-TLS12_MAX_CIPHERTEXT = MAX_PLAINTEXT + 2048  # RFC 5246 6.2.3
-_HEADER = 5
-_TLS12_PROTECTED = frozenset({CT_ALERT, CT_HANDSHAKE, CT_APPLICATION_DATA})
+_TLS12_PROTECTED = frozenset({TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE, TLS_RLTYPE_APP})
 
 
 def _iv_int(iv: bytes) -> int:
@@ -110,7 +110,7 @@ class KtlsRxSession:
         self.seqno = seqno
         self.stats = stats
         tls13 = self.version is TlsVersion.TLS13
-        self.max_ciphertext = TLS13_MAX_CIPHERTEXT if tls13 else TLS12_MAX_CIPHERTEXT
+        self.max_ciphertext = TLS13_MAX_CIPHERTEXT_LEN if tls13 else TLS12_MAX_CIPHERTEXT_LEN
         self._buf = bytearray()
         self._checked = False  # the header at the front of _buf passed ktls_check_rx
         self.records = 0  # per-session counters
@@ -134,7 +134,7 @@ class KtlsRxSession:
         Raises RecordError (the session is then unusable)."""
         buf = self._buf
         have = len(buf)
-        if have < _HEADER:
+        if have < TLS_HEADER_LEN:
             return None
         ctype = buf[0]
         length = (buf[3] << 8) | buf[4]
@@ -142,7 +142,7 @@ class KtlsRxSession:
             # Application data with the right version and a plausible length passes
             # in either version; anything else gets the whole check.
             if not (
-                ctype == CT_APPLICATION_DATA
+                ctype == TLS_RLTYPE_APP
                 and buf[1] == 3
                 and buf[2] == 3
                 and length <= self.max_ciphertext
@@ -150,7 +150,7 @@ class KtlsRxSession:
             ):
                 self._check_header(ctype, (buf[1] << 8) | buf[2], length)
             self._checked = True
-        end = _HEADER + length
+        end = TLS_HEADER_LEN + length
         if have < end:
             return None
         if have == end:  # the usual case: the buffer is this record
@@ -160,8 +160,8 @@ class KtlsRxSession:
             record = bytes(buf[:end])
             del buf[:end]
         self._checked = False
-        header = record[:_HEADER]
-        body = memoryview(record)[_HEADER:]
+        header = record[:TLS_HEADER_LEN]
+        body = memoryview(record)[TLS_HEADER_LEN:]
         try:
             rec = self._open(ctype, header, body)
         except RecordError:
@@ -180,7 +180,7 @@ class KtlsRxSession:
         """ktls_check_rx: what the header alone tells."""
         fail: RecordError | None = None
         if self.version is TlsVersion.TLS13:
-            if ctype != CT_APPLICATION_DATA:
+            if ctype != TLS_RLTYPE_APP:
                 fail = RecordError(UNEXPECTED_MESSAGE, f"unprotected record of type {ctype}")
             elif version != TlsVersion.TLS12:  # legacy_record_version, as OpenSSL checks it
                 fail = RecordError(DECODE_ERROR, f"record version {version:#06x}")
@@ -211,7 +211,7 @@ class KtlsRxSession:
                 inner = self.aead.decrypt(nonce, body, header)
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record does not authenticate") from None
-            if len(inner) > MAX_PLAINTEXT + 1:  # RFC 8446 5.4: padding included
+            if len(inner) > TLS_MAX_MSG_SIZE_V10_2 + 1:  # RFC 8446 5.4: padding included
                 raise RecordError(RECORD_OVERFLOW, f"inner plaintext of {len(inner)} bytes")
             if inner[-1]:  # no padding (the usual case)
                 return RxRecord(inner[-1], inner[:-1])
@@ -223,7 +223,7 @@ class KtlsRxSession:
         plen = len(body) - n - suite.tag_len
         if plen < 0:
             raise RecordError(BAD_RECORD_MAC, "record shorter than its nonce and tag")
-        if plen > MAX_PLAINTEXT:
+        if plen > TLS_MAX_MSG_SIZE_V10_2:
             raise RecordError(RECORD_OVERFLOW, f"plaintext of {plen} bytes")
         nonce = tls12_gcm_nonce(self.iv, bytes(body[:n])) if n else tls13_nonce(self.iv, self.seqno)
         try:

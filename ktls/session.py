@@ -39,17 +39,22 @@ from ktls.ocf import ktls_ocf_encrypt
 from ktls.suites import CipherSuite, TlsVersion
 from ktls.workers import KtlsWorkers
 from mbuf.kassert import kassert, kpanic
+from mbuf.ktls_hdr import (
+    TLS_HEADER_LEN,
+    TLS_LEGACY_RECORD_VERSION,
+    TLS_MAX_MSG_SIZE_V10_2,
+    TLS_RLTYPE_APP,
+)
 from mbuf.mb_unmapped import mb_free_mext_pgs
 from mbuf.mbuf import M_NOTREADY, MBUF_PEXT_FLAG_ANON, Mbuf
 from mbuf.param import PAGE_SIZE
-from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
+from mbuf.socket import Socket, pru_ready
 
 if TYPE_CHECKING:
     from mbuf.kern import Kernel
     from mbuf.sockbuf import SockBuf
 
-TLS_MAX_MSG_SIZE_V10_2 = 16384
-_TLS_HEADER = struct.Struct(">BHH")  # type, legacy version, length
+_TLS_HEADER = struct.Struct(">BHH")  # struct tls_record_layer: type, version, length
 
 log = logging.getLogger("nomapd.ktls")
 
@@ -169,7 +174,9 @@ class KtlsSession:
             m.m_len += hlen + tlen
             pgs.tls = self
             pgs.record_type = record_type
-            _TLS_HEADER.pack_into(pgs.hdr, 0, outer, 0x0303, m.m_len - 5)
+            _TLS_HEADER.pack_into(
+                pgs.hdr, 0, outer, TLS_LEGACY_RECORD_VERSION, m.m_len - TLS_HEADER_LEN
+            )
             m.m_flags |= M_NOTREADY
             pgs.nrdy = pgs.npgs
             enq += pgs.npgs
@@ -188,7 +195,9 @@ class KtlsSession:
             if explicit and pgs.seqno < SEQNO_LIMIT:
                 # Beyond 2^64 - 1 the nonce stays unwritten; ktls_ocf_encrypt
                 # refuses the seqno and the batch fails with EIO (never wraps).
-                pgs.hdr[5 : 5 + explicit] = pgs.seqno.to_bytes(explicit, "big")
+                pgs.hdr[TLS_HEADER_LEN : TLS_HEADER_LEN + explicit] = pgs.seqno.to_bytes(
+                    explicit, "big"
+                )
             n = n.m_next
 
     def ktls_enqueue(self, so: Socket, m: Mbuf, page_count: int) -> None:

@@ -32,25 +32,28 @@ from typing import Final
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from mbuf.ktls_hdr import (
+    TLS_HEADER_LEN,
+    TLS_MAJOR_VER_ONE,
+    TLS_MINOR_VER_THREE,
+    TLS_MINOR_VER_TWO,
+)
+
 __all__ = [
     "SUITES",
     "TLS12_CIPHER_LIST",
     "TLS13_CIPHERSUITES",
-    "TLS_HEADER_LEN",
     "CipherSuite",
     "TlsVersion",
     "suite_for",
 ]
 
-# struct tls_record_layer: type(1) version(2) length(2).
-TLS_HEADER_LEN: Final = 5
-
 
 class TlsVersion(enum.IntEnum):
     """Protocol versions as they appear on the wire (and in SSL_version())."""
 
-    TLS12 = 0x0303
-    TLS13 = 0x0304
+    TLS12 = TLS_MAJOR_VER_ONE << 8 | TLS_MINOR_VER_TWO  # 0x0303
+    TLS13 = TLS_MAJOR_VER_ONE << 8 | TLS_MINOR_VER_THREE  # 0x0304
 
 
 @dataclass(frozen=True, slots=True)

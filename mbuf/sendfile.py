@@ -42,6 +42,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mbuf.kassert import kassert
+from mbuf.ktls_hdr import TLS_RLTYPE_APP
 from mbuf.mb_unmapped import NoMemory, m_uiotombuf
 from mbuf.mbuf import (
     EXT_SFBUF,
@@ -64,7 +65,7 @@ from mbuf.param import (
 )
 from mbuf.sf_buf import SFB_NOWAIT, SfBuf, sf_buf_kva, sf_buf_page
 from mbuf.sockbuf import SBS_CANTSENDMORE
-from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
+from mbuf.socket import Socket, pru_ready
 from mbuf.vm_object import PagerRequest, VmObject
 from mbuf.vm_page import VmPage
 

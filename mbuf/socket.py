@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mbuf.kassert import kassert
+from mbuf.ktls_hdr import TLS_RLTYPE_ALERT, TLS_RLTYPE_APP, TLS_RLTYPE_HANDSHAKE
 from mbuf.mb_unmapped import m_uiotombuf
 from mbuf.sockbuf import SBS_CANTSENDMORE, SockBuf
 from mbuf.tcp_output import TcpCb
@@ -30,9 +31,16 @@ if TYPE_CHECKING:
     from mbuf.kern import Kernel
     from mbuf.mbuf import Mbuf
 
-TLS_RLTYPE_ALERT = 21
-TLS_RLTYPE_HANDSHAKE = 22
-TLS_RLTYPE_APP = 23
+# Re-exported for the callers of sosend that name a record type.
+__all__ = [
+    "TLS_RLTYPE_ALERT",
+    "TLS_RLTYPE_APP",
+    "TLS_RLTYPE_HANDSHAKE",
+    "Socket",
+    "pru_ready",
+    "soclose",
+    "sosend",
+]
 
 
 class Socket:

@@ -15,15 +15,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ktls.nonce import (
-    SEQNO_LIMIT,
-    TLS12_MAX_PLAINTEXT_LEN,
-    TLS13_MAX_CIPHERTEXT_LEN,
-    tls12_aad,
-    tls12_gcm_nonce,
-    tls13_aad,
-    tls13_nonce,
-)
+from ktls.nonce import SEQNO_LIMIT, tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce
+from mbuf.ktls_hdr import TLS13_MAX_CIPHERTEXT_LEN, TLS_MAX_MSG_SIZE_V10_2
 
 IV = bytes.fromhex("0102030405060708090a0b0c")
 MAX_SEQ = SEQNO_LIMIT - 1
@@ -192,7 +185,7 @@ def test_tls13_aad_rejects(length: Any, exc: type[Exception]) -> None:
         (1, 0x17, 0x1234, "00000000000000011703031234"),
         (2, 0x16, 16, "00000000000000021603030010"),
         (0x0102030405060708, 0x15, 2, "01020304050607081503030002"),
-        (MAX_SEQ, 0x17, TLS12_MAX_PLAINTEXT_LEN, "ffffffffffffffff1703034000"),
+        (MAX_SEQ, 0x17, TLS_MAX_MSG_SIZE_V10_2, "ffffffffffffffff1703034000"),
     ],
 )
 def test_tls12_aad(seqno: int, content_type: int, length: int, expected: str) -> None:
@@ -207,7 +200,7 @@ BAD_TLS12_AAD: list[Any] = [
     pytest.param(0, -1, 0, ValueError, id="type-negative"),
     pytest.param(0, 0x100, 0, ValueError, id="type-256"),
     pytest.param(0, 0x17, -1, ValueError, id="len-negative"),
-    pytest.param(0, 0x17, TLS12_MAX_PLAINTEXT_LEN + 1, ValueError, id="len-2**14+1"),
+    pytest.param(0, 0x17, TLS_MAX_MSG_SIZE_V10_2 + 1, ValueError, id="len-2**14+1"),
     pytest.param(0.0, 0x17, 0, TypeError, id="seq-float"),
     pytest.param(0, b"\x17", 0, TypeError, id="type-bytes"),
     pytest.param(0, 0x17, None, TypeError, id="len-none"),
