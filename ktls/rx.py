@@ -48,7 +48,7 @@ from ktls.alerts import (
     UNEXPECTED_MESSAGE,
     RecordError,
 )
-from ktls.nonce import SEQNO_LIMIT, TLS13_IV_LEN, tls12_aad, tls12_gcm_nonce, tls13_nonce
+from ktls.nonce import SEQNO_LIMIT, tls12_aad, tls12_gcm_nonce, tls13_iv_int, tls13_nonce_int
 from ktls.suites import CipherSuite, TlsVersion
 from mbuf.ktls_hdr import (
     TLS12_MAX_CIPHERTEXT_LEN,
@@ -64,13 +64,6 @@ if TYPE_CHECKING:
     from mbuf.counters import KtlsStat
 
 _TLS12_PROTECTED = frozenset({TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE, TLS_RLTYPE_APP})
-
-
-def _iv_int(iv: bytes) -> int:
-    """The TLS 1.3 write IV as the integer each record's nonce is XORed from
-    (RFC 8446 5.3); -1 for an IV of another length (TLS 1.2 GCM's 4-byte salt),
-    which then goes through `tls13_nonce` and its check."""
-    return int.from_bytes(iv) if len(iv) == TLS13_IV_LEN else -1
 
 
 class RxRecord(NamedTuple):
@@ -106,7 +99,7 @@ class KtlsRxSession:
         self.version = suite.version
         self.aead = suite.aead(key)
         self.iv = iv
-        self._iv_int = _iv_int(iv)
+        self._iv_int = self._nonce_base(iv)
         self.seqno = seqno
         self.stats = stats
         tls13 = self.version is TlsVersion.TLS13
@@ -120,8 +113,13 @@ class KtlsRxSession:
         """New receive keys (a TLS 1.3 KeyUpdate): numbering starts again at 0."""
         self.aead = self.suite.aead(key)
         self.iv = iv
-        self._iv_int = _iv_int(iv)
+        self._iv_int = self._nonce_base(iv)
         self.seqno = 0
+
+    def _nonce_base(self, iv: bytes) -> int:
+        """The int each record's nonce is XORed from (RFC 8446 5.3, RFC 7905 2);
+        TLS 1.2 GCM, whose nonce is the salt and the record's explicit part, has none."""
+        return 0 if self.suite.explicit_nonce_len else tls13_iv_int(iv)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
@@ -202,11 +200,7 @@ class KtlsRxSession:
         if self.version is TlsVersion.TLS13:
             if len(body) <= suite.tag_len:
                 raise RecordError(BAD_RECORD_MAC, "record shorter than its tag")
-            # tls13_nonce(self.iv, self.seqno), with the IV checked once at install
-            # and the sequence number by the header check.
-            iv = self._iv_int
-            seqno = self.seqno
-            nonce = (iv ^ seqno).to_bytes(TLS13_IV_LEN) if iv >= 0 else tls13_nonce(self.iv, seqno)
+            nonce = tls13_nonce_int(self._iv_int, self.seqno)
             try:
                 inner = self.aead.decrypt(nonce, body, header)
             except InvalidTag:
@@ -225,7 +219,9 @@ class KtlsRxSession:
             raise RecordError(BAD_RECORD_MAC, "record shorter than its nonce and tag")
         if plen > TLS_MAX_MSG_SIZE_V10_2:
             raise RecordError(RECORD_OVERFLOW, f"plaintext of {plen} bytes")
-        nonce = tls12_gcm_nonce(self.iv, bytes(body[:n])) if n else tls13_nonce(self.iv, self.seqno)
+        nonce = (
+            tls12_gcm_nonce(self.iv, body[:n]) if n else tls13_nonce_int(self._iv_int, self.seqno)
+        )
         try:
             plain = self.aead.decrypt(nonce, body[n:], tls12_aad(self.seqno, ctype, plen))
         except InvalidTag:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from ktls.nonce import SEQNO_LIMIT
+from ktls.nonce import SEQNO_LIMIT, tls13_iv_int
 from ktls.ocf import ktls_ocf_encrypt
 from ktls.suites import CipherSuite, TlsVersion
 from ktls.workers import KtlsWorkers
@@ -104,8 +104,9 @@ class KtlsSession:
         self.version = suite.version
         self.aead: AESGCM | ChaCha20Poly1305 = suite.aead(key)
         self.iv = iv
-        self.iv_int = int.from_bytes(iv, "big")
         self.explicit_nonce_len = suite.explicit_nonce_len
+        # The int each record's nonce is XORed from; TLS 1.2 GCM's salt has none.
+        self.iv_int = 0 if self.explicit_nonce_len else tls13_iv_int(iv)
         self.tls_hlen = suite.tls_hlen
         self.tls_tlen = suite.tls_tlen
         self.max_frame_len = max_frame_len
