@@ -15,7 +15,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ktls.nonce import SEQNO_LIMIT, tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce
+from ktls.nonce import (
+    SEQNO_LIMIT,
+    tls12_aad,
+    tls12_gcm_nonce,
+    tls13_aad,
+    tls13_iv_int,
+    tls13_nonce,
+    tls13_nonce_int,
+)
 from mbuf.ktls_hdr import TLS13_MAX_CIPHERTEXT_LEN, TLS_MAX_MSG_SIZE_V10_2
 
 IV = bytes.fromhex("0102030405060708090a0b0c")
@@ -64,6 +72,20 @@ def test_tls13_nonce_matches_bytewise_definition(iv: bytes, seqno: int) -> None:
     assert nonce == expected
     # XOR is an involution: the IV comes back.
     assert tls13_nonce(nonce, seqno) == iv
+    # The per-record form: the IV as an int once, one XOR per record.
+    assert tls13_nonce_int(tls13_iv_int(iv), seqno) == nonce
+
+
+@pytest.mark.parametrize("seqno", [-1, SEQNO_LIMIT, 1.0, True])
+def test_tls13_nonce_int_rejects_seqno(seqno: Any) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        tls13_nonce_int(tls13_iv_int(IV), seqno)
+
+
+@pytest.mark.parametrize("iv", [IV[:11], IV + b"\0", IV[:4]])
+def test_tls13_iv_int_rejects_length(iv: bytes) -> None:
+    with pytest.raises(ValueError, match="iv must be 12 bytes"):
+        tls13_iv_int(iv)
 
 
 # RFC 9001 appendix A.5: key, iv, packet number, nonce, header (AAD), plaintext, ciphertext.
@@ -124,6 +146,11 @@ def test_tls12_gcm_nonce(seqno: int) -> None:
     assert nonce == salt + explicit
     assert len(nonce) == 12
     AESGCM(bytes(16)).encrypt(nonce, b"x", None)  # a valid GCM nonce
+    # The explicit part may be a slice or a view of the record header it travels in.
+    header = bytearray(5) + explicit
+    assert tls12_gcm_nonce(salt, header[5:]) == nonce
+    assert tls12_gcm_nonce(salt, memoryview(header)[5:]) == nonce
+    assert type(tls12_gcm_nonce(salt, header[5:])) is bytes
 
 
 BAD_GCM_NONCE: list[Any] = [
