@@ -1,6 +1,6 @@
 """The Python peer: Starlette's StaticFiles, served by hypercorn's trio worker.
 
-Issue 6 compares nomapd with "the closest Python peer on the same libraries":
+The bench compares nomapd with the closest Python peer on the same libraries:
 hypercorn (h11 for HTTP/1.1, like nomapd) on trio (like nomapd), with the
 most common ASGI static-file handler, Starlette's `StaticFiles`, mounted at
 "/" over the benchmark's document root (`$BENCH_DOCROOT`). StaticFiles

@@ -1,4 +1,4 @@
-"""Issue 6's performance targets, checked against a run's figures.
+"""The benchmark's performance targets, checked against a run's figures.
 
 Each target is computed for every tool that measured it; a target is met
 when every tool that measured it says so, and "not measured" when none did

@@ -11,7 +11,7 @@ back so that all socket-buffer and page-arena changes happen on that thread.
 With `nthreads == 0` work runs inline at submission: the server's default
 (`--ktls-workers 0`). Under the GIL only the C crypto, a few per cent of a
 batch's work, can overlap, while every batch crosses threads twice; two
-threads gave 0.6x the throughput of none on 2 cores (issue 6).
+threads gave 0.6x the throughput of none on 2 cores (`make bench`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Models sys/sys/mbuf.h and sys/kern/uipc_mbuf.c / kern_mbuf.c as of the June
 2019 unmapped-mbuf change (D20616) with the KTLS fields added in August 2019
-(the "E1" layout of ../shared/reference/freebsd-datapath.md section 2.2):
+(the "E1" layout: a separate `struct mbuf_ext_pgs`, before FreeBSD 13 moved
+its fields into the mbuf as `m_epg_*`):
 
 * `Mbuf` carries `m_next`, `m_data`, `m_len`, `m_flags` and, for `M_PKTHDR`
   mbufs, `m_pkthdr_len` and `m_pkthdr_csum_flags`. Plain mbufs keep up to MLEN

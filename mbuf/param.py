@@ -1,8 +1,8 @@
 """Machine and mbuf parameters of the modeled kernel (amd64, LP64, 2019 layout).
 
-Every number here is the value FreeBSD head had in mid-2019 (see
-../shared/reference/freebsd-datapath.md sections 2 and 9); the comment on each
-names where it comes from.
+Every number here is the value FreeBSD head had in mid-2019 (sys/sys/param.h,
+sys/sys/mbuf.h, sys/kern/uipc_sockbuf.c); the comment on each names where it
+comes from.
 """
 
 from __future__ import annotations
