@@ -1,8 +1,8 @@
-"""sendfile(2): file pages into the socket buffer without copying (sys/kern/kern_sendfile.c).
+"""sendfile(2): file pages into the socket buffer without copying.
 
-One `SendfileJob` is one sendfile call on a non-blocking socket; `sendfile_step`
-runs its main loop (reference 5.3) until the request is queued or the socket
-buffer is full:
+Theory of operation. One `SendfileJob` is one sendfile call on a non-blocking
+socket; `sendfile_step` runs its main loop until the request is queued or the
+socket buffer is full:
 
 1. wait for space: proceed only if everything left fits, or at least the
    low-water mark (raised to at least sb_hiwat/2) is free;
@@ -27,11 +27,13 @@ buffer is full:
 The last read of a batch reads ahead (rest of the request up to MAXPHYS, or
 `--readahead N` pages); those pages enter the cache unwired.
 
-Deliberate difference: a busy page is waited for instead of being substituted
-by `bogus_page`.
-If a file shrinks below the size it had when it was looked up, the read comes
-up short and the connection is aborted with EIO, so a response never mixes
-bytes of two versions.
+Models: sys/kern/kern_sendfile.c (`kern_sendfile`, `sendfile_swapin`,
+`sendfile_iodone`, `sendfile_free_mext_pg`).
+
+Deliberate differences: a busy page is waited for instead of being substituted
+by `bogus_page`. If a file shrinks below the size it had when it was looked
+up, the read comes up short and the connection is aborted with EIO, so a
+response never mixes bytes of two versions.
 """
 
 from __future__ import annotations

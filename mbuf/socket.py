@@ -1,10 +1,11 @@
 """Sockets of the modeled kernel: send buffer, TCP state, flow queue, `sosend`.
 
-A `Socket` is the kernel half of one accepted TCP connection. The server owns
-the matching host socket and drives this one without blocking:
-`sosend`/`sendfile` append what `sbspace` allows, `tcp_output` cuts ready data
-into packets for the connection's NIC queue, the server writes the queue to
-the host socket and reports what it took with `tcp_acked`.
+Theory of operation. A `Socket` is the kernel half of one accepted TCP
+connection. The server owns the matching host socket and drives this one
+without blocking: `sosend`/`sendfile` append what `sbspace` allows,
+`tcp_output` cuts ready data into packets for the connection's NIC queue, the
+server writes the queue to the host socket and reports what it took with
+`tcp_acked`.
 
 Work that finishes off the event loop (disk reads, encryption) is announced
 through `so_upcall`, which the server sets to wake its connection task
@@ -12,6 +13,9 @@ through `so_upcall`, which the server sets to wake its connection task
 mbufs of this socket; a socket is only torn down (`soclose`) once it is zero,
 because an encryption worker or a disk read may still be writing into pages
 those mbufs own.
+
+Models: sys/kern/uipc_socket.c (`sosend_generic`, `soclose`), the `sowwakeup`
+upcall and the `pru_ready` / `pru_abort` protocol entries.
 """
 
 from __future__ import annotations
