@@ -1,9 +1,9 @@
 """After the handshake: what user space does with the records KTLS RX hands up.
 
-With KTLS in both directions the kernel encrypts and decrypts, but a record
-that is not application data comes up to the reader (OpenSSL's record layer
-over a KTLS socket) with its type, and the reader acts on it. `TlsControl`
-is that reader for one connection, sans-IO:
+Theory of operation. With KTLS in both directions the kernel encrypts and
+decrypts, but a record that is not application data comes up to the reader
+(OpenSSL's record layer over a KTLS socket) with its type, and the reader acts
+on it. `TlsControl` is that reader for one connection, sans-IO:
 
 * `receive_data(bytes)` feeds ciphertext to the connection's `KtlsRxSession`
   and returns the application bytes it completes (zero-length application

@@ -1,33 +1,40 @@
-# Theory of operation
-# -------------------
-# The per-record inputs to the AEAD besides key and payload: the nonce and the
-# additional authenticated data.  In FreeBSD these are built for every record
-# by the software backend (sys/opencrypto/ktls_ocf.c: ktls_ocf_tls12_aead_encrypt,
-# ktls_ocf_tls13_aead_encrypt) from the session's IV and the record's sequence
-# number, which ktls_frame()/ktls_seq() (sys/kern/uipc_ktls.c) stamp on the
-# mbuf.  Here they are pure functions of (iv, seqno, lengths) so the record
-# path can call them once per record and tests can pin them against RFC text.
-#
-#   TLS 1.3 (RFC 8446 5.3), and TLS 1.2 ChaCha20-Poly1305 (RFC 7905 2):
-#       nonce = iv XOR (64-bit big-endian seqno, left-padded to 12 bytes)
-#   TLS 1.2 AES-GCM (RFC 5288 3):
-#       nonce = salt(4) || explicit_nonce(8); the explicit part travels in the
-#       record.  Like OpenSSL and FreeBSD, callers use the sequence number as
-#       the explicit nonce, which keeps it unique per key.
-#   TLS 1.3 AAD (RFC 8446 5.2): the record header, 17 03 03 len(2), with len
-#       the TLSCiphertext length (payload + content type + padding + tag).
-#   TLS 1.2 AAD (RFC 5246 6.2.3.3): seq_num(8) type(1) 03 03 len(2), with len
-#       the plaintext length.
-#
-# These run per record (ktls/ocf.py seals with them, ktls/rx.py opens), so
-# they stay arithmetic on ints (XOR, to_bytes, struct) - no per-byte Python
-# loops - and each takes a fast path when its arguments are plain ints and
-# bytes in range: one chained comparison per argument, then the packing.
-# Anything else goes to the slow path, whose checks raise ValueError/TypeError
-# with a precise message; an out-of-range sequence number in particular must
-# never wrap silently, because a repeated nonce breaks GCM.  The TLS 1.3 IV is
-# turned into an int once per key (`tls13_iv_int`), and each record's nonce is
-# one XOR of that int (`tls13_nonce_int`).
+"""Per-record nonces and additional data of the AEAD record protection.
+
+Theory of operation. The per-record inputs to the AEAD besides key and
+payload: the nonce and the additional authenticated data.  In FreeBSD these
+are built for every record by the software backend from the session's IV and
+the record's sequence number, which ktls_frame()/ktls_seq()
+(sys/kern/uipc_ktls.c) stamp on the mbuf.  Here they are pure functions of
+(iv, seqno, lengths) so the record path can call them once per record and
+tests can pin them against RFC text.
+
+  TLS 1.3 (RFC 8446 5.3), and TLS 1.2 ChaCha20-Poly1305 (RFC 7905 2):
+      nonce = iv XOR (64-bit big-endian seqno, left-padded to 12 bytes)
+  TLS 1.2 AES-GCM (RFC 5288 3):
+      nonce = salt(4) || explicit_nonce(8); the explicit part travels in the
+      record.  Like OpenSSL and FreeBSD, callers use the sequence number as
+      the explicit nonce, which keeps it unique per key.
+  TLS 1.3 AAD (RFC 8446 5.2): the record header, 17 03 03 len(2), with len
+      the TLSCiphertext length (payload + content type + padding + tag).
+  TLS 1.2 AAD (RFC 5246 6.2.3.3): seq_num(8) type(1) 03 03 len(2), with len
+      the plaintext length.
+
+These run per record (ktls/ocf.py seals with them, ktls/rx.py opens), so
+they stay arithmetic on ints (XOR, to_bytes, struct) - no per-byte Python
+loops - and each takes a fast path when its arguments are plain ints and
+bytes in range: one chained comparison per argument, then the packing.
+Anything else goes to the slow path, whose checks raise ValueError/TypeError
+with a precise message; an out-of-range sequence number in particular must
+never wrap silently, because a repeated nonce breaks GCM.  The TLS 1.3 IV is
+turned into an int once per key (`tls13_iv_int`), and each record's nonce is
+one XOR of that int (`tls13_nonce_int`).
+
+Models: sys/opencrypto/ktls_ocf.c (the nonce and AAD of
+`ktls_ocf_tls12_aead_encrypt`, `ktls_ocf_tls13_aead_encrypt`) and
+sys/sys/ktls.h (`struct tls_nonce_data`, `struct tls_aead_data`,
+`struct tls_aead_data_13`).
+"""
+
 from __future__ import annotations
 
 import struct

@@ -1,8 +1,7 @@
 """The software crypto backend: seal one TLS record held in an EXT_PGS mbuf.
 
-Models sys/opencrypto/ktls_ocf.c (`ktls_ocf_tls12_gcm_encrypt`,
-`ktls_ocf_tls13_gcm_encrypt`) with pyca/cryptography's AEADs as the crypto(9)
-driver. Source pages are read through the direct map (views of the page
+Theory of operation. pyca/cryptography's AEADs are the crypto(9) driver.
+Source pages are read through the direct map (views of the page
 arena); the ciphertext is written into the destination pages with the same
 `first_pg_off` / `last_pg_len` layout, and the tag (TLS 1.3: the encrypted
 inner content type, then the tag) into the record's trailer.
@@ -15,7 +14,10 @@ The copies are in C: `b"".join` gathers the plaintext pages, `encrypt_into`
 writes ciphertext and tag into one scratch buffer (cryptography releases the
 GIL while it works), and slice assignment scatters it into the pages.
 
-Deliberate difference: ktls_encrypt builds one iovec entry per page; here
+Models: sys/opencrypto/ktls_ocf.c (`ktls_ocf_tls12_gcm_encrypt`,
+`ktls_ocf_tls13_gcm_encrypt`).
+
+Deliberate differences: ktls_encrypt builds one iovec entry per page; here
 physically contiguous pages are one entry (`pages_iov`), which changes no byte.
 The TLS 1.3 additional data is the record header itself (RFC 8446 5.2), as in
 ktls_ocf.c; it is checked, type, version and length, against the header

@@ -1,14 +1,15 @@
 """KTLS receive: decrypting the client's records (FreeBSD 13's KTLS RX).
 
-FreeBSD 13 added a receive side to kernel TLS (`ktls_enable_rx`): after the
-handshake, user space hands the kernel the peer's keys and next sequence
-number with `setsockopt(TCP_RXTLS_ENABLE)`. Incoming TCP data then collects
-as whole records (`sb_mtls`); `ktls_check_rx` looks at each record header as
-soon as it is there, so a record that claims to be too long is refused before
-its body arrives; `ktls_decrypt` opens each complete record and hands it to
-the reader with its type in a `TLS_GET_RECORD` control message. What a
-non-data record means (alerts, post-handshake messages) is user space's
-business (`ktls.control`); the kernel only decrypts and checks.
+Theory of operation. FreeBSD 13 added a receive side to kernel TLS
+(`ktls_enable_rx`): after the handshake, user space hands the kernel the
+peer's keys and next sequence number with `setsockopt(TCP_RXTLS_ENABLE)`.
+Incoming TCP data then collects as whole records (`sb_mtls`); `ktls_check_rx`
+looks at each record header as soon as it is there, so a record that claims to
+be too long is refused before its body arrives; `ktls_decrypt` opens each
+complete record and hands it to the reader with its type in a `TLS_GET_RECORD`
+control message. What a non-data record means (alerts, post-handshake
+messages) is user space's business (`ktls.control`); the kernel only decrypts
+and checks.
 
 `KtlsRxSession` is that kernel part, sans-IO: `feed` bytes as they come off
 the socket, then `next_record` until it returns None. Errors are
@@ -21,7 +22,10 @@ for a record version other than 0x0303 `protocol_version` (TLS 1.2) or
 `decode_error` (TLS 1.3, whose AAD is the header as received; OpenSSL and
 FreeBSD's `ktls_decrypt` refuse it too).
 
-Where the model deliberately differs from the kernel (reference 6.10):
+Models: sys/kern/uipc_ktls.c (`ktls_enable_rx`, `ktls_check_rx`,
+`ktls_decrypt`).
+
+Deliberate differences:
 * KTLS RX as committed in July 2020 did TLS 1.1/1.2 only; TLS 1.3 RX came
   later. nomapd receives both, since every TLS 1.3 client must be served.
 * Incoming bytes sit in a plain buffer rather than receive-side mbufs

@@ -1,9 +1,9 @@
-"""KTLS transmit sessions: framing, sequence numbers, encryption batches (uipc_ktls.c).
+"""KTLS transmit sessions: framing, sequence numbers, encryption batches.
 
-`KtlsSession` is the kernel's `struct ktls_session` for one socket in software
-mode, created from the keys OpenSSL negotiated (what `TCP_TXTLS_ENABLE` hands
-the kernel, including `rec_seq`, the next record sequence number). It
-implements the `KtlsHook` interface that `mbuf` calls:
+Theory of operation. `KtlsSession` is the kernel's `struct ktls_session` for
+one socket in software mode, created from the keys OpenSSL negotiated (what
+`TCP_TXTLS_ENABLE` hands the kernel, including `rec_seq`, the next record
+sequence number). It implements the `KtlsHook` interface that `mbuf` calls:
 
 * `ktls_frame`: each unmapped mbuf of a chain becomes exactly one record:
   `hdr_len`/`trail_len` set from the cipher (TLS 1.3: 5 and 17; TLS 1.2 GCM:
@@ -11,8 +11,7 @@ implements the `KtlsHook` interface that `mbuf` calls:
   set (meaning "not yet encrypted"), the mbuf marked `M_NOTREADY` with
   `nrdy = npgs`. Returns the page count to enqueue.
 * `ktls_seq`: called as records enter the socket buffer; numbers them in wire
-  order (and writes the TLS 1.2 GCM explicit nonce, which is the sequence
-  number here, as OpenSSL does; the 2019 kernel used a random counter).
+  order (and writes the TLS 1.2 GCM explicit nonce).
 * `ktls_enqueue`: gathers the records covering `page_count` pages into one work
   item, allocates fresh anonymous destination pages for records of file pages
   (file pages are never written), and hands the item to a worker. On
@@ -23,6 +22,15 @@ implements the `KtlsHook` interface that `mbuf` calls:
 
 Ciphertext pages never run out at enqueue time: sendfile reserves one frame
 per file page when it wires it (`ktls_reserve`), and the batch takes them here.
+
+Models: sys/kern/uipc_ktls.c (`ktls_frame`, `ktls_seq`, `ktls_enqueue`,
+`ktls_encrypt`) and sys/sys/ktls.h (`struct ktls_session`, `ktls_free`).
+
+Deliberate differences: the TLS 1.2 GCM explicit nonce is the sequence number,
+as OpenSSL does; the 2019 kernel used a random counter. sendfile reserves the
+ciphertext frames when it wires the file pages; the kernel allocates them at
+encryption time. A TLS 1.3 KeyUpdate installs new send keys (`successor`); the
+2019 kernel installs keys once.
 """
 
 from __future__ import annotations
