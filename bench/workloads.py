@@ -1,8 +1,9 @@
 """The workloads of the benchmark and the files they fetch.
 
-Each workload is one load-generator configuration: which paths, how many
-connections, keep-alive or a new connection per request, and which figure is
-its headline (`metric`: MB/s for bulk transfers, requests/s for small ones).
+Theory of operation. Each workload is one load-generator configuration: which
+paths, how many connections, keep-alive or a new connection per request, and
+which figure is its headline (`metric`: MB/s for bulk transfers, requests/s
+for small ones).
 
 - `1m`: a 1 MiB file over 8 kept-alive connections (bulk throughput).
 - `16k`: a 16 KiB file over 32 kept-alive connections (per-request cost).
