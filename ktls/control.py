@@ -50,7 +50,12 @@ from ktls.handshake import Established
 from ktls.keys import TrafficKeys, tls13_next_traffic_secret, tls13_traffic_keys
 from ktls.rx import KtlsRxSession
 from ktls.suites import TlsVersion
-from mbuf.ktls_hdr import TLS_RLTYPE_ALERT, TLS_RLTYPE_APP, TLS_RLTYPE_HANDSHAKE
+from mbuf.ktls_hdr import (
+    TLS_RLTYPE_ALERT,
+    TLS_RLTYPE_APP,
+    TLS_RLTYPE_HANDSHAKE,
+    content_type_name,
+)
 
 if TYPE_CHECKING:
     from mbuf.counters import KtlsStat
@@ -122,7 +127,9 @@ class TlsControl:
                 raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with an alert")
             if not payload:
                 if ctype != TLS_RLTYPE_APP:
-                    raise RecordError(UNEXPECTED_MESSAGE, f"empty record of type {ctype}")
+                    raise RecordError(
+                        UNEXPECTED_MESSAGE, f"empty record of type {content_type_name(ctype)}"
+                    )
                 self._empty += 1
                 if self._empty > MAX_EMPTY_RECORDS:
                     raise RecordError(UNEXPECTED_MESSAGE, "too many empty records")
@@ -137,7 +144,10 @@ class TlsControl:
             elif ctype == TLS_RLTYPE_HANDSHAKE:
                 self._handshake(payload)
             else:
-                raise RecordError(UNEXPECTED_MESSAGE, f"record of type {ctype} after the handshake")
+                raise RecordError(
+                    UNEXPECTED_MESSAGE,
+                    f"record of type {content_type_name(ctype)} after the handshake",
+                )
         return out[0] if len(out) == 1 else b"".join(out)
 
     # -- alerts --------------------------------------------------------------

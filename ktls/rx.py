@@ -62,6 +62,7 @@ from mbuf.ktls_hdr import (
     TLS_RLTYPE_ALERT,
     TLS_RLTYPE_APP,
     TLS_RLTYPE_HANDSHAKE,
+    content_type_name,
 )
 
 if TYPE_CHECKING:
@@ -183,11 +184,15 @@ class KtlsRxSession:
         fail: RecordError | None = None
         if self.version is TlsVersion.TLS13:
             if ctype != TLS_RLTYPE_APP:
-                fail = RecordError(UNEXPECTED_MESSAGE, f"unprotected record of type {ctype}")
+                fail = RecordError(
+                    UNEXPECTED_MESSAGE, f"unprotected record of type {content_type_name(ctype)}"
+                )
             elif version != TlsVersion.TLS12:  # legacy_record_version, as OpenSSL checks it
                 fail = RecordError(DECODE_ERROR, f"record version {version:#06x}")
         elif ctype not in _TLS12_PROTECTED:
-            fail = RecordError(UNEXPECTED_MESSAGE, f"record of type {ctype} after the handshake")
+            fail = RecordError(
+                UNEXPECTED_MESSAGE, f"record of type {content_type_name(ctype)} after the handshake"
+            )
         elif version != TlsVersion.TLS12:
             fail = RecordError(PROTOCOL_VERSION, f"record version {version:#06x}")
         if fail is None and length > self.max_ciphertext:

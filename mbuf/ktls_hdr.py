@@ -41,6 +41,7 @@ __all__ = [
     "TLS_RLTYPE_APP",
     "TLS_RLTYPE_HANDSHAKE",
     "ContentType",
+    "content_type_name",
 ]
 
 # Type values for the record layer.
@@ -56,6 +57,14 @@ class ContentType(enum.IntEnum):
     ALERT = TLS_RLTYPE_ALERT
     HANDSHAKE = TLS_RLTYPE_HANDSHAKE
     APPLICATION_DATA = TLS_RLTYPE_APP
+
+
+def content_type_name(ctype: int) -> str:
+    """A record type for messages: "alert" for 21, the number for an unknown one."""
+    try:
+        return ContentType(ctype).name.lower()
+    except ValueError:
+        return str(ctype)
 
 
 # struct tls_record_layer: tls_type(1) tls_vmajor(1) tls_vminor(1) tls_length(2), packed.
