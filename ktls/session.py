@@ -130,7 +130,7 @@ class KtlsSession:
         """The session a TLS 1.3 KeyUpdate installs: same cipher and worker queue,
         new keys; the caller numbers from 0. A deliberate extension: the 2019
         kernel installs keys once (a second TCP_TXTLS_ENABLE fails with
-        EALREADY; reference 6.7), so a real KTLS socket could not answer a
+        EALREADY in `ktls_enable_tx`), so a real KTLS socket could not answer a
         client's KeyUpdate(update_requested) and had to close.
         Records already framed keep this session (their `tls`) until encrypted.
         The per-session counters carry on, so they count for the connection."""

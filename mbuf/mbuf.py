@@ -160,7 +160,7 @@ class MbufExtPgs:
         return PAGE_SIZE - (self.first_pg_off if i == 0 else 0)
 
     def page_bytes(self) -> int:
-        """Payload bytes held in pages (reference section 2.4)."""
+        """Payload bytes held in pages: the sum of `page_len` over them, in closed form."""
         if self.npgs == 0:
             return 0
         if self.npgs == 1:
@@ -679,7 +679,7 @@ def m_pullup(m: Mbuf, length: int) -> Mbuf:
 
 
 def mb_ext_pgs_check(m: Mbuf) -> None:
-    """mb_ext_pgs_check: the invariants of an unmapped mbuf (checklist items 2 and 3)."""
+    """mb_ext_pgs_check: the invariants of an unmapped mbuf (its length and capacity)."""
     pgs = m.ext_pgs
     kassert(0 <= pgs.npgs <= MBUF_PEXT_MAX_PGS, "npgs %s out of range", pgs.npgs)
     kassert(len(pgs.pa) == pgs.npgs, "pa[] and npgs disagree")
