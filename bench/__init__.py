@@ -1,15 +1,16 @@
 """The benchmark: nomapd in each of its modes against nginx and hypercorn, side by side.
 
-`make bench` (or `python -m bench`) starts every server itself, one process
-each on 127.0.0.1, on the same files and certificate, and drives them with
-the real C load generators wrk and h2load through the workloads of issue 6:
-1 MiB and 16 KiB files over kept-alive connections, a new TLS connection per
-small request, four 100 MiB files (memory), and a concurrency sweep. For
-every run it records the tool's requests/s, MB/s and latency, the server's
-CPU seconds per GB and peak RSS (from /proc), and nomapd's modeled-kernel
-counters per GB (from its /stats). It prints a table with the ratios to nginx
-and hypercorn and whether the targets of issue 6 are met, and writes
-`bench/results/<UTC time>/` with results.json, report.md and PNG charts.
+Theory of operation. `make bench` (or `python -m bench`) starts every server
+itself, one process each on 127.0.0.1, on the same files and certificate, and
+drives them with the real C load generators wrk and h2load through its
+workloads: 1 MiB and 16 KiB files over kept-alive connections, a new TLS
+connection per small request, four 100 MiB files (memory), and a concurrency
+sweep. For every run it records the tool's requests/s, MB/s and latency, the
+server's CPU seconds per GB and peak RSS (from /proc), and nomapd's
+modeled-kernel counters per GB (from its /stats). It prints a table with the
+ratios to nginx and hypercorn and whether its performance targets are met, and
+writes `bench/results/<UTC time>/` with results.json, report.md and PNG
+charts.
 
 Modules, each named for what it models:
 
@@ -26,7 +27,7 @@ Modules, each named for what it models:
   `procfs`: CPU and RSS of a process tree; `counters`: nomapd's counters per GB;
   `runner`: one run measured; `progress`: the progress line;
 - `results`: records and their aggregation; `compare`: ratios; `targets`:
-  issue 6's targets; `summary`: results.json; `report`: the table and
+  the performance targets; `summary`: results.json; `report`: the table and
   report.md; `charts`: the PNGs (run in the peers venv);
 - `cli`: the command line.
 

@@ -1,9 +1,10 @@
 """PNG charts of a results.json, drawn with matplotlib.
 
-Run by the bench as `python -m bench.charts RESULTS_JSON OUT_DIR` with the
-peers venv's python (where matplotlib is installed, see `bench.install`), so
-this module imports nothing from the bench or the project: the JSON is the
-whole interface. It prints the names of the files it wrote, one per line.
+Theory of operation. Run by the bench as `python -m bench.charts RESULTS_JSON
+OUT_DIR` with the peers venv's python (where matplotlib is installed, see
+`bench.install`), so this module imports nothing from the bench or the
+project: the JSON is the whole interface. It prints the names of the files it
+wrote, one per line.
 
 - throughput.png: per workload, each row's headline figure (MB/s or
   requests/s), one bar per tool, log scale (nginx is an order of magnitude

@@ -1,5 +1,7 @@
 """`python -m bench` / `make bench`: the command line, and one run from setup to report.
 
+Theory of operation.
+
 1. Plan: the workloads (`bench.workloads`; `--quick` drops sweep point 64),
    every row (`bench.rows`), the tools (`--tools`, default wrk and h2load),
    `--repeat` repetitions of `--duration` seconds, filtered by `--only`

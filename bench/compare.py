@@ -1,11 +1,11 @@
 """Ratios of every row to nginx and to hypercorn, on the workload's headline figure.
 
-For a (workload, row, tool), the ratio to nginx is the row's headline figure
-(MB/s for bulk workloads, requests/s for small ones: `Workload.metric`)
-divided by the same figure of the nginx row speaking the same protocol
-(`nginx` for HTTPS rows, `nginx-http` for plain HTTP ones), same workload,
-same tool; likewise for hypercorn. A ratio is None when either side has no
-figure (not run, failed, or zero). nginx's own ratio to nginx is 1.
+Theory of operation. For a (workload, row, tool), the ratio to nginx is the
+row's headline figure (MB/s for bulk workloads, requests/s for small ones:
+`Workload.metric`) divided by the same figure of the nginx row speaking the
+same protocol (`nginx` for HTTPS rows, `nginx-http` for plain HTTP ones), same
+workload, same tool; likewise for hypercorn. A ratio is None when either side
+has no figure (not run, failed, or zero). nginx's own ratio to nginx is 1.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """nomapd's modeled-kernel counters over one run, per GB served.
 
-nomapd's admin listener serves `/stats` (a flat JSON object of counters).
-The bench reads it just before a run and again once the run's connections
-have all closed (teardown is asynchronous: the last mbufs are freed after the
-client goes), and reports the deltas of the counters below per GB (10^9
-bytes) the client received:
+Theory of operation. nomapd's admin listener serves `/stats` (a flat JSON
+object of counters). The bench reads it just before a run and again once the
+run's connections have all closed (teardown is asynchronous: the last mbufs
+are freed after the client goes), and reports the deltas of the counters below
+per GB (10^9 bytes) the client received:
 
 | key | counter | what it counts |
 |---|---|---|

@@ -1,11 +1,11 @@
 """The document root every server serves: the workloads' files, made for the run.
 
-Files are pseudo-random (seeded, so every run serves the same bytes) and
-incompressible: no server can cheat with compression, and nomapd's software
-checksum and the TLS ciphers see realistic data. The 100 MiB files are one
-random MiB repeated with the MiB's index written into its first 8 bytes, so
-no two pages of a file are equal and writing 400 MiB takes well under a
-second. Only the files the selected workloads fetch are written.
+Theory of operation. Files are pseudo-random (seeded, so every run serves the
+same bytes) and incompressible: no server can cheat with compression, and
+nomapd's software checksum and the TLS ciphers see realistic data. The 100 MiB
+files are one random MiB repeated with the MiB's index written into its first
+8 bytes, so no two pages of a file are equal and writing 400 MiB takes well
+under a second. Only the files the selected workloads fetch are written.
 """
 
 from __future__ import annotations

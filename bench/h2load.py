@@ -1,9 +1,9 @@
 """h2load (nghttp2-client): the command line for a workload, and its output parsed.
 
-`h2load --h1` speaks HTTP/1.1 (ALPN "http/1.1" over TLS), `-c` clients from
-`-t` threads. It gives no latency percentiles (only min, max, mean and sd of
-"time for request"); the bench's percentiles are wrk's. What the bench works
-around, as seen with h2load 1.52 (Debian 12):
+Theory of operation. `h2load --h1` speaks HTTP/1.1 (ALPN "http/1.1" over TLS),
+`-c` clients from `-t` threads. It gives no latency percentiles (only min,
+max, mean and sd of "time for request"); the bench's percentiles are wrk's.
+What the bench works around, as seen with h2load 1.52 (Debian 12):
 
 - Timing-based runs (`-D`) hang after "Stopped all clients" when a client
   is still connecting or reconnecting as the time runs out: with

@@ -1,12 +1,12 @@
 """The bench's setup step: the load generators, nginx, and the peers venv.
 
-System tools come from the distribution: wrk (package `wrk`), h2load
-(`nghttp2-client`) and nginx (`nginx`). Those the selected runs need and
-that are not on PATH are installed with `apt-get install` when the bench runs
-as root and apt-get exists (an `apt-get update` and one retry if the first
-attempt fails), unless `--no-install`. Whatever is still missing is reported
-in the table, report.md and results.json, with the runs that needed it: a
-missing peer is never dropped silently.
+Theory of operation. System tools come from the distribution: wrk (package
+`wrk`), h2load (`nghttp2-client`) and nginx (`nginx`). Those the selected runs
+need and that are not on PATH are installed with `apt-get install` when the
+bench runs as root and apt-get exists (an `apt-get update` and one retry if
+the first attempt fails), unless `--no-install`. Whatever is still missing is
+reported in the table, report.md and results.json, with the runs that needed
+it: a missing peer is never dropped silently.
 
 Python peers and chart tools live in their own virtual environment,
 `bench/.peers-venv` (git-ignored), so the project's environment keeps only

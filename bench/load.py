@@ -1,14 +1,14 @@
 """What one load-generator run reports, in one shape for wrk and h2load.
 
-`LoadResult` holds the figures both tools give (responses completed, seconds,
-bytes received, requests/s, MB/s), the latency figures each gives (wrk:
-percentiles from `--latency`, mean, stdev, max; h2load: min, max, mean, sd of
-"time for request"), the error counters each gives under its own names, and
-the TLS parameters h2load prints. `errors` are what went wrong (socket
-errors, timeouts, responses other than 2xx and 3xx); `counts` are the tool's
-other counters, kept for the record (h2load's status classes, "failed").
-Units: MB = 10^6 bytes, GB = 10^9 bytes; both tools print binary units
-("MB" meaning MiB), which `parse_bytes` converts. Latencies are in
+Theory of operation. `LoadResult` holds the figures both tools give (responses
+completed, seconds, bytes received, requests/s, MB/s), the latency figures
+each gives (wrk: percentiles from `--latency`, mean, stdev, max; h2load: min,
+max, mean, sd of "time for request"), the error counters each gives under its
+own names, and the TLS parameters h2load prints. `errors` are what went wrong
+(socket errors, timeouts, responses other than 2xx and 3xx); `counts` are the
+tool's other counters, kept for the record (h2load's status classes,
+"failed"). Units: MB = 10^6 bytes, GB = 10^9 bytes; both tools print binary
+units ("MB" meaning MiB), which `parse_bytes` converts. Latencies are in
 milliseconds.
 
 `bytes` is what the client received, headers included, whether or not the

@@ -1,10 +1,11 @@
 """The machine and the versions of everything a result depends on.
 
-Recorded in results.json and report.md so that two runs can be compared
-knowingly: CPU model, core count, memory, kernel; Python, nomapd's git
-revision (with "+ uncommitted changes" when the tree is dirty), OpenSSL (the
-system's and the one Python links), nginx, wrk, h2load, and the peers venv's
-hypercorn, Starlette, trio and matplotlib. A tool that is missing is "missing".
+Theory of operation. Recorded in results.json and report.md so that two runs
+can be compared knowingly: CPU model, core count, memory, kernel; Python,
+nomapd's git revision (with "+ uncommitted changes" when the tree is dirty),
+OpenSSL (the system's and the one Python links), nginx, wrk, h2load, and the
+peers venv's hypercorn, Starlette, trio and matplotlib. A tool that is missing
+is "missing".
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The Python peer: Starlette's StaticFiles, served by hypercorn's trio worker.
 
-Issue 6 compares nomapd with "the closest Python peer on the same libraries":
-hypercorn (h11 for HTTP/1.1, like nomapd) on trio (like nomapd), with the
-most common ASGI static-file handler, Starlette's `StaticFiles`, mounted at
-"/" over the benchmark's document root (`$BENCH_DOCROOT`). StaticFiles
-streams a file in 64 KiB chunks read in a worker thread (anyio, which runs on
-trio here) and answers with ETag and Last-Modified, as the others do.
+Theory of operation. The bench compares nomapd with the closest Python peer on
+the same libraries: hypercorn (h11 for HTTP/1.1, like nomapd) on trio (like
+nomapd), with the most common ASGI static-file handler, Starlette's
+`StaticFiles`, mounted at "/" over the benchmark's document root
+(`$BENCH_DOCROOT`). StaticFiles streams a file in 64 KiB chunks read in a
+worker thread (anyio, which runs on trio here) and answers with ETag and
+Last-Modified, as the others do.
 
 This module runs only in the peers venv (`bench/.peers-venv`, made by
 `bench.install`): the project's own environment does not have starlette,

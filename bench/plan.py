@@ -1,12 +1,12 @@
 """The order of the runs: workloads in groups, repetitions, rows alternated.
 
-A step is one load-generator run: (workload, row, tool, repetition). Steps
-are ordered workload by workload (a workload group's servers are started
-together and stopped after its last step); within a workload, repetition by
-repetition; within a repetition, row by row, and for each row every tool.
-So the rows alternate (A B C ... A B C ...): a drift of the machine (thermal,
-another process, the page cache) hits every server alike instead of the last
-ones.
+Theory of operation. A step is one load-generator run: (workload, row, tool,
+repetition). Steps are ordered workload by workload (a workload group's
+servers are started together and stopped after its last step); within a
+workload, repetition by repetition; within a repetition, row by row, and for
+each row every tool. So the rows alternate (A B C ... A B C ...): a drift of
+the machine (thermal, another process, the page cache) hits every server alike
+instead of the last ones.
 
 `--only REGEX` keeps the steps whose label "WORKLOAD:ROW:TOOL" matches
 (`re.search`), e.g. `nomapd-default` (that row, all workloads and tools),

@@ -1,8 +1,9 @@
 """CPU time and memory of a server's process tree, read from /proc.
 
-A server is the process the bench started plus every descendant (nginx's
-master and its worker; hypercorn's supervisor and worker; nomapd is one
-process). The tree is found by walking the parent pid of every /proc/PID/stat.
+Theory of operation. A server is the process the bench started plus every
+descendant (nginx's master and its worker; hypercorn's supervisor and worker;
+nomapd is one process). The tree is found by walking the parent pid of every
+/proc/PID/stat.
 
 - CPU: `utime + stime` (fields 14 and 15 of /proc/PID/stat, in clock ticks,
   all threads of the process included) summed over the tree, read before and

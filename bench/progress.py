@@ -1,11 +1,11 @@
 """The progress line: what is running, how far along, and how long is left.
 
-The estimate of what is left is the sum, over the steps not yet run, of
-their duration plus the mean overhead measured so far per step (tool start,
-counter reads, the slack of the tools' own timers), plus a start-up time for
-each server group not yet started (the mean measured so far). On a terminal
-the line is redrawn in place (carriage return); otherwise (a log, a test)
-each step prints one line.
+Theory of operation. The estimate of what is left is the sum, over the steps
+not yet run, of their duration plus the mean overhead measured so far per step
+(tool start, counter reads, the slack of the tools' own timers), plus a
+start-up time for each server group not yet started (the mean measured so
+far). On a terminal the line is redrawn in place (carriage return); otherwise
+(a log, a test) each step prints one line.
 """
 
 from __future__ import annotations

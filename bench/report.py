@@ -1,11 +1,11 @@
 """The table printed at the end of a run, and report.md.
 
-The table has one block per workload and one line per row (server and mode):
-wrk's requests/s, MB/s and latency p50/p99, the server's CPU seconds per GB
-and peak RSS, the ratios of the workload's headline figure to nginx and to
-hypercorn (same protocol, same tool), then h2load's headline figure and its
-ratios, and the errors or the reason a row has no figures. Then the targets
-of issue 6 and what was missing.
+Theory of operation. The table has one block per workload and one line per row
+(server and mode): wrk's requests/s, MB/s and latency p50/p99, the server's
+CPU seconds per GB and peak RSS, the ratios of the workload's headline figure
+to nginx and to hypercorn (same protocol, same tool), then h2load's headline
+figure and its ratios, and the errors or the reason a row has no figures. Then
+the performance targets (`bench.targets`) and what was missing.
 
 report.md says how the figures were obtained, then gives the targets, every
 figure of both tools per workload, CPU per GB per mode, what unmapped mbufs

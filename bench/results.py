@@ -1,10 +1,10 @@
 """Results: one record per run, and the figures of each (workload, row, tool).
 
-`RunRecord` is what one run measured: the load generator's figures
-(`bench.load.LoadResult`), the server tree's CPU seconds and peak RSS
-(`bench.procfs`), and for nomapd the counters per GB (`bench.counters`). A
-run that failed (the tool missing or crashing, the server dead) keeps its
-error and no figures.
+Theory of operation. `RunRecord` is what one run measured: the load
+generator's figures (`bench.load.LoadResult`), the server tree's CPU seconds
+and peak RSS (`bench.procfs`), and for nomapd the counters per GB
+(`bench.counters`). A run that failed (the tool missing or crashing, the
+server dead) keeps its error and no figures.
 
 `Figures` aggregates the repetitions of one (workload, row, tool): the
 median of each figure over the runs that worked (requests/s, MB/s, latency

@@ -1,10 +1,10 @@
 """The rows of the benchmark: each server in each mode it is measured in.
 
-A row is one server process configuration. nomapd has six rows, one per mode
-of issue 6 (the flags are passed to `nomapd serve` as they are); nginx and
-hypercorn have two each, HTTPS and plain HTTP, so that every nomapd row has a
-peer speaking the same protocol: the HTTPS rows of nomapd are compared with
-`nginx` and `hypercorn`, the `--http` rows with `nginx-http` and
+Theory of operation. A row is one server process configuration. nomapd has six
+rows, one per mode measured (the flags are passed to `nomapd serve` as they
+are); nginx and hypercorn have two each, HTTPS and plain HTTP, so that every
+nomapd row has a peer speaking the same protocol: the HTTPS rows of nomapd are
+compared with `nginx` and `hypercorn`, the `--http` rows with `nginx-http` and
 `hypercorn-http` (`peer_of`).
 
 Row names are what `--only` matches (with the workload and the tool, see

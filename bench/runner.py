@@ -1,9 +1,9 @@
 """Running the plan: servers up per group, each step measured, servers down.
 
-For each workload group (`bench.plan.groups`) the servers of every row the
-group's steps need are started together and waited for; a row that does not
-start has all its steps of the group recorded as failed with its log's tail.
-Then each step, in plan order (rows alternated), is measured:
+Theory of operation. For each workload group (`bench.plan.groups`) the servers
+of every row the group's steps need are started together and waited for; a row
+that does not start has all its steps of the group recorded as failed with its
+log's tail. Then each step, in plan order (rows alternated), is measured:
 
 1. nomapd: its counters are read (`/stats`).
 2. The server tree's VmHWM is reset (`bench.procfs.reset_hwm`; if refused,

@@ -1,9 +1,9 @@
 """Starting and stopping the servers under test, one process (tree) per row.
 
-Every server listens on 127.0.0.1, on a port picked free just before it
-starts, serves the same document root, and for HTTPS uses the same
-self-signed P-256 certificate (`bench.cert`; `tools/nginx_compare` runs nginx
-and nomapd side by side the same way). Each is
+Theory of operation. Every server listens on 127.0.0.1, on a port picked free
+just before it starts, serves the same document root, and for HTTPS uses the
+same self-signed P-256 certificate (`bench.cert`; `tools/nginx_compare` runs
+nginx and nomapd side by side the same way). Each is
 started in its own session (`start_new_session`), so stopping it is one
 SIGTERM to its process group (nginx's worker and hypercorn's worker go with
 their parents), then SIGKILL after 10 s.

@@ -1,11 +1,12 @@
 """Everything one bench run produced, in one object, and its results.json form.
 
-`Summary` gathers the run's settings and machine, the workloads and rows that
-were selected, what was missing (tools, peers, servers that did not start),
-the TLS each server negotiated, every run's record, the aggregated figures
-with their ratios to nginx and hypercorn, and the targets. `to_json` is the
-whole of results.json; `bench.report` renders the table and report.md from
-it, and `bench.charts` (in the peers venv) draws from results.json alone.
+Theory of operation. `Summary` gathers the run's settings and machine, the
+workloads and rows that were selected, what was missing (tools, peers, servers
+that did not start), the TLS each server negotiated, every run's record, the
+aggregated figures with their ratios to nginx and hypercorn, and the targets.
+`to_json` is the whole of results.json; `bench.report` renders the table and
+report.md from it, and `bench.charts` (in the peers venv) draws from
+results.json alone.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Issue 6's performance targets, checked against a run's figures.
+"""The benchmark's performance targets, checked against a run's figures.
 
-Each target is computed for every tool that measured it; a target is met
-when every tool that measured it says so, and "not measured" when none did
-(a row or workload was not run, or failed). The targets compare nomapd's
-default mode (KTLS, NIC with IFCAP_NOMAP) with its peers in the same run:
+Theory of operation. Each target is computed for every tool that measured it;
+a target is met when every tool that measured it says so, and "not measured"
+when none did (a row or workload was not run, or failed). The targets compare
+nomapd's default mode (KTLS, NIC with IFCAP_NOMAP) with its peers in the same
+run:
 
 | key | target |
 |---|---|

@@ -1,13 +1,13 @@
 """What TLS a server negotiates with an OpenSSL client, and whether it resumes sessions.
 
-Two connections from Python's `ssl` (OpenSSL, default client settings, as wrk
-uses them, no certificate check): the first GETs a small file and keeps the
-session (a TLS 1.3 ticket arrives after the handshake, so the response is
-read first); the second offers it. The result records the protocol and cipher
-of the first and whether the second was resumed. Both load generators resume
-sessions when they reconnect, so this tells what the handshake workload
-measures on each server: resumed handshakes where this says "resumed", full
-ones elsewhere.
+Theory of operation. Two connections from Python's `ssl` (OpenSSL, default
+client settings, as wrk uses them, no certificate check): the first GETs a
+small file and keeps the session (a TLS 1.3 ticket arrives after the
+handshake, so the response is read first); the second offers it. The result
+records the protocol and cipher of the first and whether the second was
+resumed. Both load generators resume sessions when they reconnect, so this
+tells what the handshake workload measures on each server: resumed handshakes
+where this says "resumed", full ones elsewhere.
 """
 
 from __future__ import annotations

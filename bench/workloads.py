@@ -1,8 +1,9 @@
-"""The workloads of issue 6 and the files they fetch.
+"""The workloads of the benchmark and the files they fetch.
 
-Each workload is one load-generator configuration: which paths, how many
-connections, keep-alive or a new connection per request, and which figure is
-its headline (`metric`: MB/s for bulk transfers, requests/s for small ones).
+Theory of operation. Each workload is one load-generator configuration: which
+paths, how many connections, keep-alive or a new connection per request, and
+which figure is its headline (`metric`: MB/s for bulk transfers, requests/s
+for small ones).
 
 - `1m`: a 1 MiB file over 8 kept-alive connections (bulk throughput).
 - `16k`: a 16 KiB file over 32 kept-alive connections (per-request cost).
@@ -23,7 +24,7 @@ its headline (`metric`: MB/s for bulk transfers, requests/s for small ones).
   server's peak memory (400 MiB of files against nomapd's 256 MiB
   `--phys-mem` page cache), so few responses complete in a short run and MB/s
   counts the bytes received, complete or not.
-- `sweep-N`: the 1 MiB file over N connections; the sweep of issue 6 is
+- `sweep-N`: the 1 MiB file over N connections; the sweep is
   1, 8, 64, 256, and its point 8 is the `1m` workload itself.
 
 Workloads share a `group`: the servers are started fresh for each group, so

@@ -1,8 +1,8 @@
 """wrk: the command line for a workload, and its output parsed.
 
-wrk (4.1, Debian's package) keeps `-c` connections busy from `-t` threads
-for `-d` whole seconds and prints, with `--latency`, the latency percentiles
-of completed requests. Details that matter here:
+Theory of operation. wrk (4.1, Debian's package) keeps `-c` connections busy
+from `-t` threads for `-d` whole seconds and prints, with `--latency`, the
+latency percentiles of completed requests. Details that matter here:
 
 - `-d` takes whole seconds only ("1500ms" is refused); shorter runs round up.
 - `--timeout` (default 2 s) only counts a request as a "timeout" socket error

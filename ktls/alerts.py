@@ -1,4 +1,9 @@
-"""TLS alerts (RFC 8446 6, RFC 5246 7.2) and the errors that carry them."""
+"""TLS alerts (RFC 8446 6, RFC 5246 7.2) and the errors that carry them.
+
+Theory of operation. Alert levels and descriptions are the RFCs' numbers;
+`RecordError` carries the fatal alert the receive path must send, `PeerAlert`
+the one the peer sent. What is written on the wire is `alert_bytes`.
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """After the handshake: what user space does with the records KTLS RX hands up.
 
-With KTLS in both directions the kernel encrypts and decrypts, but a record
-that is not application data comes up to the reader (OpenSSL's record layer
-over a KTLS socket) with its type, and the reader acts on it. `TlsControl`
-is that reader for one connection, sans-IO:
+Theory of operation. With KTLS in both directions the kernel encrypts and
+decrypts, but a record that is not application data comes up to the reader
+(OpenSSL's record layer over a KTLS socket) with its type, and the reader acts
+on it. `TlsControl` is that reader for one connection, sans-IO:
 
 * `receive_data(bytes)` feeds ciphertext to the connection's `KtlsRxSession`
   and returns the application bytes it completes (zero-length application
@@ -47,8 +47,14 @@ from ktls.alerts import (
     alert_bytes,
 )
 from ktls.keys import TrafficKeys, tls13_next_traffic_secret, tls13_traffic_keys
-from ktls.rx import CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, KtlsRxSession
+from ktls.rx import KtlsRxSession
 from ktls.suites import TlsVersion
+from mbuf.ktls_hdr import (
+    TLS_RLTYPE_ALERT,
+    TLS_RLTYPE_APP,
+    TLS_RLTYPE_HANDSHAKE,
+    content_type_name,
+)
 
 if TYPE_CHECKING:  # a name in an annotation: ktls.handshake loads pyOpenSSL at run time
     from ktls.handshake import Established
@@ -110,33 +116,38 @@ class TlsControl:
         out: list[bytes] = []
         while not self.closed and (rec := rx.next_record()) is not None:
             ctype, payload = rec
-            if ctype == CT_APPLICATION_DATA and payload and not self._hs and not self._alert:
+            if ctype == TLS_RLTYPE_APP and payload and not self._hs and not self._alert:
                 self._empty = 0  # the usual record: what the branches below do for it
                 self._warnings = 0
                 out.append(payload)
                 continue
-            if self._hs and ctype != CT_HANDSHAKE:
+            if self._hs and ctype != TLS_RLTYPE_HANDSHAKE:
                 raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with a handshake message")
-            if self._alert and ctype != CT_ALERT:
+            if self._alert and ctype != TLS_RLTYPE_ALERT:
                 raise RecordError(UNEXPECTED_MESSAGE, "record interleaved with an alert")
             if not payload:
-                if ctype != CT_APPLICATION_DATA:
-                    raise RecordError(UNEXPECTED_MESSAGE, f"empty record of type {ctype}")
+                if ctype != TLS_RLTYPE_APP:
+                    raise RecordError(
+                        UNEXPECTED_MESSAGE, f"empty record of type {content_type_name(ctype)}"
+                    )
                 self._empty += 1
                 if self._empty > MAX_EMPTY_RECORDS:
                     raise RecordError(UNEXPECTED_MESSAGE, "too many empty records")
                 continue
             self._empty = 0
-            if ctype == CT_ALERT:
+            if ctype == TLS_RLTYPE_ALERT:
                 self._alerts(payload)
                 continue
             self._warnings = 0  # as OpenSSL: any other record that carries something
-            if ctype == CT_APPLICATION_DATA:
+            if ctype == TLS_RLTYPE_APP:
                 out.append(payload)
-            elif ctype == CT_HANDSHAKE:
+            elif ctype == TLS_RLTYPE_HANDSHAKE:
                 self._handshake(payload)
             else:
-                raise RecordError(UNEXPECTED_MESSAGE, f"record of type {ctype} after the handshake")
+                raise RecordError(
+                    UNEXPECTED_MESSAGE,
+                    f"record of type {content_type_name(ctype)} after the handshake",
+                )
         return out[0] if len(out) == 1 else b"".join(out)
 
     # -- alerts --------------------------------------------------------------
@@ -191,7 +202,7 @@ class TlsControl:
                     raise RecordError(UNEXPECTED_MESSAGE, "KeyUpdate not at the end of its record")
                 self._key_update(body[0])
             else:  # a TLS 1.2 ClientHello: renegotiation, refused with a warning
-                self.outgoing.append((CT_ALERT, alert_bytes(WARNING, NO_RENEGOTIATION)))
+                self.outgoing.append((TLS_RLTYPE_ALERT, alert_bytes(WARNING, NO_RENEGOTIATION)))
                 if self.stats is not None:
                     self.stats.alerts_sent += 1
 

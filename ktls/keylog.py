@@ -1,35 +1,37 @@
-# Theory of operation
-# -------------------
-# Where the traffic secrets for kernel TLS come from.  The portable way to get
-# the TLS 1.3 traffic secrets (and the TLS 1.2 master secret) out of OpenSSL
-# 1.1.1+ is its key-log callback (SSL_CTX_set_keylog_callback), which hands
-# over one NSS key log line per secret:
-#
-#     LABEL <client_random, 64 hex digits> <secret, hex>
-#
-# FreeBSD's own path is different - OpenSSL built with KTLS support derives the
-# keys internally and calls setsockopt(TCP_TXTLS_ENABLE) itself - but that
-# needs an OpenSSL with KTLS enabled on a kernel that has it.  nomapd models
-# the kernel side, so it captures the secrets the portable way: the server's
-# callback feeds each line to a per-connection `KeyLog`, and after the
-# handshake ktls/keys.py expands the right secret into key and IV.
-#
-# Secrets never leave memory: nothing here writes to disk.  `lines()` exists
-# only so the operator's explicit `--keylog FILE` option can write the lines
-# (for Wireshark) - that is the caller's decision, not this module's.
-#
-# Parsing is strict for the labels nomapd uses (exact field count, hex, a
-# 32-byte client random, secret lengths that fit the label, one connection per
-# KeyLog).  Lines with other well-formed labels (newer OpenSSL versions add
-# some, e.g. for ECH) are kept for `lines()` but otherwise ignored, so an
-# OpenSSL upgrade cannot break the handshake callback.  Lines starting with
-# "#" are comments in the NSS format and are skipped.  Error messages never
-# quote the line: it contains a secret.
-#
-# Wiping is best effort, as it must be in Python: `wipe()` zeroes the
-# bytearrays this object owns and drops them, but the caller's line objects
-# and the `bytes` copies handed out by `secret()` are immutable and are left
-# to the garbage collector.
+"""The key log: where the traffic secrets for kernel TLS come from.
+
+Theory of operation. The portable way to get the TLS 1.3 traffic secrets (and
+the TLS 1.2 master secret) out of OpenSSL 1.1.1+ is its key-log callback
+(SSL_CTX_set_keylog_callback), which hands over one NSS key log line per
+secret:
+
+    LABEL <client_random, 64 hex digits> <secret, hex>
+
+FreeBSD's own path is different - OpenSSL built with KTLS support derives the
+keys internally and calls setsockopt(TCP_TXTLS_ENABLE) itself - but that
+needs an OpenSSL with KTLS enabled on a kernel that has it.  nomapd models
+the kernel side, so it captures the secrets the portable way: the server's
+callback feeds each line to a per-connection `KeyLog`, and after the
+handshake ktls/keys.py expands the right secret into key and IV.
+
+Secrets never leave memory: nothing here writes to disk.  `lines()` exists
+only so the operator's explicit `--keylog FILE` option can write the lines
+(for Wireshark) - that is the caller's decision, not this module's.
+
+Parsing is strict for the labels nomapd uses (exact field count, hex, a
+32-byte client random, secret lengths that fit the label, one connection per
+KeyLog).  Lines with other well-formed labels (newer OpenSSL versions add
+some, e.g. for ECH) are kept for `lines()` but otherwise ignored, so an
+OpenSSL upgrade cannot break the handshake callback.  Lines starting with
+"#" are comments in the NSS format and are skipped.  Error messages never
+quote the line: it contains a secret.
+
+Wiping is best effort, as it must be in Python: `wipe()` zeroes the
+bytearrays this object owns and drops them, but the caller's line objects
+and the `bytes` copies handed out by `secret()` are immutable and are left
+to the garbage collector.
+"""
+
 from __future__ import annotations
 
 import enum

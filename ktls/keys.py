@@ -1,25 +1,26 @@
-# Theory of operation
-# -------------------
-# Turning the secrets a TLS handshake produced into the key and IV a kernel
-# TLS session is created with.  FreeBSD never derives keys itself: user space
-# (OpenSSL's ktls_configure_crypto()) expands them and passes the results in
-# `struct tls_enable` (`cipher_key`, `iv`).  This module is that user-space
-# step, written against the RFCs rather than OpenSSL's internals:
-#
-#   TLS 1.3 (RFC 8446 7.1, 7.3): key = HKDF-Expand-Label(secret, "key", "", key_len)
-#                                iv  = HKDF-Expand-Label(secret, "iv",  "", 12)
-#           KeyUpdate (7.2):     next = HKDF-Expand-Label(secret, "traffic upd", "", Hash.length)
-#   TLS 1.2 (RFC 5246 5, 6.3):   key_block = PRF(master_secret, "key expansion",
-#                                                server_random + client_random)
-#           sliced client key, server key, client IV, server IV (AEAD suites
-#           have no MAC keys; RFC 5288 3 gives GCM a 4-byte salt, RFC 7905 2
-#           gives ChaCha20-Poly1305 a 12-byte IV).
-#
-# The secrets come from the key log (ktls/keylog.py).  Every input is checked
-# at this boundary - a 48-byte secret handed to a SHA-256 suite is a caller
-# bug that would otherwise produce a silently wrong key - and the work is then
-# done in C: HKDF-Expand with the stdlib's HMAC, the TLS 1.2 PRF with
-# `cryptography`'s.  Nothing here touches I/O.
+"""Key expansion: the secrets a TLS handshake produced, as a kernel TLS session's key and IV.
+
+Theory of operation. FreeBSD never derives keys itself: user space (OpenSSL's
+ktls_configure_crypto()) expands them and passes the results in
+`struct tls_enable` (`cipher_key`, `iv`).  This module is that user-space
+step, written against the RFCs rather than OpenSSL's internals:
+
+  TLS 1.3 (RFC 8446 7.1, 7.3): key = HKDF-Expand-Label(secret, "key", "", key_len)
+                               iv  = HKDF-Expand-Label(secret, "iv",  "", 12)
+          KeyUpdate (7.2):     next = HKDF-Expand-Label(secret, "traffic upd", "", Hash.length)
+  TLS 1.2 (RFC 5246 5, 6.3):   key_block = PRF(master_secret, "key expansion",
+                                               server_random + client_random)
+          sliced client key, server key, client IV, server IV (AEAD suites
+          have no MAC keys; RFC 5288 3 gives GCM a 4-byte salt, RFC 7905 2
+          gives ChaCha20-Poly1305 a 12-byte IV).
+
+The secrets come from the key log (ktls/keylog.py).  Every input is checked
+at this boundary - a 48-byte secret handed to a SHA-256 suite is a caller
+bug that would otherwise produce a silently wrong key - and the work is then
+done in C: HKDF-Expand with the stdlib's HMAC, the TLS 1.2 PRF with
+`cryptography`'s.  Nothing here touches I/O.
+"""
+
 from __future__ import annotations
 
 import hmac as stdlib_hmac

@@ -1,8 +1,7 @@
 """The software crypto backend: seal one TLS record held in an EXT_PGS mbuf.
 
-Models sys/opencrypto/ktls_ocf.c (`ktls_ocf_tls12_gcm_encrypt`,
-`ktls_ocf_tls13_gcm_encrypt`) with pyca/cryptography's AEADs as the crypto(9)
-driver. Source pages are read through the direct map (views of the page
+Theory of operation. pyca/cryptography's AEADs are the crypto(9) driver.
+Source pages are read through the direct map (views of the page
 arena); the ciphertext is written into the destination pages with the same
 `first_pg_off` / `last_pg_len` layout, and the tag (TLS 1.3: the encrypted
 inner content type, then the tag) into the record's trailer.
@@ -15,21 +14,25 @@ The copies are in C: `b"".join` gathers the plaintext pages, `encrypt_into`
 writes ciphertext and tag into one scratch buffer (cryptography releases the
 GIL while it works), and slice assignment scatters it into the pages.
 
-Deliberate difference: ktls_encrypt builds one iovec entry per page; here
+Models: sys/opencrypto/ktls_ocf.c (`ktls_ocf_tls12_gcm_encrypt`,
+`ktls_ocf_tls13_gcm_encrypt`).
+
+Deliberate differences: ktls_encrypt builds one iovec entry per page; here
 physically contiguous pages are one entry (`pages_iov`), which changes no byte.
 The TLS 1.3 additional data is the record header itself (RFC 8446 5.2), as in
-ktls_ocf.c; its length field is checked against the payload.
+ktls_ocf.c; it is checked, type, version and length, against the header
+`tls13_aad` builds for the payload.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from ktls.nonce import SEQNO_LIMIT
+from ktls.nonce import SEQNO_LIMIT, tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce_int
 from ktls.suites import TlsVersion
+from mbuf.ktls_hdr import TLS_HEADER_LEN
 from mbuf.mbuf import pages_iov
 
 if TYPE_CHECKING:
@@ -48,7 +51,6 @@ def _page_views(phys: PhysMem, pgs: MbufExtPgs, pas: list[int]) -> list[memoryvi
 
 
 _TYPE_BYTE = [bytes((t,)) for t in range(256)]
-_TLS12_AAD = struct.Struct(">QBHH")  # seq_num, type, version, length
 
 
 def ktls_ocf_encrypt(
@@ -70,19 +72,20 @@ def ktls_ocf_encrypt(
         inner: bytes | memoryview = b"".join(src)
         src.pop()
         plen = len(inner) - 1
-        nonce = (tls.iv_int ^ seqno).to_bytes(12, "big")  # RFC 8446 5.3
+        nonce = tls13_nonce_int(tls.iv_int, seqno)
         # The additional data is the record header ktls_frame wrote (RFC 8446 5.2).
-        aad = bytes(pgs.hdr[:5])
-        if int.from_bytes(aad[3:5], "big") != plen + tls.tls_tlen:
-            raise ValueError(f"ktls: record header {aad.hex()} does not match {plen} bytes")
+        aad = tls13_aad(plen + tls.tls_tlen)
+        if pgs.hdr[:TLS_HEADER_LEN] != aad:
+            hdr = bytes(pgs.hdr[:TLS_HEADER_LEN]).hex()
+            raise ValueError(f"ktls: record header {hdr} does not match {plen} bytes")
     else:
         inner = src[0] if len(src) == 1 else b"".join(src)
         plen = len(inner)
         if tls.explicit_nonce_len:  # RFC 5288 3: salt, then the explicit part in the header
-            nonce = tls.iv + bytes(pgs.hdr[5 : 5 + tls.explicit_nonce_len])
+            nonce = tls12_gcm_nonce(tls.iv, pgs.hdr[TLS_HEADER_LEN : tls.tls_hlen])
         else:  # RFC 7905 2
-            nonce = (tls.iv_int ^ seqno).to_bytes(12, "big")
-        aad = _TLS12_AAD.pack(seqno, pgs.record_type, 0x0303, plen)  # RFC 5246 6.2.3.3
+            nonce = tls13_nonce_int(tls.iv_int, seqno)
+        aad = tls12_aad(seqno, pgs.record_type, plen)
     need = len(inner) + 16
     if len(scratch) < need:
         scratch.extend(bytes(need - len(scratch)))

@@ -1,14 +1,15 @@
 """KTLS receive: decrypting the client's records (FreeBSD 13's KTLS RX).
 
-FreeBSD 13 added a receive side to kernel TLS (`ktls_enable_rx`): after the
-handshake, user space hands the kernel the peer's keys and next sequence
-number with `setsockopt(TCP_RXTLS_ENABLE)`. Incoming TCP data then collects
-as whole records (`sb_mtls`); `ktls_check_rx` looks at each record header as
-soon as it is there, so a record that claims to be too long is refused before
-its body arrives; `ktls_decrypt` opens each complete record and hands it to
-the reader with its type in a `TLS_GET_RECORD` control message. What a
-non-data record means (alerts, post-handshake messages) is user space's
-business (`ktls.control`); the kernel only decrypts and checks.
+Theory of operation. FreeBSD 13 added a receive side to kernel TLS
+(`ktls_enable_rx`): after the handshake, user space hands the kernel the
+peer's keys and next sequence number with `setsockopt(TCP_RXTLS_ENABLE)`.
+Incoming TCP data then collects as whole records (`sb_mtls`); `ktls_check_rx`
+looks at each record header as soon as it is there, so a record that claims to
+be too long is refused before its body arrives; `ktls_decrypt` opens each
+complete record and hands it to the reader with its type in a `TLS_GET_RECORD`
+control message. What a non-data record means (alerts, post-handshake
+messages) is user space's business (`ktls.control`); the kernel only decrypts
+and checks.
 
 `KtlsRxSession` is that kernel part, sans-IO: `feed` bytes as they come off
 the socket, then `next_record` until it returns None. Errors are
@@ -21,7 +22,10 @@ for a record version other than 0x0303 `protocol_version` (TLS 1.2) or
 `decode_error` (TLS 1.3, whose AAD is the header as received; OpenSSL and
 FreeBSD's `ktls_decrypt` refuse it too).
 
-Where the model deliberately differs from the kernel (reference 6.10):
+Models: sys/kern/uipc_ktls.c (`ktls_enable_rx`, `ktls_check_rx`,
+`ktls_decrypt`).
+
+Deliberate differences:
 * KTLS RX as committed in July 2020 did TLS 1.1/1.2 only; TLS 1.3 RX came
   later. nomapd receives both, since every TLS 1.3 client must be served.
 * Incoming bytes sit in a plain buffer rather than receive-side mbufs
@@ -48,29 +52,23 @@ from ktls.alerts import (
     UNEXPECTED_MESSAGE,
     RecordError,
 )
-from ktls.nonce import SEQNO_LIMIT, TLS13_IV_LEN, tls12_aad, tls12_gcm_nonce, tls13_nonce
+from ktls.nonce import SEQNO_LIMIT, tls12_aad, tls12_gcm_nonce, tls13_iv_int, tls13_nonce_int
 from ktls.suites import CipherSuite, TlsVersion
+from mbuf.ktls_hdr import (
+    TLS12_MAX_CIPHERTEXT_LEN,
+    TLS13_MAX_CIPHERTEXT_LEN,
+    TLS_HEADER_LEN,
+    TLS_MAX_MSG_SIZE_V10_2,
+    TLS_RLTYPE_ALERT,
+    TLS_RLTYPE_APP,
+    TLS_RLTYPE_HANDSHAKE,
+    content_type_name,
+)
 
 if TYPE_CHECKING:
     from mbuf.counters import KtlsStat
 
-CT_CHANGE_CIPHER_SPEC = 20
-CT_ALERT = 21
-CT_HANDSHAKE = 22
-CT_APPLICATION_DATA = 23
-
-MAX_PLAINTEXT = 1 << 14  # RFC 8446 5.1, RFC 5246 6.2.1
-TLS13_MAX_CIPHERTEXT = MAX_PLAINTEXT + 256  # RFC 8446 5.2
-TLS12_MAX_CIPHERTEXT = MAX_PLAINTEXT + 2048  # RFC 5246 6.2.3
-_HEADER = 5
-_TLS12_PROTECTED = frozenset({CT_ALERT, CT_HANDSHAKE, CT_APPLICATION_DATA})
-
-
-def _iv_int(iv: bytes) -> int:
-    """The TLS 1.3 write IV as the integer each record's nonce is XORed from
-    (RFC 8446 5.3); -1 for an IV of another length (TLS 1.2 GCM's 4-byte salt),
-    which then goes through `tls13_nonce` and its check."""
-    return int.from_bytes(iv) if len(iv) == TLS13_IV_LEN else -1
+_TLS12_PROTECTED = frozenset({TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE, TLS_RLTYPE_APP})
 
 
 class RxRecord(NamedTuple):
@@ -106,11 +104,11 @@ class KtlsRxSession:
         self.version = suite.version
         self.aead = suite.aead(key)
         self.iv = iv
-        self._iv_int = _iv_int(iv)
+        self._iv_int = self._nonce_base(iv)
         self.seqno = seqno
         self.stats = stats
         tls13 = self.version is TlsVersion.TLS13
-        self.max_ciphertext = TLS13_MAX_CIPHERTEXT if tls13 else TLS12_MAX_CIPHERTEXT
+        self.max_ciphertext = TLS13_MAX_CIPHERTEXT_LEN if tls13 else TLS12_MAX_CIPHERTEXT_LEN
         self._buf = bytearray()
         self._checked = False  # the header at the front of _buf passed ktls_check_rx
         self.records = 0  # per-session counters
@@ -120,8 +118,13 @@ class KtlsRxSession:
         """New receive keys (a TLS 1.3 KeyUpdate): numbering starts again at 0."""
         self.aead = self.suite.aead(key)
         self.iv = iv
-        self._iv_int = _iv_int(iv)
+        self._iv_int = self._nonce_base(iv)
         self.seqno = 0
+
+    def _nonce_base(self, iv: bytes) -> int:
+        """The int each record's nonce is XORed from (RFC 8446 5.3, RFC 7905 2);
+        TLS 1.2 GCM, whose nonce is the salt and the record's explicit part, has none."""
+        return 0 if self.suite.explicit_nonce_len else tls13_iv_int(iv)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
@@ -134,7 +137,7 @@ class KtlsRxSession:
         Raises RecordError (the session is then unusable)."""
         buf = self._buf
         have = len(buf)
-        if have < _HEADER:
+        if have < TLS_HEADER_LEN:
             return None
         ctype = buf[0]
         length = (buf[3] << 8) | buf[4]
@@ -142,7 +145,7 @@ class KtlsRxSession:
             # Application data with the right version and a plausible length passes
             # in either version; anything else gets the whole check.
             if not (
-                ctype == CT_APPLICATION_DATA
+                ctype == TLS_RLTYPE_APP
                 and buf[1] == 3
                 and buf[2] == 3
                 and length <= self.max_ciphertext
@@ -150,7 +153,7 @@ class KtlsRxSession:
             ):
                 self._check_header(ctype, (buf[1] << 8) | buf[2], length)
             self._checked = True
-        end = _HEADER + length
+        end = TLS_HEADER_LEN + length
         if have < end:
             return None
         if have == end:  # the usual case: the buffer is this record
@@ -160,8 +163,8 @@ class KtlsRxSession:
             record = bytes(buf[:end])
             del buf[:end]
         self._checked = False
-        header = record[:_HEADER]
-        body = memoryview(record)[_HEADER:]
+        header = record[:TLS_HEADER_LEN]
+        body = memoryview(record)[TLS_HEADER_LEN:]
         try:
             rec = self._open(ctype, header, body)
         except RecordError:
@@ -180,12 +183,16 @@ class KtlsRxSession:
         """ktls_check_rx: what the header alone tells."""
         fail: RecordError | None = None
         if self.version is TlsVersion.TLS13:
-            if ctype != CT_APPLICATION_DATA:
-                fail = RecordError(UNEXPECTED_MESSAGE, f"unprotected record of type {ctype}")
+            if ctype != TLS_RLTYPE_APP:
+                fail = RecordError(
+                    UNEXPECTED_MESSAGE, f"unprotected record of type {content_type_name(ctype)}"
+                )
             elif version != TlsVersion.TLS12:  # legacy_record_version, as OpenSSL checks it
                 fail = RecordError(DECODE_ERROR, f"record version {version:#06x}")
         elif ctype not in _TLS12_PROTECTED:
-            fail = RecordError(UNEXPECTED_MESSAGE, f"record of type {ctype} after the handshake")
+            fail = RecordError(
+                UNEXPECTED_MESSAGE, f"record of type {content_type_name(ctype)} after the handshake"
+            )
         elif version != TlsVersion.TLS12:
             fail = RecordError(PROTOCOL_VERSION, f"record version {version:#06x}")
         if fail is None and length > self.max_ciphertext:
@@ -202,16 +209,12 @@ class KtlsRxSession:
         if self.version is TlsVersion.TLS13:
             if len(body) <= suite.tag_len:
                 raise RecordError(BAD_RECORD_MAC, "record shorter than its tag")
-            # tls13_nonce(self.iv, self.seqno), with the IV checked once at install
-            # and the sequence number by the header check.
-            iv = self._iv_int
-            seqno = self.seqno
-            nonce = (iv ^ seqno).to_bytes(TLS13_IV_LEN) if iv >= 0 else tls13_nonce(self.iv, seqno)
+            nonce = tls13_nonce_int(self._iv_int, self.seqno)
             try:
                 inner = self.aead.decrypt(nonce, body, header)
             except InvalidTag:
                 raise RecordError(BAD_RECORD_MAC, "record does not authenticate") from None
-            if len(inner) > MAX_PLAINTEXT + 1:  # RFC 8446 5.4: padding included
+            if len(inner) > TLS_MAX_MSG_SIZE_V10_2 + 1:  # RFC 8446 5.4: padding included
                 raise RecordError(RECORD_OVERFLOW, f"inner plaintext of {len(inner)} bytes")
             if inner[-1]:  # no padding (the usual case)
                 return RxRecord(inner[-1], inner[:-1])
@@ -223,9 +226,11 @@ class KtlsRxSession:
         plen = len(body) - n - suite.tag_len
         if plen < 0:
             raise RecordError(BAD_RECORD_MAC, "record shorter than its nonce and tag")
-        if plen > MAX_PLAINTEXT:
+        if plen > TLS_MAX_MSG_SIZE_V10_2:
             raise RecordError(RECORD_OVERFLOW, f"plaintext of {plen} bytes")
-        nonce = tls12_gcm_nonce(self.iv, bytes(body[:n])) if n else tls13_nonce(self.iv, self.seqno)
+        nonce = (
+            tls12_gcm_nonce(self.iv, body[:n]) if n else tls13_nonce_int(self._iv_int, self.seqno)
+        )
         try:
             plain = self.aead.decrypt(nonce, body[n:], tls12_aad(self.seqno, ctype, plen))
         except InvalidTag:

@@ -1,9 +1,9 @@
-"""KTLS transmit sessions: framing, sequence numbers, encryption batches (uipc_ktls.c).
+"""KTLS transmit sessions: framing, sequence numbers, encryption batches.
 
-`KtlsSession` is the kernel's `struct ktls_session` for one socket in software
-mode, created from the keys OpenSSL negotiated (what `TCP_TXTLS_ENABLE` hands
-the kernel, including `rec_seq`, the next record sequence number). It
-implements the `KtlsHook` interface that `mbuf` calls:
+Theory of operation. `KtlsSession` is the kernel's `struct ktls_session` for
+one socket in software mode, created from the keys OpenSSL negotiated (what
+`TCP_TXTLS_ENABLE` hands the kernel, including `rec_seq`, the next record
+sequence number). It implements the `KtlsHook` interface that `mbuf` calls:
 
 * `ktls_frame`: each unmapped mbuf of a chain becomes exactly one record:
   `hdr_len`/`trail_len` set from the cipher (TLS 1.3: 5 and 17; TLS 1.2 GCM:
@@ -11,8 +11,7 @@ implements the `KtlsHook` interface that `mbuf` calls:
   set (meaning "not yet encrypted"), the mbuf marked `M_NOTREADY` with
   `nrdy = npgs`. Returns the page count to enqueue.
 * `ktls_seq`: called as records enter the socket buffer; numbers them in wire
-  order (and writes the TLS 1.2 GCM explicit nonce, which is the sequence
-  number here, as OpenSSL does; the 2019 kernel used a random counter).
+  order (and writes the TLS 1.2 GCM explicit nonce).
 * `ktls_enqueue`: gathers the records covering `page_count` pages into one work
   item, allocates fresh anonymous destination pages for records of file pages
   (file pages are never written), and hands the item to a worker. On
@@ -23,6 +22,15 @@ implements the `KtlsHook` interface that `mbuf` calls:
 
 Ciphertext pages never run out at enqueue time: sendfile reserves one frame
 per file page when it wires it (`ktls_reserve`), and the batch takes them here.
+
+Models: sys/kern/uipc_ktls.c (`ktls_frame`, `ktls_seq`, `ktls_enqueue`,
+`ktls_encrypt`) and sys/sys/ktls.h (`struct ktls_session`, `ktls_free`).
+
+Deliberate differences: the TLS 1.2 GCM explicit nonce is the sequence number,
+as OpenSSL does; the 2019 kernel used a random counter. sendfile reserves the
+ciphertext frames when it wires the file pages; the kernel allocates them at
+encryption time. A TLS 1.3 KeyUpdate installs new send keys (`successor`); the
+2019 kernel installs keys once.
 """
 
 from __future__ import annotations
@@ -34,22 +42,27 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from ktls.nonce import SEQNO_LIMIT
+from ktls.nonce import SEQNO_LIMIT, tls13_iv_int
 from ktls.ocf import ktls_ocf_encrypt
 from ktls.suites import CipherSuite, TlsVersion
 from ktls.workers import KtlsWorkers
 from mbuf.kassert import kassert, kpanic
+from mbuf.ktls_hdr import (
+    TLS_HEADER_LEN,
+    TLS_LEGACY_RECORD_VERSION,
+    TLS_MAX_MSG_SIZE_V10_2,
+    TLS_RLTYPE_APP,
+)
 from mbuf.mb_unmapped import mb_free_mext_pgs
 from mbuf.mbuf import M_NOTREADY, MBUF_PEXT_FLAG_ANON, Mbuf
 from mbuf.param import PAGE_SIZE
-from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
+from mbuf.socket import Socket, pru_ready
 
 if TYPE_CHECKING:
     from mbuf.kern import Kernel
     from mbuf.sockbuf import SockBuf
 
-TLS_MAX_MSG_SIZE_V10_2 = 16384
-_TLS_HEADER = struct.Struct(">BHH")  # type, legacy version, length
+_TLS_HEADER = struct.Struct(">BHH")  # struct tls_record_layer: type, version, length
 
 log = logging.getLogger("nomapd.ktls")
 
@@ -99,8 +112,9 @@ class KtlsSession:
         self.version = suite.version
         self.aead: AESGCM | ChaCha20Poly1305 = suite.aead(key)
         self.iv = iv
-        self.iv_int = int.from_bytes(iv, "big")
         self.explicit_nonce_len = suite.explicit_nonce_len
+        # The int each record's nonce is XORed from; TLS 1.2 GCM's salt has none.
+        self.iv_int = 0 if self.explicit_nonce_len else tls13_iv_int(iv)
         self.tls_hlen = suite.tls_hlen
         self.tls_tlen = suite.tls_tlen
         self.max_frame_len = max_frame_len
@@ -116,7 +130,7 @@ class KtlsSession:
         """The session a TLS 1.3 KeyUpdate installs: same cipher and worker queue,
         new keys; the caller numbers from 0. A deliberate extension: the 2019
         kernel installs keys once (a second TCP_TXTLS_ENABLE fails with
-        EALREADY; reference 6.7), so a real KTLS socket could not answer a
+        EALREADY in `ktls_enable_tx`), so a real KTLS socket could not answer a
         client's KeyUpdate(update_requested) and had to close.
         Records already framed keep this session (their `tls`) until encrypted.
         The per-session counters carry on, so they count for the connection."""
@@ -169,7 +183,9 @@ class KtlsSession:
             m.m_len += hlen + tlen
             pgs.tls = self
             pgs.record_type = record_type
-            _TLS_HEADER.pack_into(pgs.hdr, 0, outer, 0x0303, m.m_len - 5)
+            _TLS_HEADER.pack_into(
+                pgs.hdr, 0, outer, TLS_LEGACY_RECORD_VERSION, m.m_len - TLS_HEADER_LEN
+            )
             m.m_flags |= M_NOTREADY
             pgs.nrdy = pgs.npgs
             enq += pgs.npgs
@@ -188,7 +204,9 @@ class KtlsSession:
             if explicit and pgs.seqno < SEQNO_LIMIT:
                 # Beyond 2^64 - 1 the nonce stays unwritten; ktls_ocf_encrypt
                 # refuses the seqno and the batch fails with EIO (never wraps).
-                pgs.hdr[5 : 5 + explicit] = pgs.seqno.to_bytes(explicit, "big")
+                pgs.hdr[TLS_HEADER_LEN : TLS_HEADER_LEN + explicit] = pgs.seqno.to_bytes(
+                    explicit, "big"
+                )
             n = n.m_next
 
     def ktls_enqueue(self, so: Socket, m: Mbuf, page_count: int) -> None:
@@ -287,7 +305,7 @@ class _EncryptBatch:
             st.failed_crypto += 1
             so.soabort(errno.EIO)
             self._free_unused_dst()
-        so.sorwakeup()
+        so.sowwakeup()
 
     def _free_unused_dst(self) -> None:
         """Ciphertext pages of records that never took them (still `tls`) go back."""

@@ -1,28 +1,32 @@
-# Theory of operation
-# -------------------
-# The cipher suites nomapd can hand to its kernel-TLS model, and the record
-# geometry each one implies.  FreeBSD describes a session to the kernel with
-# `struct tls_enable` (sys/sys/ktls.h): a cipher algorithm
-# (CRYPTO_AES_NIST_GCM_16 or CRYPTO_CHACHA20_POLY1305), key and IV lengths and
-# the TLS version; `ktls_create_session()` (sys/kern/uipc_ktls.c) then derives
-# `tls_hlen` (record header plus explicit nonce) and `tls_tlen` (trailer: AEAD
-# tag, plus the inner content-type byte in TLS 1.3).  `CipherSuite` carries the
-# same facts, keyed by the name OpenSSL's SSL_CIPHER_get_name() reports, so the
-# server can go from a finished handshake to a session description with one
-# dictionary lookup.
-#
-# Only AEAD suites with forward-secret key exchange are listed.  FreeBSD can
-# also offload AES-CBC with HMAC for TLS 1.0-1.2; nomapd deliberately does not
-# model that path, so `suite_for()` refuses CBC (and anything else not listed)
-# and the caller keeps such a connection in user-space TLS.
-#
-# Per version and AEAD (RFC 8446 5.3, RFC 5288 3, RFC 7905 2):
-#   TLS 1.3, any AEAD:   12-byte IV XORed with the sequence number, no
-#                        explicit nonce, 5 + 0 header, 16 + 1 trailer.
-#   TLS 1.2, AES-GCM:    4-byte salt ("fixed IV") + 8-byte explicit nonce sent
-#                        in each record, 5 + 8 header, 16 trailer.
-#   TLS 1.2, ChaCha20:   12-byte IV XORed with the sequence number like
-#                        TLS 1.3, no explicit nonce, 5 + 0 header, 16 trailer.
+"""The cipher suites nomapd can hand to its kernel-TLS model, and their record geometry.
+
+Theory of operation. FreeBSD describes a session to the kernel with
+`struct tls_enable` (sys/sys/ktls.h): a cipher algorithm
+(CRYPTO_AES_NIST_GCM_16 or CRYPTO_CHACHA20_POLY1305), key and IV lengths and
+the TLS version; `ktls_create_session()` (sys/kern/uipc_ktls.c) then derives
+`tls_hlen` (record header plus explicit nonce) and `tls_tlen` (trailer: AEAD
+tag, plus the inner content-type byte in TLS 1.3).  `CipherSuite` carries the
+same facts, keyed by the name OpenSSL's SSL_CIPHER_get_name() reports, so the
+server can go from a finished handshake to a session description with one
+dictionary lookup.
+
+Per version and AEAD (RFC 8446 5.3, RFC 5288 3, RFC 7905 2):
+  TLS 1.3, any AEAD:   12-byte IV XORed with the sequence number, no
+                       explicit nonce, 5 + 0 header, 16 + 1 trailer.
+  TLS 1.2, AES-GCM:    4-byte salt ("fixed IV") + 8-byte explicit nonce sent
+                       in each record, 5 + 8 header, 16 trailer.
+  TLS 1.2, ChaCha20:   12-byte IV XORed with the sequence number like
+                       TLS 1.3, no explicit nonce, 5 + 0 header, 16 trailer.
+
+Models: sys/kern/uipc_ktls.c (`ktls_create_session`: `tls_hlen`, `tls_tlen`).
+
+Deliberate differences: only AEAD suites with forward-secret key exchange are
+listed.  FreeBSD can also offload AES-CBC with HMAC for TLS 1.0-1.2; nomapd
+deliberately does not model that path, so `suite_for()` refuses CBC (and
+anything else not listed) and the caller keeps such a connection in
+user-space TLS.
+"""
+
 from __future__ import annotations
 
 import enum
@@ -32,25 +36,28 @@ from typing import Final
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from mbuf.ktls_hdr import (
+    TLS_HEADER_LEN,
+    TLS_MAJOR_VER_ONE,
+    TLS_MINOR_VER_THREE,
+    TLS_MINOR_VER_TWO,
+)
+
 __all__ = [
     "SUITES",
     "TLS12_CIPHER_LIST",
     "TLS13_CIPHERSUITES",
-    "TLS_HEADER_LEN",
     "CipherSuite",
     "TlsVersion",
     "suite_for",
 ]
 
-# struct tls_record_layer: type(1) version(2) length(2).
-TLS_HEADER_LEN: Final = 5
-
 
 class TlsVersion(enum.IntEnum):
     """Protocol versions as they appear on the wire (and in SSL_version())."""
 
-    TLS12 = 0x0303
-    TLS13 = 0x0304
+    TLS12 = TLS_MAJOR_VER_ONE << 8 | TLS_MINOR_VER_TWO  # 0x0303
+    TLS13 = TLS_MAJOR_VER_ONE << 8 | TLS_MINOR_VER_THREE  # 0x0304
 
 
 @dataclass(frozen=True, slots=True)

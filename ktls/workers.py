@@ -1,6 +1,6 @@
-"""KTLS encryption workers (kern.ipc.tls threads, uipc_ktls.c `ktls_work_thread`).
+"""KTLS encryption workers: one queue and one thread each, as kern.ipc.tls's threads.
 
-One queue and one thread per worker, as the kernel has one per CPU; a session
+Theory of operation. One queue and one thread per worker, as the kernel has one per CPU; a session
 is bound to one queue (`wq_index`), so one connection's records are encrypted
 in order by one thread while different connections use every core.
 
@@ -11,7 +11,9 @@ back so that all socket-buffer and page-arena changes happen on that thread.
 With `nthreads == 0` work runs inline at submission: the server's default
 (`--ktls-workers 0`). Under the GIL only the C crypto, a few per cent of a
 batch's work, can overlap, while every batch crosses threads twice; two
-threads gave 0.6x the throughput of none on 2 cores (issue 6).
+threads gave 0.6x the throughput of none on 2 cores (`make bench`).
+
+Models: sys/kern/uipc_ktls.c (`ktls_work_thread`, the `kern.ipc.tls` threads).
 """
 
 from __future__ import annotations

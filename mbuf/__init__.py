@@ -1,7 +1,8 @@
 """mbuf: the modeled FreeBSD kernel data path (sans-IO; never imports trio).
 
-Physical pages and the page cache, mbufs with the 2019 unmapped EXT_PGS layout,
-sf_bufs, socket buffers, sendfile, tcp_output, ip_output and the NIC model.
+Theory of operation. Physical pages and the page cache, mbufs with the 2019
+unmapped EXT_PGS layout, sf_bufs, socket buffers, sendfile, tcp_output,
+ip_output and the NIC model, each in the module named for it.
 """
 
 from mbuf.kern import Kernel

@@ -1,10 +1,13 @@
 """Kernel counters: plain integers bumped on the hot path, exported as a snapshot.
 
-Each group mirrors a FreeBSD statistics structure or sysctl tree: `mbstat` and
-the UMA zones behind `netstat -m`, `struct sfstat`, `vm.stats`, `ipstat`,
-`if_data` and `kern.ipc.tls.stats`. Nothing here is ever recomputed by walking
-objects: the code that allocates or frees bumps the counter, and tests check
-that the counters return to zero.
+Theory of operation. Each group mirrors a FreeBSD statistics structure or
+sysctl tree: `mbstat` and the UMA zones behind `netstat -m`, `struct sfstat`,
+`vm.stats`, `ipstat`, `if_data` and `kern.ipc.tls.stats`. Nothing here is ever
+recomputed by walking objects: the code that allocates or frees bumps the
+counter, and tests check that the counters return to zero.
+
+Models: the counters usr.bin/netstat/mbuf.c prints (`netstat -m`), and the
+statistics of sys/kern/uipc_ktls.c (`kern.ipc.tls.stats`).
 """
 
 from __future__ import annotations

@@ -1,21 +1,26 @@
 """The network interface model: capabilities, transmit queues and "DMA".
 
-`Ifnet` is one interface ("nm0") with FreeBSD's capability words
-(`if_capabilities`, `if_capenable`) and the checksum offloads it implies
-(`if_hwassist`). `if_transmit` loads a packet's mbuf chain for DMA the way
-`bus_dmamap_load_mbuf_sg` does: mapped mbufs by virtual address, unmapped
-mbufs as header bytes, one segment per physical page, trailer bytes
-(reference 7.3). The segments are memoryviews over the page arena, so the
-"DMA" is a scatter-gather list and no byte is copied in Python.
+Theory of operation. `Ifnet` is one interface ("nm0") with FreeBSD's
+capability words (`if_capabilities`, `if_capenable`) and the checksum offloads
+it implies (`if_hwassist`). `if_transmit` loads a packet's mbuf chain for DMA
+the way `bus_dmamap_load_mbuf_sg` does: mapped mbufs by virtual address,
+unmapped mbufs as header bytes, one segment per physical page, trailer bytes.
+The segments are memoryviews over the page arena, so the "DMA" is a
+scatter-gather list and no byte is copied in Python.
 
 The wire behind the NIC is the real host TCP socket of the connection. The
 host kernel makes its own TCP/IP headers, so the 40-byte header the model
 built is DMAed and counted but not written to the host socket; everything
-after it is. Deliberate difference: a real NIC has a few hardware rings shared
-by all flows; the model gives each connection its own transmit queue, as a
-multi-queue NIC that hashes flows to queues would, so each host socket can
-drain its own. A packet's mbufs are freed (`m_freem`) when the host socket has
+after it is. A packet's mbufs are freed (`m_freem`) when the host socket has
 taken all of its bytes, which is when the NIC would report the descriptor done.
+
+Models: sys/net/if.h (`IFCAP_*`) and sys/kern/subr_bus_dma.c
+(`bus_dmamap_load_mbuf_sg`, `_bus_dmamap_load_unmapped_mbuf_sg`).
+
+Deliberate differences: a real NIC has a few hardware rings shared by all
+flows; the model gives each connection its own transmit queue, as a
+multi-queue NIC that hashes flows to queues would, so each host socket can
+drain its own.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """The Internet checksum (RFC 1071) over scatter-gather lists, in C via NumPy.
 
-Models sys/netinet/in_cksum.c and `in_delayed_cksum` of ip_output.c: the TCP
-checksum covers a pseudo-header, the TCP header and the payload, and is written
-into the header. The data is summed as big-endian 16-bit words with
-`numpy.sum`; a segment that starts at an odd position of the stream is handled
-by carrying its first byte, so segments of any length can follow each other.
+Theory of operation. The TCP checksum covers a pseudo-header, the TCP header
+and the payload, and is written into the header. The data is summed as
+big-endian 16-bit words with `numpy.sum`; a segment that starts at an odd
+position of the stream is handled by carrying its first byte, so segments of
+any length can follow each other.
+
+Models: sys/netinet/in_cksum.c and `in_delayed_cksum` of sys/netinet/ip_output.c.
 """
 
 from __future__ import annotations

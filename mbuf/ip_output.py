@@ -1,6 +1,6 @@
-"""ip_output: the conversion decision for unmapped chains (sys/netinet/ip_output.c).
+"""ip_output: the conversion decision for unmapped chains.
 
-In order (reference 7.1 and checklist item 8):
+Theory of operation. In order:
 1. the TCP checksum must be computed in software (the interface lacks
    IFCAP_TXCSUM): convert the chain with mb_unmapped_to_ext, then
    in_delayed_cksum over the now-mapped data;
@@ -8,6 +8,8 @@ In order (reference 7.1 and checklist item 8):
 3. a conversion that cannot get its sf_bufs drops the packet with ENOBUFS
    (`ip.odropped`); TCP sends the data again later;
 4. hand the chain to the interface.
+
+Models: sys/netinet/ip_output.c (`ip_output`, `in_delayed_cksum`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """Always-on kernel assertions (the model's KASSERT).
 
-The kernel compiles KASSERT out of production builds; the model never does,
-because the whole point of the model is to show the invariants hold.
+Theory of operation. `kassert` checks an invariant and `kpanic` stops at a
+broken one, both with a message formatted as the kernel's; either raises
+`KernelAssertion`.
+
+Deliberate differences: the kernel compiles KASSERT out of production builds;
+the model never does, because the whole point of the model is to show the
+invariants hold.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """One modeled machine: physical memory, page cache, sf_bufs, the interface, counters.
 
-Everything the FreeBSD kernel keeps in globals lives in a `Kernel` instance, so
-tests can build as many independent machines as they like. Tunables:
+Theory of operation. Everything the FreeBSD kernel keeps in globals lives in a
+`Kernel` instance, so tests can build as many independent machines as they
+like. Tunables:
 
   phys_mem         bytes of physical memory for the page cache and buffers
   nsfbufs          0 = direct map (sf_bufs never fail); N = bounded pool

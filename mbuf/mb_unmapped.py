@@ -1,5 +1,6 @@
-"""Building, freeing and converting unmapped mbufs (kern_mbuf.c, uipc_mbuf.c).
+"""Building, freeing and converting unmapped mbufs.
 
+Theory of operation.
 * `m_uiotombuf` copies caller bytes into mbufs: mapped clusters for an ordinary
   write, or (`nomap=True`, as `sosend` does for KTLS sockets and sendfile does
   for the headers of a TLS response) unmapped mbufs over freshly allocated,
@@ -8,9 +9,12 @@
 * `mb_unmapped_to_ext` turns every unmapped mbuf of a chain into mapped mbufs:
   header and trailer bytes copied into plain mbufs, each page mapped by an
   sf_buf into an EXT_SFBUF mbuf that holds a reference on the original, so the
-  pages stay wired until the last of those mbufs is freed (reference 4.4).
+  pages stay wired until the last of those mbufs is freed.
 * `mb_unmapped_compress` copies a small unmapped mbuf into its own internal
-  storage (reference 4.5).
+  storage.
+
+Models: sys/kern/kern_mbuf.c and sys/kern/uipc_mbuf.c (`m_uiotombuf`,
+`mb_free_mext_pgs`, `mb_unmapped_to_ext`, `mb_unmapped_compress`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """mbufs: headers, external storage and the 2019 unmapped EXT_PGS layout.
 
-Models sys/sys/mbuf.h and sys/kern/uipc_mbuf.c / kern_mbuf.c as of the June
-2019 unmapped-mbuf change (D20616) with the KTLS fields added in August 2019
-(the "E1" layout of ../shared/reference/freebsd-datapath.md section 2.2):
+Theory of operation. The layout is that of the June 2019 unmapped-mbuf change
+(D20616) with the KTLS fields added in August 2019 (the "E1" layout: a
+separate `struct mbuf_ext_pgs`, before FreeBSD 13 moved its fields into the
+mbuf as `m_epg_*`):
 
 * `Mbuf` carries `m_next`, `m_data`, `m_len`, `m_flags` and, for `M_PKTHDR`
   mbufs, `m_pkthdr_len` and `m_pkthdr_csum_flags`. Plain mbufs keep up to MLEN
@@ -24,6 +25,10 @@ aliases of the same bits (`M_EXT`, `M_NOMAP`, ...), because IntFlag arithmetic
 allocates. Python objects stand in for memory: an mbuf that is "freed" is
 counted out of its zone and poisoned (`M_FREED`), so a use after free or a
 double free trips an assertion instead of silently working.
+
+Models: sys/sys/mbuf.h, sys/kern/uipc_mbuf.c and sys/kern/kern_mbuf.c (`m_get`,
+`m_getcl`, `m_free`, `m_freem`, `m_copym`, `m_copydata`, `m_adj`, `m_pullup`,
+`mb_alloc_ext_pgs`, `mb_free_ext`, `mb_dupcl`).
 """
 
 from __future__ import annotations
@@ -155,7 +160,7 @@ class MbufExtPgs:
         return PAGE_SIZE - (self.first_pg_off if i == 0 else 0)
 
     def page_bytes(self) -> int:
-        """Payload bytes held in pages (reference section 2.4)."""
+        """Payload bytes held in pages: the sum of `page_len` over them, in closed form."""
         if self.npgs == 0:
             return 0
         if self.npgs == 1:
@@ -674,7 +679,7 @@ def m_pullup(m: Mbuf, length: int) -> Mbuf:
 
 
 def mb_ext_pgs_check(m: Mbuf) -> None:
-    """mb_ext_pgs_check: the invariants of an unmapped mbuf (checklist items 2 and 3)."""
+    """mb_ext_pgs_check: the invariants of an unmapped mbuf (its length and capacity)."""
     pgs = m.ext_pgs
     kassert(0 <= pgs.npgs <= MBUF_PEXT_MAX_PGS, "npgs %s out of range", pgs.npgs)
     kassert(len(pgs.pa) == pgs.npgs, "pa[] and npgs disagree")

@@ -1,8 +1,9 @@
 """Machine and mbuf parameters of the modeled kernel (amd64, LP64, 2019 layout).
 
-Every number here is the value FreeBSD head had in mid-2019 (see
-../shared/reference/freebsd-datapath.md sections 2 and 9); the comment on each
-names where it comes from.
+Theory of operation. Every number here is the value FreeBSD head had in
+mid-2019; the comment on each names where it comes from.
+
+Models: sys/sys/param.h, sys/sys/mbuf.h and sys/kern/uipc_sockbuf.c.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""sendfile(2): file pages into the socket buffer without copying (sys/kern/kern_sendfile.c).
+"""sendfile(2): file pages into the socket buffer without copying.
 
-One `SendfileJob` is one sendfile call on a non-blocking socket; `sendfile_step`
-runs its main loop (reference 5.3) until the request is queued or the socket
-buffer is full:
+Theory of operation. One `SendfileJob` is one sendfile call on a non-blocking
+socket; `sendfile_step` runs its main loop until the request is queued or the
+socket buffer is full:
 
 1. wait for space: proceed only if everything left fits, or at least the
    low-water mark (raised to at least sb_hiwat/2) is free;
@@ -27,11 +27,13 @@ buffer is full:
 The last read of a batch reads ahead (rest of the request up to MAXPHYS, or
 `--readahead N` pages); those pages enter the cache unwired.
 
-Deliberate difference: a busy page is waited for instead of being substituted
-by `bogus_page`.
-If a file shrinks below the size it had when it was looked up, the read comes
-up short and the connection is aborted with EIO, so a response never mixes
-bytes of two versions.
+Models: sys/kern/kern_sendfile.c (`kern_sendfile`, `sendfile_swapin`,
+`sendfile_iodone`, `sendfile_free_mext_pg`).
+
+Deliberate differences: a busy page is waited for instead of being substituted
+by `bogus_page`. If a file shrinks below the size it had when it was looked
+up, the read comes up short and the connection is aborted with EIO, so a
+response never mixes bytes of two versions.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mbuf.kassert import kassert
+from mbuf.ktls_hdr import TLS_RLTYPE_APP
 from mbuf.mb_unmapped import NoMemory, m_uiotombuf
 from mbuf.mbuf import (
     EXT_SFBUF,
@@ -64,7 +67,7 @@ from mbuf.param import (
 )
 from mbuf.sf_buf import SFB_NOWAIT, SfBuf, sf_buf_kva, sf_buf_page
 from mbuf.sockbuf import SBS_CANTSENDMORE
-from mbuf.socket import TLS_RLTYPE_APP, Socket, pru_ready
+from mbuf.socket import Socket, pru_ready
 from mbuf.vm_object import PagerRequest, VmObject
 from mbuf.vm_page import VmPage
 
@@ -464,7 +467,7 @@ def sendfile_iodone(sfio: SfIo) -> None:
         sfio.tls.ktls_enqueue(so, sfio.m, sfio.npages)
     else:
         pru_ready(so, sfio.m, sfio.npages)
-    so.sorwakeup()
+    so.sowwakeup()
 
 
 def vm_pager_iodone(kern: Kernel, req: PagerRequest) -> None:

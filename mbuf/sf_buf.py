@@ -1,14 +1,18 @@
-"""sf_bufs: temporary kernel mappings of physical pages (sys/sys/sf_buf.h, subr_sfbuf.c).
+"""sf_bufs: temporary kernel mappings of physical pages.
 
-On amd64 and arm64 the direct map makes an sf_buf free: `sf_buf_alloc` returns
-the page itself, `sf_buf_kva` is PHYS_TO_DMAP and nothing can fail. That is the
-default here (`nsfbufs == 0`). With a positive `nsfbufs` the pool models a
-platform without a direct map: at most that many mappings at once, and a
-`SFB_NOWAIT` allocation beyond that fails (`sfbuf.denied`, `sf_allocfail`).
-Either way every mapping is counted (`sfbuf.in_use`, `sfbuf.peak`,
-`sfbuf.total`) so the conversions ip_output performs are visible.
+Theory of operation. On amd64 and arm64 the direct map makes an sf_buf free:
+`sf_buf_alloc` returns the page itself, `sf_buf_kva` is PHYS_TO_DMAP and
+nothing can fail. That is the default here (`nsfbufs == 0`). With a positive
+`nsfbufs` the pool models a platform without a direct map: at most that many
+mappings at once, and a `SFB_NOWAIT` allocation beyond that fails
+(`sfbuf.denied`, `sf_allocfail`). Either way every mapping is counted
+(`sfbuf.in_use`, `sfbuf.peak`, `sfbuf.total`) so the conversions ip_output
+performs are visible.
 
-Deliberate difference: the generic pool hashes pages so that mapping a page
+Models: sys/sys/sf_buf.h and sys/kern/subr_sfbuf.c (`sf_buf_alloc`,
+`sf_buf_free`, `sf_buf_kva`, `sf_buf_page`).
+
+Deliberate differences: the generic pool hashes pages so that mapping a page
 twice shares one sf_buf; the model gives each mapping its own, which counts
 the same in-use figure the direct-map platforms would show as zero cost.
 """

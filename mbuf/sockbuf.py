@@ -1,6 +1,6 @@
-"""Socket send buffers (sys/kern/uipc_sockbuf.c, sys/sys/sockbuf.h).
+"""Socket send buffers: accounting, readiness, and the hook KTLS hangs on them.
 
-Accounting as in the kernel (reference section 9):
+Theory of operation. Accounting as in the kernel:
   sb_ccc    all bytes in the buffer, ready or not ("claimed", sbused())
   sb_acc    ready bytes up to the first not-ready mbuf (sbavail()); TCP sends only these
   sb_fnrdy  the first not-ready mbuf
@@ -11,6 +11,9 @@ Accounting as in the kernel (reference section 9):
 
 Readiness is counted in pages (`sbready`): an EXT_PGS mbuf becomes ready when
 its `nrdy` reaches zero, any other not-ready mbuf counts one.
+
+Models: sys/kern/uipc_sockbuf.c and sys/sys/sockbuf.h (`sbappendstream`,
+`sbready`, `sbdrop`, `sbflush`, `sbspace`, `sbsndptr`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Sockets of the modeled kernel: send buffer, TCP state, flow queue, `sosend`.
 
-A `Socket` is the kernel half of one accepted TCP connection. The server owns
-the matching host socket and drives this one without blocking:
-`sosend`/`sendfile` append what `sbspace` allows, `tcp_output` cuts ready data
-into packets for the connection's NIC queue, the server writes the queue to
-the host socket and reports what it took with `tcp_acked`.
+Theory of operation. A `Socket` is the kernel half of one accepted TCP
+connection. The server owns the matching host socket and drives this one
+without blocking: `sosend`/`sendfile` append what `sbspace` allows,
+`tcp_output` cuts ready data into packets for the connection's NIC queue, the
+server writes the queue to the host socket and reports what it took with
+`tcp_acked`.
 
 Work that finishes off the event loop (disk reads, encryption) is announced
 through `so_upcall`, which the server sets to wake its connection task
@@ -12,6 +13,9 @@ through `so_upcall`, which the server sets to wake its connection task
 mbufs of this socket; a socket is only torn down (`soclose`) once it is zero,
 because an encryption worker or a disk read may still be writing into pages
 those mbufs own.
+
+Models: sys/kern/uipc_socket.c (`sosend_generic`, `soclose`), the `sowwakeup`
+upcall and the `pru_ready` / `pru_abort` protocol entries.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mbuf.kassert import kassert
+from mbuf.ktls_hdr import TLS_RLTYPE_ALERT, TLS_RLTYPE_APP, TLS_RLTYPE_HANDSHAKE
 from mbuf.mb_unmapped import m_uiotombuf
 from mbuf.sockbuf import SBS_CANTSENDMORE, SockBuf
 from mbuf.tcp_output import TcpCb
@@ -30,9 +35,16 @@ if TYPE_CHECKING:
     from mbuf.kern import Kernel
     from mbuf.mbuf import Mbuf
 
-TLS_RLTYPE_ALERT = 21
-TLS_RLTYPE_HANDSHAKE = 22
-TLS_RLTYPE_APP = 23
+# Re-exported for the callers of sosend that name a record type.
+__all__ = [
+    "TLS_RLTYPE_ALERT",
+    "TLS_RLTYPE_APP",
+    "TLS_RLTYPE_HANDSHAKE",
+    "Socket",
+    "pru_ready",
+    "soclose",
+    "sosend",
+]
 
 
 class Socket:
@@ -58,7 +70,9 @@ class Socket:
         self.so_upcall: Callable[[], None] = _no_upcall
         kern.stats.tcp.connections += 1
 
-    def sorwakeup(self) -> None:
+    def sowwakeup(self) -> None:
+        """sowwakeup: wake the writer of so_snd (room or ready data appeared); the
+        kernel's sorwakeup is the reader's wakeup on so_rcv."""
         self.so_upcall()
 
     def soabort(self, error: int) -> None:

@@ -1,18 +1,22 @@
-"""tcp_output: cut the ready part of the send buffer into packets (sys/netinet/tcp_output.c).
+"""tcp_output: cut the ready part of the send buffer into packets.
 
-The connection's control block keeps `snd_nxt` as an offset into the send
-buffer (the bytes before it are in the NIC queue or on the wire) and the
-initial sequence number for the headers. Each call sends from `snd_nxt` up to
-`sb_acc` (ready data only: unencrypted TLS records and pages still under I/O
-are never sent), in bursts of up to IP_MAXPACKET minus headers, rounded down
-to whole segments, when the interface does TSO, or one MSS (1448) otherwise.
-Each burst is `m_copym` of the buffer (storage shared, no byte copied) behind a
-fresh mapped mbuf holding a 40-byte IPv4+TCP header, handed to `ip_output`.
+Theory of operation. The connection's control block keeps `snd_nxt` as an
+offset into the send buffer (the bytes before it are in the NIC queue or on
+the wire) and the initial sequence number for the headers. Each call sends
+from `snd_nxt` up to `sb_acc` (ready data only: unencrypted TLS records and
+pages still under I/O are never sent), in bursts of up to IP_MAXPACKET minus
+headers, rounded down to whole segments, when the interface does TSO, or one
+MSS (1448) otherwise. Each burst is `m_copym` of the buffer (storage shared,
+no byte copied) behind a fresh mapped mbuf holding a 40-byte IPv4+TCP header,
+handed to `ip_output`.
 
-The wire is reliable (the host kernel's TCP does the real retransmission), so
-an "ACK" is the host socket taking bytes: `tcp_acked` drops them from the
-buffer. A packet that ip_output drops (ENOBUFS) is sent again on the next call,
-as the kernel backs snd_nxt out on error.
+Models: sys/netinet/tcp_output.c (`tcp_output`).
+
+Deliberate differences: the wire is reliable (the host kernel's TCP does the
+real retransmission), so an "ACK" is the host socket taking bytes:
+`tcp_acked` drops them from the buffer. A packet that ip_output drops
+(ENOBUFS) is sent again on the next call, as the kernel backs snd_nxt out on
+error.
 """
 
 from __future__ import annotations

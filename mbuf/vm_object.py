@@ -1,19 +1,23 @@
-"""VM objects and the page cache (sys/vm/vm_object.c, vnode_pager.c).
+"""VM objects and the page cache: one object per file version, read by the pager.
 
-One VmObject per *file version*: the key is (device, inode, size, mtime in ns),
-so a file that is replaced or rewritten gets a fresh object for new requests,
-while responses already under way keep the pages they wired. The page cache is
-the dictionary of live objects; an object whose file version is superseded is
-marked dead and its unwired pages are freed. A read checks the file's size and
-mtime again after it completes; if they changed, the pages may hold bytes of
-another version, so the read fails (EIO) and the response that needed them is
-aborted instead of mixing versions (`sendfile.file_changed`).
+Theory of operation. One VmObject per *file version*: the key is (device,
+inode, size, mtime in ns), so a file that is replaced or rewritten gets a
+fresh object for new requests, while responses already under way keep the
+pages they wired. The page cache is the dictionary of live objects; an object
+whose file version is superseded is marked dead and its unwired pages are
+freed. A read checks the file's size and mtime again after it completes; if
+they changed, the pages may hold bytes of another version, so the read fails
+(EIO) and the response that needed them is aborted instead of mixing versions
+(`sendfile.file_changed`).
 
 Pages are read from disk by `PagerRequest.run()`, which does the kernel's
 `vm_pager_get_pages_async` as one `preadv` straight into the page frames (no
 copy in Python). It is safe to run on a worker thread: it touches only the
 frames it was given, which are wired and not yet valid, so no one else reads
 or frees them until `sendfile_iodone` runs on the event-loop thread.
+
+Models: sys/vm/vm_object.c and sys/vm/vnode_pager.c (a vnode's pages, read
+with `vm_pager_get_pages_async`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Physical memory: page frames, their vm_page structures and the free list.
 
-Models sys/vm/vm_page.c and vm_phys.c just far enough for the network data
-path. Memory is one anonymous mmap of `--phys-mem` bytes; a page frame's
-physical address is `PHYS_BASE + frame * PAGE_SIZE`, and `phys_view(pa)` is the
-direct map (PHYS_TO_DMAP): a memoryview onto the frame, no copy.
+Theory of operation. Just far enough for the network data path. Memory is one
+anonymous mmap of `--phys-mem` bytes; a page frame's physical address is
+`PHYS_BASE + frame * PAGE_SIZE`, and `phys_view(pa)` is the direct map
+(PHYS_TO_DMAP): a memoryview onto the frame, no copy.
 
 A page is in exactly one of four states, each with its own counter:
   free    on the free list;
@@ -16,7 +16,10 @@ A page is in exactly one of four states, each with its own counter:
 `vm.pages_wired` counts both wired file pages and anonymous pages, as the
 kernel's v_wire_count does; `vm.pages_anon` counts the anonymous ones.
 
-Deliberate difference: the kernel's page allocator is SMP-safe. Here every
+Models: sys/vm/vm_page.c and sys/vm/vm_phys.c (`vm_page_alloc`,
+`vm_page_wire`, `vm_page_unwire`, `vm_page_free`, `vm_wait`).
+
+Deliberate differences: the kernel's page allocator is SMP-safe. Here every
 allocation and free happens on the thread that runs the event loop (KTLS
 workers get their destination pages allocated for them before they start), so
 no lock is needed.

@@ -1,32 +1,34 @@
-# Theory of operation
-# -------------------
-# A self-signed certificate so that `nomapd serve` speaks HTTPS on a fresh
-# machine with no setup, in the manner of mkcert or Caddy's internal issuer,
-# minus the local CA: one ECDSA P-256 key and one self-signed leaf for
-# "localhost", 127.0.0.1 and ::1, kept in the state directory
-# ($NOMAPD_STATE_DIR, else $XDG_STATE_HOME/nomapd, else
-# ~/.local/state/nomapd) and reused on every later start, so a browser
-# exception or a `curl --cacert` keeps working.
-#
-# Files already present are never overwritten: if they are unreadable,
-# corrupt, mismatched, expired, or only one of the pair exists,
-# `ensure_self_signed()` raises `CertificateError` naming the file and leaves
-# the decision (delete it, or pass --cert/--key) to the user.
-#
-# Generation is crash- and race-safe.  An flock on "<host>.lock" serialises
-# concurrent starts; the key is written into a fresh O_CREAT|O_EXCL file
-# created with mode 0600 (it is never readable by others, not even for an
-# instant), fsynced, and renamed into place with os.replace(); then the
-# certificate the same way with mode 0644.  A crash can leave a stray temp
-# file but never a half-written key or certificate.
-#
-# The certificate: CN and SAN DNS name = hostname, SAN IP 127.0.0.1 and ::1,
-# valid from one day ago (clock skew) for 825 days (the longest lifetime
-# Apple platforms accept for a TLS server certificate), CA:FALSE (critical),
-# keyUsage digitalSignature (critical), extendedKeyUsage serverAuth,
-# subjectKeyIdentifier, signed with ECDSA-SHA256.  Fingerprints are the
-# SHA-256 of the DER certificate in the "AB:CD:..." form that
-# `openssl x509 -noout -fingerprint -sha256` prints.
+"""The self-signed certificate that lets nomapd serve HTTPS with no setup.
+
+Theory of operation. The certificate lets `nomapd serve` speak HTTPS on a
+fresh machine with no setup, in the manner of mkcert or Caddy's internal
+issuer, minus the local CA: one ECDSA P-256 key and one self-signed leaf for
+"localhost", 127.0.0.1 and ::1, kept in the state directory
+($NOMAPD_STATE_DIR, else $XDG_STATE_HOME/nomapd, else ~/.local/state/nomapd)
+and reused on every later start, so a browser exception or a `curl --cacert`
+keeps working.
+
+Files already present are never overwritten: if they are unreadable,
+corrupt, mismatched, expired, or only one of the pair exists,
+`ensure_self_signed()` raises `CertificateError` naming the file and leaves
+the decision (delete it, or pass --cert/--key) to the user.
+
+Generation is crash- and race-safe.  An flock on "<host>.lock" serialises
+concurrent starts; the key is written into a fresh O_CREAT|O_EXCL file
+created with mode 0600 (it is never readable by others, not even for an
+instant), fsynced, and renamed into place with os.replace(); then the
+certificate the same way with mode 0644.  A crash can leave a stray temp
+file but never a half-written key or certificate.
+
+The certificate: CN and SAN DNS name = hostname, SAN IP 127.0.0.1 and ::1,
+valid from one day ago (clock skew) for 825 days (the longest lifetime
+Apple platforms accept for a TLS server certificate), CA:FALSE (critical),
+keyUsage digitalSignature (critical), extendedKeyUsage serverAuth,
+subjectKeyIdentifier, signed with ECDSA-SHA256.  Fingerprints are the
+SHA-256 of the DER certificate in the "AB:CD:..." form that
+`openssl x509 -noout -fingerprint -sha256` prints.
+"""
+
 from __future__ import annotations
 
 import datetime

@@ -1,9 +1,12 @@
 """`nomapd stat`: the counters of a running server, printed the way netstat -m is.
 
-The first block is FreeBSD's `netstat -m` (mbufs, clusters, the mbuf_extpgs
-zone, K-bytes allocated to network, denied/delayed requests, sf_bufs and the
-sfstat counters); the following blocks are the KTLS (`kern.ipc.tls.stats`),
-ip_output conversion, interface, socket-buffer and VM counters.
+Theory of operation. The first block is FreeBSD's `netstat -m` (mbufs,
+clusters, the mbuf_extpgs zone, K-bytes allocated to network, denied/delayed
+requests, sf_bufs and the sfstat counters); the following blocks are the KTLS
+(`kern.ipc.tls.stats`), ip_output conversion, interface, socket-buffer and VM
+counters.
+
+Models: usr.bin/netstat/mbuf.c (the `netstat -m` report).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Sans-IO HTTP/1.1 decisions: request checks, resolve, ranges, validators, sidecars, heads.
 
-Nothing here imports trio or touches a socket: each module takes parsed requests
-and file-system facts and returns what to answer, so it is tested as plain functions.
+Theory of operation. Nothing here imports trio or touches a socket: each
+module takes parsed requests and file-system facts and returns what to answer,
+so it is tested as plain functions.
 """

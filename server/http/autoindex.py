@@ -1,53 +1,55 @@
-# Theory of operation
-# -------------------
-# The HTML directory listing nginx's autoindex module writes, for a directory
-# `resolve_target(..., autoindex=True)` answered DIRECTORY.  `render_listing()`
-# is pure apart from reading the directory: it returns the page as bytes and
-# the caller sends it (from a worker thread: it makes one stat per entry).
-#
-# Reading.  The directory is opened with `resolve.open_directory()`, the same
-# fd-relative O_NOFOLLOW walk from the root that resolution used, and read
-# with os.scandir() on that descriptor, so a directory swapped for a symlink
-# since resolution fails (OSError) instead of listing somewhere else.  Entries
-# are stat()ed relative to the descriptor without following symlinks; a
-# symlink is followed by `resolve.locate()`, the rule resolution applies, so
-# one leading out of the root is hidden unless `follow_symlinks`, and a
-# dangling or looping one is hidden.  Only directories and regular files are
-# listed: FIFOs, sockets and devices are never shown (and never opened).
-# Dotfiles are hidden unless `serve_dotfiles`.  Names a request could never
-# reach are left out (`resolve.name_is_servable()`): bytes that are not
-# strict UTF-8, control characters (a newline would break the line layout)
-# and backslashes; their link would only ever answer 400, and their bytes
-# cannot be shown faithfully in a UTF-8 page.
-#
-# Bounds.  At most MAX_ENTRIES (10 000) entries are listed and at most
-# MAX_SCANNED (50 000) directory entries, hidden ones included, are read; when
-# either stops the listing the page says it is truncated.  So a directory of
-# 100 000 files costs at most 50 000 readdir entries and 10 000 stats: about
-# 0.3 s and a 1.4 MB page on the development machine, or about 1 s when all
-# 10 000 are symlinks (each is followed by realpath() and an fd walk).  Which
-# entries make the cut is the directory's own order (readdir), as it must be
-# without reading everything.
-#
-# The page follows nginx 1.22's byte for byte where it can: "Index of /p/" in
-# the title and h1, a <pre> with one CRLF-terminated line per entry, the link
-# text padded to 50 characters (longer names cut to 47 plus "..>"; counted in
-# code points, as nginx does only under `charset utf-8`, else in bytes), the
-# modification time as "22-Nov-2026 03:05" in UTC, and the size in bytes
-# right-aligned in 19 columns ("-" for directories).  Entries are sorted as
-# nginx sorts them: directories first, then byte-wise (strcmp) by name, which
-# for UTF-8 is code-point order.  Differences, all deliberate: a doctype and
-# <meta charset="utf-8">, since names are UTF-8 whatever Content-Type says;
-# no "../" at the root, where it leads nowhere (nginx always writes one); every
-# byte of a link outside [A-Za-z0-9._~-] percent-encoded (so ":" cannot look
-# like a scheme and nginx's "./" prefix is not needed); dotfiles listed when
-# they are served; symlinks out of the root, special files, dangling symlinks
-# and unreachable names hidden (nginx lists them all); the truncation notice.
-#
-# `url_path` is the path of the request-target as the client sent it
-# (percent-encoded, without the query).  It is decoded and normalised for the
-# title only; the links are relative ("name", "dir/", "../"), so they work
-# under whatever spelling the client used.
+"""The HTML directory listing, as nginx's autoindex module writes it.
+
+Theory of operation. The listing is written for a directory
+`resolve_target(..., autoindex=True)` answered DIRECTORY. `render_listing()`
+is pure apart from reading the directory: it returns the page as bytes and the
+caller sends it (from a worker thread: it makes one stat per entry).
+
+Reading.  The directory is opened with `resolve.open_directory()`, the same
+fd-relative O_NOFOLLOW walk from the root that resolution used, and read
+with os.scandir() on that descriptor, so a directory swapped for a symlink
+since resolution fails (OSError) instead of listing somewhere else.  Entries
+are stat()ed relative to the descriptor without following symlinks; a
+symlink is followed by `resolve.locate()`, the rule resolution applies, so
+one leading out of the root is hidden unless `follow_symlinks`, and a
+dangling or looping one is hidden.  Only directories and regular files are
+listed: FIFOs, sockets and devices are never shown (and never opened).
+Dotfiles are hidden unless `serve_dotfiles`.  Names a request could never
+reach are left out (`resolve.name_is_servable()`): bytes that are not
+strict UTF-8, control characters (a newline would break the line layout)
+and backslashes; their link would only ever answer 400, and their bytes
+cannot be shown faithfully in a UTF-8 page.
+
+Bounds.  At most MAX_ENTRIES (10 000) entries are listed and at most
+MAX_SCANNED (50 000) directory entries, hidden ones included, are read; when
+either stops the listing the page says it is truncated.  So a directory of
+100 000 files costs at most 50 000 readdir entries and 10 000 stats: about
+0.3 s and a 1.4 MB page on the development machine, or about 1 s when all
+10 000 are symlinks (each is followed by realpath() and an fd walk).  Which
+entries make the cut is the directory's own order (readdir), as it must be
+without reading everything.
+
+The page follows nginx 1.22's byte for byte where it can: "Index of /p/" in
+the title and h1, a <pre> with one CRLF-terminated line per entry, the link
+text padded to 50 characters (longer names cut to 47 plus "..>"; counted in
+code points, as nginx does only under `charset utf-8`, else in bytes), the
+modification time as "22-Nov-2026 03:05" in UTC, and the size in bytes
+right-aligned in 19 columns ("-" for directories).  Entries are sorted as
+nginx sorts them: directories first, then byte-wise (strcmp) by name, which
+for UTF-8 is code-point order.  Differences, all deliberate: a doctype and
+<meta charset="utf-8">, since names are UTF-8 whatever Content-Type says;
+no "../" at the root, where it leads nowhere (nginx always writes one); every
+byte of a link outside [A-Za-z0-9._~-] percent-encoded (so ":" cannot look
+like a scheme and nginx's "./" prefix is not needed); dotfiles listed when
+they are served; symlinks out of the root, special files, dangling symlinks
+and unreachable names hidden (nginx lists them all); the truncation notice.
+
+`url_path` is the path of the request-target as the client sent it
+(percent-encoded, without the query).  It is decoded and normalised for the
+title only; the links are relative ("name", "dir/", "../"), so they work
+under whatever spelling the client used.
+"""
+
 from __future__ import annotations
 
 import errno

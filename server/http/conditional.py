@@ -1,8 +1,8 @@
 """Conditional requests (RFC 9110 section 13): validators against preconditions.
 
-`evaluate(method, headers, etag, mtime)` applies the preconditions in the order
-of RFC 9110 section 13.2.2 and answers the status to send instead of the
-representation, or None to go on:
+Theory of operation. `evaluate(method, headers, etag, mtime)` applies the
+preconditions in the order of RFC 9110 section 13.2.2 and answers the status
+to send instead of the representation, or None to go on:
 
 1. If-Match: none of the listed entity-tags matches strongly (or "*" when the
    resource exists, which it always does here) -> 412.

@@ -1,55 +1,58 @@
-# Theory of operation
-# -------------------
-# Precompressed sidecars, the job of nginx's gzip_static (and ngx_brotli's
-# brotli_static): next to a file FILE the site may hold FILE.br and FILE.gz,
-# compressed once at build time, and a client whose Accept-Encoding accepts
-# one is sent it with Content-Encoding.  Nothing is compressed at request time.
-#
-# `parse_accept_encoding()` reads RFC 9110 12.5.3:
-#
-#     Accept-Encoding = #( codings [ weight ] )
-#     codings = content-coding / "identity" / "*"
-#     weight  = OWS ";" OWS "q=" qvalue
-#     qvalue  = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
-#
-# into {coding: q}, keys lower-case (codings are case-insensitive, 8.4.1),
-# "x-gzip" read as "gzip" and "x-compress" as "compress" (8.4.1.1 and
-# 8.4.1.3).  Empty list elements are skipped (5.6.1), and so is an element
-# whose coding is not a token.  The RFC says nothing about a malformed weight
-# ("q=2", "q=0.5000", "q=bad", "q = 1", "level=9"); we read it as q=0, not
-# acceptable.  That is the conservative reading (a client that tried to say
-# something about a coding may have been trying to refuse it; identity, which
-# we can always send, is never wrong) and it is what nginx does.  A "q"
-# parameter name is case-insensitive (5.6.6), empty parameters (";;") are
-# allowed (5.6.6), and a coding listed twice keeps its lowest q.
-#
-# `choose_encoding()` picks among the sidecars that exist.  A coding's q is
-# its own entry's, else that of "*", else 0 (not acceptable: a coding not
-# mentioned is acceptable only via "*").  The best acceptable sidecar (highest
-# q; ties: br, then gzip, then the order given) is sent unless the client
-# ranks identity strictly higher, explicitly or via "*" (then we honour the
-# preference and send identity).  No header at all means identity: the RFC
-# allows any coding then, but a client that says nothing may not decode
-# anything (nginx does the same).  When identity is refused ("identity;q=0",
-# or "*;q=0" without an identity entry) and no sidecar is acceptable we still
-# send identity rather than 406, as RFC 9110 12.5.3 permits and nginx does.
-#
-# `find_sidecars()` looks for exactly FILE.br and FILE.gz beside the resolved
-# (real) path of FILE, through `resolve.locate_siblings()` (`resolve.locate()`
-# for each, with one walk to their directory): the same containment rule
-# as resolution (a symlink may not lead out of the root unless
-# `follow_symlinks`) and the same fd-relative, O_NOFOLLOW walk; only readable
-# regular files count, and FIFOs, sockets, devices and directories named
-# FILE.gz are only ever stat()ed.  A "sidecar" that is the original file
-# itself (FILE.gz -> FILE) is ignored, since it would be labelled with an
-# encoding it does not have.  nginx differs: it appends ".gz" to the path
-# the URI maps to (before symlinks), so for "latest.js -> v3/app.js" it wants
-# "latest.js.gz" where we take "v3/app.js.gz"; and it does not check where a
-# sidecar's symlink leads.
-#
-# Content-Type stays the original's; the caller sends Content-Encoding, the
-# sidecar's own validators, and "Vary: Accept-Encoding" on every response for
-# a file that has a sidecar.
+"""Precompressed sidecars (FILE.br, FILE.gz), chosen by Accept-Encoding.
+
+Theory of operation. Precompressed sidecars are the job of nginx's gzip_static
+(and ngx_brotli's brotli_static): next to a file FILE the site may hold
+FILE.br and FILE.gz, compressed once at build time, and a client whose
+Accept-Encoding accepts one is sent it with Content-Encoding. Nothing is
+compressed at request time.
+
+`parse_accept_encoding()` reads RFC 9110 12.5.3:
+
+    Accept-Encoding = #( codings [ weight ] )
+    codings = content-coding / "identity" / "*"
+    weight  = OWS ";" OWS "q=" qvalue
+    qvalue  = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+
+into {coding: q}, keys lower-case (codings are case-insensitive, 8.4.1),
+"x-gzip" read as "gzip" and "x-compress" as "compress" (8.4.1.1 and
+8.4.1.3).  Empty list elements are skipped (5.6.1), and so is an element
+whose coding is not a token.  The RFC says nothing about a malformed weight
+("q=2", "q=0.5000", "q=bad", "q = 1", "level=9"); we read it as q=0, not
+acceptable.  That is the conservative reading (a client that tried to say
+something about a coding may have been trying to refuse it; identity, which
+we can always send, is never wrong) and it is what nginx does.  A "q"
+parameter name is case-insensitive (5.6.6), empty parameters (";;") are
+allowed (5.6.6), and a coding listed twice keeps its lowest q.
+
+`choose_encoding()` picks among the sidecars that exist.  A coding's q is
+its own entry's, else that of "*", else 0 (not acceptable: a coding not
+mentioned is acceptable only via "*").  The best acceptable sidecar (highest
+q; ties: br, then gzip, then the order given) is sent unless the client
+ranks identity strictly higher, explicitly or via "*" (then we honour the
+preference and send identity).  No header at all means identity: the RFC
+allows any coding then, but a client that says nothing may not decode
+anything (nginx does the same).  When identity is refused ("identity;q=0",
+or "*;q=0" without an identity entry) and no sidecar is acceptable we still
+send identity rather than 406, as RFC 9110 12.5.3 permits and nginx does.
+
+`find_sidecars()` looks for exactly FILE.br and FILE.gz beside the resolved
+(real) path of FILE, through `resolve.locate_siblings()` (`resolve.locate()`
+for each, with one walk to their directory): the same containment rule
+as resolution (a symlink may not lead out of the root unless
+`follow_symlinks`) and the same fd-relative, O_NOFOLLOW walk; only readable
+regular files count, and FIFOs, sockets, devices and directories named
+FILE.gz are only ever stat()ed.  A "sidecar" that is the original file
+itself (FILE.gz -> FILE) is ignored, since it would be labelled with an
+encoding it does not have.  nginx differs: it appends ".gz" to the path
+the URI maps to (before symlinks), so for "latest.js -> v3/app.js" it wants
+"latest.js.gz" where we take "v3/app.js.gz"; and it does not check where a
+sidecar's symlink leads.
+
+Content-Type stays the original's; the caller sends Content-Encoding, the
+sidecar's own validators, and "Vary: Accept-Encoding" on every response for
+a file that has a sidecar.
+"""
+
 from __future__ import annotations
 
 import os

@@ -1,17 +1,17 @@
-# Theory of operation
-# -------------------
-# Field values the static-file responses need, as the bytes h11 sends.
-#
-# `http_date()` writes RFC 9110 5.6.7 IMF-fixdate ("Sun, 06 Nov 1994 08:49:37
-# GMT") from its own English day and month tables and time.gmtime(), so the
-# result never depends on the locale (strftime's %a/%b would).  It produces
-# the same text as email.utils.formatdate(usegmt=True) except that fractions
-# are floored, not rounded: a file modified at 12.9 s is "Last-Modified ...:12"
-# and compares equal to an If-Modified-Since of 12, as nginx's does.
-#
-# `strong_etag()` is nginx's ETag idea ("mtime-size" in hex) made strong
-# (RFC 9110 8.8.3): inode, size and mtime in nanoseconds, so a rewrite within
-# the same second, or a file replaced by rename, still changes the tag.
+"""The field values the static-file responses need (dates, entity-tags), as the bytes h11 sends.
+
+Theory of operation. `http_date()` writes RFC 9110 5.6.7 IMF-fixdate ("Sun, 06 Nov 1994 08:49:37
+GMT") from its own English day and month tables and time.gmtime(), so the
+result never depends on the locale (strftime's %a/%b would).  It produces
+the same text as email.utils.formatdate(usegmt=True) except that fractions
+are floored, not rounded: a file modified at 12.9 s is "Last-Modified ...:12"
+and compares equal to an If-Modified-Since of 12, as nginx's does.
+
+`strong_etag()` is nginx's ETag idea ("mtime-size" in hex) made strong
+(RFC 9110 8.8.3): inode, size and mtime in nanoseconds, so a rewrite within
+the same second, or a file replaced by rename, still changes the tag.
+"""
+
 from __future__ import annotations
 
 import functools

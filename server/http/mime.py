@@ -1,21 +1,23 @@
-# Theory of operation
-# -------------------
-# Content-Type from a file name, the way nginx's `types {}` block does it: by
-# the last extension, case-insensitively, with one default for everything
-# else.  The table is the standard library's built-in one, taken from a
-# private `mimetypes.MimeTypes` instance that reads no files, so the answer is
-# the same on every host whatever its /etc/mime.types says (constructing the
-# instance lets `mimetypes` initialise its own global database, which we never
-# consult).  Strict (IANA) entries win over the stdlib's "common" ones, and a
-# short list of modern types below wins over both.
-#
-# Unlike `mimetypes.guess_type()`, this never reports an encoding: "a.tar.gz"
-# is application/gzip, because a static server sends the bytes as they are and
-# never adds a Content-Encoding of its own.  Names are not parsed as URLs
-# either, so "data:x.txt" is just a file name.
-#
-# Textual types get "; charset=utf-8": everything under text/ and the
-# JSON/JavaScript/SVG/manifest types listed in `_CHARSET_TYPES`.
+"""Content-Type from a file name.
+
+Theory of operation. The way nginx's `types {}` block does it: by the last
+extension, case-insensitively, with one default for everything else. The table
+is the standard library's built-in one, taken from a private
+`mimetypes.MimeTypes` instance that reads no files, so the answer is the same
+on every host whatever its /etc/mime.types says (constructing the instance
+lets `mimetypes` initialise its own global database, which we never consult).
+Strict (IANA) entries win over the stdlib's "common" ones, and a short list of
+modern types below wins over both.
+
+Unlike `mimetypes.guess_type()`, this never reports an encoding: "a.tar.gz"
+is application/gzip, because a static server sends the bytes as they are and
+never adds a Content-Encoding of its own.  Names are not parsed as URLs
+either, so "data:x.txt" is just a file name.
+
+Textual types get "; charset=utf-8": everything under text/ and the
+JSON/JavaScript/SVG/manifest types listed in `_CHARSET_TYPES`.
+"""
+
 from __future__ import annotations
 
 import functools

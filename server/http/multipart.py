@@ -1,10 +1,10 @@
 """multipart/byteranges bodies (RFC 9110 14.6) whose parts are sent by sendfile.
 
-A 206 for several ranges is a MIME multipart body: before each part a
-delimiter and the part's header fields, after the last one the closing
-delimiter. `byteranges_plan` returns the pieces in order, each either bytes
-(delimiters and part headers, written with the response) or a `(first, last)`
-range of the file, so that every byte of the representation still goes
+Theory of operation. A 206 for several ranges is a MIME multipart body: before
+each part a delimiter and the part's header fields, after the last one the
+closing delimiter. `byteranges_plan` returns the pieces in order, each either
+bytes (delimiters and part headers, written with the response) or a `(first,
+last)` range of the file, so that every byte of the representation still goes
 through sendfile; and the exact Content-Length, which is known before the
 first byte is sent (as nginx computes it), so keep-alive works.
 """

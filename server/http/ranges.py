@@ -1,7 +1,7 @@
 """Range requests (RFC 9110 14): parsing `Range: bytes=...` and `If-Range`.
 
-`parse_range(value, length, max_ranges)` decides what a GET for a
-representation of `length` bytes answers:
+Theory of operation. `parse_range(value, length, max_ranges)` decides what a
+GET for a representation of `length` bytes answers:
 
 * `None`: ignore the header and send the whole representation (200). That is
   the answer to a header that is not `bytes=` or does not parse (RFC 9110

@@ -1,62 +1,65 @@
-# Theory of operation
-# -------------------
-# Map a raw HTTP request-target onto a regular file under a document root, the
-# job nginx's static module does with ngx_http_parse_complex_uri() and
-# ngx_open_cached_file(), but refusing more.  `resolve_target()` never opens
-# the file it finds and never raises for anything a client can send: every
-# outcome is a `Resolution` whose `ResolveStatus` the caller turns into a
-# response.  Only server faults (EIO, EMFILE, ENOMEM, ...) escape as OSError.
-#
-# Four stages, each of which can only narrow what the next one sees:
-#
-#  1. Syntax.  Only origin-form ("/" ...) is accepted.  The raw target must be
-#     visible ASCII (RFC 9112 3.2 allows nothing else, and it is what lets a
-#     redirect echo the client's own bytes in a Location header safely).  A
-#     "#fragment" is discarded, as nginx does; the "?query" is split off and
-#     kept verbatim for redirects.
-#  2. Decoding.  The path is percent-decoded exactly once, segment by segment
-#     (so "%252e" names a file called "%2e", never a dot segment).  Malformed
-#     escapes, "%2F" inside a segment (nginx would decode it to "/"; we refuse
-#     it rather than let two spellings name one path), bytes that are not
-#     strict UTF-8 (overlong forms such as "%c0%ae", surrogates), NUL,
-#     backslash and any control character (Unicode category Cc) are all
-#     BAD_REQUEST.
-#  3. Normalisation (RFC 3986 5.2.4 on decoded segments).  Empty and "."
-#     segments vanish, ".." pops one, and a ".." with nothing left to pop is
-#     BAD_REQUEST: the lexical path can never leave the root.  A path whose
-#     last segment is "", "." or ".." names a directory ("/docs/." is
-#     "/docs/").  Any remaining segment starting with "." is a dotfile and is
-#     NOT_FOUND unless `serve_dotfiles`.
-#  4. The filesystem.  os.path.realpath() resolves symlinks; the result must
-#     lie inside the root (os.path.commonpath, not a string prefix, so
-#     "/srv/www-old" is not inside "/srv/www") unless `follow_symlinks` allows
-#     symlinks to lead out.  Then, to close the window between realpath() and
-#     the stat the caller relies on, the real path is walked again one
-#     component at a time from a directory fd with O_NOFOLLOW (O_PATH where
-#     the platform has it, so a directory with search but no read permission
-#     still works and nothing but directories is ever opened), and the last
-#     component is fstatat()ed with AT_SYMLINK_NOFOLLOW.  If a symlink was
-#     swapped in meanwhile the walk fails and the answer is NOT_FOUND.  FIFOs,
-#     sockets and devices are only ever stat()ed, never opened.
-#
-# Callers open `Resolution.path` themselves (it contains no symlinks, so
-# O_NOFOLLOW is safe) and should compare st_dev/st_ino of the opened file with
-# `Resolution.stat` to detect a file replaced after resolution.
-#
-# With `autoindex`, a directory named with its trailing "/" that has no usable
-# index (missing, not a regular file, or a symlink out of the root) is
-# DIRECTORY instead of NOT_FOUND, or FORBIDDEN if this process may not read it
-# (nginx's opendir() EACCES is a 403 too).  `open_directory()` opens such a
-# directory for listing by the same fd-relative, O_NOFOLLOW walk, and
-# `locate()` applies stage 4 to a filesystem path (precompressed sidecars use
-# it), so nothing that lists or serves a file trusts a path string alone.
-# `name_is_servable()` says whether a directory entry's name could ever be
-# asked for: the listing leaves out names whose link would be refused.
-#
-# Deliberate differences from nginx: %2F is refused rather than decoded; a
-# directory without its index is NOT_FOUND (nginx says 403) unless autoindex
-# is on; the Location of a directory redirect collapses a leading "//" to "/"
-# so that "//evil.example" can never become a scheme-relative redirect.
+"""Resolving a request-target to a regular file under the document root.
+
+Theory of operation. Map a raw HTTP request-target onto a regular file under a
+document root, the job nginx's static module does with
+ngx_http_parse_complex_uri() and ngx_open_cached_file(), but refusing more.
+`resolve_target()` never opens the file it finds and never raises for anything
+a client can send: every outcome is a `Resolution` whose `ResolveStatus` the
+caller turns into a response. Only server faults (EIO, EMFILE, ENOMEM, ...)
+escape as OSError.
+
+Four stages, each of which can only narrow what the next one sees:
+
+ 1. Syntax.  Only origin-form ("/" ...) is accepted.  The raw target must be
+    visible ASCII (RFC 9112 3.2 allows nothing else, and it is what lets a
+    redirect echo the client's own bytes in a Location header safely).  A
+    "#fragment" is discarded, as nginx does; the "?query" is split off and
+    kept verbatim for redirects.
+ 2. Decoding.  The path is percent-decoded exactly once, segment by segment
+    (so "%252e" names a file called "%2e", never a dot segment).  Malformed
+    escapes, "%2F" inside a segment (nginx would decode it to "/"; we refuse
+    it rather than let two spellings name one path), bytes that are not
+    strict UTF-8 (overlong forms such as "%c0%ae", surrogates), NUL,
+    backslash and any control character (Unicode category Cc) are all
+    BAD_REQUEST.
+ 3. Normalisation (RFC 3986 5.2.4 on decoded segments).  Empty and "."
+    segments vanish, ".." pops one, and a ".." with nothing left to pop is
+    BAD_REQUEST: the lexical path can never leave the root.  A path whose
+    last segment is "", "." or ".." names a directory ("/docs/." is
+    "/docs/").  Any remaining segment starting with "." is a dotfile and is
+    NOT_FOUND unless `serve_dotfiles`.
+ 4. The filesystem.  os.path.realpath() resolves symlinks; the result must
+    lie inside the root (os.path.commonpath, not a string prefix, so
+    "/srv/www-old" is not inside "/srv/www") unless `follow_symlinks` allows
+    symlinks to lead out.  Then, to close the window between realpath() and
+    the stat the caller relies on, the real path is walked again one
+    component at a time from a directory fd with O_NOFOLLOW (O_PATH where
+    the platform has it, so a directory with search but no read permission
+    still works and nothing but directories is ever opened), and the last
+    component is fstatat()ed with AT_SYMLINK_NOFOLLOW.  If a symlink was
+    swapped in meanwhile the walk fails and the answer is NOT_FOUND.  FIFOs,
+    sockets and devices are only ever stat()ed, never opened.
+
+Callers open `Resolution.path` themselves (it contains no symlinks, so
+O_NOFOLLOW is safe) and should compare st_dev/st_ino of the opened file with
+`Resolution.stat` to detect a file replaced after resolution.
+
+With `autoindex`, a directory named with its trailing "/" that has no usable
+index (missing, not a regular file, or a symlink out of the root) is
+DIRECTORY instead of NOT_FOUND, or FORBIDDEN if this process may not read it
+(nginx's opendir() EACCES is a 403 too).  `open_directory()` opens such a
+directory for listing by the same fd-relative, O_NOFOLLOW walk, and
+`locate()` applies stage 4 to a filesystem path (precompressed sidecars use
+it), so nothing that lists or serves a file trusts a path string alone.
+`name_is_servable()` says whether a directory entry's name could ever be
+asked for: the listing leaves out names whose link would be refused.
+
+Deliberate differences from nginx: %2F is refused rather than decoded; a
+directory without its index is NOT_FOUND (nginx says 403) unless autoindex
+is on; the Location of a directory redirect collapses a leading "//" to "/"
+so that "//evil.example" can never become a scheme-relative redirect.
+"""
+
 from __future__ import annotations
 
 import enum

@@ -1,4 +1,11 @@
-"""Response heads and small bodies, built with h11 so framing is always right."""
+"""Response heads and small bodies, built with h11 so framing is always right.
+
+Theory of operation. `simple_response` sends a whole response with a small
+in-memory body (errors, redirects, 304, 416) through the connection's h11
+state, so Content-Length, HEAD and keep-alive framing are h11's; `error_body`
+is the short HTML page of an error status, and `DateCache` formats the Date
+header once per second.
+"""
 
 from __future__ import annotations
 

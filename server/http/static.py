@@ -1,9 +1,10 @@
 """What a GET or HEAD for a path answers: nginx's static module, decided before any byte is sent.
 
-`plan(req, site)` resolves the target (`server.http.resolve`), picks the
-representation (a precompressed `FILE.br` / `FILE.gz` sidecar when the
-client's Accept-Encoding prefers it, `server.http.encoding`), opens it, evaluates
-the preconditions (`server.http.conditional`, RFC 9110 13.2.2) and then the Range
+Theory of operation. `plan(req, site)` resolves the target
+(`server.http.resolve`), picks the representation (a precompressed `FILE.br` /
+`FILE.gz` sidecar when the client's Accept-Encoding prefers it,
+`server.http.encoding`), opens it, evaluates the preconditions
+(`server.http.conditional`, RFC 9110 13.2.2) and then the Range
 (`server.http.ranges`, after If-Range), and returns a `Reply`:
 
 * `Simple`: a status with a small in-memory body (errors, redirects, 304,

@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 
 from ktls.nonce import (
     SEQNO_LIMIT,
-    TLS12_MAX_PLAINTEXT_LEN,
-    TLS13_MAX_CIPHERTEXT_LEN,
     tls12_aad,
     tls12_gcm_nonce,
     tls13_aad,
+    tls13_iv_int,
     tls13_nonce,
+    tls13_nonce_int,
 )
+from mbuf.ktls_hdr import TLS13_MAX_CIPHERTEXT_LEN, TLS_MAX_MSG_SIZE_V10_2
 
 IV = bytes.fromhex("0102030405060708090a0b0c")
 MAX_SEQ = SEQNO_LIMIT - 1
@@ -71,6 +72,20 @@ def test_tls13_nonce_matches_bytewise_definition(iv: bytes, seqno: int) -> None:
     assert nonce == expected
     # XOR is an involution: the IV comes back.
     assert tls13_nonce(nonce, seqno) == iv
+    # The per-record form: the IV as an int once, one XOR per record.
+    assert tls13_nonce_int(tls13_iv_int(iv), seqno) == nonce
+
+
+@pytest.mark.parametrize("seqno", [-1, SEQNO_LIMIT, 1.0, True])
+def test_tls13_nonce_int_rejects_seqno(seqno: Any) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        tls13_nonce_int(tls13_iv_int(IV), seqno)
+
+
+@pytest.mark.parametrize("iv", [IV[:11], IV + b"\0", IV[:4]])
+def test_tls13_iv_int_rejects_length(iv: bytes) -> None:
+    with pytest.raises(ValueError, match="iv must be 12 bytes"):
+        tls13_iv_int(iv)
 
 
 # RFC 9001 appendix A.5: key, iv, packet number, nonce, header (AAD), plaintext, ciphertext.
@@ -131,6 +146,11 @@ def test_tls12_gcm_nonce(seqno: int) -> None:
     assert nonce == salt + explicit
     assert len(nonce) == 12
     AESGCM(bytes(16)).encrypt(nonce, b"x", None)  # a valid GCM nonce
+    # The explicit part may be a slice or a view of the record header it travels in.
+    header = bytearray(5) + explicit
+    assert tls12_gcm_nonce(salt, header[5:]) == nonce
+    assert tls12_gcm_nonce(salt, memoryview(header)[5:]) == nonce
+    assert type(tls12_gcm_nonce(salt, header[5:])) is bytes
 
 
 BAD_GCM_NONCE: list[Any] = [
@@ -192,7 +212,7 @@ def test_tls13_aad_rejects(length: Any, exc: type[Exception]) -> None:
         (1, 0x17, 0x1234, "00000000000000011703031234"),
         (2, 0x16, 16, "00000000000000021603030010"),
         (0x0102030405060708, 0x15, 2, "01020304050607081503030002"),
-        (MAX_SEQ, 0x17, TLS12_MAX_PLAINTEXT_LEN, "ffffffffffffffff1703034000"),
+        (MAX_SEQ, 0x17, TLS_MAX_MSG_SIZE_V10_2, "ffffffffffffffff1703034000"),
     ],
 )
 def test_tls12_aad(seqno: int, content_type: int, length: int, expected: str) -> None:
@@ -207,7 +227,7 @@ BAD_TLS12_AAD: list[Any] = [
     pytest.param(0, -1, 0, ValueError, id="type-negative"),
     pytest.param(0, 0x100, 0, ValueError, id="type-256"),
     pytest.param(0, 0x17, -1, ValueError, id="len-negative"),
-    pytest.param(0, 0x17, TLS12_MAX_PLAINTEXT_LEN + 1, ValueError, id="len-2**14+1"),
+    pytest.param(0, 0x17, TLS_MAX_MSG_SIZE_V10_2 + 1, ValueError, id="len-2**14+1"),
     pytest.param(0.0, 0x17, 0, TypeError, id="seq-float"),
     pytest.param(0, b"\x17", 0, TypeError, id="type-bytes"),
     pytest.param(0, 0x17, None, TypeError, id="len-none"),

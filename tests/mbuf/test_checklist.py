@@ -35,6 +35,7 @@ from mbuf.ifnet import (
 from mbuf.ip_output import ip_output
 from mbuf.kassert import KernelAssertion
 from mbuf.kern import Kernel
+from mbuf.ktls_hdr import TLS_RLTYPE_APP
 from mbuf.mb_unmapped import (
     NoMemory,
     m_uiotombuf,
@@ -496,7 +497,7 @@ def test_item04_ktls_frame_sets_nrdy_to_npgs() -> None:
     tls = KtlsSession(kern, KtlsWorkers(0), suite, bytes(16), bytes(12))
     top = m_uiotombuf(kern, bytes(3 * 16384 + 5), nomap=True, maxseg=16384)
     assert top is not None
-    count = tls.ktls_frame(top, 23)
+    count = tls.ktls_frame(top, TLS_RLTYPE_APP)
     ms = list(chain(top))
     assert [m.ext_pgs.npgs for m in ms] == [4, 4, 4, 1]
     assert [m.ext_pgs.nrdy for m in ms] == [4, 4, 4, 1]
@@ -620,7 +621,7 @@ def _framed_record(kern: Kernel, tls: FakeTls) -> Mbuf:
     """One 3-page record over anonymous pages, framed but not encrypted."""
     top = m_uiotombuf(kern, file_bytes(3 * PAGE_SIZE, 7), nomap=True, maxseg=16384)
     assert top is not None and top.m_next is None
-    tls.ktls_frame(top, 23)
+    tls.ktls_frame(top, TLS_RLTYPE_APP)
     return top
 
 
@@ -745,7 +746,7 @@ def open_records(suite: CipherSuite, key: bytes, iv: bytes, seq0: int, wire: byt
         if suite.version is TlsVersion.TLS13:
             nonce = bytes(a ^ b for a, b in zip(iv, seq.to_bytes(12, "big"), strict=True))
             inner = aead.decrypt(nonce, body, hdr).rstrip(b"\0")
-            assert inner[-1] == 23
+            assert inner[-1] == TLS_RLTYPE_APP
             out += inner[:-1]
         else:
             explicit, ct = body[:8], body[8:]
@@ -797,7 +798,7 @@ def test_item06_framing_alone_assigns_no_sequence_number() -> None:
     sb.sb_tls_seqno = 42
     top = m_uiotombuf(kern, bytes(20000), nomap=True, maxseg=16384)
     assert top is not None
-    tls.ktls_frame(top, 23)
+    tls.ktls_frame(top, TLS_RLTYPE_APP)
     assert sb.sb_tls_seqno == 42 and all(m.ext_pgs.seqno == 0 for m in chain(top))
     sb.sbappendstream(top, notready=True)
     assert [m.ext_pgs.seqno for m in chain(top)] == [42, 43]
