@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -68,6 +67,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from ktls.keys import TrafficKeys
 from ktls.session import KtlsSession
 from ktls.suites import SUITES
 from mbuf.ifnet import CSUM_DELAY_DATA, IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
@@ -107,9 +107,12 @@ from tests.mbuf.builders import (
     DiskFile,
     FakeTls,
     chain,
-    new_socket,
     write_file,
 )
+from tests.support.pair import (
+    new_socket,
+)
+from tests.support.tlsseal import Sealer
 
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
 FILE_SIZES = (0, 1, 4095, 4097, 3 * PAGE_SIZE, 19 * PAGE_SIZE + 1, 45 * PAGE_SIZE + 123)
@@ -169,19 +172,6 @@ def fold16(data: bytes) -> int:
     return s
 
 
-def encrypt_one(tls: FakeTls) -> None:
-    """A worker finishes the oldest queued batch of this session (FakeTls.encrypt_all, once)."""
-    so, m, count = tls.queue.pop(0)
-    left = count
-    n: Mbuf | None = m
-    while n is not None and left > 0:
-        n.ext_pgs.tls = None
-        left -= n.ext_pgs.npgs
-        n = n.m_next
-    so.so_pending -= 1
-    so.so_snd.sbready(m, count)
-
-
 class DeferredWorkers:
     """Stands in for KtlsWorkers: a submitted batch waits until a rule runs it
     (per session in order, as one worker thread per session's queue would)."""
@@ -215,13 +205,6 @@ class SpyKtls(KtlsSession):
     def ktls_frame(self, top: Mbuf, record_type: int) -> int:
         self.payloads.extend(m.m_len for m in chain(top))
         return super().ktls_frame(top, record_type)
-
-
-def seal_tls13(seqno: int, payload: bytes) -> bytes:
-    """One TLS 1.3 application-data record, sealed here (RFC 8446 5.2, 5.3)."""
-    hdr = bytes((23, 3, 3)) + (len(payload) + 17).to_bytes(2, "big")
-    nonce = bytes(a ^ b for a, b in zip(IV, seqno.to_bytes(12, "big"), strict=True))
-    return hdr + AESGCM(KEY).encrypt(nonce, payload + b"\x17", hdr)
 
 
 @dataclass(eq=False)
@@ -269,7 +252,7 @@ class Conn:
             chunk = bytes(self.payload[pos : pos + n])
             if isinstance(self.tls, SpyKtls):
                 if i == len(self.sealed):
-                    self.sealed.append(seal_tls13(i, chunk))
+                    self.sealed.append(Sealer(SUITE, TrafficKeys(KEY, IV), i).data(chunk))
                 out += self.sealed[i]
             else:
                 out += FAKE_HDR + chunk + FAKE_TRAIL
@@ -329,7 +312,7 @@ class DataPathMachine(RuleBasedStateMachine):
             self.workers.run_next(c.tls)
         else:
             assert c.tls is not None
-            encrypt_one(c.tls)
+            c.tls.encrypt_one()
 
     def output_once(self, c: Conn) -> None:
         drops = self.k.stats.tcp.drops
