@@ -11,7 +11,6 @@ ends with the leak assertion.
 
 from __future__ import annotations
 
-import itertools
 import os
 import pathlib
 import random
@@ -25,8 +24,7 @@ from ktls.workers import KtlsWorkers
 from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
 from mbuf.kern import Kernel
 from mbuf.param import MLEN, PAGE_SIZE
-from mbuf.vm_object import VmObject
-from tests.support.files import file_bytes
+from tests.support.files import file_bytes, open_file
 from tests.support.pair import ConnectionPair, new_socket
 from tests.support.tlsseal import open_stream, parse_records
 
@@ -40,14 +38,6 @@ CAPS = {
 SIZES = [0, 1, PAGE_SIZE - 1, PAGE_SIZE, PAGE_SIZE + 1, 16383, 16384, 16385, 300_001]
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: n\r\n\r\n"
 SUITE_NAMES = ["TLS_AES_128_GCM_SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"]
-_names = itertools.count()
-
-
-def _open(directory: pathlib.Path, kern: Kernel, data: bytes) -> tuple[int, VmObject]:
-    path = directory / f"f{next(_names)}"
-    path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
-    return fd, kern.pagecache.lookup(os.fstat(fd))
 
 
 def _check_path_counters(kern: Kernel, caps: str, file_sent: int) -> None:
@@ -71,7 +61,7 @@ def test_plain_wire_is_the_file(
     kern = Kernel(PHYS_MEM, capenable=CAPS[caps])
     data = file_bytes(size)
     offset = min(offset, size)
-    fd, obj = _open(tmp_path, kern, data)
+    fd, obj = open_file(tmp_path, data, kern)
     pair = ConnectionPair(new_socket(kern, SNDBUF))
     try:
         got = pair.sendfile(obj, fd, offset, size - offset, HEAD, chunk)
@@ -95,7 +85,7 @@ def test_ktls_wire_decrypts_to_the_file(
     seq0 = 1  # TLS 1.2's Finished took 0; TLS 1.3 may start anywhere as well
     kern = Kernel(PHYS_MEM, capenable=CAPS[caps])
     data = file_bytes(size)
-    fd, obj = _open(tmp_path, kern, data)
+    fd, obj = open_file(tmp_path, data, kern)
     tls = KtlsSession(kern, KtlsWorkers(0), suite, keys.key, keys.iv)
     pair = ConnectionPair(new_socket(kern, SNDBUF), tls=tls, seqno=seq0)
     try:
@@ -122,7 +112,7 @@ def test_ktls_writes_and_sendfile_share_one_record_stream(
     keys = TrafficKeys(bytes(range(32)), bytes(range(12)))
     kern = Kernel(PHYS_MEM, capenable=CAPS[caps])
     data = file_bytes(70_000, seed=3)
-    fd, obj = _open(tmp_path, kern, data)
+    fd, obj = open_file(tmp_path, data, kern)
     tls = KtlsSession(kern, KtlsWorkers(0), suite, keys.key, keys.iv)
     pair = ConnectionPair(new_socket(kern, SNDBUF), tls=tls)
     try:

@@ -9,7 +9,6 @@ opens every record itself to check sizes, sequence numbers and nonces.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import pathlib
 import queue
@@ -32,7 +31,7 @@ from mbuf.socket import TLS_RLTYPE_ALERT, sosend
 from mbuf.vm_object import PagerRequest, VmObject
 from tests.ktls.harness import CASE_IDS, CASES, PHYS_MEM, Case, KtlsConn, ServerContexts, handshake
 from tests.support.certs import CertFiles
-from tests.support.files import file_bytes
+from tests.support.files import file_bytes, open_file
 from tests.support.tlsseal import (
     CT_ALERT,
     CT_APPLICATION_DATA,
@@ -50,19 +49,11 @@ CAPS = {
     "csum+tso": IFCAP_TXCSUM | IFCAP_TSO4,  # ip_output maps every record (mb_unmapped_to_ext)
     "none": 0,  # and checksums it in software, one MSS per packet
 }
-_names = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def files(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return tmp_path_factory.mktemp("files")
-
-
-def open_file(directory: pathlib.Path, data: bytes, kern: Kernel) -> tuple[int, VmObject]:
-    path = directory / f"f{next(_names)}"
-    path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
-    return fd, kern.pagecache.lookup(os.fstat(fd))
 
 
 def assert_page_cache_holds_file(kern: Kernel, obj: VmObject, data: bytes, offset: int) -> None:

@@ -96,7 +96,7 @@ from tests.support.pair import (
     run_io,
 )
 from tests.support.tlsseal import open_stream
-from tests.support.wire import drain
+from tests.support.wire import drain, tcp_checksum_ok
 
 MakeFile = Callable[[bytes], DiskFile]
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
@@ -119,22 +119,6 @@ def fill(kern: Kernel, so: Socket, tf: DiskFile, off: int = 0, n: int | None = N
     assert sendfile_step(job, io) is SendfileStatus.DONE
     run_io(kern, io)
     return tf.data[off : off + n]
-
-
-def fold16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def tcp_checksum_ok(packet: bytes) -> bool:
-    """RFC 793/1071: the ones'-complement sum over pseudo-header and segment is all ones."""
-    seg = packet[20:]
-    pseudo = packet[12:20] + struct.pack("!BBH", 0, 6, len(seg))
-    return fold16(pseudo + seg) == 0xFFFF
 
 
 # ---------------------------------------------------------------------------

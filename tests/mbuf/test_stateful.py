@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import os
 import random
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +112,7 @@ from tests.support.pair import (
     new_socket,
 )
 from tests.support.tlsseal import Sealer
+from tests.support.wire import tcp_checksum_ok
 
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
 FILE_SIZES = (0, 1, 4095, 4097, 3 * PAGE_SIZE, 19 * PAGE_SIZE + 1, 45 * PAGE_SIZE + 123)
@@ -160,16 +160,6 @@ LENGTHS = st.one_of(
     st.none(), st.sampled_from([0, 1, 4095, 4096, 4097, 16384, 16385]), st.integers(0, 200_000)
 )
 HDR_LENS = st.sampled_from([0, 0, 1, 225, 5000, 16385])
-
-
-def fold16(data: bytes) -> int:
-    """Ones'-complement sum of big-endian 16-bit words (RFC 1071), folded."""
-    if len(data) % 2:
-        data += b"\0"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 class DeferredWorkers:
@@ -551,9 +541,7 @@ class DataPathMachine(RuleBasedStateMachine):
 
     def check_tcp_checksum(self, hdr: Mbuf) -> None:
         ip_tcp = m_copydata(hdr, 0, hdr.m_pkthdr_len)
-        tcplen = len(ip_tcp) - 20
-        pseudo = ip_tcp[12:20] + struct.pack("!BBH", 0, 6, tcplen)
-        assert fold16(pseudo + ip_tcp[20:]) == 0xFFFF, "software TCP checksum is wrong"
+        assert tcp_checksum_ok(ip_tcp), "software TCP checksum is wrong"
 
     def check_sockbuf(self, c: Conn) -> None:
         sb = c.so.so_snd
