@@ -112,7 +112,7 @@ from tests.support.pair import (
     new_socket,
 )
 from tests.support.tlsseal import Sealer
-from tests.support.wire import tcp_checksum_ok
+from tests.support.wire import tcp_checksum_ok, wire_take
 
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
 FILE_SIZES = (0, 1, 4095, 4097, 3 * PAGE_SIZE, 19 * PAGE_SIZE + 1, 45 * PAGE_SIZE + 123)
@@ -356,14 +356,9 @@ class DataPathMachine(RuleBasedStateMachine):
 
     def take(self, c: Conn, n: int | None) -> None:
         """The host socket takes n bytes (all when None) of the NIC queue; TCP gets the ACK."""
-        txq = c.so.so_txq
-        data = b"".join(txq.pending_iov(1 << 30))
-        if n is not None:
-            data = data[: max(1, min(n, len(data)))]
+        data = wire_take(c.so, None if n is None else max(1, n))
         if not data:
             return
-        txq.complete(len(data))
-        tcp_acked(c.so, len(data))
         c.wire += data
         exp = c.expected_wire()
         assert bytes(c.wire) == exp[: len(c.wire)], "the wire carried bytes out of order"
