@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import ServerProcess
-from tests.support.clients import client_context
+from tests.support.clients import client_context, read_until_close
 from tests.support.files import file_bytes
 
 ARGS = [
@@ -208,9 +208,7 @@ def test_ranges_plain_http(plain: ServerProcess) -> None:
             f"GET /f{BIG}.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=4095-4096,-5000\r\n"
             "Connection: close\r\n\r\n".encode()
         )
-        buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
+        buf = read_until_close(s)
     head, _, body = buf.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 206 ")
     assert data[4095:4097] in body and body.count(data[-5000:]) == 1

@@ -387,9 +387,7 @@ def test_emfile_on_accept_is_logged_and_retried(
             assert len(lines) == 1, lines
             assert lines[0].startswith("nomapd: ERROR: accept returned EMFILE")
             resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
+            data = read_until_close(s)
         assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(file_bytes(4096))
         srv.assert_no_leaks()
     finally:

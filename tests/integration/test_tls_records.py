@@ -65,7 +65,7 @@ from tests.integration.rawtls import (
     parse_response,
     split_handshake,
 )
-from tests.support.clients import client_context
+from tests.support.clients import client_context, read_until_close
 from tests.support.files import file_bytes
 
 ILLEGAL_PARAMETER: Final = 47  # RFC 8446 6.2
@@ -210,9 +210,7 @@ def _stdlib_get(srv: ServerProcess, suite: Suite) -> None:
     raw = socket.create_connection(("127.0.0.1", srv.port), timeout=READ_TIMEOUT)
     with ctx.wrap_socket(raw, server_hostname="localhost") as s:
         s.sendall(request(SMALL, b"Connection: close\r\n"))
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+        data = read_until_close(s)
     resp = parse_response(data)
     assert resp is not None and resp.status == 200 and resp.body == SMALL_BODY, data[:300]
 
