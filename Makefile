@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make serve` and `make test`.
 # Both bootstrap .venv from pyproject.toml on first use (and again when it changes).
+# `make check` is the developer loop: lint, types and the sans-IO unit tests (about a minute).
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -7,7 +8,7 @@ ARGS   ?=
 # What ruff checks and formats (mypy's list is `files` in pyproject.toml; tests/test_lint.py reads this line).
 LINT_PATHS = server mbuf ktls bench tools tests
 
-.PHONY: serve test lint bench stat clean
+.PHONY: serve test check lint bench stat clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,13 @@ serve: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)
+
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider -m "not integration and not slow" \
+		tests/mbuf tests/ktls tests/server $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -1,6 +1,36 @@
-"""Fixtures shared by the server and integration tests."""
+"""Fixtures shared by the server and integration tests, and the markers by path.
+
+Every test under tests/integration is marked `integration` (it starts a real
+server), and the modules in SLOW are marked `slow` (more than about 5 s alone,
+measured with --durations), so `make check` can leave both out.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Final
+
+import pytest
 
 from tests.integration.conftest import corpus, default_server, state_dir
 from tests.privdrop import world_tmp
 
 __all__ = ["corpus", "default_server", "state_dir", "world_tmp"]
+
+TESTS: Final = pathlib.Path(__file__).parent
+INTEGRATION: Final = TESTS / "integration"
+SLOW: Final = frozenset(
+    {
+        TESTS / "bench" / "test_smoke.py",  # runs the real bench against a real server
+        INTEGRATION / "test_pressure.py",  # 5 MiB files through 4 MiB, several times
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path
+        if path.is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.integration)
+        if path in SLOW:
+            item.add_marker(pytest.mark.slow)

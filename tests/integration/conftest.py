@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import queue
-import random
 import re
 import signal
 import subprocess
@@ -26,24 +25,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.files import file_bytes
+from tests.support.leaks import leaked
+
 SIZES = [0, 1, 4095, 4096, 4097, 16383, 16384, 16385, 3 * 1024 * 1024 + 17]
-LEAK_KEYS = (
-    "mbuf.mbufs_in_use",
-    "mbuf.clusters_in_use",
-    "mbuf.jumbop_in_use",
-    "mbuf.ext_pgs_in_use",
-    "mbuf.sfbuf_mbufs_in_use",
-    "sfbuf.in_use",
-    "vm.pages_wired",
-    "vm.pages_anon",
-    "vm.pages_reserved",
-    "ktls.tasks_active",
-    "ktls.sessions_active",
-)
-
-
-def file_bytes(size: int) -> bytes:
-    return random.Random(size).randbytes(size)
 
 
 @pytest.fixture(scope="session")
@@ -125,16 +110,16 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             s = self.stats()
-            busy = s["server.connections_active"] or any(s[k] for k in LEAK_KEYS)
+            busy = s["server.connections_active"] or leaked(s)
             if not busy or time.monotonic() > deadline:
                 return s
             time.sleep(0.05)
 
     def assert_no_leaks(self) -> dict[str, Any]:
         s = self.idle_stats()
-        leaked = {k: s[k] for k in LEAK_KEYS if s[k]}
+        still = leaked(s)
         assert s["server.connections_active"] == 0
-        assert leaked == {}, f"kernel resources still in use: {leaked}"
+        assert still == {}, f"kernel resources still in use: {still}"
         return s
 
     def stop(self) -> None:

@@ -9,13 +9,14 @@ handed to OpenSSL one whole record at a time, and the loop stops the moment
 after its last handshake record: TLS 1.3 NewSessionTickets and everything the
 server sends later stay in our own buffer. OpenSSL's key-log callback gives
 the secrets to this object in memory (nothing is ever written to disk), and
-the keys of both directions are derived with `ktls.keys`:
+the keys of both directions are derived by tests/support/tlsseal.py, not by
+ktls:
 
 * TLS 1.3 (RFC 8446 7.3): CLIENT_/SERVER_TRAFFIC_SECRET_0 expanded with
-  `tls13_traffic_keys`; KeyUpdate (7.2) moves a direction to
-  `tls13_next_traffic_secret` with its sequence number back at 0.
+  `tls13_keys`; KeyUpdate (7.2) moves a direction to the next secret
+  (`Sealer.next_keys`) with its sequence number back at 0.
 * TLS 1.2 (RFC 5246 6.3): the master secret (CLIENT_RANDOM line) and both
-  randoms cut into the key block by `tls12_key_block`.
+  randoms cut into the key block by `tls12_keys`.
 
 The first sequence number of each direction is counted, not assumed (as
 `ktls.handshake.TlsHandshake._count_sent` does for the server): of the records
@@ -28,10 +29,10 @@ NewSessionTickets then use 0, 1, ... and arrive through `read_records`).
 From then on the test frames records itself: `seal_record`/`send_record`
 build any record, well-formed or not (padding, corrupted tag, another outer
 type, a raw body), and `read_records` opens what the server sends, following
-server KeyUpdates. The AEAD code here is written from RFC 8446 5.2/5.3,
-RFC 5288 3 and RFC 7905 2 with `cryptography` directly, not with ktls's
-record code, so the server's record layer is checked against an independent
-implementation.
+server KeyUpdates. Each direction is a `tlsseal.Sealer`, the tests' one
+independent record layer (RFC 8446 5.2/5.3, RFC 5288 3 and RFC 7905 2 with
+`cryptography` directly), so the server's record layer is checked against an
+implementation that shares no code with it.
 """
 
 from __future__ import annotations
@@ -48,13 +49,21 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from OpenSSL import SSL
 
-from ktls.keys import (
-    TrafficKeys,
-    tls12_key_block,
-    tls13_next_traffic_secret,
-    tls13_traffic_keys,
+from ktls.suites import SUITES, TlsVersion
+from tests.support.tlsseal import (
+    CT_ALERT,
+    CT_APPLICATION_DATA,
+    CT_CHANGE_CIPHER_SPEC,
+    CT_HANDSHAKE,
+    HT_CLIENT_HELLO,
+    HT_KEY_UPDATE,
+    HT_NEW_SESSION_TICKET,
+    LEGACY_VERSION,
+    MAX_PLAINTEXT,
+    Sealer,
+    tls12_keys,
+    tls13_keys,
 )
-from ktls.suites import SUITES, CipherSuite, TlsVersion
 
 __all__ = [
     "ALERT_FATAL",
@@ -81,15 +90,6 @@ __all__ = [
     "Record",
 ]
 
-# RFC 8446 5.1 / RFC 5246 6.2.1: content types.
-CT_CHANGE_CIPHER_SPEC: Final = 20
-CT_ALERT: Final = 21
-CT_HANDSHAKE: Final = 22
-CT_APPLICATION_DATA: Final = 23
-# RFC 8446 4: handshake message types used here.
-HT_CLIENT_HELLO: Final = 1
-HT_NEW_SESSION_TICKET: Final = 4
-HT_KEY_UPDATE: Final = 24
 # RFC 8446 6: alert levels and descriptions.
 ALERT_WARNING: Final = 1
 ALERT_FATAL: Final = 2
@@ -99,14 +99,11 @@ BAD_RECORD_MAC: Final = 20
 RECORD_OVERFLOW: Final = 22
 HANDSHAKE_FAILURE: Final = 40
 NO_RENEGOTIATION: Final = 100
-# Record size limits: RFC 8446 5.1/5.2 and RFC 5246 6.2.1/6.2.3.
-MAX_PLAINTEXT: Final = 1 << 14
+# Record size limits: RFC 8446 5.2 and RFC 5246 6.2.3.
 TLS13_MAX_CIPHERTEXT: Final = (1 << 14) + 256
 TLS12_MAX_CIPHERTEXT: Final = (1 << 14) + 2048
 
 _HEADER: Final = struct.Struct("!BHH")  # type, legacy_record_version, length
-_LEGACY_VERSION: Final = 0x0303
-_TAG_LEN: Final = 16
 _RECV_SIZE: Final = 1 << 16
 _PROTOCOL_NAMES: Final = {TlsVersion.TLS12: "TLSv1.2", TlsVersion.TLS13: "TLSv1.3"}
 _OPENSSL_VERSIONS: Final = {
@@ -231,82 +228,7 @@ def _split_records(data: bytes | bytearray) -> tuple[list[bytes], int]:
     return out, pos
 
 
-class _Direction:
-    """One direction's record protection: suite, keys, sequence number, epoch."""
-
-    def __init__(self, suite: CipherSuite, keys: TrafficKeys, secret: bytes | None) -> None:
-        self.suite = suite
-        self.keys = keys
-        self.secret = secret  # TLS 1.3 application traffic secret (KeyUpdate)
-        self.seq = 0
-        self.epoch = 0
-        self._aead: Any = suite.aead(keys.key)
-
-    def _xor_nonce(self, seq: int) -> bytes:
-        return (int.from_bytes(self.keys.iv, "big") ^ seq).to_bytes(12, "big")
-
-    def rotate(self) -> None:
-        """RFC 8446 7.2: application_traffic_secret_N+1; sequence number 0."""
-        assert self.secret is not None, "KeyUpdate is TLS 1.3 only"
-        self.secret = tls13_next_traffic_secret(self.suite, self.secret)
-        self.keys = tls13_traffic_keys(self.suite, self.secret)
-        self._aead = self.suite.aead(self.keys.key)
-        self.seq = 0
-        self.epoch += 1
-
-    def seal(self, inner_type: int, payload: bytes, padding: int, outer_type: int | None) -> bytes:
-        """Protect one record at the current sequence number (and consume it)."""
-        seq = self.seq
-        if self.suite.version is TlsVersion.TLS13:
-            inner = payload + bytes([inner_type]) + bytes(padding)
-            header = _HEADER.pack(
-                CT_APPLICATION_DATA if outer_type is None else outer_type,
-                _LEGACY_VERSION,
-                len(inner) + _TAG_LEN,
-            )
-            body = self._aead.encrypt(self._xor_nonce(seq), inner, header)
-        else:
-            if padding:
-                raise ValueError("TLS 1.2 records have no padding")
-            aad = struct.pack("!QBHH", seq, inner_type, _LEGACY_VERSION, len(payload))
-            if self.suite.explicit_nonce_len:  # AES-GCM, RFC 5288 3: explicit nonce = seq
-                explicit = seq.to_bytes(8, "big")
-                body = explicit + self._aead.encrypt(self.keys.iv + explicit, payload, aad)
-            else:  # ChaCha20-Poly1305, RFC 7905 2
-                body = self._aead.encrypt(self._xor_nonce(seq), payload, aad)
-            header = _HEADER.pack(
-                inner_type if outer_type is None else outer_type, _LEGACY_VERSION, len(body)
-            )
-        self.seq += 1
-        return bytes(header) + bytes(body)
-
-    def open(self, record: bytes, seq: int | None = None) -> tuple[int, bytes]:
-        """(content type, plaintext) of one record. Raises InvalidTag or ValueError;
-        consumes the sequence number only when `seq` is None and it opened."""
-        n = self.seq if seq is None else seq
-        header, body = record[:5], record[5:]
-        if self.suite.version is TlsVersion.TLS13:
-            inner: bytes = self._aead.decrypt(self._xor_nonce(n), body, header)
-            stripped = inner.rstrip(b"\0")
-            if not stripped:
-                raise ValueError("TLSInnerPlaintext without a content type (all zeros)")
-            ctype, plain = stripped[-1], stripped[:-1]
-        else:
-            ctype = header[0]
-            if self.suite.explicit_nonce_len:
-                nonce, ct = self.keys.iv + body[:8], body[8:]
-            else:
-                nonce, ct = self._xor_nonce(n), body
-            if len(ct) < _TAG_LEN:
-                raise InvalidTag
-            aad = struct.pack("!QBHH", n, ctype, _LEGACY_VERSION, len(ct) - _TAG_LEN)
-            plain = self._aead.decrypt(nonce, ct, aad)
-        if seq is None:
-            self.seq += 1
-        return ctype, bytes(plain)
-
-
-def _count_protected(direction: _Direction, stream: bytes) -> int:
+def _count_protected(direction: Sealer, stream: bytes) -> int:
     """Records of `stream` after its last ChangeCipherSpec that open under the
     direction's application keys at 0, 1, ...: the first free sequence number."""
     records, used = _split_records(stream)
@@ -374,9 +296,7 @@ class RawTlsClient:
         except KeyError:
             raise HandshakeError(f"OpenSSL logged no {label}") from None
 
-    def _handshake(
-        self, server_name: str, cipher: str, timeout: float
-    ) -> tuple[_Direction, _Direction]:
+    def _handshake(self, server_name: str, cipher: str, timeout: float) -> tuple[Sealer, Sealer]:
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_min_proto_version(_OPENSSL_VERSIONS[self.version])
         ctx.set_max_proto_version(_OPENSSL_VERSIONS[self.version])
@@ -418,30 +338,32 @@ class RawTlsClient:
             if self.version is TlsVersion.TLS13:
                 c_secret = self._secret("CLIENT_TRAFFIC_SECRET_0")
                 s_secret = self._secret("SERVER_TRAFFIC_SECRET_0")
-                tx = _Direction(self.suite, tls13_traffic_keys(self.suite, c_secret), c_secret)
-                rx = _Direction(self.suite, tls13_traffic_keys(self.suite, s_secret), s_secret)
+                tx = Sealer(self.suite, tls13_keys(self.suite, c_secret), 0, c_secret)
+                rx = Sealer(self.suite, tls13_keys(self.suite, s_secret), 0, s_secret)
             else:
                 client_random = conn.client_random()
                 server_random = conn.server_random()
                 if client_random is None or server_random is None:
                     raise HandshakeError("handshake randoms unavailable")
-                block = tls12_key_block(
+                client_keys, server_keys = tls12_keys(
                     self.suite, self._secret("CLIENT_RANDOM"), client_random, server_random
                 )
-                tx = _Direction(self.suite, block.client, None)
-                rx = _Direction(self.suite, block.server, None)
+                tx = Sealer(self.suite, client_keys)
+                rx = Sealer(self.suite, server_keys)
         finally:
             for value in self._keylog.values():
                 value[:] = bytes(len(value))
             self._keylog.clear()
-        tx.seq = _count_protected(tx, bytes(client_stream))
-        rx.seq = _count_protected(rx, bytes(server_stream))
-        if self.version is TlsVersion.TLS12 and (tx.seq, rx.seq) != (1, 1):
+        tx.seqno = _count_protected(tx, bytes(client_stream))
+        rx.seqno = _count_protected(rx, bytes(server_stream))
+        if self.version is TlsVersion.TLS12 and (tx.seqno, rx.seqno) != (1, 1):
             raise HandshakeError(
-                f"TLS 1.2: expected one Finished each way, counted {tx.seq, rx.seq}"
+                f"TLS 1.2: expected one Finished each way, counted {tx.seqno, rx.seqno}"
             )
-        if self.version is TlsVersion.TLS13 and (tx.seq, rx.seq) != (0, 0):
-            raise HandshakeError(f"TLS 1.3: application records before the end: {tx.seq, rx.seq}")
+        if self.version is TlsVersion.TLS13 and (tx.seqno, rx.seqno) != (0, 0):
+            raise HandshakeError(
+                f"TLS 1.3: application records before the end: {tx.seqno, rx.seqno}"
+            )
         self.handshake_records_in = len(_split_records(server_stream)[0])
         return tx, rx
 
@@ -517,7 +439,7 @@ class RawTlsClient:
                 return res
 
     def _open_one(self, rec: bytes, res: ReadResult) -> str | None:
-        seq, epoch = self.rx.seq, self.rx.epoch
+        seq, epoch = self.rx.seqno, self.rx.epoch
         try:
             ctype, plain = self.rx.open(rec)
         except (InvalidTag, ValueError) as e:
@@ -538,7 +460,7 @@ class RawTlsClient:
             if body not in (b"\x00", b"\x01"):
                 return f"malformed server KeyUpdate {body.hex()}"
             self.server_requested_update += body == b"\x01"
-            self.rx.rotate()
+            self.rx.next_keys()
         return None
 
     def read_response(self, timeout: float = 10.0) -> ReadResult:
@@ -561,7 +483,7 @@ class RawTlsClient:
         number. TLS 1.3: `padding` zeros follow the inner content type and the
         outer type defaults to application_data; TLS 1.2: the AAD authenticates
         `inner_type` while the header carries `outer_type` if given."""
-        return self.tx.seal(inner_type, payload, padding, outer_type)
+        return self.tx.record(inner_type, payload, padding, outer_type)
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -584,7 +506,7 @@ class RawTlsClient:
             if outer_type is None:
                 is13 = self.version is TlsVersion.TLS13
                 outer_type = CT_APPLICATION_DATA if is13 else inner_type
-            record = _HEADER.pack(outer_type, _LEGACY_VERSION, len(raw_body)) + raw_body
+            record = _HEADER.pack(outer_type, LEGACY_VERSION, len(raw_body)) + raw_body
         else:
             record = self.seal_record(inner_type, payload, padding=padding, outer_type=outer_type)
             if corrupt:
@@ -607,7 +529,7 @@ class RawTlsClient:
 
     def rotate_write_keys(self) -> None:
         """Switch to the next client traffic secret (after sending a KeyUpdate)."""
-        self.tx.rotate()
+        self.tx.next_keys()
 
     def key_update(self, requested: bool) -> None:
         """Send KeyUpdate (RFC 8446 4.6.3) under the current keys, then switch."""
@@ -619,11 +541,11 @@ class RawTlsClient:
 
     @property
     def write_seq(self) -> int:
-        return self.tx.seq
+        return self.tx.seqno
 
     @property
     def read_seq(self) -> int:
-        return self.rx.seq
+        return self.rx.seqno
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

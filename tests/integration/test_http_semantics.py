@@ -20,7 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.conftest import ServerProcess, file_bytes
+from tests.integration.conftest import ServerProcess
+from tests.support.clients import client_context, read_until_close
+from tests.support.files import file_bytes
 
 ARGS = [
     "--cache-control", "max-age=3600",
@@ -35,19 +37,12 @@ ARGS = [
 BIG = 3 * 1024 * 1024 + 17
 
 
-def _ctx() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class Client:
     """One TLS connection; reads responses one at a time (pipelining-safe)."""
 
     def __init__(self, srv: ServerProcess) -> None:
         raw = socket.create_connection(("127.0.0.1", srv.port), timeout=15)
-        self.sock = _ctx().wrap_socket(raw, server_hostname="localhost")
+        self.sock = client_context().wrap_socket(raw, server_hostname="localhost")
         self.buf = b""
 
     def send(self, data: bytes) -> None:
@@ -213,9 +208,7 @@ def test_ranges_plain_http(plain: ServerProcess) -> None:
             f"GET /f{BIG}.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=4095-4096,-5000\r\n"
             "Connection: close\r\n\r\n".encode()
         )
-        buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
+        buf = read_until_close(s)
     head, _, body = buf.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 206 ")
     assert data[4095:4097] in body and body.count(data[-5000:]) == 1
@@ -496,7 +489,7 @@ def test_hostile_target_closes_and_412_varies(
 
 
 def _alpn(srv: ServerProcess, offered: list[str]) -> str | None:
-    ctx = _ctx()
+    ctx = client_context()
     ctx.set_alpn_protocols(offered)
     raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
     with ctx.wrap_socket(raw, server_hostname="localhost") as s:
@@ -540,7 +533,7 @@ def test_many_ranges_hold_one_descriptor(srv: ServerProcess) -> None:
     raw = socket.socket()
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     raw.connect(("127.0.0.1", srv.port))
-    s = _ctx().wrap_socket(raw, server_hostname="localhost")
+    s = client_context().wrap_socket(raw, server_hostname="localhost")
     s.sendall(f"GET /f{BIG}.bin HTTP/1.1\r\nHost: x\r\nRange: bytes={spec}\r\n\r\n".encode())
     time.sleep(1.0)  # the server fills what the client does not read
     held = _fds(srv.proc.pid) - base

@@ -28,10 +28,8 @@ header line starting with one of them.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import http.client
-import ipaddress
 import os
 import pathlib
 import random
@@ -47,12 +45,10 @@ from types import TracebackType
 from typing import IO, Any, Final
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.integration.conftest import ServerProcess
+from tests.support.certs import HOSTNAME, CertFiles, make_cert
+from tests.support.clients import client_context
 
 MODES: Final[dict[str, list[str]]] = {
     "nomap": [],
@@ -61,8 +57,7 @@ MODES: Final[dict[str, list[str]]] = {
     "no-ktls": ["--no-ktls"],
 }
 KTLS_MODES: Final = frozenset({"nomap", "no-nomap", "no-txcsum"})
-KINDS: Final = ("ecdsa", "rsa")
-HOSTNAME: Final = "localhost"
+KINDS: Final = ("ec", "rsa")
 CLIENT_TIMEOUT: Final = 30.0  # seconds for any one client run or wait
 
 BIG_PATH: Final = "/big.bin"
@@ -87,7 +82,7 @@ def _sha(data: bytes) -> str:
 class Suite:
     version: str  # "TLSv1.3" or "TLSv1.2", as s_client and Python print it
     name: str  # OpenSSL's name (the IANA one for TLS 1.3)
-    kind: str  # certificate: "ecdsa" or "rsa"
+    kind: str  # certificate: "ec" or "rsa"
     gnutls_cipher: str  # GnuTLS priority name of the AEAD
 
     @property
@@ -106,7 +101,7 @@ class Suite:
     def gnutls_priority(self) -> str:
         if self.tls13:
             return f"NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+{self.gnutls_cipher}"
-        kx = "ECDHE-ECDSA" if self.kind == "ecdsa" else "ECDHE-RSA"
+        kx = "ECDHE-ECDSA" if self.kind == "ec" else "ECDHE-RSA"
         return f"NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+{self.gnutls_cipher}:-KX-ALL:+{kx}"
 
 
@@ -122,12 +117,12 @@ _TLS12 = [
 ]
 TLS13_SUITES: Final = [Suite("TLSv1.3", n, k, g) for k in KINDS for n, g in _TLS13]
 TLS12_SUITES: Final = [
-    Suite("TLSv1.2", f"ECDHE-{'ECDSA' if k == 'ecdsa' else 'RSA'}-{n}", k, g)
+    Suite("TLSv1.2", f"ECDHE-{'ECDSA' if k == 'ec' else 'RSA'}-{n}", k, g)
     for k in KINDS
     for n, g in _TLS12
 ]
 ALL_SUITES: Final = TLS13_SUITES + TLS12_SUITES
-TLS13_ECDSA: Final = [s for s in TLS13_SUITES if s.kind == "ecdsa"]
+TLS13_ECDSA: Final = [s for s in TLS13_SUITES if s.kind == "ec"]
 
 
 # ---------------------------------------------------------------------------
@@ -135,74 +130,8 @@ TLS13_ECDSA: Final = [s for s in TLS13_SUITES if s.kind == "ecdsa"]
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CertPair:
-    cert: str
-    key: str
-
-
-def make_cert(directory: pathlib.Path, kind: str) -> CertPair:
-    """A self-signed certificate for localhost and 127.0.0.1 that verifies as its own
-    trust anchor: kind "ecdsa" (P-256) or "rsa" (2048 bits)."""
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if kind == "ecdsa":
-        key = ec.generate_private_key(ec.SECP256R1())
-    elif kind == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        raise ValueError(f"unknown key kind {kind!r}")
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)])
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    now = datetime.datetime.now(datetime.UTC)
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=kind == "rsa",
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName(HOSTNAME), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / f"{kind}-cert.pem"
-    key_path = directory / f"{kind}-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return CertPair(str(cert_path), str(key_path))
-
-
 @pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CertPair]:
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CertFiles]:
     directory = tmp_path_factory.mktemp("interop-certs")
     return {kind: make_cert(directory, kind) for kind in KINDS}
 
@@ -233,7 +162,7 @@ class Servers:
 
     mode: str
     by_kind: dict[str, ServerProcess]
-    certs: dict[str, CertPair]
+    certs: dict[str, CertFiles]
 
     def __getitem__(self, kind: str) -> ServerProcess:
         return self.by_kind[kind]
@@ -251,7 +180,7 @@ def _server_log(srv: ServerProcess) -> str:
 def servers(
     request: pytest.FixtureRequest,
     docroot: pathlib.Path,
-    certs: dict[str, CertPair],
+    certs: dict[str, CertFiles],
     state_dir: pathlib.Path,
 ) -> Iterator[Servers]:
     mode: str = request.param
@@ -493,7 +422,7 @@ def gnutls_cmd(srv: ServerProcess, priority: str, *extra: str) -> list[str]:
 
 
 _S_CLIENT_SESSION = re.compile(rb"^(New|Reused), (TLSv1\.[23]), Cipher is (\S+)$", re.M)
-_S_CLIENT_KEY = {"ecdsa": b"Server public key is 256 bit", "rsa": b"Server public key is 2048 bit"}
+_S_CLIENT_KEY = {"ec": b"Server public key is 256 bit", "rsa": b"Server public key is 2048 bit"}
 
 
 def assert_s_client_negotiated(client: Client, suite: Suite, how: str = "New") -> None:
@@ -515,7 +444,7 @@ def assert_gnutls_negotiated(client: Client, suite: Suite) -> None:
     version, _kx, sig, cipher = (g.decode() for g in m.groups())
     assert version == suite.version.replace("v", ""), m.group(0)
     assert cipher == suite.gnutls_cipher, m.group(0)
-    assert sig.startswith("ECDSA" if suite.kind == "ecdsa" else "RSA"), m.group(0)
+    assert sig.startswith("ECDSA" if suite.kind == "ec" else "RSA"), m.group(0)
 
 
 # ---------------------------------------------------------------------------
@@ -597,8 +526,7 @@ PY_VERSIONS: Final = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersi
 def test_python_ssl_keepalive_and_close_notify(servers: Servers, version: str, kind: str) -> None:
     srv = servers[kind]
     # Full verification against the certificate, by its IP address SAN.
-    ctx = ssl.create_default_context(cafile=servers.certs[kind].cert)
-    ctx.minimum_version = ctx.maximum_version = PY_VERSIONS[version]
+    ctx = client_context(cafile=servers.certs[kind].cert, version=PY_VERSIONS[version])
     conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=ctx, timeout=CLIENT_TIMEOUT)
     try:
         conn.request("GET", SMALL_PATH)
@@ -636,9 +564,9 @@ def test_python_ssl_keepalive_and_close_notify(servers: Servers, version: str, k
 # ---------------------------------------------------------------------------
 
 RESUME_SUITES: Final = [
-    Suite("TLSv1.3", "TLS_AES_256_GCM_SHA384", "ecdsa", "AES-256-GCM"),
+    Suite("TLSv1.3", "TLS_AES_256_GCM_SHA384", "ec", "AES-256-GCM"),
     Suite("TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256", "rsa", "CHACHA20-POLY1305"),
-    Suite("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", "ecdsa", "AES-128-GCM"),
+    Suite("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", "ec", "AES-128-GCM"),
     Suite("TLSv1.2", "ECDHE-RSA-CHACHA20-POLY1305", "rsa", "CHACHA20-POLY1305"),
 ]
 

@@ -26,7 +26,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import SIZES, ServerProcess, file_bytes
+from tests.integration.conftest import SIZES, ServerProcess
+from tests.support.clients import read_until_close, tls_connect
+from tests.support.files import file_bytes
 
 BIG = SIZES[-1]  # 3 MiB + 17
 LINE = re.compile(
@@ -34,14 +36,6 @@ LINE = re.compile(
     r'"(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+) '
     r'"(?P<referer>[^"]*)" "(?P<agent>[^"]*)" (?P<time_taken>\d+\.\d{3})$'
 )
-
-
-def _tls(port: int) -> ssl.SSLSocket:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
-    return ctx.wrap_socket(raw, server_hostname="localhost")
 
 
 def _read_head(sock: ssl.SSLSocket) -> tuple[bytes, bytes, int]:
@@ -67,7 +61,7 @@ def _get(sock: ssl.SSLSocket, path: str, extra: bytes = b"") -> tuple[bytes, byt
 
 
 def _fetch(port: int, path: str, extra: bytes = b"") -> tuple[bytes, bytes]:
-    with _tls(port) as s:
+    with tls_connect(port) as s:
         return _get(s, path, extra)
 
 
@@ -146,7 +140,7 @@ def test_workers_share_the_port_and_the_counters_add_up(workers: ServerProcess) 
         assert value == want, (key, value, values)
     assert total["vm.pages_total"] == 2 * per[0]["vm.pages_total"]  # two kernels
     assert total["server.mode"] == "ktls"
-    with _tls(workers.port) as s:  # /connections: every worker's, each tagged
+    with tls_connect(workers.port) as s:  # /connections: every worker's, each tagged
         _get(s, "/f4095.bin")
         url = f"http://127.0.0.1:{workers.admin_port}/connections"
         with urllib.request.urlopen(url, timeout=10) as r:
@@ -213,10 +207,10 @@ def test_sigterm_finishes_a_slow_download_and_closes_idle_connections(
 ) -> None:
     srv = ServerProcess(corpus, ["--shutdown-timeout", "10"], state_dir)
     try:
-        idle = _tls(srv.port)
+        idle = tls_connect(srv.port)
         head, _ = _get(idle, "/f1.bin")  # keep-alive, then nothing more
         assert head.startswith(b"HTTP/1.1 200 ")
-        slow = _tls(srv.port)
+        slow = tls_connect(srv.port)
         slow.sendall(b"GET /f%d.bin HTTP/1.1\r\nHost: localhost\r\n\r\n" % BIG)
         head, got, length = _read_head(slow)
         assert length == BIG
@@ -257,7 +251,7 @@ def test_shutdown_timeout_cuts_off_a_stalled_client(
 ) -> None:
     srv = ServerProcess(corpus, ["--shutdown-timeout", "1"], state_dir)
     try:
-        stalled = _tls(srv.port)
+        stalled = tls_connect(srv.port)
         stalled.sendall(b"GET /f%d.bin HTTP/1.1\r\nHost: localhost\r\n\r\n" % BIG)
         _read_head(stalled)  # ... and read nothing more
         time.sleep(0.2)
@@ -273,25 +267,17 @@ def test_shutdown_timeout_cuts_off_a_stalled_client(
 # -- access log -----------------------------------------------------------------
 
 
-def _drain(s: ssl.SSLSocket) -> bytes:
-    """Everything until the server closes."""
-    out = b""
-    while chunk := s.recv(4096):
-        out += chunk
-    return out
-
-
 def test_access_log_lines(default_server: ServerProcess) -> None:
     srv = default_server
     start = len(srv.stdout)
     _fetch(srv.port, f"/f{BIG}.bin", b'User-Agent: probe "1"\r\nReferer: https://x/\r\n')
     _fetch(srv.port, '/missing?q="x"')
-    with _tls(srv.port) as s:
+    with tls_connect(srv.port) as s:
         s.sendall(b"HEAD /f4096.bin HTTP/1.0\r\nUser-Agent: caf\xc3\xa9\r\n\r\n")
-        _drain(s)
-    with _tls(srv.port) as s:  # no request at all: 400 with "-"
+        read_until_close(s)
+    with tls_connect(srv.port) as s:  # no request at all: 400 with "-"
         s.sendall(b"NOT HTTP\r\n\r\n")
-        _drain(s)
+        read_until_close(s)
 
     def lines() -> list[re.Match[str]]:
         return _access_lines("".join(srv.stdout[start:]))
@@ -316,7 +302,7 @@ def test_access_log_of_an_aborted_download(default_server: ServerProcess) -> Non
     """As nginx: a download the client abandons is logged with the bytes that left."""
     srv = default_server
     start = len(srv.stdout)
-    s = _tls(srv.port)
+    s = tls_connect(srv.port)
     s.sendall(b"GET /f%d.bin HTTP/1.1\r\nHost: localhost\r\n\r\n" % BIG)
     got = 0
     while got < 300_000:
@@ -401,9 +387,7 @@ def test_emfile_on_accept_is_logged_and_retried(
             assert len(lines) == 1, lines
             assert lines[0].startswith("nomapd: ERROR: accept returned EMFILE")
             resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
+            data = read_until_close(s)
         assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(file_bytes(4096))
         srv.assert_no_leaks()
     finally:

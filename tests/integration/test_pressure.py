@@ -15,20 +15,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.conftest import ServerProcess
+from tests.support.clients import client_context, tls_connect
 
 FIVE_MIB = 5 * 1024 * 1024
 
 
-def _ctx() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def _fetch(srv: ServerProcess, path: str, results: list[bytes | Exception]) -> None:
     try:
-        conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=_ctx(), timeout=120)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", srv.port, context=client_context(), timeout=120
+        )
         conn.request("GET", path)
         resp = conn.getresponse()
         results.append(resp.read())
@@ -64,24 +60,27 @@ def _paused_fetch(
     srv: ServerProcess,
     tls: bool,
     name: str,
-    barrier: threading.Barrier,
+    go: threading.Event,
     out: list[tuple[str, bytes | Exception]],
 ) -> None:
-    """GET /five.bin, read the head, wait until every client has its head, pause so
-    that all send buffers fill at once, then read the body to the end."""
+    """GET /name with a small receive buffer, read the head, then read nothing more
+    until `go` (the server's send buffer stays as full as memory allows), then the
+    body to the end."""
     try:
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        raw.settimeout(120)
-        raw.connect(("127.0.0.1", srv.port))
-        s: socket.socket = _ctx().wrap_socket(raw, server_hostname="localhost") if tls else raw
+        s: socket.socket
+        if tls:
+            s = tls_connect(srv.port, timeout=120, rcvbuf=16384)
+        else:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.settimeout(120)
+            s.connect(("127.0.0.1", srv.port))
         s.sendall(b"GET /%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % name.encode())
         got = b""
         while b"\r\n\r\n" not in got:
             got += s.recv(65536)
         body = got.partition(b"\r\n\r\n")[2]
-        barrier.wait(timeout=60)
-        time.sleep(1.0)
+        assert go.wait(timeout=120), "never told to read on"
         while len(body) < FIVE_MIB:
             chunk = s.recv(1 << 20)
             if not chunk:
@@ -93,6 +92,14 @@ def _paused_fetch(
         out.append((name, e))
 
 
+def _wait_for_counter(srv: ServerProcess, name: str, timeout: float) -> int:
+    """The counter once it is above zero, or 0 after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (value := int(srv.stats()[name])) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
 @pytest.mark.parametrize("mode", [[], ["--http"], ["--no-nomap"]])
 def test_sixteen_clients_through_four_megabytes(
     big_root: pathlib.Path,
@@ -100,25 +107,34 @@ def test_sixteen_clients_through_four_megabytes(
     server_with: list[ServerProcess],
     mode: list[str],
 ) -> None:
-    """16 clients fetch 5 MiB files through 4 MiB of physical memory with their send
-    buffers full at once: everyone gets the whole file, the kernel had to wait for
-    memory (vm_wait), and nothing is left wired. Over TLS they share one file (each
-    needs its own ciphertext pages); in plain HTTP shared file pages would all fit,
-    so each client fetches a file of its own."""
-    srv = _start(big_root, state_dir, "--phys-mem", "4M", *mode)
+    """16 clients fetch 5 MiB files through 4 MiB of physical memory (1024 page
+    frames): everyone gets the whole file, the kernel had to wait for memory
+    (vm_wait), and nothing is left wired. Over TLS they share one file (each needs
+    its own ciphertext pages); in plain HTTP shared file pages would all fit, so
+    each client fetches a file of its own.
+
+    The wait is certain, not a matter of timing: each send buffer holds 512 KiB
+    (128 frames of data, the most --phys-mem 4M allows), so the 16 connections
+    want twice the frames there are, and no client reads past its response head
+    until the server has counted a wait. Timing decides only how soon."""
+    srv = _start(big_root, state_dir, "--phys-mem", "4M", "--sndbuf", "512K", *mode)
     server_with.append(srv)
     tls = "--http" not in mode
     names = ["five.bin"] * 16 if tls else [f"five{i}.bin" for i in range(16)]
     results: list[tuple[str, bytes | Exception]] = []
-    barrier = threading.Barrier(16)
+    go = threading.Event()
     threads = [
-        threading.Thread(target=_paused_fetch, args=(srv, tls, name, barrier, results))
-        for name in names
+        threading.Thread(target=_paused_fetch, args=(srv, tls, name, go, results)) for name in names
     ]
     for t in threads:
         t.start()
+    try:
+        waits = _wait_for_counter(srv, "vm.waits", timeout=60)
+    finally:
+        go.set()
     for t in threads:
         t.join(timeout=180)
+    assert waits > 0, "no vm_wait within 60 s, with 2048 frames wanted of 1024"
     assert len(results) == 16
     bad = [
         (name, r if isinstance(r, Exception) else len(r))
@@ -128,7 +144,7 @@ def test_sixteen_clients_through_four_megabytes(
     assert bad == []
     s = srv.assert_no_leaks()
     assert s["vm.pages_total"] == 1024
-    assert s["vm.waits"] > 0
+    assert s["vm.waits"] >= waits
     assert s["vm.evictions"] > 0  # 5 MiB files cannot stay cached in 4 MiB
 
 
@@ -165,7 +181,7 @@ def test_file_truncated_while_being_sent(
     server_with.append(srv)
     raw = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    s = _ctx().wrap_socket(raw, server_hostname="localhost")
+    s = client_context().wrap_socket(raw, server_hostname="localhost")
     s.sendall(b"GET /t.bin HTTP/1.1\r\nHost: x\r\n\r\n")
     got = b""
     while b"\r\n\r\n" not in got:
@@ -200,7 +216,7 @@ def test_client_that_stops_reading(
     server_with.append(srv)
     raw = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled = _ctx().wrap_socket(raw, server_hostname="localhost")
+    stalled = client_context().wrap_socket(raw, server_hostname="localhost")
     stalled.sendall(b"GET /five.bin HTTP/1.1\r\nHost: x\r\n\r\n")
     stalled.recv(100)  # the response has started; now never read again
     time.sleep(0.5)

@@ -15,23 +15,11 @@ import warnings
 
 import pytest
 
-from tests.integration.conftest import SIZES, ServerProcess, file_bytes
+from tests.integration.conftest import SIZES, ServerProcess
+from tests.support.clients import client_context, tls_connect
+from tests.support.files import file_bytes
 
 BIG = SIZES[-1]
-
-
-def _ctx(version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if version is not None:
-        ctx.minimum_version = ctx.maximum_version = version
-    return ctx
-
-
-def _tls(srv: ServerProcess, version: ssl.TLSVersion | None = None) -> ssl.SSLSocket:
-    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
-    return _ctx(version).wrap_socket(raw, server_hostname="localhost")
 
 
 def _read_response(sock: ssl.SSLSocket | socket.socket) -> tuple[bytes, bytes]:
@@ -58,7 +46,7 @@ def _read_response(sock: ssl.SSLSocket | socket.socket) -> tuple[bytes, bytes]:
 
 def _get_ok(srv: ServerProcess) -> None:
     """The server still serves a normal client byte-exactly."""
-    with _tls(srv) as s:
+    with tls_connect(srv.port) as s:
         s.sendall(b"GET /f16385.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head, body = _read_response(s)
     assert head.startswith(b"HTTP/1.1 200 ")
@@ -67,7 +55,7 @@ def _get_ok(srv: ServerProcess) -> None:
 
 def test_client_disconnects_mid_body(default_server: ServerProcess) -> None:
     for _ in range(3):
-        s = _tls(default_server)
+        s = tls_connect(default_server.port)
         s.sendall(b"GET /f%d.bin HTTP/1.1\r\nHost: localhost\r\n\r\n" % BIG)
         got = 0
         while got < 200_000:
@@ -103,7 +91,7 @@ def test_malformed_client_hello_gets_alert(default_server: ServerProcess) -> Non
 
 
 def test_tls11_client_refused(default_server: ServerProcess) -> None:
-    ctx = _ctx()
+    ctx = client_context()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         ctx.minimum_version = ssl.TLSVersion.TLSv1
@@ -125,7 +113,7 @@ def test_client_closes_during_handshake(default_server: ServerProcess) -> None:
 
 
 def test_http_protocol_error_gets_400(default_server: ServerProcess) -> None:
-    with _tls(default_server) as s:
+    with tls_connect(default_server.port) as s:
         s.sendall(b"GARBAGE\r\n\r\n")
         head, body = _read_response(s)
     assert head.startswith(b"HTTP/1.1 400 ")
@@ -149,7 +137,7 @@ def test_http_protocol_error_gets_400(default_server: ServerProcess) -> None:
     ],
 )
 def test_status_codes(default_server: ServerProcess, target: bytes, status: bytes) -> None:
-    with _tls(default_server) as s:
+    with tls_connect(default_server.port) as s:
         s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head, _ = _read_response(s)
     assert head.split(b" ")[1] == status, head
@@ -159,7 +147,7 @@ def test_status_codes(default_server: ServerProcess, target: bytes, status: byte
 
 
 def test_methods_head_and_keepalive(default_server: ServerProcess) -> None:
-    with _tls(default_server) as s:
+    with tls_connect(default_server.port) as s:
         s.sendall(b"POST /f1.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
         head, _ = _read_response(s)
         assert head.startswith(b"HTTP/1.1 405 ")
@@ -211,7 +199,7 @@ def test_gnutls_client(default_server: ServerProcess) -> None:
 
 def test_slow_client_that_never_sends_a_request(default_server: ServerProcess) -> None:
     """An idle TLS connection does not block others and is counted active until closed."""
-    with _tls(default_server):
+    with tls_connect(default_server.port):
         _get_ok(default_server)
         assert default_server.stats()["server.connections_active"] >= 1
     default_server.assert_no_leaks()
@@ -293,7 +281,7 @@ def test_client_keyupdate_request_is_answered_and_the_connection_goes_on(
 
 
 def _head_of(srv: ServerProcess, request: bytes) -> tuple[bytes, bytes]:
-    with _tls(srv) as s:
+    with tls_connect(srv.port) as s:
         s.sendall(request)
         return _read_response(s)
 
@@ -339,7 +327,7 @@ def test_conditional_requests(default_server: ServerProcess, tmp_path: pathlib.P
 def test_admin_connections_shows_each_tls_session(default_server: ServerProcess) -> None:
     """Per-session counters: /connections lists an open KTLS connection with its
     suite, sequence numbers, records and bytes each way."""
-    with _tls(default_server, ssl.TLSVersion.TLSv1_3) as s:
+    with tls_connect(default_server.port, version=ssl.TLSVersion.TLSv1_3) as s:
         for _ in range(2):
             s.sendall(b"GET /f16385.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
             head, body = _read_response(s)

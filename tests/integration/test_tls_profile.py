@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import ServerProcess
-from tests.ktls.harness import make_cert
 from tests.server.test_cli import _nomapd, _one_line_error
+from tests.support.certs import make_cert
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv" / "sslyze-venv"

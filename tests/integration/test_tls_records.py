@@ -38,7 +38,7 @@ from typing import Any, Final
 import pytest
 
 from ktls.suites import TlsVersion
-from tests.integration.conftest import ServerProcess, file_bytes
+from tests.integration.conftest import ServerProcess
 from tests.integration.rawtls import (
     ALERT_FATAL,
     ALERT_WARNING,
@@ -65,6 +65,8 @@ from tests.integration.rawtls import (
     parse_response,
     split_handshake,
 )
+from tests.support.clients import client_context, read_until_close
+from tests.support.files import file_bytes
 
 ILLEGAL_PARAMETER: Final = 47  # RFC 8446 6.2
 DECODE_ERROR: Final = 50
@@ -201,20 +203,14 @@ def send_quietly(action: Callable[[], object]) -> None:
 
 
 def _stdlib_get(srv: ServerProcess, suite: Suite) -> None:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
     if suite.version is TlsVersion.TLS13:
-        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx = client_context(version=ssl.TLSVersion.TLSv1_3)
     else:
-        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_ciphers(suite.cipher)
+        ctx = client_context(version=ssl.TLSVersion.TLSv1_2, cipher=suite.cipher)
     raw = socket.create_connection(("127.0.0.1", srv.port), timeout=READ_TIMEOUT)
     with ctx.wrap_socket(raw, server_hostname="localhost") as s:
         s.sendall(request(SMALL, b"Connection: close\r\n"))
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+        data = read_until_close(s)
     resp = parse_response(data)
     assert resp is not None and resp.status == 200 and resp.body == SMALL_BODY, data[:300]
 

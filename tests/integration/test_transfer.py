@@ -17,7 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import SIZES, ServerProcess, file_bytes
+from tests.integration.conftest import SIZES, ServerProcess
+from tests.support.clients import client_context
+from tests.support.files import file_bytes
 
 MODES = {
     "nomap": [],
@@ -64,10 +66,7 @@ def test_curl_every_size(server: ServerProcess, version: str, tmp_path: pathlib.
 def test_python_client_keepalive(server: ServerProcess, version: ssl.TLSVersion) -> None:
     """All sizes on one kept-alive connection from Python's http.client (+ ssl)."""
     if server.scheme == "https":
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.minimum_version = ctx.maximum_version = version
+        ctx = client_context(version=version)
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
             "127.0.0.1", server.port, context=ctx, timeout=60
         )

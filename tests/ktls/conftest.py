@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ktls.harness import CertFiles, ServerContexts, make_cert
+from tests.ktls.harness import ServerContexts
+from tests.support.certs import CertFiles, make_cert
 
 
 @pytest.fixture(scope="session")

@@ -27,19 +27,9 @@ from mbuf.sockbuf import SBS_CANTSENDMORE
 from mbuf.socket import sosend
 from mbuf.tcp_output import tcp_output
 from mbuf.vm_object import PagerRequest
-from tests.ktls.harness import (
-    CASE_IDS,
-    CASES,
-    CT_APPLICATION_DATA,
-    PHYS_MEM,
-    Case,
-    CertFiles,
-    KtlsConn,
-    ServerContexts,
-    handshake,
-    open_record,
-    parse_records,
-)
+from tests.ktls.harness import CASE_IDS, CASES, PHYS_MEM, Case, KtlsConn, ServerContexts, handshake
+from tests.support.certs import CertFiles
+from tests.support.tlsseal import CT_APPLICATION_DATA, open_record, parse_records
 
 SIZE = 16384 + 3616  # two records: four pages, then one
 FILE_PAGES = 5

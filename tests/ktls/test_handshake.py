@@ -10,7 +10,6 @@ already sent under the application keys is counted from the protocol
 from __future__ import annotations
 
 import ssl
-import warnings
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,19 +24,22 @@ from mbuf.socket import sosend
 from tests.ktls.harness import (
     CASE_IDS,
     CASES,
-    CT_ALERT,
-    CT_APPLICATION_DATA,
-    CT_HANDSHAKE,
     PHYS_MEM,
     TLS12_CASES,
     TLS13_CASES,
     Case,
-    CertFiles,
     KtlsConn,
     ServerContexts,
     TlsPair,
     client_context,
     handshake,
+)
+from tests.support import clients
+from tests.support.certs import CertFiles
+from tests.support.tlsseal import (
+    CT_ALERT,
+    CT_APPLICATION_DATA,
+    CT_HANDSHAKE,
     open_record,
     parse_records,
 )
@@ -284,14 +286,7 @@ def refused(server_ctx: SSL.Context, client_ctx: ssl.SSLContext) -> tuple[bytes,
 def _old_client(
     certs: dict[str, CertFiles], version: ssl.TLSVersion, ciphers: str | None = None
 ) -> ssl.SSLContext:
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cctx.load_verify_locations(certs["ec"].cert)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1 and TLSv1_1 are
-        cctx.minimum_version = cctx.maximum_version = version
-    if ciphers is not None:
-        cctx.set_ciphers(ciphers)
-    return cctx
+    return clients.client_context(cafile=certs["ec"].cert, version=version, cipher=ciphers)
 
 
 @pytest.mark.parametrize(

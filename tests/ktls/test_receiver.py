@@ -46,26 +46,27 @@ from mbuf.socket import TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE, sosend
 from tests.ktls.harness import (
     CASE_IDS,
     CASES,
-    CT_ALERT,
-    CT_APPLICATION_DATA,
-    CT_CHANGE_CIPHER_SPEC,
-    CT_HANDSHAKE,
-    HOSTNAME,
-    MAX_PLAINTEXT,
     PHYS_MEM,
     TLS12_CASES,
     TLS13_CASES,
     Case,
-    CertFiles,
     KtlsConn,
-    Sealer,
     ServerContexts,
     TlsPair,
     client_context,
     handshake,
+)
+from tests.support.certs import HOSTNAME, CertFiles
+from tests.support.tlsseal import (
+    CT_ALERT,
+    CT_APPLICATION_DATA,
+    CT_CHANGE_CIPHER_SPEC,
+    CT_HANDSHAKE,
+    MAX_PLAINTEXT,
+    Sealer,
     key_update,
     parse_records,
-    tls12_client_keys,
+    tls12_keys,
     tls13_keys,
     tls13_next_secret,
 )
@@ -573,7 +574,7 @@ def _client_sealer(pair: OsslPair, case: Case) -> Sealer:
     crandom, srandom = pair.client.client_random(), pair.client.server_random()
     assert crandom is not None
     assert srandom is not None
-    keys = tls12_client_keys(suite, pair.secrets["CLIENT_RANDOM"], crandom, srandom)
+    keys, _ = tls12_keys(suite, pair.secrets["CLIENT_RANDOM"], crandom, srandom)
     return Sealer(suite, keys, 1)  # its Finished took 0
 
 

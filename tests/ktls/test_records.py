@@ -9,11 +9,9 @@ opens every record itself to check sizes, sequence numbers and nonces.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import pathlib
 import queue
-import random
 import ssl
 from collections.abc import Callable, Iterator
 
@@ -31,18 +29,13 @@ from mbuf.param import PAGE_SIZE
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
 from mbuf.socket import TLS_RLTYPE_ALERT, sosend
 from mbuf.vm_object import PagerRequest, VmObject
-from tests.ktls.harness import (
-    CASE_IDS,
-    CASES,
+from tests.ktls.harness import CASE_IDS, CASES, PHYS_MEM, Case, KtlsConn, ServerContexts, handshake
+from tests.support.certs import CertFiles
+from tests.support.files import file_bytes, open_file
+from tests.support.tlsseal import (
     CT_ALERT,
     CT_APPLICATION_DATA,
     MAX_PLAINTEXT,
-    PHYS_MEM,
-    Case,
-    CertFiles,
-    KtlsConn,
-    ServerContexts,
-    handshake,
     open_record,
     parse_records,
     plaintext_len,
@@ -56,23 +49,11 @@ CAPS = {
     "csum+tso": IFCAP_TXCSUM | IFCAP_TSO4,  # ip_output maps every record (mb_unmapped_to_ext)
     "none": 0,  # and checksums it in software, one MSS per packet
 }
-_names = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def files(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return tmp_path_factory.mktemp("files")
-
-
-def file_bytes(size: int) -> bytes:
-    return random.Random(size).randbytes(size)
-
-
-def open_file(directory: pathlib.Path, data: bytes, kern: Kernel) -> tuple[int, VmObject]:
-    path = directory / f"f{next(_names)}"
-    path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
-    return fd, kern.pagecache.lookup(os.fstat(fd))
 
 
 def assert_page_cache_holds_file(kern: Kernel, obj: VmObject, data: bytes, offset: int) -> None:
@@ -480,16 +461,16 @@ def test_sendfile_reserves_ciphertext_pages_under_starvation(
     kern, hog, conn, data, fd, job = starved(contexts, certs, files)
     try:
         conn.pump()  # the 12 encrypted pages go out
-        assert conn.pair.client_read() == data[: 12 * PAGE_SIZE]
+        assert conn.peer.client_read() == data[: 12 * PAGE_SIZE]
         hog.pump()  # the hog's records go out and their pages are freed
-        assert hog.pair.client_read() == bytes(HOG_PAGES * PAGE_SIZE)
+        assert hog.peer.client_read() == bytes(HOG_PAGES * PAGE_SIZE)
         io: list[PagerRequest] = []
         assert sendfile_step(job, io) is SendfileStatus.DONE
         for req in io:
             req.run()
             vm_pager_iodone(kern, req)
         conn.pump()
-        assert conn.pair.client_read() == data[12 * PAGE_SIZE :]
+        assert conn.peer.client_read() == data[12 * PAGE_SIZE :]
     finally:
         os.close(fd)
     hog.close()
@@ -543,7 +524,7 @@ def test_two_connections_send_a_file_under_io(
             vm_pager_iodone(kern, req)
         for conn in conns:
             conn.pump()
-            assert conn.pair.client_read() == b"HTTP/1.1 200 OK\r\n\r\n" + data
+            assert conn.peer.client_read() == b"HTTP/1.1 200 OK\r\n\r\n" + data
             check_wire(conn, b"HTTP/1.1 200 OK\r\n\r\n" + data)
         assert_page_cache_holds_file(kern, obj, data, 0)
     finally:

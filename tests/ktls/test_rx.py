@@ -45,7 +45,7 @@ from ktls.keys import TrafficKeys
 from ktls.rx import KtlsRxSession, RxRecord
 from ktls.suites import SUITES, CipherSuite, TlsVersion
 from mbuf.counters import KtlsStat
-from tests.ktls.harness import (
+from tests.support.tlsseal import (
     CT_ALERT,
     CT_APPLICATION_DATA,
     CT_CHANGE_CIPHER_SPEC,

@@ -15,8 +15,9 @@ import pytest
 
 from ktls.handshake import TLS_PROFILES, make_server_context
 from ktls.suites import TlsVersion
-from tests.ktls.harness import CertFiles, TlsPair
+from tests.ktls.harness import TlsPair
 from tests.ktls.test_handshake import refused
+from tests.support.certs import CertFiles
 
 ALLOWED = {"X25519": "x25519", "prime256v1": "secp256r1", "secp384r1": "secp384r1"}
 REFUSED = ["X448", "secp521r1", "ffdhe2048", "ffdhe3072"]

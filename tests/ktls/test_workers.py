@@ -20,14 +20,8 @@ from ktls.workers import KtlsWorkers
 from mbuf.kern import Kernel
 from mbuf.socket import sosend
 from mbuf.tcp_output import tcp_output
-from tests.ktls.harness import (
-    CASES,
-    PHYS_MEM,
-    CertFiles,
-    KtlsConn,
-    ServerContexts,
-    handshake,
-)
+from tests.ktls.harness import CASES, PHYS_MEM, KtlsConn, ServerContexts, handshake
+from tests.support.certs import CertFiles
 
 Posted = queue.Queue[Callable[[], None]]
 WAIT = 10.0  # seconds: generous, a worker normally answers in microseconds
@@ -111,7 +105,7 @@ def test_encryption_on_workers_completion_on_the_loop(
         assert conn.so.so_snd.sb_acc == conn.so.so_snd.sb_ccc
         assert conn.so.so_pending == 0
         conn.pump()
-        assert conn.pair.client_read() == b"".join(writes)
+        assert conn.peer.client_read() == b"".join(writes)
         conn.close()
     assert kern.stats.ktls.tasks_active == 0
     assert kern.stats.ktls.records_encrypted == 12
@@ -144,7 +138,7 @@ def test_out_of_order_completion_waits_for_the_first_batch(
         assert kern.stats.mb.compressed == 2
         assert kern.stats.vm.pages_anon == 0
     conn.pump()
-    assert conn.pair.client_read() == b"first" * repeat + b"second" * repeat
+    assert conn.peer.client_read() == b"first" * repeat + b"second" * repeat
     conn.close()
     assert kern.leaks() == {}
 

@@ -15,7 +15,6 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hypothesis import strategies as st
 
@@ -42,18 +41,16 @@ from mbuf.param import (
     MLEN,
     PAGE_SIZE,
 )
-from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
+from mbuf.sendfile import SendfileStatus
 from mbuf.sockbuf import SockBuf
 from mbuf.socket import Socket
-from mbuf.tcp_output import TcpCb
-from mbuf.vm_object import PagerRequest, VmObject
+from mbuf.vm_object import VmObject
+from tests.support.pair import ConnectionPair
 
 MiB = 1024 * 1024
 SMALL_MEM = 8 * MiB  # phys_mem of most test machines
 PAGE_EDGES = (0, 1, PAGE_SIZE - 1, PAGE_SIZE, PAGE_SIZE + 1)
 RECORD_EDGES = (16383, 16384, 16385)
-SRC_IP = 0x0A000001  # 10.0.0.1
-DST_IP = 0x0A000002  # 10.0.0.2
 
 
 # ---------------------------------------------------------------------------
@@ -279,20 +276,6 @@ def write_file(path: Path, data: bytes) -> DiskFile:
     return DiskFile(path, os.open(path, os.O_RDONLY), data)
 
 
-def new_socket(kern: Kernel, sndbuf: int = 2 * MiB, tls: Any = None) -> Socket:
-    so = Socket(kern, TcpCb(SRC_IP, DST_IP, 443, 50000, 0x01020304), sndbuf)
-    if tls is not None:
-        so.so_snd.sb_tls_info = tls
-    return so
-
-
-def run_io(kern: Kernel, reqs: list[PagerRequest]) -> None:
-    """What the server's worker threads and loop do for each page-in."""
-    for req in reqs:
-        req.run()
-        vm_pager_iodone(kern, req)
-
-
 def take_ready(sb: SockBuf) -> bytes:
     """The peer ACKs everything ready: copy it out, then sbdrop it."""
     n = sb.sb_acc
@@ -313,27 +296,12 @@ def sendfile_all(
     hdr: bytes = b"",
     tls: FakeTls | None = None,
     on_step: Callable[[SendfileStatus], None] | None = None,
-    max_steps: int = 10_000,
 ) -> bytes:
-    """Drive one sendfile to completion, draining the buffer between steps."""
-    job = SendfileJob(so, tf.obj(kern), tf.fd, offset, nbytes, hdr)
-    out = bytearray()
-    for _ in range(max_steps):
-        io: list[PagerRequest] = []
-        status = sendfile_step(job, io)
-        if on_step is not None:
-            on_step(status)
-        run_io(kern, io)
-        if tls is not None:
-            tls.encrypt_all()
-        out += take_ready(so.so_snd)
-        if status is SendfileStatus.DONE:
-            assert so.so_pending == 0
-            if tls is not None:
-                tls.encrypt_all()
-            out += take_ready(so.so_snd)
-            return bytes(out)
-    raise AssertionError("sendfile did not finish")
+    """Drive one sendfile to completion through a ConnectionPair; the wire's bytes."""
+    pair = ConnectionPair(so, encrypt=None if tls is None else tls.encrypt_all)
+    out = pair.sendfile(tf.obj(kern), tf.fd, offset, nbytes, hdr, on_step=on_step)
+    assert so.so_pending == 0
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -404,18 +372,22 @@ class FakeTls:
     def free(self) -> None:
         self.freed = True
 
+    def encrypt_one(self) -> None:
+        """A worker finishes the oldest queued batch."""
+        so, m, count = self.queue.pop(0)
+        left = count
+        n: Mbuf | None = m
+        while n is not None and left > 0:
+            n.ext_pgs.tls = None
+            left -= n.ext_pgs.npgs
+            n = n.m_next
+        so.so_pending -= 1
+        so.so_snd.sbready(m, count)
+
     def encrypt_all(self) -> None:
         """The workers finish every queued batch, in order."""
         while self.queue:
-            so, m, count = self.queue.pop(0)
-            left = count
-            n: Mbuf | None = m
-            while n is not None and left > 0:
-                n.ext_pgs.tls = None
-                left -= n.ext_pgs.npgs
-                n = n.m_next
-            so.so_pending -= 1
-            so.so_snd.sbready(m, count)
+            self.encrypt_one()
 
     def wire_bytes(self, data: bytes) -> bytes:
         """The stream the framed records of `data` must produce."""

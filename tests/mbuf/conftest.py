@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from mbuf.kern import Kernel
-from tests.mbuf.builders import SMALL_MEM, DiskFile, write_file
+from tests.mbuf.builders import (
+    SMALL_MEM,
+    DiskFile,
+    write_file,
+)
 
 
 @pytest.fixture

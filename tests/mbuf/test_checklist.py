@@ -19,10 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ktls.keys import TrafficKeys
 from ktls.session import KtlsSession
-from ktls.suites import SUITES, CipherSuite, TlsVersion
+from ktls.suites import SUITES, CipherSuite
 from ktls.workers import KtlsWorkers
 from mbuf.ifnet import (
     CSUM_IP,
@@ -77,29 +77,30 @@ from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step
 from mbuf.sf_buf import SFB_NOWAIT, sf_buf_kva, sf_buf_page
 from mbuf.sockbuf import SBS_CANTSENDMORE, SockBuf
 from mbuf.socket import Socket, soclose, sosend
-from mbuf.tcp_output import tcp_acked, tcp_output
+from mbuf.tcp_output import tcp_output
 from mbuf.vm_object import PagerRequest
 from tests.mbuf.builders import (
-    DST_IP,
     SMALL_MEM,
-    SRC_IP,
     DiskFile,
     FakeTls,
     MiB,
     chain,
     link,
     make_pgs,
-    new_socket,
-    run_io,
     take_ready,
 )
+from tests.support.files import file_bytes
+from tests.support.pair import (
+    DST_IP,
+    SRC_IP,
+    new_socket,
+    run_io,
+)
+from tests.support.tlsseal import open_stream
+from tests.support.wire import drain, tcp_checksum_ok
 
 MakeFile = Callable[[bytes], DiskFile]
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
-
-
-def file_bytes(n: int, seed: int = 0) -> bytes:
-    return random.Random(seed * 1_000_003 + n).randbytes(n)
 
 
 def page_bytes(npgs: int, first_pg_off: int, last_pg_len: int) -> int:
@@ -111,20 +112,6 @@ def page_bytes(npgs: int, first_pg_off: int, last_pg_len: int) -> int:
     return (PAGE_SIZE - first_pg_off) + (npgs - 2) * PAGE_SIZE + last_pg_len
 
 
-def drain(so: Socket) -> bytes:
-    """tcp_output and let the wire take everything, until nothing is ready."""
-    out = bytearray()
-    for _ in range(10_000):
-        tcp_output(so)
-        data = b"".join(so.so_txq.pending_iov(1 << 30))
-        if not data:
-            return bytes(out)
-        so.so_txq.complete(len(data))
-        tcp_acked(so, len(data))
-        out += data
-    raise AssertionError("no progress")
-
-
 def fill(kern: Kernel, so: Socket, tf: DiskFile, off: int = 0, n: int | None = None) -> bytes:
     """sendfile the range into the buffer and complete its page-ins."""
     n = len(tf.data) - off if n is None else n
@@ -133,22 +120,6 @@ def fill(kern: Kernel, so: Socket, tf: DiskFile, off: int = 0, n: int | None = N
     assert sendfile_step(job, io) is SendfileStatus.DONE
     run_io(kern, io)
     return tf.data[off : off + n]
-
-
-def fold16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def tcp_checksum_ok(packet: bytes) -> bool:
-    """RFC 793/1071: the ones'-complement sum over pseudo-header and segment is all ones."""
-    seg = packet[20:]
-    pseudo = packet[12:20] + struct.pack("!BBH", 0, 6, len(seg))
-    return fold16(pseudo + seg) == 0xFFFF
 
 
 # ---------------------------------------------------------------------------
@@ -731,31 +702,6 @@ def _keys(suite: CipherSuite) -> tuple[bytes, bytes]:
     return rng.randbytes(suite.key_len), rng.randbytes(suite.fixed_iv_len)
 
 
-def open_records(suite: CipherSuite, key: bytes, iv: bytes, seq0: int, wire: bytes) -> bytes:
-    """Decrypt a stream of AES-GCM records (RFC 8446 5.2-5.3, RFC 5288 3) numbered
-    from seq0 in wire order; returns the application data."""
-    aead = AESGCM(key)
-    out = bytearray()
-    pos = 0
-    seq = seq0
-    while pos < len(wire):
-        hdr = wire[pos : pos + 5]
-        (length,) = struct.unpack("!H", hdr[3:5])
-        body = wire[pos + 5 : pos + 5 + length]
-        pos += 5 + length
-        if suite.version is TlsVersion.TLS13:
-            nonce = bytes(a ^ b for a, b in zip(iv, seq.to_bytes(12, "big"), strict=True))
-            inner = aead.decrypt(nonce, body, hdr).rstrip(b"\0")
-            assert inner[-1] == TLS_RLTYPE_APP
-            out += inner[:-1]
-        else:
-            explicit, ct = body[:8], body[8:]
-            aad = seq.to_bytes(8, "big") + hdr[:3] + struct.pack("!H", len(ct) - 16)
-            out += aead.decrypt(iv + explicit, ct, aad)
-        seq += 1
-    return bytes(out)
-
-
 GCM_SUITES = ["TLS_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384"]
 
 
@@ -783,7 +729,7 @@ def test_item06_seqnos_follow_the_wire_not_the_encryption_order(
     assert [m.ext_pgs.seqno for m in recs] == [7, 8, 9]
     run_io(kern, io)
     wire = drain(so)
-    assert open_records(suite, key, iv, 7, wire) == tf.data + late
+    assert open_stream(suite, TrafficKeys(key, iv), 7, wire) == tf.data + late
     soclose(so)
     tls.free()
     assert kern.leaks() == {}
@@ -850,7 +796,7 @@ def test_item07_software_ktls_encrypts_file_data_into_new_anonymous_pages(
     # The file pages were released at encryption, before anything was sent.
     assert all(kern.phys.phys_to_vm_page(pa).wire_count == 0 for pa in file_pas)
     assert kern.stats.vm.pages_wired == kern.stats.vm.pages_anon == 7
-    assert open_records(suite, key, iv, 0, drain(so)) == tf.data
+    assert open_stream(suite, TrafficKeys(key, iv), 0, drain(so)) == tf.data
     _assert_pages_hold_file(kern, tf)
     soclose(so)
     tls.free()
@@ -889,7 +835,7 @@ def test_item07_anonymous_write_pages_are_encrypted_in_place() -> None:
         after = m_copydata(m, 0, m.m_len)
         assert after[5:-17] != before[5:-17]  # ... now holding ciphertext
     assert kern.stats.vm.pages_anon == 5  # nothing allocated for ciphertext
-    assert open_records(suite, key, iv, 0, drain(so)) == data
+    assert open_stream(suite, TrafficKeys(key, iv), 0, drain(so)) == data
     soclose(so)
     tls.free()
     assert kern.leaks() == {}

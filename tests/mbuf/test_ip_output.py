@@ -21,14 +21,17 @@ from mbuf.socket import Socket, soclose, sosend
 from mbuf.tcp_output import tcp_acked, tcp_output
 from mbuf.vm_object import PagerRequest
 from tests.mbuf.builders import (
-    DST_IP,
     SMALL_MEM,
-    SRC_IP,
     DiskFile,
     chain,
+)
+from tests.support.pair import (
+    DST_IP,
+    SRC_IP,
     new_socket,
     run_io,
 )
+from tests.support.wire import drain, wire_take
 
 MakeFile = Callable[[bytes], DiskFile]
 ALL = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
@@ -64,27 +67,6 @@ def payload(pkt: TxPacket) -> bytes:
     return b"".join(bytes(s) for s in pkt.segs)
 
 
-def drain_wire(so: Socket, max_iov: int = 1 << 20) -> bytes:
-    """The host socket takes everything queued; TCP gets the ACK."""
-    txq = so.so_txq
-    data = b"".join(bytes(v) for v in txq.pending_iov(max_iov))
-    if data:
-        txq.complete(len(data))
-        tcp_acked(so, len(data))
-    return data
-
-
-def send_everything(so: Socket) -> bytes:
-    out = bytearray()
-    for _ in range(10_000):
-        tcp_output(so)
-        got = drain_wire(so)
-        out += got
-        if not got and so.so_snd.sb_ccc == 0:
-            return bytes(out)
-    raise AssertionError("no progress")
-
-
 # ---------------------------------------------------------------------------
 # Burst sizes and payload
 # ---------------------------------------------------------------------------
@@ -109,7 +91,7 @@ def test_tso_bursts(make_file: MakeFile, size: int, off: int) -> None:
     assert kern.stats.ifnet.tx_segments == sum(howmany(n, TCP_MSS) for n in lens)
     assert kern.stats.ifnet.tx_bytes == size + TCPIP_HDR_LEN * kern.stats.ifnet.tx_segments
     assert so.so_tcp.snd_nxt == size
-    assert drain_wire(so) == data
+    assert wire_take(so) == data
     assert so.so_snd.sb_ccc == 0 and so.so_tcp.snd_nxt == 0
     soclose(so)
     assert kern.leaks() == {}
@@ -126,7 +108,7 @@ def test_without_tso_segments_are_one_mss(make_file: MakeFile, size: int) -> Non
     assert lens == [min(TCP_MSS, size - i) for i in range(0, size, TCP_MSS)]
     assert not any(p.m.m_pkthdr_csum_flags & CSUM_IP_TSO for p in ring(so))
     assert kern.stats.ifnet.tx_segments == len(lens)
-    assert drain_wire(so) == data
+    assert wire_take(so) == data
     soclose(so)
     assert kern.leaks() == {}
 
@@ -152,7 +134,7 @@ def test_headers_carry_sequence_numbers_and_lengths(make_file: MakeFile) -> None
         assert (sport, dport) == (443, 50000)
         assert seq == (iss + 1 + pos) & 0xFFFFFFFF
         pos += p.payload
-    drain_wire(so)
+    wire_take(so)
     # Sequence numbers keep counting after the ACKs.
     tf2 = make_file(b"z" * 10)
     fill_sendfile(kern, so, tf2)
@@ -160,7 +142,7 @@ def test_headers_carry_sequence_numbers_and_lengths(make_file: MakeFile) -> None
     (p,) = ring(so)
     assert p.m.m_dat is not None
     assert struct.unpack_from("!I", p.m.m_dat, 24)[0] == (iss + 1 + pos) & 0xFFFFFFFF
-    drain_wire(so)
+    wire_take(so)
     soclose(so)
     assert kern.leaks() == {}
 
@@ -193,7 +175,7 @@ def test_mapped_data_from_sosend(kern: Kernel) -> None:
     data = random.Random(3).randbytes(200_000)
     assert sosend(so, data) == len(data)
     assert not any(m.m_flags & M_NOMAP for m in chain(so.so_snd.sb_mb))
-    assert send_everything(so) == data
+    assert drain(so) == data
     assert kern.stats.ip.unmapped_converted == 0
     soclose(so)
     assert kern.leaks() == {}
@@ -215,7 +197,7 @@ def test_nomap_interface_gathers_pages_without_conversion(make_file: MakeFile) -
     assert all(any(m.m_flags & M_NOMAP for m in chain(p.m)) for p in ring(so))
     assert st.ip.unmapped_converted == 0 and st.ip.unmapped_mbufs_converted == 0
     assert st.sfbuf.total == 0
-    assert drain_wire(so) == tf.data[1:]
+    assert wire_take(so) == tf.data[1:]
     soclose(so)
     assert kern.leaks() == {}
 
@@ -235,7 +217,7 @@ def test_interface_without_nomap_converts_every_packet(make_file: MakeFile, caps
     assert st.sfbuf.in_use == st.ip.unmapped_pages_mapped > 0
     # The socket buffer's own mbufs are untouched: still unmapped.
     assert all(m.m_flags & M_NOMAP for m in chain(so.so_snd.sb_mb))
-    assert drain_wire(so) == data
+    assert wire_take(so) == data
     assert st.sfbuf.in_use == 0
     soclose(so)
     assert kern.leaks() == {}
@@ -276,7 +258,7 @@ def test_software_checksum_verifies(make_file: MakeFile, off: int, size: int) ->
     # Checksumming needs mapped data; a tail of at most MLEN bytes was already
     # copied inline when it became ready (sbready_compress), so nothing to convert.
     assert st.unmapped_converted == (0 if size <= MLEN else len(pkts))
-    drain_wire(so)
+    wire_take(so)
     soclose(so)
     assert kern.leaks() == {}
 
@@ -291,7 +273,7 @@ def test_hardware_checksum_leaves_the_field_alone(make_file: MakeFile) -> None:
         assert p.m.m_dat is not None
         assert p.m.m_dat[36:38] == b"\0\0"
     assert kern.stats.ip.sw_csum_packets == 0
-    drain_wire(so)
+    wire_take(so)
     soclose(so)
     assert kern.leaks() == {}
 
@@ -317,9 +299,9 @@ def test_enobufs_on_conversion_failure_and_later_resend(make_file: MakeFile) -> 
     assert len(so.so_txq.ring) == 1
     # Nothing more goes out while the first burst holds the sf_bufs.
     assert tcp_output(so) == 0 and tp.snd_nxt == TSO_MAX and st.ip.odropped == 2
-    out = bytearray(drain_wire(so))
+    out = bytearray(wire_take(so))
     assert st.sfbuf.in_use == 0
-    out += send_everything(so)
+    out += drain(so)
     assert bytes(out) == data
     assert st.sfbuf.peak <= 20
     soclose(so)
@@ -350,7 +332,7 @@ def test_queue_limit_stops_tcp_output() -> None:
     assert sosend(so, data) == len(data)
     assert tcp_output(so) == IFQ_MAXLEN
     assert so.so_txq.full() and tcp_output(so) == 0
-    assert send_everything(so) == data
+    assert drain(so) == data
     soclose(so)
     assert kern.leaks() == {}
 
@@ -363,9 +345,9 @@ def test_not_ready_data_is_never_sent(make_file: MakeFile) -> None:
     io: list[PagerRequest] = []
     sendfile_step(job, io)
     tcp_output(so)
-    assert drain_wire(so) == b"HEAD"
+    assert wire_take(so) == b"HEAD"
     assert tcp_output(so) == 0
     run_io(kern, io)
-    assert send_everything(so) == tf.data
+    assert drain(so) == tf.data
     soclose(so)
     assert kern.leaks() == {}

@@ -12,7 +12,9 @@ from mbuf.kassert import KernelAssertion
 from mbuf.kern import Kernel
 from mbuf.mbuf import m_freem, m_unmapped_iov
 from mbuf.param import PAGE_SIZE
-from tests.mbuf.builders import make_pgs
+from tests.mbuf.builders import (
+    make_pgs,
+)
 
 MiB = 1 << 20
 

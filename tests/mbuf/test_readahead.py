@@ -13,7 +13,13 @@ from mbuf.param import MAXPHYS, PAGE_SIZE
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step
 from mbuf.socket import soclose
 from mbuf.vm_object import PagerRequest
-from tests.mbuf.builders import new_socket, run_io, take_ready
+from tests.mbuf.builders import (
+    take_ready,
+)
+from tests.support.pair import (
+    new_socket,
+    run_io,
+)
 
 MAXPHYS_PAGES = MAXPHYS // PAGE_SIZE
 

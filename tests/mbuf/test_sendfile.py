@@ -38,10 +38,13 @@ from tests.mbuf.builders import (
     FakeTls,
     MiB,
     chain,
-    new_socket,
-    run_io,
     sendfile_all,
     take_ready,
+)
+from tests.support.files import file_bytes
+from tests.support.pair import (
+    new_socket,
+    run_io,
 )
 
 MakeFile = Callable[[bytes], DiskFile]
@@ -49,10 +52,6 @@ MakeFile = Callable[[bytes], DiskFile]
 SIZES = [0, 1, 4095, 4096, 4097, 16383, 16384, 16385, 3 * MiB]
 OFFSETS = [0, 1, 4095, 4096]
 CASES = [(size, off) for size in SIZES for off in OFFSETS if off <= size]
-
-
-def file_bytes(size: int) -> bytes:
-    return random.Random(size).randbytes(size)
 
 
 def pages_spanned(off: int, n: int) -> int:

@@ -36,7 +36,15 @@ from mbuf.param import (
 from mbuf.sendfile import sendfile_free_mext
 from mbuf.sf_buf import SFB_NOWAIT
 from mbuf.sockbuf import SBS_CANTSENDMORE, SockBuf
-from tests.mbuf.builders import PAGE_EDGES, FakeTls, chain, link, make_cluster, make_pgs, make_plain
+from tests.mbuf.builders import (
+    PAGE_EDGES,
+    FakeTls,
+    chain,
+    link,
+    make_cluster,
+    make_pgs,
+    make_plain,
+)
 
 PHYS = 4 * 1024 * 1024
 

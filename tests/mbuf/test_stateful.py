@@ -49,14 +49,12 @@ from __future__ import annotations
 
 import os
 import random
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -68,6 +66,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from ktls.keys import TrafficKeys
 from ktls.session import KtlsSession
 from ktls.suites import SUITES
 from mbuf.ifnet import CSUM_DELAY_DATA, IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
@@ -107,9 +106,13 @@ from tests.mbuf.builders import (
     DiskFile,
     FakeTls,
     chain,
-    new_socket,
     write_file,
 )
+from tests.support.pair import (
+    new_socket,
+)
+from tests.support.tlsseal import Sealer
+from tests.support.wire import tcp_checksum_ok, wire_take
 
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
 FILE_SIZES = (0, 1, 4095, 4097, 3 * PAGE_SIZE, 19 * PAGE_SIZE + 1, 45 * PAGE_SIZE + 123)
@@ -159,29 +162,6 @@ LENGTHS = st.one_of(
 HDR_LENS = st.sampled_from([0, 0, 1, 225, 5000, 16385])
 
 
-def fold16(data: bytes) -> int:
-    """Ones'-complement sum of big-endian 16-bit words (RFC 1071), folded."""
-    if len(data) % 2:
-        data += b"\0"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def encrypt_one(tls: FakeTls) -> None:
-    """A worker finishes the oldest queued batch of this session (FakeTls.encrypt_all, once)."""
-    so, m, count = tls.queue.pop(0)
-    left = count
-    n: Mbuf | None = m
-    while n is not None and left > 0:
-        n.ext_pgs.tls = None
-        left -= n.ext_pgs.npgs
-        n = n.m_next
-    so.so_pending -= 1
-    so.so_snd.sbready(m, count)
-
-
 class DeferredWorkers:
     """Stands in for KtlsWorkers: a submitted batch waits until a rule runs it
     (per session in order, as one worker thread per session's queue would)."""
@@ -215,13 +195,6 @@ class SpyKtls(KtlsSession):
     def ktls_frame(self, top: Mbuf, record_type: int) -> int:
         self.payloads.extend(m.m_len for m in chain(top))
         return super().ktls_frame(top, record_type)
-
-
-def seal_tls13(seqno: int, payload: bytes) -> bytes:
-    """One TLS 1.3 application-data record, sealed here (RFC 8446 5.2, 5.3)."""
-    hdr = bytes((23, 3, 3)) + (len(payload) + 17).to_bytes(2, "big")
-    nonce = bytes(a ^ b for a, b in zip(IV, seqno.to_bytes(12, "big"), strict=True))
-    return hdr + AESGCM(KEY).encrypt(nonce, payload + b"\x17", hdr)
 
 
 @dataclass(eq=False)
@@ -269,7 +242,7 @@ class Conn:
             chunk = bytes(self.payload[pos : pos + n])
             if isinstance(self.tls, SpyKtls):
                 if i == len(self.sealed):
-                    self.sealed.append(seal_tls13(i, chunk))
+                    self.sealed.append(Sealer(SUITE, TrafficKeys(KEY, IV), i).data(chunk))
                 out += self.sealed[i]
             else:
                 out += FAKE_HDR + chunk + FAKE_TRAIL
@@ -329,7 +302,7 @@ class DataPathMachine(RuleBasedStateMachine):
             self.workers.run_next(c.tls)
         else:
             assert c.tls is not None
-            encrypt_one(c.tls)
+            c.tls.encrypt_one()
 
     def output_once(self, c: Conn) -> None:
         drops = self.k.stats.tcp.drops
@@ -383,14 +356,9 @@ class DataPathMachine(RuleBasedStateMachine):
 
     def take(self, c: Conn, n: int | None) -> None:
         """The host socket takes n bytes (all when None) of the NIC queue; TCP gets the ACK."""
-        txq = c.so.so_txq
-        data = b"".join(txq.pending_iov(1 << 30))
-        if n is not None:
-            data = data[: max(1, min(n, len(data)))]
+        data = wire_take(c.so, None if n is None else max(1, n))
         if not data:
             return
-        txq.complete(len(data))
-        tcp_acked(c.so, len(data))
         c.wire += data
         exp = c.expected_wire()
         assert bytes(c.wire) == exp[: len(c.wire)], "the wire carried bytes out of order"
@@ -568,9 +536,7 @@ class DataPathMachine(RuleBasedStateMachine):
 
     def check_tcp_checksum(self, hdr: Mbuf) -> None:
         ip_tcp = m_copydata(hdr, 0, hdr.m_pkthdr_len)
-        tcplen = len(ip_tcp) - 20
-        pseudo = ip_tcp[12:20] + struct.pack("!BBH", 0, 6, tcplen)
-        assert fold16(pseudo + ip_tcp[20:]) == 0xFFFF, "software TCP checksum is wrong"
+        assert tcp_checksum_ok(ip_tcp), "software TCP checksum is wrong"
 
     def check_sockbuf(self, c: Conn) -> None:
         sb = c.so.so_snd

@@ -31,6 +31,8 @@ from server.certs import (
     state_dir,
 )
 from tests.privdrop import as_unprivileged
+from tests.support.certs import private_key, self_signed, write_pem
+from tests.support.clients import client_context
 
 FINGERPRINT = re.compile(r"[0-9A-F]{2}(:[0-9A-F]{2}){31}")
 
@@ -161,8 +163,7 @@ def _handshake(files: CertificateFiles, server_hostname: str) -> str | None:
     """A full TLS handshake over memory BIOs, client trusting only our cert."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(files.cert, files.key)
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
-    client_ctx.load_verify_locations(cafile=str(files.cert))
+    client_ctx = client_context(cafile=str(files.cert))  # CERT_REQUIRED, check_hostname
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     client = client_ctx.wrap_bio(c_in, c_out, server_hostname=server_hostname)
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
@@ -300,27 +301,11 @@ def test_mismatched_key(tmp_path: pathlib.Path) -> None:
 
 
 def test_expired_certificate_is_reported(tmp_path: pathlib.Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=10))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
+    key = private_key("ec")
+    cert = self_signed(
+        key, not_before=datetime.timedelta(days=-10), not_after=datetime.timedelta(days=-1)
     )
-    (tmp_path / "localhost.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "localhost.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_pem(cert, key, tmp_path / "localhost.crt", tmp_path / "localhost.key")
     load_check(tmp_path / "localhost.crt", tmp_path / "localhost.key")  # a valid pair
     with pytest.raises(CertificateError, match="expired on"):
         ensure_self_signed(tmp_path)
@@ -331,28 +316,19 @@ def test_load_check_ok(generated: CertificateFiles) -> None:
 
 
 def test_load_check_accepts_rsa(tmp_path: pathlib.Path) -> None:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rsa")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(2)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
+    key = private_key("rsa")
+    cert = self_signed(
+        key,
+        common_name="rsa",
+        not_before=datetime.timedelta(0),
+        not_after=datetime.timedelta(days=1),
     )
-    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
+    write_pem(
+        cert,
+        key,
+        tmp_path / "c.pem",
+        tmp_path / "k.pem",
+        key_format=serialization.PrivateFormat.TraditionalOpenSSL,
     )
     load_check(tmp_path / "c.pem", tmp_path / "k.pem")
 

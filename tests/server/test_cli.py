@@ -12,7 +12,9 @@ import sys
 import pytest
 
 from server.config import ConfigError, parse_size
-from tests.integration.conftest import ServerProcess
+from tests.integration.conftest import (
+    ServerProcess,
+)
 
 
 def _nomapd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -18,8 +18,8 @@ from OpenSSL import SSL
 from ktls.handshake import TlsError, make_server_context
 from server.transport import Transport
 from server.transport.handshake import PLAIN_HTTP_ON_TLS, tls_accept
-from tests.ktls.harness import CertFiles, make_cert
 from tests.server.edge import Edge
+from tests.support.certs import CertFiles, make_cert
 
 
 @pytest.fixture(scope="module")

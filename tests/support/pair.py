@@ -1,0 +1,178 @@
+"""`ConnectionPair`: one kernel socket and the far end of its wire, joined in memory.
+
+Theory of operation
+-------------------
+The server's `KernelTx` (server/txpath.py) drives a kernel socket with trio
+and a host socket. This is the same loop, synchronous and without a socket,
+the way h11's tests join two endpoints in memory: `sendfile` runs
+`sendfile_step` to completion, doing each page-in at once (`req.run()` then
+`vm_pager_iodone`, what the server's worker threads and loop do); KTLS frames
+and seals records as they become ready (a `KtlsSession` on `KtlsWorkers(0)`
+encrypts inline, and a test stand-in may ask for `encrypt` to be called before
+each output); `pump` is the NIC and the wire: `tcp_output` -> `ip_output` ->
+the transmit queue's scatter-gather list -> `wire` (optionally `chunk` bytes
+per sendmsg) -> the `peer`, then the ACK (`tcp_acked`, `sbdrop`).
+
+Every byte the wire carried stays in `wire`, so a test can parse and open the
+records itself (tests/support/tlsseal.py). The `peer` is what reads them: by
+default `Wire`, which reads the bytes as they are (plain TCP), or a TLS client
+over memory BIOs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from mbuf.kern import Kernel
+from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
+from mbuf.sockbuf import KtlsHook
+from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, sosend
+from mbuf.tcp_output import TcpCb, tcp_output
+from mbuf.vm_object import PagerRequest, VmObject
+from tests.support.wire import wire_take
+
+SRC_IP: Final = 0x0A000001  # 10.0.0.1
+DST_IP: Final = 0x0A000002  # 10.0.0.2
+SNDBUF: Final = 2 * 1024 * 1024
+MAX_STEPS: Final = 10_000
+
+
+def new_socket(kern: Kernel, sndbuf: int = SNDBUF, tls: Any = None) -> Socket:
+    """A connected TCP socket 10.0.0.1:443 -> 10.0.0.2:50000, with `tls` as its
+    KTLS session (a `KtlsHook`) if given."""
+    so = Socket(kern, TcpCb(SRC_IP, DST_IP, 443, 50000, 0x01020304), sndbuf)
+    if tls is not None:
+        so.so_snd.sb_tls_info = tls
+    return so
+
+
+def run_io(kern: Kernel, reqs: list[PagerRequest]) -> None:
+    """What the server's worker threads and loop do for each page-in."""
+    for req in reqs:
+        req.run()
+        vm_pager_iodone(kern, req)
+
+
+class Session(KtlsHook, Protocol):
+    """A KTLS session the pair installs on its socket and frees at close."""
+
+    def free(self) -> None: ...
+
+
+class Peer(Protocol):
+    """The far end of the wire: takes the wire's bytes, hands back what it read."""
+
+    def to_client(self, data: bytes | bytearray) -> None: ...
+
+    def client_read(self) -> bytes: ...
+
+
+class Wire:
+    """A plain TCP peer: it reads exactly the bytes the wire carried."""
+
+    def __init__(self) -> None:
+        self._unread = bytearray()
+
+    def to_client(self, data: bytes | bytearray) -> None:
+        self._unread += data
+
+    def client_read(self) -> bytes:
+        out = bytes(self._unread)
+        self._unread.clear()
+        return out
+
+
+class ConnectionPair:
+    """A kernel socket whose NIC output reaches `peer` (see the module head)."""
+
+    def __init__(
+        self,
+        so: Socket,
+        peer: Peer | None = None,
+        *,
+        tls: Session | None = None,
+        seqno: int = 0,
+        encrypt: Callable[[], None] | None = None,
+    ) -> None:
+        self.so = so
+        self.kern = so.so_kern
+        self.peer: Peer = Wire() if peer is None else peer
+        self.tls = tls
+        if tls is not None:  # TCP_TXTLS_ENABLE: records from `seqno` on
+            so.so_snd.sb_tls_info = tls
+            so.so_snd.sb_tls_seqno = seqno
+        self.encrypt = encrypt  # a stand-in's workers: finish queued records
+        self.wire = bytearray()
+
+    def pump(
+        self, chunk: int | None = None, deliver: Callable[[bytes], bytes] | None = None
+    ) -> int:
+        """tcp_output, then move the NIC queue to the peer (`chunk` bytes per
+        sendmsg if given) until nothing is ready; `deliver` may rewrite the bytes
+        on their way. Returns the bytes the wire took."""
+        so = self.so
+        if self.encrypt is not None:
+            self.encrypt()
+        moved = 0
+        tcp_output(so)
+        while data := wire_take(so, chunk):
+            self.wire += data
+            self.peer.to_client(deliver(data) if deliver is not None else data)
+            moved += len(data)
+            tcp_output(so)
+        return moved
+
+    def sendfile(
+        self,
+        obj: VmObject,
+        fd: int,
+        offset: int,
+        nbytes: int,
+        head: bytes = b"",
+        chunk: int | None = None,
+        *,
+        on_step: Callable[[SendfileStatus], None] | None = None,
+    ) -> bytes:
+        """Run one sendfile to completion with page-ins done inline, the wire
+        taking data between steps; returns what the peer read meanwhile."""
+        job = SendfileJob(self.so, obj, fd, offset, nbytes, head)
+        got = bytearray()
+        try:
+            for _ in range(MAX_STEPS):
+                io: list[PagerRequest] = []
+                status = sendfile_step(job, io)
+                if on_step is not None:
+                    on_step(status)
+                run_io(self.kern, io)
+                self.pump(chunk)
+                got += self.peer.client_read()
+                if status is SendfileStatus.DONE:
+                    break
+                assert status is SendfileStatus.NEED_SPACE, status
+            else:
+                raise AssertionError("sendfile made no progress")
+        finally:
+            job.close()
+        self.pump(chunk)
+        got += self.peer.client_read()
+        return bytes(got)
+
+    def send(self, data: bytes, record_type: int = TLS_RLTYPE_APP) -> bytes:
+        """write(2) of all of `data` through sosend; returns what the peer read."""
+        view = memoryview(data)
+        got = bytearray()
+        for _ in range(MAX_STEPS):
+            view = view[sosend(self.so, view, record_type) :]
+            self.pump()
+            got += self.peer.client_read()
+            if not view:
+                return bytes(got)
+        raise AssertionError("send made no progress")
+
+    def close(self) -> None:
+        """soclose, then free the KTLS session (as the server's teardown does)."""
+        soclose(self.so)
+        if self.tls is not None:
+            self.tls.free()
+            self.so.so_snd.sb_tls_info = None
