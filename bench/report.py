@@ -121,7 +121,7 @@ def terminal_table(s: Summary) -> str:
             note = "; ".join(n for n in notes if n)
             out.append(line + (f"  {note}" if note else ""))
     out.append("")
-    out.append("targets (issue 6, item 4; computed from this run, not asserted):")
+    out.append("targets (computed from this run, not asserted):")
     for t in s.targets:
         detail = ", ".join(f"{tool} {c.detail}" for tool, c in t.by_tool.items())
         out.append(f"  [{t.verdict:^12}] {t.key}: {t.text}" + (f": {detail}" if detail else ""))
@@ -388,7 +388,7 @@ def markdown(s: Summary) -> str:
         if failed:
             out.append(f"- runs with no figures: {', '.join(failed)}")
         out.append("")
-    out += ["## Targets (issue 6)", "", *_targets_md(s), ""]
+    out += ["## Targets", "", *_targets_md(s), ""]
     out += ["## Results per workload", ""]
     for w in s.workloads:
         if _rows_in(s, w):

@@ -41,16 +41,12 @@ from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from OpenSSL import SSL
 
-from ktls.errors import TlsError as TlsError  # server.connection imports it from here
+from ktls.errors import TlsError
 from ktls.keylog import KeyLog
 from ktls.keys import TrafficKeys, tls12_key_block, tls13_traffic_keys
 from ktls.nonce import tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce
 from ktls.suites import TLS12_CIPHER_LIST, TLS13_CIPHERSUITES, CipherSuite, TlsVersion, suite_for
-
-CT_CHANGE_CIPHER_SPEC = 20
-CT_ALERT = 21
-CT_HANDSHAKE = 22
-CT_APPLICATION_DATA = 23
+from mbuf.ktls_hdr import ContentType
 
 # Real clients send a handful of handshake records; OpenSSL has no limit of its own.
 MAX_HANDSHAKE_RECORDS = 64
@@ -309,7 +305,9 @@ class TlsHandshake:
             block = tls12_key_block(suite, master, crandom, srandom)
             tx, rx = block.server, block.client
             types = self._client_types
-            ccs = max((i for i, t in enumerate(types) if t == CT_CHANGE_CIPHER_SPEC), default=-1)
+            ccs = max(
+                (i for i, t in enumerate(types) if t == ContentType.CHANGE_CIPHER_SPEC), default=-1
+            )
             rx_seq = len(types) - ccs - 1
             if ccs < 0 or rx_seq < 1:
                 raise TlsError("TLS 1.2 handshake ended without the client's Finished")
@@ -323,7 +321,7 @@ class TlsHandshake:
         if rest:
             raise TlsError("OpenSSL left a partial record after the handshake")
         last_ccs = max(
-            (i for i, r in enumerate(records) if r[0] == CT_CHANGE_CIPHER_SPEC), default=-1
+            (i for i, r in enumerate(records) if r[0] == ContentType.CHANGE_CIPHER_SPEC), default=-1
         )
         protected = records[last_ccs + 1 :]
         aead = suite.aead(tx.key)

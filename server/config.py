@@ -94,7 +94,7 @@ class ServerConfig:
     readahead: int | None = None  # pages; None: the rest of the request up to MAXPHYS
     # 0: ktls_encrypt runs on the sending thread. Worker threads overlap only the
     # C crypto (a few % of the work) and hand every batch across the GIL twice:
-    # measured 0.6x the throughput on 2 cores (issue 6), so they are opt-in.
+    # measured 0.6x the throughput on 2 cores (`make bench`), so they are opt-in.
     ktls_workers: int = 0
     admin: tuple[str, int] | None = DEFAULT_ADMIN
     admin_public: bool = False

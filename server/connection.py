@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, cast
 import h11
 import trio
 
-from ktls.handshake import TlsError
+from ktls.errors import TlsError
 from server.http.framing import (
     END_OF_MESSAGE,
     SendfileBody,

@@ -51,6 +51,8 @@ def announce(
         print(f"nomapd: serving {cfg.root.resolve()} on {scheme}://{shown}:{port}/", flush=True)
     if fingerprint_:
         print(f"nomapd: certificate SHA-256 fingerprint {fingerprint_}", flush=True)
+    if not cfg.http:
+        print(f"nomapd: TLS profile {cfg.tls_profile} (Mozilla server-side TLS)", flush=True)
     if admin:
         print(f"nomapd: counters on http://{admin[0]}:{admin[1]}/stats (nomapd stat)", flush=True)
     caps = cfg.capenable()

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from ktls.control import TlsControl
-from ktls.handshake import TlsError, TlsHandshake, UserTls
+from ktls.errors import TlsError
+from ktls.handshake import TlsHandshake, UserTls
 from ktls.session import KtlsSession
 from server.transport import Transport
 from server.transport.ktls import KtlsTransport

@@ -24,7 +24,8 @@ import os
 
 import trio
 
-from ktls.handshake import TlsError, UserTls
+from ktls.errors import TlsError
+from ktls.handshake import UserTls
 from server.counters import ServerStat
 from server.http.static import FileReply
 from server.transport import Transport

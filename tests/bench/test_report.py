@@ -49,7 +49,7 @@ def test_markdown_sections() -> None:
     for heading in (
         "# nomapd benchmark, 2026-01-02T03:04:05+00:00",
         "## Method",
-        "## Targets (issue 6)",
+        "## Targets",
         "## Results per workload",
         "### `handshake`: 1 KiB, new connection per request, 16 connections",
         "## Server CPU seconds per GB (wrk)",

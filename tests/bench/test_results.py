@@ -1,4 +1,4 @@
-"""Aggregation of repetitions, ratios to nginx and hypercorn, and issue 6's targets."""
+"""Aggregation of repetitions, ratios to nginx and hypercorn, and the speed targets."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def test_quick_bench_against_nomapd_alone(tmp_path: pathlib.Path) -> None:
     assert doc["meta"]["duration"] == 2.0
     assert doc["machine"]["cores"] >= 1
     report = (out / "report.md").read_text()
-    assert "nomapd-default" in report and "## Targets (issue 6)" in report
+    assert "nomapd-default" in report and "## Targets" in report
     assert "nomapd-default" in res.stdout  # the table
     assert "100m-rss" in res.stdout
 

@@ -127,6 +127,7 @@ def test_mozilla_profile(
     profile_server: tuple[ServerProcess, str, set[str], list[str] | None],
 ) -> None:
     srv, profile, cert_failures, tls12 = profile_server
+    assert f"nomapd: TLS profile {profile} (Mozilla server-side TLS)\n" in srv.stdout
     found = scan(sslyze_python, srv, profile)
     assert found["mozilla_profile_version"] == 5.7
     assert set(found["issues"]) == cert_failures, found["issues"]

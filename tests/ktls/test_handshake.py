@@ -15,7 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
-from ktls.handshake import MAX_HANDSHAKE_RECORDS, Established, TlsError, TlsHandshake
+from ktls.errors import TlsError
+from ktls.handshake import MAX_HANDSHAKE_RECORDS, Established, TlsHandshake
 from ktls.keylog import KEYLOG_LABELS
 from ktls.suites import SUITES, TlsVersion
 from ktls.workers import KtlsWorkers

@@ -37,7 +37,8 @@ from ktls.alerts import (
     RecordError,
 )
 from ktls.control import TlsControl
-from ktls.handshake import Established, TlsError, TlsHandshake, UserTls
+from ktls.errors import TlsError
+from ktls.handshake import Established, TlsHandshake, UserTls
 from ktls.suites import TlsVersion
 from ktls.workers import KtlsWorkers
 from mbuf.counters import KtlsStat
@@ -286,7 +287,7 @@ def test_ktls_client_key_update(
 
     conn = KtlsConn(kern, KtlsWorkers(0), est, pair)
     if requested:
-        # The server's answer, as server.connection does: its KeyUpdate under the
+        # The server's answer, as server/transport/ktls.py does: its KeyUpdate under the
         # current keys, then a successor session with the next ones.
         assert sosend(conn.so, key_update(0), TLS_RLTYPE_HANDSHAKE) == 5
         conn.pump()

@@ -15,7 +15,8 @@ import pytest
 import trio
 from OpenSSL import SSL
 
-from ktls.handshake import TlsError, make_server_context
+from ktls.errors import TlsError
+from ktls.handshake import make_server_context
 from server.transport import Transport
 from server.transport.handshake import PLAIN_HTTP_ON_TLS, tls_accept
 from tests.server.edge import Edge
