@@ -114,7 +114,10 @@ class IfStat(_Group):
     tx_packets: int = 0  # packets (TSO bursts) handed to the NIC
     tx_segments: int = 0  # wire segments after TSO
     tx_bytes: int = 0  # bytes on the wire, including a 40-byte header per segment
-    tx_dma_segments: int = 0  # scatter-gather entries loaded (busdma segments)
+    # busdma segments loaded: physically adjacent pieces merged (sf_buf or unmapped
+    # pages alike), each at most if_hw_tsomaxsegsize bytes, plus one for the header
+    tx_dma_segments: int = 0
+    tx_defrag: int = 0  # packets over if_hw_tsomaxsegcount segments (a driver's m_defrag)
     tx_unmapped_mbufs: int = 0  # unmapped mbufs gathered by physical address
     tx_writes: int = 0  # sendmsg calls on host sockets
 
@@ -152,9 +155,12 @@ class SbStat(_Group):
 class TcpStat(_Group):
     prefix: ClassVar[str] = "tcp"
     connections: int = 0
-    sndtotal: int = 0  # segments
-    sndbyte: int = 0
-    sndpack_bursts: int = 0
+    sndtotal: int = 0  # tcps_sndtotal: packets handed to ip_output (a TSO burst is one)
+    sndpack: int = 0  # tcps_sndpack: data packets (all of the model's packets carry data)
+    sndbyte: int = 0  # tcps_sndbyte: data bytes in them
+    # tcp_m_copym stopped a TSO burst short at if_hw_tsomaxsegcount (model only: the
+    # kernel keeps no such counter)
+    tso_segcount_cut: int = 0
     sndptr_walked: int = 0  # mbufs walked to find snd_nxt in send buffers
     drops: int = 0  # packets ip_output refused (resent later)
 

@@ -6,7 +6,20 @@ it implies (`if_hwassist`). `if_transmit` loads a packet's mbuf chain for DMA
 the way `bus_dmamap_load_mbuf_sg` does: mapped mbufs by virtual address,
 unmapped mbufs as header bytes, one segment per physical page, trailer bytes.
 The segments are memoryviews over the page arena, so the "DMA" is a
-scatter-gather list and no byte is copied in Python.
+scatter-gather list and no byte is copied in Python. As busdma does, pieces
+that are physically adjacent are merged into one segment whatever mbuf they
+come from (an sf_buf mbuf's page, found through its mapping as
+`pmap_kextract` would, or an unmapped mbuf's page), and a segment is at most
+`if_hw_tsomaxsegsize` bytes long (the DMA tag's maxsegsz), so
+`ifnet.tx_dma_segments` counts alike with and without unmapped mbufs.
+
+TSO limits: `if_hw_tsomax` (bytes of a burst, headers included),
+`if_hw_tsomaxsegcount` (DMA segments of a burst) and `if_hw_tsomaxsegsize`
+(bytes per segment) are the defaults `if_attach_internal` (sys/net/if.c)
+gives a driver that sets none: min(IP_MAXPACKET, 32 * MCLBYTES -
+(ETHER_HDR_LEN + ETHER_VLAN_ENCAP_LEN)) = 65518 bytes, 35 segments ("an NFS
+mbuf list of 35 mbufs totalling just below 64K") of 2048 bytes. (iflib's ix
+sets 32 segments of PAGE_SIZE; em 64 - 5 of 4096.) tcp_output reads them.
 
 The wire behind the NIC is the real host TCP socket of the connection. The
 host kernel makes its own TCP/IP headers, so the 40-byte header the model
@@ -14,13 +27,14 @@ built is DMAed and counted but not written to the host socket; everything
 after it is. A packet's mbufs are freed (`m_freem`) when the host socket has
 taken all of its bytes, which is when the NIC would report the descriptor done.
 
-Models: sys/net/if.h (`IFCAP_*`) and sys/kern/subr_bus_dma.c
+Models: sys/net/if.h (`IFCAP_*`, `if_hw_tsomax*`), sys/net/if.c
+(`if_attach_internal`'s TSO defaults) and sys/kern/subr_bus_dma.c
 (`bus_dmamap_load_mbuf_sg`, `_bus_dmamap_load_unmapped_mbuf_sg`).
 
 Deliberate differences: a real NIC has a few hardware rings shared by all
 flows; the model gives each connection its own transmit queue, as a
 multi-queue NIC that hashes flows to queues would, so each host socket can
-drain its own.
+drain its own. busdma's `boundary` of the DMA tag is not modelled (0: none).
 """
 
 from __future__ import annotations
@@ -30,8 +44,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from mbuf.kassert import kassert
-from mbuf.mbuf import M_NOMAP, Mbuf, m_freem, m_iov
-from mbuf.param import IF_MTU, TCPIP_HDR_LEN
+from mbuf.mbuf import EXT_SFBUF, M_EXT, M_NOMAP, Mbuf, m_freem, mtod
+from mbuf.param import IF_MTU, IP_MAXPACKET, MCLBYTES, PHYS_BASE, TCPIP_HDR_LEN, howmany
 
 if TYPE_CHECKING:
     from mbuf.counters import IfStat
@@ -65,9 +79,29 @@ CSUM_TSO = CSUM_IP_TSO
 
 IFQ_MAXLEN = 1024  # descriptors per transmit queue
 
+# if_attach_internal's TSO defaults (sys/net/if.c), for a driver that sets none.
+ETHER_HDR_LEN = 14
+ETHER_VLAN_ENCAP_LEN = 4
+IF_HW_TSOMAX_DEFAULT = min(IP_MAXPACKET, 32 * MCLBYTES - (ETHER_HDR_LEN + ETHER_VLAN_ENCAP_LEN))
+IF_HW_TSOMAXSEGCOUNT_DEFAULT = 35
+IF_HW_TSOMAXSEGSIZE_DEFAULT = 2048
+# tcp_m_copym charges an unmapped mbuf 3 segments before its data and keeps one
+# for the header: fewer than 5 segments could never carry one.
+IF_HW_TSOMAXSEGCOUNT_MIN = 5
+
 
 class Ifnet:
-    __slots__ = ("if_capabilities", "if_capenable", "if_hwassist", "if_mtu", "if_xname", "stats")
+    __slots__ = (
+        "if_capabilities",
+        "if_capenable",
+        "if_hw_tsomax",
+        "if_hw_tsomaxsegcount",
+        "if_hw_tsomaxsegsize",
+        "if_hwassist",
+        "if_mtu",
+        "if_xname",
+        "stats",
+    )
 
     def __init__(self, capenable: int, stats: IfStat, name: str = "nm0") -> None:
         self.if_xname = name
@@ -76,7 +110,23 @@ class Ifnet:
         self.stats = stats
         self.if_capenable = 0
         self.if_hwassist = 0
+        self.if_hw_tsomax = IF_HW_TSOMAX_DEFAULT
+        self.if_hw_tsomaxsegcount = IF_HW_TSOMAXSEGCOUNT_DEFAULT
+        self.if_hw_tsomaxsegsize = IF_HW_TSOMAXSEGSIZE_DEFAULT
         self.set_capenable(capenable)
+
+    def set_tso_limits(self, tsomax: int, segcount: int, segsize: int) -> None:
+        """What a driver sets before ether_ifattach: a TSO burst's bytes (headers
+        included), DMA segments and bytes per segment."""
+        if not TCPIP_HDR_LEN + 16 + self.if_mtu <= tsomax <= IP_MAXPACKET:
+            raise ValueError(f"if_hw_tsomax {tsomax}: not between one packet and IP_MAXPACKET")
+        if segcount < IF_HW_TSOMAXSEGCOUNT_MIN:
+            raise ValueError(f"if_hw_tsomaxsegcount {segcount} < {IF_HW_TSOMAXSEGCOUNT_MIN}")
+        if not 512 <= segsize <= IP_MAXPACKET:
+            raise ValueError(f"if_hw_tsomaxsegsize {segsize}: not between 512 and IP_MAXPACKET")
+        self.if_hw_tsomax = tsomax
+        self.if_hw_tsomaxsegcount = segcount
+        self.if_hw_tsomaxsegsize = segsize
 
     def set_capenable(self, caps: int) -> None:
         """ifconfig [-]nomap / [-]txcsum / [-]tso. As in most drivers, TSO needs
@@ -96,6 +146,59 @@ class Ifnet:
         return [f.name for f in IfCap if f.name and self.if_capenable & f.value]
 
 
+def _addseg(segs: list[memoryview], addrs: list[int], dmap: memoryview, addr: int, n: int) -> None:
+    """_bus_dmamap_addseg: append a piece at arena offset `addr`, merged with the
+    previous one when it follows it physically."""
+    if addrs and addrs[-1] >= 0:
+        prev = addrs[-1]
+        if prev + len(segs[-1]) == addr:
+            segs[-1] = dmap[prev : addr + n]
+            return
+    segs.append(dmap[addr : addr + n])
+    addrs.append(addr)
+
+
+def _load_mapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: list[int]) -> None:
+    """A mapped mbuf, by virtual address. An sf_buf mbuf's address is its page's,
+    read from the mapping (on a direct map, what pmap_kextract returns); clusters
+    and internal storage lie outside the arena and are never merged."""
+    ext = m.m_ext
+    if m.m_flags & M_EXT and ext is not None and ext.ext_type == EXT_SFBUF:
+        owner = ext.ext_mref.m_ext  # duplicates carry no ext_arg1; the owner's sf_buf
+        assert owner is not None
+        pa: int = owner.ext_arg1.page.phys_addr
+        _addseg(segs, addrs, dmap, pa - PHYS_BASE + m.m_data, m.m_len)
+        return
+    segs.append(mtod(m))
+    addrs.append(-1)
+
+
+def _load_unmapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: list[int]) -> None:
+    """_bus_dmamap_load_unmapped_mbuf_sg: header bytes by virtual address, each
+    page by physical address, trailer bytes by virtual address."""
+    pgs = m.ext_pgs
+    off = m.m_data  # trim offset
+    rem = m.m_len
+    hdr_len = pgs.hdr_len
+    if off < hdr_len:
+        n = min(hdr_len - off, rem)
+        segs.append(memoryview(pgs.hdr)[off : off + n])
+        addrs.append(-1)
+        rem -= n
+        off = 0
+    else:
+        off -= hdr_len
+    pa = pgs.pa
+    for i, pgoff, n in pgs.page_ranges(off, rem):
+        _addseg(segs, addrs, dmap, pa[i] - PHYS_BASE + pgoff, n)
+        rem -= n
+    off = max(0, off - pgs.page_bytes())
+    if rem:
+        kassert(off + rem <= pgs.trail_len, "busdma: %s bytes beyond the trailer", rem)
+        segs.append(memoryview(pgs.trail)[off : off + rem])
+        addrs.append(-1)
+
+
 class TxPacket:
     __slots__ = ("m", "nseg", "payload", "segs")
 
@@ -109,10 +212,11 @@ class TxPacket:
 class IfTxQueue:
     """One flow's transmit queue: packets loaded for DMA, drained by the host socket."""
 
-    __slots__ = ("bytes_queued", "head_off", "ifp", "ring")
+    __slots__ = ("bytes_queued", "dmap", "head_off", "ifp", "ring")
 
-    def __init__(self, ifp: Ifnet) -> None:
+    def __init__(self, ifp: Ifnet, dmap: memoryview) -> None:
         self.ifp = ifp
+        self.dmap = dmap  # the direct map: physical page addresses as arena offsets
         self.ring: deque[TxPacket] = deque()
         self.head_off = 0  # payload bytes of ring[0] already on the wire
         self.bytes_queued = 0
@@ -122,27 +226,38 @@ class IfTxQueue:
 
     def if_transmit(self, m: Mbuf, nsegs: int) -> None:
         """Load the chain for DMA and queue it. `nsegs` is the number of wire segments."""
-        st = self.ifp.stats
+        ifp = self.ifp
+        st = ifp.stats
         hdr = m
         kassert(
             hdr.m_len == TCPIP_HDR_LEN and not hdr.m_flags & M_NOMAP,
             "if_transmit: packet must start with its mapped TCP/IP header",
         )
         segs: list[memoryview] = []
+        addrs: list[int] = []
         payload = 0
         n = hdr.m_next
         unmapped = 0
+        dmap = self.dmap
         while n is not None:
             if n.m_len:
                 if n.m_flags & M_NOMAP:
                     unmapped += 1
-                segs.extend(m_iov(n, 0, n.m_len))
+                    _load_unmapped(n, dmap, segs, addrs)
+                else:
+                    _load_mapped(n, dmap, segs, addrs)
                 payload += n.m_len
             n = n.m_next
+        maxsegsz = ifp.if_hw_tsomaxsegsize
+        dma = 1  # the header
+        for v in segs:
+            dma += howmany(len(v), maxsegsz)
         st.tx_packets += 1
         st.tx_segments += nsegs
         st.tx_bytes += payload + TCPIP_HDR_LEN * nsegs
-        st.tx_dma_segments += len(segs) + 1
+        st.tx_dma_segments += dma
+        if dma > ifp.if_hw_tsomaxsegcount:
+            st.tx_defrag += 1
         st.tx_unmapped_mbufs += unmapped
         self.ring.append(TxPacket(m, segs, payload))
         self.bytes_queued += payload

@@ -70,7 +70,7 @@ class Kernel:
         self.sfbufs.wakeup = wakeup
 
     def new_txq(self) -> IfTxQueue:
-        return IfTxQueue(self.ifnet)
+        return IfTxQueue(self.ifnet, self.phys.dmap)
 
     def statistics(self) -> MappingProxyType[str, Any]:
         """An immutable snapshot of every counter, keyed `group.name`."""

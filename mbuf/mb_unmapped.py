@@ -197,16 +197,7 @@ def _mb_unmapped_to_ext(m: Mbuf) -> tuple[Mbuf, Mbuf] | None:
         off = 0
     else:
         off -= pgs.hdr_len
-    pgoff = pgs.first_pg_off
-    for i in range(pgs.npgs):
-        if not rem:
-            break
-        plen = pgs.page_len(i)
-        if off >= plen:
-            off -= plen
-            pgoff = 0
-            continue
-        n = min(plen - off, rem)
+    for i, pgoff, n in pgs.page_ranges(off, rem):
         sf = kern.sfbufs.sf_buf_alloc(phys.phys_to_vm_page(pgs.pa[i]), SFB_NOWAIT)
         if sf is None:
             failed = True
@@ -216,14 +207,13 @@ def _mb_unmapped_to_ext(m: Mbuf) -> tuple[Mbuf, Mbuf] | None:
         m_extadd(
             pm, sf_buf_kva(sf), PAGE_SIZE, mb_unmapped_free_mext, sf, mref, M_RDONLY, EXT_SFBUF
         )
-        pm.m_data = pgoff + off
+        pm.m_data = pgoff
         pm.m_len = n
         pieces.append(pm)
         ref_inc += 1
         kern.stats.ip.unmapped_pages_mapped += 1
         rem -= n
-        off = 0
-        pgoff = 0
+    off = max(0, off - pgs.page_bytes())
     if not failed and rem:
         t = m_get(kern)
         assert t.m_dat is not None

@@ -159,6 +159,24 @@ class MbufExtPgs:
             return self.last_pg_len
         return PAGE_SIZE - (self.first_pg_off if i == 0 else 0)
 
+    def page_ranges(self, off: int, length: int) -> list[tuple[int, int, int]]:
+        """(page index, offset in the page, bytes) covering page bytes [off, off+length)."""
+        out: list[tuple[int, int, int]] = []
+        pgoff = self.first_pg_off
+        for i in range(self.npgs):
+            if not length:
+                break
+            plen = self.page_len(i)
+            if off >= plen:
+                off -= plen
+            else:
+                n = min(plen - off, length)
+                out.append((i, pgoff + off, n))
+                length -= n
+                off = 0
+            pgoff = 0
+        return out
+
     def page_bytes(self) -> int:
         """Payload bytes held in pages: the sum of `page_len` over them, in closed form."""
         if self.npgs == 0:
