@@ -48,8 +48,22 @@ from ktls.nonce import tls12_aad, tls12_gcm_nonce, tls13_aad, tls13_nonce
 from ktls.suites import TLS12_CIPHER_LIST, TLS13_CIPHERSUITES, CipherSuite, TlsVersion, suite_for
 from mbuf.ktls_hdr import ContentType
 
-# Real clients send a handful of handshake records; OpenSSL has no limit of its own.
-MAX_HANDSHAKE_RECORDS = 64
+# What a client may send before its handshake completes. TLS allows records of one
+# byte and OpenSSL accepts a message cut into any number of them, so the bound is
+# on bytes (and, in the server, on time: --handshake-timeout), not records.
+# OpenSSL's own limits on what a client sends (ssl/statem/statem_srvr.c): a
+# ClientHello of at most CLIENT_HELLO_MAX_LENGTH bytes (its largest fields added
+# up), twice in TLS 1.3 (again after a HelloRetryRequest), and in TLS 1.2 a
+# ClientKeyExchange of at most CLIENT_KEY_EXCH_MAX_LENGTH; a Finished, a
+# change_cipher_spec and an alert fit in the 1 KiB left over. Each record body
+# byte may come with its own 5-byte record header.
+CLIENT_HELLO_MAX_LENGTH = 131396
+CLIENT_KEY_EXCH_MAX_LENGTH = 2048
+_HS_HDR_LEN = 4  # handshake message type and 24-bit length
+MAX_HANDSHAKE_MESSAGE_BYTES = (
+    2 * (_HS_HDR_LEN + CLIENT_HELLO_MAX_LENGTH) + _HS_HDR_LEN + CLIENT_KEY_EXCH_MAX_LENGTH + 1024
+)
+MAX_HANDSHAKE_BYTES = (5 + 1) * MAX_HANDSHAKE_MESSAGE_BYTES  # 1 596 648 wire bytes
 
 _VERSIONS = {"TLSv1.2": TlsVersion.TLS12, "TLSv1.3": TlsVersion.TLS13}
 # The key log lines `established()` reads; a connection keeps no other secret.
@@ -186,7 +200,7 @@ def open_record(
 class TlsHandshake:
     """One server-side handshake over memory BIOs."""
 
-    def __init__(self, ctx: SSL.Context) -> None:
+    def __init__(self, ctx: SSL.Context, max_bytes: int = MAX_HANDSHAKE_BYTES) -> None:
         self.keylog = KeyLog()
         self.conn = SSL.Connection(ctx, None)
         self.conn.set_app_data(self)
@@ -195,7 +209,11 @@ class TlsHandshake:
         self._server_stream = bytearray()
         self._in = bytearray()  # client bytes not yet given to OpenSSL
         self._rec_left = 0  # bytes of the current client record still to give
-        self._client_types: list[int] = []  # types of the client records given
+        self._given = 0  # client bytes given to OpenSSL
+        self._max_bytes = max_bytes  # ... at most (a test lowers it)
+        # TLS 1.2's first receive sequence number: the client's records after its
+        # last change_cipher_spec (-1: none seen yet).
+        self._after_ccs = -1
         self.done = False
         self._established = False
 
@@ -224,9 +242,8 @@ class TlsHandshake:
         Before OpenSSL has answered, nothing the client sent can complete the
         handshake (its first flight; there is no 0-RTT), so every record there
         goes at once. After that, one record at a time, so that OpenSSL never
-        reads past the client's Finished. The records are counted either way,
-        and a handshake cut into more than MAX_HANDSHAKE_RECORDS is refused:
-        each record costs a pass through OpenSSL."""
+        reads past the client's Finished. More than MAX_HANDSHAKE_BYTES from
+        the client, however many records they come in, is refused."""
         buf = self._in
         bulk = not self._server_stream
         end = 0  # bytes of buf to give
@@ -240,12 +257,16 @@ class TlsHandshake:
                     break
             if len(buf) - end < 5:
                 break
-            self._client_types.append(buf[end])
+            if buf[end] == ContentType.CHANGE_CIPHER_SPEC:
+                self._after_ccs = 0
+            elif self._after_ccs >= 0:
+                self._after_ccs += 1
             left = 5 + ((buf[end + 3] << 8) | buf[end + 4])
-        if len(self._client_types) > MAX_HANDSHAKE_RECORDS:
-            raise TlsError(f"handshake cut into more than {MAX_HANDSHAKE_RECORDS} records")
+        if self._given + end > self._max_bytes:
+            raise TlsError(f"handshake longer than {self._max_bytes} bytes from the client")
         if not end:
             return False
+        self._given += end
         self._rec_left = left
         self.conn.bio_write(bytes(buf[:end]))
         del buf[:end]
@@ -304,12 +325,8 @@ class TlsHandshake:
                 raise TlsError("handshake randoms unavailable")
             block = tls12_key_block(suite, master, crandom, srandom)
             tx, rx = block.server, block.client
-            types = self._client_types
-            ccs = max(
-                (i for i, t in enumerate(types) if t == ContentType.CHANGE_CIPHER_SPEC), default=-1
-            )
-            rx_seq = len(types) - ccs - 1
-            if ccs < 0 or rx_seq < 1:
+            rx_seq = self._after_ccs
+            if rx_seq < 1:
                 raise TlsError("TLS 1.2 handshake ended without the client's Finished")
         seq = self._count_sent(suite, tx)
         self.keylog.wipe()

@@ -16,7 +16,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
 from ktls.errors import TlsError
-from ktls.handshake import MAX_HANDSHAKE_RECORDS, Established, TlsHandshake
+from ktls.handshake import (
+    CLIENT_HELLO_MAX_LENGTH,
+    MAX_HANDSHAKE_BYTES,
+    Established,
+    TlsHandshake,
+)
 from ktls.keylog import KEYLOG_LABELS
 from ktls.suites import SUITES, TlsVersion
 from ktls.workers import KtlsWorkers
@@ -43,6 +48,7 @@ from tests.support.tlsseal import (
     CT_HANDSHAKE,
     open_record,
     parse_records,
+    reframe,
 )
 
 # RFC 8446 4.1.3: the ServerHello.random that marks a HelloRetryRequest.
@@ -331,28 +337,24 @@ def test_refuses_suites_ktls_cannot_offload(
         pair.client.do_handshake()
 
 
-def _fragmented_hello(
-    contexts: ServerContexts, certs: dict[str, CertFiles], pieces: int
-) -> TlsPair:
-    """The client's ClientHello cut into `pieces` handshake records."""
+def _fragmented_hello(contexts: ServerContexts, certs: dict[str, CertFiles], size: int) -> TlsPair:
+    """The client's first flight (a real ClientHello from an in-memory client)
+    re-framed into handshake records of at most `size` bytes."""
     pair = TlsPair(contexts.for_case(TLS13_CASES[0]), client_context(TLS13_CASES[0], certs))
     with pytest.raises(ssl.SSLWantReadError):
         pair.client.do_handshake()
-    [(header, body)] = parse_records(pair.c_out.read())
-    step = -(-len(body) // pieces)
-    for i in range(0, len(body), step):
-        frag = body[i : i + step]
-        pair.hs.receive_data(header[:3] + len(frag).to_bytes(2, "big") + frag)
+    pair.hs.receive_data(reframe(pair.c_out.read(), size))
     return pair
 
 
-def test_a_fragmented_client_hello_goes_to_openssl_at_once(
-    contexts: ServerContexts, certs: dict[str, CertFiles]
+@pytest.mark.parametrize("size", [1, 2, 7, 100])
+def test_a_fragmented_client_hello_is_accepted(
+    contexts: ServerContexts, certs: dict[str, CertFiles], size: int
 ) -> None:
-    """Before the server answers nothing can complete the handshake: the first
-    flight is given whole, however many records it takes, and the handshake
-    then completes as usual."""
-    pair = _fragmented_hello(contexts, certs, MAX_HANDSHAKE_RECORDS - 10)
+    """TLS allows records of one byte and OpenSSL accepts a ClientHello cut into
+    as many as that takes; so does the handshake. Before the server answers
+    nothing can complete the handshake: the first flight is given whole."""
+    pair = _fragmented_hello(contexts, certs, size)
     assert not pair.hs.advance()
     assert pair.hs.leftover() == b""  # all of it went to OpenSSL in one go
     pair.to_client(pair.hs.data_to_send())
@@ -360,10 +362,27 @@ def test_a_fragmented_client_hello_goes_to_openssl_at_once(
     assert pair.hs.done
 
 
-def test_a_handshake_in_too_many_records_is_refused(
+def test_the_bound_is_above_openssls_largest_client_hello() -> None:
+    """The largest ClientHello OpenSSL takes, in 1-byte records, twice (HelloRetryRequest)."""
+    assert MAX_HANDSHAKE_BYTES >= 2 * 6 * (4 + CLIENT_HELLO_MAX_LENGTH)
+
+
+def test_an_endless_stream_of_tiny_records_is_refused_by_bytes(
     contexts: ServerContexts, certs: dict[str, CertFiles]
 ) -> None:
-    pair = _fragmented_hello(contexts, certs, 10_000)  # one byte per record
-    assert len(pair.hs._in) // 6 > MAX_HANDSHAKE_RECORDS  # 1-byte records: more than allowed
-    with pytest.raises(TlsError, match="records"):
-        pair.hs.advance()
+    """A ClientHello that claims OpenSSL's largest length and then never ends, in
+    1-byte records: OpenSSL keeps waiting for the rest, the byte bound ends it
+    (lowered here, so the test stays small)."""
+    hs = TlsHandshake(contexts.for_case(TLS13_CASES[0]), max_bytes=60_000)
+    # ClientHello, 131396 bytes long, legacy_version 3.3; then bytes that never end.
+    stream = b"\x01" + CLIENT_HELLO_MAX_LENGTH.to_bytes(3, "big") + b"\x03\x03"
+    given = 0
+    with pytest.raises(TlsError, match="longer than 60000 bytes from the client"):
+        for _ in range(100):
+            chunk = stream.ljust(1000, b"\x00")
+            stream = b""
+            hs.receive_data(reframe(b"\x16\x03\x01" + len(chunk).to_bytes(2, "big") + chunk))
+            assert not hs.advance()  # OpenSSL waits for the rest of its ClientHello
+            given += 6 * len(chunk)
+    assert 60_000 - 6000 <= given <= 60_000
+    assert TlsHandshake(contexts.for_case(TLS13_CASES[0]))._max_bytes == MAX_HANDSHAKE_BYTES

@@ -45,6 +45,17 @@ TAG_LEN: Final = 16
 _HEADER: Final = struct.Struct("!BHH")  # type, legacy_record_version, length
 
 
+def reframe(data: bytes | bytearray, size: int = 1) -> bytes:
+    """The same records' bodies cut into records of at most `size` bytes (TLS allows
+    one), each under its original record's type and version."""
+    out = bytearray()
+    for header, body in parse_records(data):
+        for i in range(0, len(body), size):
+            piece = body[i : i + size]
+            out += header[:3] + struct.pack("!H", len(piece)) + piece
+    return bytes(out)
+
+
 def parse_records(data: bytes | bytearray) -> list[tuple[bytes, bytes]]:
     """(5-byte header, body) of each record; the stream must end on a record boundary."""
     out = []
