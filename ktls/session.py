@@ -24,7 +24,8 @@ Ciphertext pages never run out at enqueue time: sendfile reserves one frame
 per file page when it wires it (`ktls_reserve`), and the batch takes them here.
 
 Models: sys/kern/uipc_ktls.c (`ktls_frame`, `ktls_seq`, `ktls_enqueue`,
-`ktls_encrypt`) and sys/sys/ktls.h (`struct ktls_session`, `ktls_free`).
+`ktls_encrypt`, `ktls_enable_tx`'s ENXIO without ext_pgs) and sys/sys/ktls.h
+(`struct ktls_session`, `ktls_free`).
 
 Deliberate differences: the TLS 1.2 GCM explicit nonce is the sequence number,
 as OpenSSL does; the 2019 kernel used a random counter. sendfile reserves the
@@ -54,7 +55,7 @@ from mbuf.ktls_hdr import (
     TLS_RLTYPE_APP,
 )
 from mbuf.mb_unmapped import mb_free_mext_pgs
-from mbuf.mbuf import M_NOTREADY, MBUF_PEXT_FLAG_ANON, Mbuf
+from mbuf.mbuf import M_NOTREADY, MBUF_PEXT_FLAG_ANON, Mbuf, mb_free_notready
 from mbuf.param import PAGE_SIZE
 from mbuf.socket import Socket, pru_ready
 
@@ -96,6 +97,9 @@ class KtlsSession:
         *,
         max_frame_len: int = TLS_MAX_MSG_SIZE_V10_2,
     ) -> None:
+        if not kern.mb_use_ext_pgs:
+            # ktls_enable_tx: "TLS requires ext pgs" -- records are EXT_PGS mbufs.
+            raise OSError(errno.ENXIO, "ktls_enable_tx: kern.ipc.mb_use_ext_pgs is 0")
         if len(key) != suite.key_len:
             raise ValueError(f"{suite.openssl_name}: key of {len(key)} bytes, need {suite.key_len}")
         if len(iv) != suite.fixed_iv_len:
@@ -322,7 +326,11 @@ class _EncryptBatch:
             if dst:
                 phys.pages_free_anon(dst)
         self.dst = []
-        self.so.soabort(errno.EIO)
+        # ktls_encrypt's failure path: pru_abort, so_error = EIO and
+        # mb_free_notready(top, npages) -- the batch is freed now, not at close.
+        so = self.so
+        so.soabort(errno.EIO)
+        mb_free_notready(so.so_snd.sbcut_notready(self.records[0], self.npages), self.npages)
 
     def _install(self) -> None:
         """Swap each record's file pages for its ciphertext pages; mark the batch ready."""

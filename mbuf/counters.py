@@ -49,21 +49,30 @@ class MbStat(_Group):
 
 @dataclass(slots=True)
 class SfStat(_Group):
-    """struct sfstat (sys/sys/sf_buf.h): the 11 sendfile counters, and two more."""
+    """struct sfstat (sys/sys/sf_buf.h), each bumped where kern_sendfile.c bumps it,
+    less the two the model has no cause for, and three more.
+
+    Not kept: sf_busy (a page vm_page_grab_pages could not busy, only with
+    SF_NODISKIO, which nomapd never passes) and sf_pages_bogus (valid pages in the
+    middle of a read, given to the pager as bogus_page: the model ends a read at a
+    valid page and starts another after it, see `busy_waits`)."""
 
     prefix: ClassVar[str] = "sendfile"
-    syscalls: int = 0
-    noiocnt: int = 0
-    iocnt: int = 0
-    pages_read: int = 0
-    pages_valid: int = 0
-    pages_bogus: int = 0
+    syscalls: int = 0  # sf_syscalls: sendfile calls (a job resumed after a wait is one call)
+    noiocnt: int = 0  # sf_noiocnt: batches (sendfile_swapin passes) that started no read
+    iocnt: int = 0  # sf_iocnt: reads started (vm_pager_get_pages_async calls)
+    pages_read: int = 0  # sf_pages_read: pages in those reads (readahead not included)
+    pages_valid: int = 0  # sf_pages_valid: pages valid when the batch looked
+    # sf_rhpages_requested: readahead the application asked for in its flags,
+    # SF_READAHEAD(flags) per call (nomapd's --readahead N: SF_USER_READAHEAD)
     rhpages_requested: int = 0
-    rhpages_read: int = 0
-    busy: int = 0
-    allocfail: int = 0
-    allocwait: int = 0
+    rhpages_read: int = 0  # sf_rhpages_read: readahead pages the reads were extended by
+    allocfail: int = 0  # sf_allocfail: sf_buf allocations that failed (SFB_NOWAIT)
+    allocwait: int = 0  # sf_allocwait: sf_buf allocations that had to wait
     # Beyond struct sfstat:
+    # pages another read was already bringing in: waited for (vm_page_grab_pages
+    # sleeps on a busy page; the kernel counts nothing there)
+    busy_waits: int = 0
     io_errors: int = 0  # page-ins that failed; their connection was aborted (EIO)
     file_changed: int = 0  # ... because the file changed under the response
 
@@ -92,7 +101,8 @@ class VmStat(_Group):
     pages_reserved: int = 0  # frames set aside for KTLS ciphertext of wired file pages
     waits: int = 0  # vm_wait: an allocation found no free page
     evictions: int = 0
-    page_faults: int = 0  # file pages read from disk
+    vnodein: int = 0  # v_vnodein: vnode pager reads (counted at completion)
+    vnodepgsin: int = 0  # v_vnodepgsin: file pages they read, readahead included
 
 
 @dataclass(slots=True)
@@ -103,8 +113,9 @@ class IpStat(_Group):
     unmapped_converted: int = 0  # chains converted by mb_unmapped_to_ext in ip_output
     unmapped_mbufs_converted: int = 0  # unmapped mbufs replaced
     unmapped_pages_mapped: int = 0  # pages mapped through sf_bufs by conversions
-    sw_csum_packets: int = 0
+    sw_csum_packets: int = 0  # TCP checksums computed in software (in_delayed_cksum)
     sw_csum_bytes: int = 0
+    sw_hdr_csum: int = 0  # IP header checksums computed in software (in_cksum_hdr)
     odropped: int = 0  # ips_odropped: ENOBUFS on conversion failure
 
 

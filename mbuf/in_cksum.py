@@ -42,6 +42,11 @@ def in_cksum(iov: list[memoryview], initial: int = 0) -> int:
     return (~cksum_iov(iov, initial)) & 0xFFFF
 
 
+def in_cksum_hdr(ip: memoryview) -> int:
+    """in_cksum_hdr: the checksum of a 20-byte IPv4 header (ip_sum zero while summed)."""
+    return in_cksum([ip[:20]])
+
+
 def in_pseudo(src: int, dst: int, proto: int, length: int) -> int:
     """in_pseudo: partial sum of the IPv4 pseudo-header."""
     s = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + proto + length

@@ -7,7 +7,14 @@ Theory of operation. In order:
 2. else, the interface lacks IFCAP_NOMAP: convert anyway;
 3. a conversion that cannot get its sf_bufs drops the packet with ENOBUFS
    (`ip.odropped`); TCP sends the data again later;
-4. hand the chain to the interface.
+4. the interface does not compute IP header checksums (no CSUM_IP in
+   if_hwassist, i.e. no IFCAP_TXCSUM): `in_cksum_hdr` in software
+   (`ip.sw_hdr_csum`);
+5. hand the chain to the interface.
+
+`in_delayed_cksum`, like the 2019 kernel's (in_cksum_skip over mapped data),
+cannot read an unmapped mbuf: it refuses one (an assertion), which is why
+ip_output converts first.
 
 Models: sys/netinet/ip_output.c (`ip_output`, `in_delayed_cksum`).
 """
@@ -18,21 +25,27 @@ import errno
 import struct
 from typing import TYPE_CHECKING
 
-from mbuf.ifnet import CSUM_DELAY_DATA, CSUM_TSO, IFCAP_NOMAP, IfTxQueue
-from mbuf.in_cksum import in_cksum, in_pseudo
+from mbuf.ifnet import CSUM_DELAY_DATA, CSUM_IP, CSUM_TSO, IFCAP_NOMAP, IfTxQueue
+from mbuf.in_cksum import in_cksum, in_cksum_hdr, in_pseudo
 from mbuf.kassert import kassert
 from mbuf.mb_unmapped import mb_unmapped_to_ext
-from mbuf.mbuf import Mbuf, m_chain_iov, mtod
+from mbuf.mbuf import M_NOMAP, Mbuf, m_chain_iov, mtod
 
 if TYPE_CHECKING:
     from mbuf.kern import Kernel
 
 IPPROTO_TCP = 6
 _TH_SUM_OFF = 20 + 16  # checksum field of the TCP header after the 20-byte IP header
+_IP_SUM_OFF = 10  # ip_sum
 
 
 def in_delayed_cksum(m: Mbuf, src: int, dst: int) -> int:
-    """Compute the TCP checksum of a mapped packet and store it; returns bytes summed."""
+    """Compute the TCP checksum of a mapped packet and store it; returns bytes summed.
+    The chain must be mapped: the caller converts it first (mb_unmapped_to_ext)."""
+    n: Mbuf | None = m
+    while n is not None:
+        kassert(not n.m_flags & M_NOMAP, "in_delayed_cksum: unmapped %r, convert first", n)
+        n = n.m_next
     total = m.m_pkthdr_len
     tcplen = total - 20
     hdr = mtod(m)
@@ -70,6 +83,12 @@ def ip_output(kern: Kernel, m: Mbuf, txq: IfTxQueue, src: int, dst: int, nsegs: 
         not m.m_pkthdr_csum_flags & CSUM_TSO or ifp.if_hwassist & CSUM_TSO,
         "ip_output: TSO burst on an interface without TSO",
     )
+    if m.m_pkthdr_csum_flags & CSUM_IP & ~ifp.if_hwassist:
+        ip = mtod(m)
+        struct.pack_into("!H", ip, _IP_SUM_OFF, 0)
+        struct.pack_into("!H", ip, _IP_SUM_OFF, in_cksum_hdr(ip))
+        m.m_pkthdr_csum_flags &= ~CSUM_IP
+        st.sw_hdr_csum += 1
     st.output_packets += 1
     st.output_bytes += m.m_pkthdr_len
     txq.if_transmit(m, nsegs)

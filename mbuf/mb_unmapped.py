@@ -9,7 +9,10 @@ Theory of operation.
 * `mb_unmapped_to_ext` turns every unmapped mbuf of a chain into mapped mbufs:
   header and trailer bytes copied into plain mbufs, each page mapped by an
   sf_buf into an EXT_SFBUF mbuf that holds a reference on the original, so the
-  pages stay wired until the last of those mbufs is freed.
+  pages stay wired until the last of those mbufs is freed. As in the 2019
+  kern_mbuf.c, the pkthdr is not carried over, an empty mbuf whose trim
+  offset is still in its header becomes an empty plain mbuf, and one with
+  nothing left at all converts to NULL, which fails the whole chain.
 * `mb_unmapped_compress` copies a small unmapped mbuf into its own internal
   storage.
 
@@ -185,7 +188,7 @@ def _mb_unmapped_to_ext(m: Mbuf) -> tuple[Mbuf, Mbuf] | None:
     off = m.m_data  # trim offset
     rem = m.m_len
     failed = False
-    # Header bytes still in range.
+    # Header bytes still in range (an mbuf even if none are: the 2019 code makes one).
     if off < pgs.hdr_len:
         n = min(pgs.hdr_len - off, rem)
         h = m_get(kern)
@@ -223,16 +226,16 @@ def _mb_unmapped_to_ext(m: Mbuf) -> tuple[Mbuf, Mbuf] | None:
     # Each page mbuf holds one reference on the original's storage.
     assert mref.m_ext is not None
     mref.m_ext.ext_count += ref_inc
-    if failed:
+    if failed or not pieces:
+        # Nothing in range and no header mbuf: the 2019 code returns the empty
+        # result, NULL, which its caller takes for a failure.
         for p in pieces:
             m_free(p)
         return None
     for a, b in itertools.pairwise(pieces):
         a.m_next = b
-    if m.m_flags & M_PKTHDR:
-        pieces[0].m_flags |= M_PKTHDR
-        pieces[0].m_pkthdr_len = m.m_pkthdr_len
-        pieces[0].m_pkthdr_csum_flags = m.m_pkthdr_csum_flags
+    # The pkthdr is not carried over: the 2019 code does not (ip_output's chains
+    # start with the mapped header mbuf, which keeps it).
     return pieces[0], pieces[-1]
 
 
@@ -240,7 +243,9 @@ def mb_unmapped_to_ext(top: Mbuf) -> Mbuf | None:
     """mb_unmapped_to_ext: replace every unmapped mbuf of a chain by mapped mbufs.
 
     Returns the new head, or None after freeing the whole chain when an sf_buf
-    could not be had (the caller drops the packet with ENOBUFS).
+    could not be had (the caller drops the packet with ENOBUFS) -- or, as in
+    the 2019 code, when an unmapped mbuf has nothing in range and no header
+    byte left (tcp_output never hands ip_output such an mbuf).
     """
     prev: Mbuf | None = None
     m: Mbuf | None = top
@@ -252,29 +257,18 @@ def mb_unmapped_to_ext(top: Mbuf) -> Mbuf | None:
             prev = m
             m = nxt
             continue
-        if m.m_len == 0:
-            # Nothing left in range: just drop it.
-            sub: tuple[Mbuf, Mbuf] | None = None
-        else:
-            sub = _mb_unmapped_to_ext(m)
-            if sub is None:
-                m.m_next = None
-                m_free(m)
-                if prev is not None:
-                    prev.m_next = None
-                    m_freem(head)
-                m_freem(nxt)
-                return None
+        sub = _mb_unmapped_to_ext(m)
+        if sub is None:
+            m.m_next = None
+            m_free(m)
+            if prev is not None:
+                prev.m_next = None
+                m_freem(head)
+            m_freem(nxt)
+            return None
         m.m_next = None
         m_free(m)  # drops the converted mbuf's own reference
         converted += 1
-        if sub is None:
-            if prev is None:
-                head = nxt  # type: ignore[assignment]
-            else:
-                prev.m_next = nxt
-            m = nxt
-            continue
         first, last = sub
         last.m_next = nxt
         if prev is None:

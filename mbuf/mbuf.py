@@ -12,7 +12,10 @@ mbuf as `m_epg_*`):
   `MExt` copied up to `m_ext_copylen` (type, size, buffer or `ext_pgs`
   pointer, `ext_arg2`), share the owner's reference count through
   `ext_mref`, and carry no `ext_free`/`ext_arg1`: only the owning mbuf
-  ("mref") runs the free routine, once, when the count reaches zero.
+  ("mref") runs the free routine, once, when the count reaches zero. A
+  duplicate inherits the source's `M_RDONLY` (and `M_NOMAP`), as the
+  kernel's `mb_dupcl` does: a copy of a cluster is writable by flag, and
+  only its shared count (M_WRITABLE) makes it read-only.
 * `M_NOMAP` mbufs have ext type `EXT_PGS`; `ext_pgs` is a separate
   `MbufExtPgs` (the 256-byte `struct mbuf_ext_pgs` from zone "mbuf_extpgs")
   holding up to MBUF_PEXT_MAX_PGS (19) physical page addresses,
@@ -332,8 +335,9 @@ def m_extadd(
 
 
 def mb_alloc_ext_pgs(kern: Kernel, pkthdr: bool, ext_free: ExtFree) -> Mbuf:
-    """mb_alloc_ext_pgs(how, pkthdr, ext_free): an empty unmapped mbuf (zone mbuf_extpgs)."""
-    m = _mbuf_alloc(kern, M_EXT | M_NOMAP | (M_PKTHDR if pkthdr else 0))
+    """mb_alloc_ext_pgs(how, pkthdr, ext_free): an empty unmapped mbuf (zone mbuf_extpgs),
+    M_RDONLY like every page vector (its duplicates inherit that)."""
+    m = _mbuf_alloc(kern, M_EXT | M_RDONLY | M_NOMAP | (M_PKTHDR if pkthdr else 0))
     ext = MExt(EXT_PGS, 0, m)
     pgs = MbufExtPgs()
     ext.ext_pgs = pgs
@@ -416,6 +420,22 @@ def m_freem(m: Mbuf | None) -> None:
     """m_freem: free a whole chain."""
     while m is not None:
         m = m_free(m)
+
+
+def mb_free_notready(m: Mbuf | None, count: int) -> None:
+    """mb_free_notready: free the not-ready mbufs from m that cover `count` pages (an
+    EXT_PGS mbuf counts its nrdy pages, any other mbuf one), as a failed page-in
+    or encryption does with the batch that will never become ready."""
+    i = 0
+    while i < count and m is not None:
+        i += 1
+        if m.m_flags & M_NOMAP:
+            pgs = m.ext_pgs
+            pgs.nrdy -= 1
+            if pgs.nrdy > 0:
+                continue
+        m = m_free(m)
+    kassert(i == count, "mb_free_notready: removed only %s of %s", i, count)
 
 
 # ---------------------------------------------------------------------------
@@ -588,7 +608,7 @@ def mb_dupcl(n: Mbuf, m: Mbuf) -> None:
     # ext_free and ext_arg1 lie past m_ext_copylen: duplicates do not carry them.
     n.m_ext = ext
     n.m_dat = None
-    n.m_flags |= M_EXT | (m.m_flags & _M_DUP_INHERIT) | M_RDONLY
+    n.m_flags |= M_EXT | (m.m_flags & _M_DUP_INHERIT)  # read-only only if m is
     mref.m_ext.ext_count += 1
     if src.ext_type == EXT_SFBUF:
         n.m_kern.stats.mb.sfbuf_mbufs_in_use += 1

@@ -6,9 +6,10 @@ socket buffer is full:
 
 1. wait for space: proceed only if everything left fits, or at least the
    low-water mark (raised to at least sb_hiwat/2) is free;
-2. the headers (the HTTP response head) become mbufs on the first pass:
-   unmapped anonymous pages framed as their own TLS records when the socket has
-   a TLS session, ordinary mapped mbufs otherwise;
+2. the headers (the HTTP response head) become mbufs, no more of them than
+   sbspace allows (the rest on the next pass): unmapped anonymous pages framed
+   as their own TLS records when the socket has a TLS session, ordinary
+   mapped mbufs otherwise;
 3. the batch is `min(rem, space)` bytes, cut at a page boundary when more
    follows; its pages are looked up in the file's VM object and wired. Valid
    pages count `sendfile.pages_valid`; missing ones get fresh page frames and
@@ -17,9 +18,9 @@ socket buffer is full:
    another request is already reading is waited for, not read twice;
 4. the mbufs: unmapped EXT_PGS mbufs of up to MBUF_PEXT_MAX_PGS (19) pages,
    or 4 pages (one 16 KiB record) with TLS; or, when unmapped sendfile is off
-   (`kern.ipc.mb_use_ext_pgs=0`) and there is no TLS, one EXT_SFBUF mbuf per
-   page, each holding an sf_buf. While I/O is pending they are `M_NOTREADY`
-   and `nrdy` counts their pages;
+   (`kern.ipc.mb_use_ext_pgs=0`, where `ktls_enable_tx` refuses TLS with
+   ENXIO), one EXT_SFBUF mbuf per page, each holding an sf_buf. While I/O is
+   pending they are `M_NOTREADY` and `nrdy` counts their pages;
 5. with TLS the chain is framed into records (`ktls_frame`) and, once its pages
    are valid, queued to the encryption workers (`ktls_enqueue`); otherwise it
    becomes ready (`pru_ready`) when its I/O completes (`sendfile_iodone`).
@@ -27,13 +28,25 @@ socket buffer is full:
 The last read of a batch reads ahead (rest of the request up to MAXPHYS, or
 `--readahead N` pages); those pages enter the cache unwired.
 
-Models: sys/kern/kern_sendfile.c (`kern_sendfile`, `sendfile_swapin`,
-`sendfile_iodone`, `sendfile_free_mext_pg`).
+A failed read aborts the connection (EIO) and frees the batch's not-ready
+mbufs at once (`mb_free_notready`); ready data stays until the socket closes.
 
-Deliberate differences: a busy page is waited for instead of being substituted
-by `bogus_page`. If a file shrinks below the size it had when it was looked
-up, the read comes up short and the connection is aborted with EIO, so a
-response never mixes bytes of two versions.
+Models: sys/kern/kern_sendfile.c (`kern_sendfile`, `sendfile_swapin`,
+`sendfile_iodone`, `sendfile_free_mext_pg`) and the `sfstat` counters where
+it bumps them (mbuf/counters.py says what each one counts).
+
+Deliberate differences: a read stops at a valid page and another starts after
+it, where the kernel reads across valid pages in the middle of a run and
+gives them to the pager as `bogus_page`; so `sf_pages_bogus` is not kept. A
+page another read is bringing in is waited for (`sendfile.busy_waits`), as
+vm_page_grab_pages sleeps; `sf_busy` (SF_NODISKIO only) is not kept. A
+`SendfileJob` resumed after NEED_SPACE is one call (a blocking sendfile):
+`sendfile.syscalls` counts it once. The wait for space asks room for the
+headers too (the kernel only for the file bytes). If a file shrinks below
+the size it had when it was looked up, the read comes up short and the
+connection is aborted with EIO, so a response never mixes bytes of two
+versions. pru_abort does not flush the ready part of the send buffer at
+once (the kernel's does); the socket's close does.
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ from mbuf.mbuf import (
     m_extadd,
     m_get,
     mb_alloc_ext_pgs,
+    mb_free_notready,
 )
 from mbuf.param import (
     MAXPHYS,
@@ -99,7 +113,7 @@ class SfIo:
 
 
 class SendfileJob:
-    __slots__ = ("_open", "fd", "hdr", "noio", "obj", "off", "rem", "sbytes", "so")
+    __slots__ = ("_open", "fd", "hdr", "obj", "off", "rem", "sbytes", "so")
 
     def __init__(
         self, so: Socket, obj: VmObject, fd: int, offset: int, nbytes: int, hdr: bytes = b""
@@ -115,10 +129,11 @@ class SendfileJob:
         self.rem = nbytes
         self.hdr: bytes | None = hdr or None
         self.sbytes = 0
-        self.noio = True
         obj.hold()  # the page cache keeps the object while this job uses it
         self._open = True
-        so.so_kern.stats.sf.syscalls += 1
+        st = so.so_kern.stats.sf
+        st.syscalls += 1
+        st.rhpages_requested += so.so_kern.readahead or 0  # SF_READAHEAD(flags)
 
     def close(self) -> None:
         """The call is over (done or abandoned): drop the hold on the VM object."""
@@ -178,7 +193,7 @@ def _swapin(
         if pg is not None and req is not None:
             # Busy: another request is reading it. Wait for that request.
             phys.page_wire(pg)
-            st.busy += 1
+            st.busy_waits += 1
             if id(req) not in waiting:
                 waiting.add(id(req))
                 req.waiters.append(sfio)
@@ -206,6 +221,8 @@ def _swapin(
         pages.append(pg)
     if run is not None and len(pages) == npages:
         _readahead(kern, job, run, first + npages)
+    if not new_io and npages:
+        st.noiocnt += 1  # "if (nios == 0 && npages != 0) SFSTAT_INC(sf_noiocnt)"
     return pages
 
 
@@ -231,7 +248,7 @@ def _readahead(kern: Kernel, job: SendfileJob, run: PagerRequest, pindex: int) -
         run.views.append(kern.phys.phys_view(pg.phys_addr))
         run.rahead += 1
         obj.busy[i] = run
-        st.rhpages_requested += 1
+        st.rhpages_read += 1  # SFSTAT_ADD(sf_rhpages_read, rhpages) when the read starts
 
 
 def _unwire_pages(kern: Kernel, pages: list[VmPage]) -> None:
@@ -319,7 +336,8 @@ def sendfile_step(job: SendfileJob, new_io: list[PagerRequest]) -> SendfileStatu
     sb = so.so_snd
     kern = so.so_kern
     tls = sb.sb_tls_info
-    unmapped = tls is not None or kern.mb_use_ext_pgs
+    kassert(tls is None or kern.mb_use_ext_pgs, "sendfile: TLS socket without ext_pgs (ENXIO)")
+    unmapped = kern.mb_use_ext_pgs
     max_pgs = howmany(tls.max_frame_len, PAGE_SIZE) if tls is not None else MBUF_PEXT_MAX_PGS
     lowat = max(sb.sb_lowat, sb.sb_hiwat // 2, PAGE_SIZE)
     while not job.done:
@@ -334,18 +352,21 @@ def sendfile_step(job: SendfileJob, new_io: list[PagerRequest]) -> SendfileStatu
             return SendfileStatus.NEED_SPACE
         mh: Mbuf | None = None
         if job.hdr is not None:
+            # m_uiotombuf(hdr_uio, M_WAITOK, space, ...): no more of the headers than
+            # sbspace allows; the rest waits for the next pass, as hdr_uio's resid does.
+            take = min(hdrlen, max(space, 0))
             try:
                 mh = m_uiotombuf(
                     kern,
-                    job.hdr,
+                    job.hdr[:take],
                     nomap=tls is not None,
                     maxseg=tls.max_frame_len if tls is not None else 0,
                 )
             except NoMemory:
                 return SendfileStatus.NEED_MEMORY
-            space -= hdrlen
-            job.sbytes += hdrlen
-            job.hdr = None
+            space -= take
+            job.sbytes += take
+            job.hdr = job.hdr[take:] or None
         chunk = min(job.rem, max(space, 0))
         if chunk < job.rem:
             end = trunc_page(job.off + chunk)
@@ -390,8 +411,6 @@ def sendfile_step(job: SendfileJob, new_io: list[PagerRequest]) -> SendfileStatu
             else:
                 _unwire_pages(kern, pages)
         new_io.extend(new_reads)
-        if sfio.nios > 1:
-            job.noio = False
         if m is None and mh is None:
             kassert(sfio.nios == 1, "sendfile: I/O started for an empty batch")
             return SendfileStatus.NEED_MEMORY
@@ -399,8 +418,6 @@ def sendfile_step(job: SendfileJob, new_io: list[PagerRequest]) -> SendfileStatu
         job.rem -= chunk
         job.sbytes += chunk
         _append_batch(so, sfio, mh, m, chunk)
-    if job.noio:
-        kern.stats.sf.noiocnt += 1
     return SendfileStatus.DONE
 
 
@@ -459,10 +476,14 @@ def sendfile_iodone(sfio: SfIo) -> None:
     """The last I/O of a batch finished: abort on error, else hand the batch on."""
     so = sfio.so
     so.so_pending -= 1
-    if sfio.error:
-        so.soabort(errno.EIO)
-        return
     assert sfio.m is not None
+    if sfio.error:
+        # "Protocol abort method would tear down protocol state, free all ready
+        # mbufs and detach not ready ones. We will free the mbufs corresponding
+        # to this I/O manually": at once, not when the socket closes.
+        so.soabort(errno.EIO)
+        mb_free_notready(so.so_snd.sbcut_notready(sfio.m, sfio.npages), sfio.npages)
+        return
     if sfio.tls is not None:
         sfio.tls.ktls_enqueue(so, sfio.m, sfio.npages)
     else:
@@ -479,13 +500,11 @@ def vm_pager_iodone(kern: Kernel, req: PagerRequest) -> None:
         if not req.error:
             kern.phys.page_validate(pg)
     if req.rahead:
-        if not req.error:
-            kern.stats.sf.rhpages_read += req.rahead
         for pg in req.pages[-req.rahead :]:
             kern.phys.page_unwire(pg)  # into the cache (or freed, if the read failed)
-    if not req.error:
-        kern.stats.vm.page_faults += len(req.pages)
-    else:
+    kern.stats.vm.vnodein += 1
+    kern.stats.vm.vnodepgsin += len(req.pages)
+    if req.error:
         kern.stats.sf.io_errors += 1
         if req.changed:
             kern.stats.sf.file_changed += 1

@@ -284,6 +284,40 @@ class SockBuf:
         if self.sb_sndptr is not None:
             self.sb_sndptroff = max(0, self.sb_sndptroff - dropped)
 
+    def sbcut_notready(self, m: Mbuf, count: int) -> Mbuf:
+        """Unlink the not-ready batch that starts at m and covers `count` pages
+        (accounting removed; pru_abort's sbcut detaches not-ready mbufs the same
+        way) and return it for mb_free_notready. Ready data stays until close."""
+        prev: Mbuf | None = None
+        n = self.sb_mb
+        while n is not None and n is not m:
+            prev = n
+            n = n.m_next
+        kassert(n is m, "sbcut_notready: %r is not in the buffer", m)
+        last = m
+        cur: Mbuf | None = m
+        while cur is not None and count > 0:
+            kassert(cur.m_flags & M_NOTREADY, "sbcut_notready: %r is ready", cur)
+            count -= cur.ext_pgs.nrdy if cur.m_flags & M_NOMAP else 1
+            self.sbfree(cur)
+            last = cur
+            cur = cur.m_next
+        kassert(count == 0, "sbcut_notready: batch short by %s pages", count)
+        last.m_next = None
+        if prev is None:
+            self.sb_mb = cur
+        else:
+            prev.m_next = cur
+        if cur is None:
+            self.sb_mbtail = prev
+        fnrdy = self.sb_mb
+        while fnrdy is not None and not fnrdy.m_flags & M_NOTREADY:
+            fnrdy = fnrdy.m_next
+        self.sb_fnrdy = fnrdy
+        self.sb_sndptr = None  # walk again from the head
+        self.sb_sndptroff = 0
+        return m
+
     def sbflush(self) -> None:
         """Free everything, ready or not (connection closed or aborted)."""
         m = self.sb_mb

@@ -186,6 +186,12 @@ class ServerConfig:
             raise ConfigError(f"--default-type: {self.default_type!r} is not a media type")
         if self.http and self.keylog is not None:
             raise ConfigError("--keylog makes no sense with --http")
+        if not self.http and self.ktls and not self.sendfile_nomap:
+            # ktls_enable_tx refuses a socket when kern.ipc.mb_use_ext_pgs is 0.
+            raise ConfigError(
+                "--ktls with --no-sendfile-nomap: KTLS needs unmapped mbufs "
+                "(ktls_enable_tx fails with ENXIO); add --no-ktls or drop --no-sendfile-nomap"
+            )
         if self.tls_profile not in TLS_PROFILES:
             names = " or ".join(TLS_PROFILES)
             raise ConfigError(f"--tls-profile: {self.tls_profile!r} is not {names}")

@@ -517,7 +517,7 @@ def test_two_connections_send_a_file_under_io(
             assert sendfile_step(job, io) is SendfileStatus.DONE
             reads.append(io)
         assert reads[0] and not reads[1]  # one read, two waiters
-        assert kern.stats.sf.pages_read == kern.stats.sf.busy == npages
+        assert kern.stats.sf.pages_read == kern.stats.sf.busy_waits == npages
         assert all(c.pump() == 0 for c in conns)  # nothing is ready before the read
         for req in reads[0]:
             req.run()

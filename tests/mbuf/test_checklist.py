@@ -1105,7 +1105,7 @@ def test_item10_everything_left_fits_goes_below_lowat(
 
 
 @pytest.mark.parametrize("mb_use_ext_pgs", [True, False])
-def test_item11_disk_error_aborts_with_eio_and_close_frees_everything(
+def test_item11_disk_error_aborts_with_eio_and_frees_the_batch_at_once(
     make_file: MakeFile, mb_use_ext_pgs: bool
 ) -> None:
     kern = Kernel(SMALL_MEM, mb_use_ext_pgs=mb_use_ext_pgs)
@@ -1122,8 +1122,11 @@ def test_item11_disk_error_aborts_with_eio_and_close_frees_everything(
     assert all(r.error for r in io)
     assert so.so_error == errno.EIO
     assert so.so_snd.sb_state & SBS_CANTSENDMORE and so.so_pending == 0
-    # Nothing of the failed batch is ever available to TCP.
-    assert so.so_snd.sb_acc == len(head)
+    # Nothing of the failed batch is ever available to TCP, and it is freed at
+    # once (mb_free_notready), not when the socket closes: only the ready head is left.
+    assert so.so_snd.sb_acc == so.so_snd.sb_ccc == len(head)
+    assert kern.stats.sfbuf.in_use == 0 or not mb_use_ext_pgs
+    assert kern.stats.vm.pages_wired <= 2  # the first batch's pages, if not yet sent
     assert head.startswith(drain(so))
     with pytest.raises(OSError) as ei:
         sendfile_step(SendfileJob(so, tf.obj(kern), tf.fd, 0, 1), [])

@@ -222,12 +222,13 @@ def test_sendfile_second_send_hits_the_cache(make_file: MakeFile) -> None:
     assert sendfile_all(kern, so, tf, 0, size) == tf.data
     st = kern.stats.sf
     assert (st.pages_read, st.pages_valid, st.noiocnt, st.iocnt) == (11, 0, 0, 1)
-    assert kern.stats.vm.page_faults == 11
+    assert (kern.stats.vm.vnodein, kern.stats.vm.vnodepgsin) == (1, 11)
     job = SendfileJob(so, tf.obj(kern), tf.fd, 0, size)
     io: list[PagerRequest] = []
     assert sendfile_step(job, io) is SendfileStatus.DONE
     assert io == []
     assert so.so_snd.sb_acc == size  # ready at once: no I/O
+    # sf_noiocnt counts batches that started no read: this call's one batch.
     assert (st.pages_read, st.pages_valid, st.noiocnt, st.iocnt) == (11, 11, 1, 1)
     assert take_ready(so.so_snd) == tf.data
     soclose(so)
@@ -283,7 +284,7 @@ def test_two_sockets_share_in_flight_reads(make_file: MakeFile) -> None:
     assert sendfile_step(SendfileJob(a, obj, tf.fd, 0, size), io_a) is SendfileStatus.DONE
     assert sendfile_step(SendfileJob(b, obj, tf.fd, 100, size - 100), io_b) is SendfileStatus.DONE
     assert io_b == []  # nothing read twice
-    assert kern.stats.sf.busy == 9
+    assert kern.stats.sf.busy_waits == 9
     assert kern.stats.sf.pages_read == 9
     assert a.so_pending == b.so_pending == 1
     assert a.so_snd.sb_acc == b.so_snd.sb_acc == 0
@@ -291,7 +292,7 @@ def test_two_sockets_share_in_flight_reads(make_file: MakeFile) -> None:
     assert a.so_pending == b.so_pending == 0
     assert take_ready(a.so_snd) == tf.data
     assert take_ready(b.so_snd) == tf.data[100:]
-    assert kern.stats.vm.page_faults == 9
+    assert (kern.stats.vm.vnodein, kern.stats.vm.vnodepgsin) == (1, 9)
     soclose(a)
     soclose(b)
     assert kern.leaks() == {}
@@ -372,6 +373,8 @@ def test_file_shrinking_after_lookup_aborts_with_eio(make_file: MakeFile) -> Non
     assert so.so_error == errno.EIO
     assert so.so_snd.sb_acc == 0  # nothing of the short read is ever sent
     assert so.so_pending == 0
+    assert so.so_snd.sb_ccc == 0 and so.so_snd.sb_mb is None  # mb_free_notready: freed now
+    assert kern.stats.vm.pages_wired == 0 and kern.stats.mb.ext_pgs_in_use == 0
     with pytest.raises(OSError) as ei:
         sendfile_step(SendfileJob(so, obj, tf.fd, 0, 1), [])
     assert ei.value.errno == errno.EIO

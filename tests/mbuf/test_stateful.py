@@ -145,7 +145,6 @@ VARIANTS = (
     # No checksum offload: convert, then checksum in software; no TSO either.
     Variant("sw_csum", True, capenable=IFCAP_NOMAP),
     Variant("fake_tls", True, tls="fake"),
-    Variant("fake_tls_no_ext_pgs", False, tls="fake"),  # TLS builds unmapped mbufs anyway
     # Real encryption into reserved ciphertext frames; file pages released after.
     Variant("ktls", True, tls="real"),
 )

@@ -79,12 +79,15 @@ def test_unmapped_to_ext_random_chains(specs: list[Any], seed: int, data: st.Dat
     st_ = kern.stats
     before = (st_.sfbuf.in_use, st_.ip.unmapped_pages_mapped, st_.ip.unmapped_mbufs_converted)
 
-    all_empty_unmapped = all(m.m_flags & M_NOMAP and m.m_len == 0 for m in chain(top))
+    # An unmapped mbuf with nothing in range and no header byte left converts to
+    # nothing, which the 2019 code takes for a failure: the chain is freed.
+    fails = any(
+        m.m_flags & M_NOMAP and m.m_len == 0 and m.m_data >= m.ext_pgs.hdr_len for m in chain(top)
+    )
 
     out = mb_unmapped_to_ext(top)
 
-    if all_empty_unmapped:
-        # Nothing is left to convert: the chain is freed and the result is empty.
+    if fails:
         assert out is None
         assert kern.leaks() == {}
         return
@@ -146,7 +149,9 @@ def test_unmapped_to_ext_header_page_trailer_pieces(trim: int) -> None:
     assert kern.leaks() == {}
 
 
-def test_unmapped_to_ext_keeps_pkthdr() -> None:
+def test_unmapped_to_ext_does_not_carry_the_pkthdr() -> None:
+    """The 2019 _mb_unmapped_to_ext builds plain m_get mbufs and never moves the
+    pkthdr (ip_output's chains start with the mapped header mbuf, which has it)."""
     kern = Kernel(PHYS)
     rng = random.Random(2)
     m, expected = make_pgs(
@@ -155,9 +160,8 @@ def test_unmapped_to_ext_keeps_pkthdr() -> None:
     m.m_pkthdr_csum_flags = 0x15
     out = mb_unmapped_to_ext(m)
     assert out is not None
-    assert out.m_flags & M_PKTHDR
-    assert out.m_pkthdr_len == len(expected) and out.m_pkthdr_csum_flags == 0x15
-    assert not any(p.m_flags & M_PKTHDR for p in list(chain(out))[1:])
+    assert not any(p.m_flags & M_PKTHDR for p in chain(out))
+    assert m_copydata(out, 0, len(expected)) == expected
     m_freem(out)
     assert kern.leaks() == {}
 
@@ -180,18 +184,33 @@ def test_unmapped_to_ext_of_a_duplicate_keeps_the_owner() -> None:
     assert kern.leaks() == {}
 
 
-def test_unmapped_to_ext_drops_empty_unmapped_mbufs() -> None:
+def test_unmapped_to_ext_keeps_an_empty_mbuf_with_its_header_in_range() -> None:
+    """An empty unmapped mbuf whose trim offset is still in its header becomes an
+    empty plain mbuf, as the 2019 code makes one for the header part."""
     kern = Kernel(PHYS)
     rng = random.Random(4)
     a, adata = make_plain(kern, 10, rng)
-    b, _ = make_pgs(kern, rng, npgs=1, first_pg_off=0, last_pg_len=100)
-    b.m_data, b.m_len = 100, 0
+    b, _ = make_pgs(kern, rng, npgs=1, first_pg_off=0, last_pg_len=100, hdr=b"HDR")
+    b.m_data, b.m_len = 1, 0
     c, cdata = make_pgs(kern, rng, npgs=1, first_pg_off=0, last_pg_len=100)
     out = mb_unmapped_to_ext(link(a, b, c))
     assert out is a
-    assert [p.m_len for p in chain(out)] == [10, 100]
+    assert [p.m_len for p in chain(out)] == [10, 0, 100]
     assert m_copydata(out, 0, 110) == adata + cdata
     m_freem(out)
+    assert kern.leaks() == {}
+
+
+def test_unmapped_to_ext_fails_on_an_empty_mbuf_without_header() -> None:
+    """Nothing in range and no header: the 2019 code's result is NULL, which
+    mb_unmapped_to_ext takes for a failure; the whole chain is freed."""
+    kern = Kernel(PHYS)
+    rng = random.Random(4)
+    a, _ = make_plain(kern, 10, rng)
+    b, _ = make_pgs(kern, rng, npgs=1, first_pg_off=0, last_pg_len=100)
+    b.m_data, b.m_len = 100, 0
+    c, _ = make_pgs(kern, rng, npgs=1, first_pg_off=0, last_pg_len=100)
+    assert mb_unmapped_to_ext(link(a, b, c)) is None
     assert kern.leaks() == {}
 
 

@@ -46,6 +46,8 @@ def _one_line_error(res: subprocess.CompletedProcess[str], needle: str) -> None:
         (["serve", "--cert", "/etc/hostname"], "go together"),
         (["serve", "--ktls-workers", "-1"], "--ktls-workers"),
         (["serve", "--sndbuf", "1"], "--sndbuf"),
+        (["serve", "--no-sendfile-nomap"], "ENXIO"),  # --ktls is the default
+        (["serve", "--ktls", "--no-sendfile-nomap"], "ENXIO"),
         (["stat", "--admin", "127.0.0.1:1"], "cannot reach admin"),
         ([], "required"),
     ],
