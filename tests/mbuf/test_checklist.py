@@ -97,7 +97,7 @@ from tests.support.pair import (
     run_io,
 )
 from tests.support.tlsseal import open_stream
-from tests.support.wire import drain, tcp_checksum_ok
+from tests.support.wire import drain, fold16, tcp_checksum_ok
 
 MakeFile = Callable[[bytes], DiskFile]
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
@@ -159,7 +159,8 @@ def test_item01_one_counter_on_the_owner_and_ext_free_runs_once(order: tuple[int
         assert ext.ext_pgs is oext.ext_pgs  # E1: the ext_pgs object is shared
         assert ext.ext_free is None and ext.ext_arg1 is None  # past m_ext_copylen
         assert not ext.ext_flags & EXT_FLAG_EMBREF
-        assert d.m_flags & M_RDONLY and d.m_flags & M_NOMAP
+        # mb_dupcl passes the source's M_RDONLY on; mb_alloc_ext_pgs set it.
+        assert d.m_flags & M_RDONLY and d.m_flags & M_NOMAP and owner.m_flags & M_RDONLY
     assert m_copydata(d2, 0, d2.m_len) == data[7:]
     ms = [owner, d1, d2]
     for k, i in enumerate(order):
@@ -897,8 +898,11 @@ def test_item08_convert_for_checksum_or_missing_nomap(
         th_sum = struct.unpack_from("!H", packet, 36)[0]
         if sw_csum:
             assert tcp_checksum_ok(packet)
+            assert fold16(packet[:20]) == 0xFFFF  # CSUM_IP not offloaded: in_cksum_hdr
         else:
             assert th_sum == 0  # left for the NIC
+            assert packet[10:12] == b"\0\0"  # ip_sum too
+    assert st.sw_hdr_csum == (npkts if sw_csum else 0)
     assert drain(so) == tf.data[1:]
     soclose(so)
     assert kern.leaks() == {}
