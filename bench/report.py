@@ -373,7 +373,7 @@ def markdown(s: Summary) -> str:
         f"{mach['memory_bytes'] / (1 << 30):.1f} GiB, Linux {mach['kernel']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()),
         f"- nomapd extra arguments: `{' '.join(m['nomapd_args']) or 'none'}`; "
-        f"--phys-mem {m['phys_mem'] / MIB:.0f} MiB",
+        f"--phys-mem {m['phys_mem'] / MIB:.0f} MiB; core {m.get('nomapd_core', 'unknown')}",
         "",
         "## Method",
         "",

@@ -22,6 +22,8 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from mbuf.kassert import kassert
 from mbuf.mbuf import (
     EXT_SFBUF,
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from mbuf.kern import Kernel
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no native subclass of OSError
 class NoMemory(OSError):
     """Physical pages ran out: the caller waits (vm_wait) and retries."""
 
@@ -254,7 +257,7 @@ def mb_unmapped_to_ext(top: Mbuf) -> Mbuf | None:
     """
     prev: Mbuf | None = None
     m: Mbuf | None = top
-    head = top
+    head: Mbuf | None = top  # None once every mbuf was empty and dropped
     converted = 0
     while m is not None:
         nxt = m.m_next
@@ -280,7 +283,7 @@ def mb_unmapped_to_ext(top: Mbuf) -> Mbuf | None:
         converted += 1
         if sub is None:
             if prev is None:
-                head = nxt  # type: ignore[assignment]
+                head = nxt
             else:
                 prev.m_next = nxt
             m = nxt

@@ -356,6 +356,7 @@ BAD_EXPAND_LABEL: list[Any] = [
 ]
 
 
+@pytest.mark.pure_only
 @pytest.mark.parametrize(("alg", "secret", "label", "context", "length", "exc"), BAD_EXPAND_LABEL)
 def test_expand_label_rejects(
     alg: Any, secret: Any, label: Any, context: Any, length: Any, exc: type[Exception]
@@ -384,6 +385,7 @@ def test_tls13_functions_reject_tls12_suites(suite: CipherSuite) -> None:
         tls13_next_traffic_secret(suite, bytes(suite.hash().digest_size))
 
 
+@pytest.mark.pure_only
 def test_tls13_functions_reject_non_suite() -> None:
     with pytest.raises(TypeError, match="suite must be CipherSuite"):
         tls13_traffic_keys("TLS_AES_128_GCM_SHA256", bytes(32))  # type: ignore[arg-type]

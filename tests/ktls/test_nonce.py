@@ -59,6 +59,7 @@ def test_tls13_nonce_zero_iv_is_padded_seqno() -> None:
     )
 
 
+@pytest.mark.pure_only
 def test_tls13_nonce_accepts_bytearray() -> None:
     assert tls13_nonce(bytearray(IV), 1) == tls13_nonce(IV, 1)  # type: ignore[arg-type]
     assert isinstance(tls13_nonce(bytearray(IV), 1), bytes)  # type: ignore[arg-type]
@@ -76,6 +77,7 @@ def test_tls13_nonce_matches_bytewise_definition(iv: bytes, seqno: int) -> None:
     assert tls13_nonce_int(tls13_iv_int(iv), seqno) == nonce
 
 
+@pytest.mark.pure_only
 @pytest.mark.parametrize("seqno", [-1, SEQNO_LIMIT, 1.0, True])
 def test_tls13_nonce_int_rejects_seqno(seqno: Any) -> None:
     with pytest.raises((ValueError, TypeError)):
@@ -122,6 +124,7 @@ BAD_TLS13_NONCE: list[Any] = [
 ]
 
 
+@pytest.mark.pure_only
 @pytest.mark.parametrize(("iv", "seqno", "exc"), BAD_TLS13_NONCE)
 def test_tls13_nonce_rejects(iv: Any, seqno: Any, exc: type[Exception]) -> None:
     with pytest.raises(exc):
@@ -190,6 +193,7 @@ def test_tls13_aad(length: int, expected: str) -> None:
     assert tls13_aad(length) == bytes.fromhex(expected)
 
 
+@pytest.mark.pure_only
 @pytest.mark.parametrize(
     ("length", "exc"),
     [
