@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,dev]'
-	@$(PY) -c 'import mbuf; print("nomapd: core:", mbuf.CORE)'
+	@$(PY) -P mbuf/_core.py --say
 	touch $@
 
 # Compile again only if the sources differ from the last build's (by content):
@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 # rebuilds it before the next serve/test/check/bench.
 $(CORE): $(VENV)/.installed $(CORE_SOURCES) setup.py
 	@$(PY) -P mbuf/_core.py || $(PY) setup.py -q build_ext --inplace
-	@$(PY) -c 'import mbuf; print("nomapd: core:", mbuf.CORE)'
+	@$(PY) -P mbuf/_core.py --say
 	touch $@
 
 core: $(CORE)

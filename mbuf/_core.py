@@ -186,10 +186,17 @@ def _install() -> Choice:
     return choice
 
 
-def _main() -> int:
+def _main(argv: list[str]) -> int:
     """`python -P mbuf/_core.py`: exit 0 when the last build matches the sources (the
     Makefile's test whether to compile again; a failed build is not retried until a
-    source changes), 1 with the reason otherwise."""
+    source changes), 1 with the reason otherwise. `--say`: the core line, and the
+    reason the build failed if it did (pip shows no output of a build that installs)."""
+    if argv == ["--say"]:
+        choice = choose(ROOT, STAMP, dict(os.environ))
+        print(f"nomapd: core: {choice.describe}", flush=True)
+        if choice.build_failed:
+            print(f"nomapd: WARNING: {choice.build_failed}", flush=True)
+        return 0
     reason = stale_reason(ROOT, read_stamp(STAMP))
     if reason is not None:
         print(f"nomapd: compiling the core: {reason}", flush=True)
@@ -197,7 +204,7 @@ def _main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(_main(sys.argv[1:]))
 elif __name__ == "mbuf._core":  # not when setup.py loads this file by path
     CHOICE = _install()
     CORE = CHOICE.describe
