@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 ARGS   ?=
 # What ruff checks and formats (mypy's list is `files` in pyproject.toml; tests/test_lint.py reads this line).
-LINT_PATHS = server mbuf ktls bench tools tests
+LINT_PATHS = server mbuf ktls bench tools tests setup.py
 
 # The packages of CORE_PACKAGES in mbuf/_core.py (tests/test_core.py holds them equal).
 CORE_SOURCES = $(wildcard mbuf/*.py ktls/*.py bpf/*.py netmap/*.py)

@@ -10,8 +10,9 @@ what the Makefile runs) builds them in place, next to the `.py` files.
 After a successful compile, `mbuf/_build_stamp.json` records the sha256 of every
 compiled source; `mbuf._core` compares it at import and runs the pure core if a
 source changed since. If mypyc or the C compiler fails, the install goes on
-without extension modules, says so in a warning, and removes the stamp and any
-extension modules of an earlier build, so that nothing stale can run.
+without extension modules, says so in a warning, removes the extension modules
+of an earlier build (nothing stale can run) and writes the reason into the stamp:
+`make` does not retry until a source changes, and the server repeats the warning.
 
 NOMAPD_BUILD_PURE=1 skips the compiler on purpose (a pure install).
 """
@@ -44,6 +45,12 @@ def _load_core() -> ModuleType:
 
 
 core = _load_core()
+
+
+def brief(e: BaseException) -> str:
+    """An exception in one short line (a CompileError quotes the whole gcc command)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:117] + '...' if len(text) > 120 else text}"
 
 
 def warn(what: str) -> None:
@@ -82,13 +89,15 @@ def write_stamp(failed: str | None) -> str:
 class BuildCore(build_ext):
     """build_ext that falls back to a pure install when the C compiler fails."""
 
+    extensions: list[Any]
+
     def run(self) -> None:
         if not self.extensions:
             return
         try:
             super().run()
         except Exception as e:  # CompileError, LinkError, a missing compiler: all the same here
-            why = f"compiling the core failed ({type(e).__name__}: {e})"
+            why = f"compiling the core failed ({brief(e)})"
             warn(why)
             self.extensions = []
             remove_build_outputs()
@@ -127,7 +136,7 @@ def extensions() -> list[Any]:
     except BaseException as e:  # mypyc exits through SystemExit on type errors
         if isinstance(e, KeyboardInterrupt):
             raise
-        why = f"mypyc could not compile the core ({type(e).__name__}: {e}; its messages are above)"
+        why = f"mypyc could not compile the core ({brief(e)}; its messages are above)"
         warn(why)
         remove_build_outputs()
         write_stamp(why)

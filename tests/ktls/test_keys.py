@@ -352,11 +352,19 @@ BAD_EXPAND_LABEL: list[Any] = [
     pytest.param(hashes.SHA256, bytes(32), b"key", b"", -1, ValueError, id="length-neg"),
     pytest.param(hashes.SHA256, bytes(32), b"key", b"", 255 * 32 + 1, ValueError, id="length-big"),
     pytest.param(hashes.SHA256, bytes(32), b"key", b"", 16.0, TypeError, id="length-float"),
-    pytest.param(hashes.SHA256, bytes(32), b"key", b"", True, TypeError, id="length-bool"),
+    pytest.param(
+        hashes.SHA256,
+        bytes(32),
+        b"key",
+        b"",
+        True,
+        TypeError,
+        id="length-bool",
+        marks=pytest.mark.pure_only,
+    ),
 ]
 
 
-@pytest.mark.pure_only
 @pytest.mark.parametrize(("alg", "secret", "label", "context", "length", "exc"), BAD_EXPAND_LABEL)
 def test_expand_label_rejects(
     alg: Any, secret: Any, label: Any, context: Any, length: Any, exc: type[Exception]
