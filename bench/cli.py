@@ -226,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": ns.threads,
         "only": ns.only,
         "nomapd_args": nomapd_args,
+        "nomapd_cores": runner.cores,
         "phys_mem": phys_mem,
         "access_log": "nomapd --access-log off; nginx access_log off",
         "wall_s": 0.0,

@@ -374,6 +374,11 @@ def markdown(s: Summary) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()),
         f"- nomapd extra arguments: `{' '.join(m['nomapd_args']) or 'none'}`; "
         f"--phys-mem {m['phys_mem'] / MIB:.0f} MiB",
+        "- nomapd's core: "
+        + (
+            "; ".join(f"{row} {core}" for row, core in m.get("nomapd_cores", {}).items())
+            or "unknown"
+        ),
         "",
         "## Method",
         "",

@@ -31,6 +31,7 @@ class Row:
     tls: bool
     flags: tuple[str, ...] = ()
     title: str = ""
+    env: tuple[tuple[str, str], ...] = ()  # added to the server's environment
 
     @property
     def scheme(self) -> str:
@@ -39,6 +40,15 @@ class Row:
 
 ROWS: tuple[Row, ...] = (
     Row("nomapd-default", NOMAPD, True, (), "KTLS, NIC with IFCAP_NOMAP"),
+    # The same server on the interpreted core: the compiler's share, side by side.
+    Row(
+        "nomapd-default-pure",
+        NOMAPD,
+        True,
+        (),
+        "KTLS, NIC with IFCAP_NOMAP, pure core (NOMAPD_PURE=1)",
+        env=(("NOMAPD_PURE", "1"),),
+    ),
     Row("nomapd-no-nomap", NOMAPD, True, ("--no-nomap",), "KTLS, NIC without NOMAP"),
     Row(
         "nomapd-no-nomap-no-txcsum",

@@ -63,6 +63,8 @@ class Runner:
     tls: dict[str, dict[str, str | bool]] = field(default_factory=dict)
     rates: dict[tuple[str, str], float] = field(default_factory=dict)  # bytes/s
     phases: list[dict[str, float | str]] = field(default_factory=list)  # start/stop seconds
+    # Each nomapd row's core as its /stats says: "compiled (mypyc X.Y)" or "pure".
+    cores: dict[str, str] = field(default_factory=dict)
 
     def run(self, steps: list[Step]) -> list[RunRecord]:
         records: list[RunRecord] = []
@@ -128,6 +130,8 @@ class Runner:
         rec.command, expected = self.command(s, server, binary)
         pids = server.pids()
         before = _stats(server) if s.row.server == NOMAPD else None
+        if before is not None:
+            self.cores[s.row.name] = str(before.get("server.core", "unknown"))
         hwm = procfs.reset_hwm(pids)
         cpu0 = procfs.cpu_seconds(pids)
         sampling = contextlib.nullcontext(None) if hwm else procfs.RssSampler(server.pid)

@@ -126,6 +126,7 @@ def command(row: Row, port: int, admin: int, s: Setting) -> tuple[list[str], dic
         if row.tls:
             argv += ["--cert", str(s.cert), "--key", str(s.key)]
         env["NOMAPD_STATE_DIR"] = str(s.work / "nomapd-state")
+        env.update(row.env)
         return [*argv, *row.flags, *s.nomapd_args], env
     if row.server == NGINX:
         if s.nginx is None:

@@ -39,9 +39,11 @@ from __future__ import annotations
 import errno
 import logging
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from mypy_extensions import mypyc_attr
 
 from ktls.nonce import SEQNO_LIMIT, tls13_iv_int
 from ktls.ocf import ktls_ocf_encrypt
@@ -61,13 +63,22 @@ from mbuf.socket import Socket, pru_ready
 
 if TYPE_CHECKING:
     from mbuf.kern import Kernel
+    from mbuf.mbuf import MbufExtPgs
     from mbuf.sockbuf import SockBuf
+    from mbuf.vm_page import PhysMem
+
+    # ktls_ocf_encrypt: (session, memory, record, destination pages, scratch) -> plaintext bytes
+    SwEncrypt = Callable[["KtlsSession", PhysMem, MbufExtPgs, list[int] | None, bytearray], int]
 
 _TLS_HEADER = struct.Struct(">BHH")  # struct tls_record_layer: type, version, length
 
 log = logging.getLogger("nomapd.ktls")
 
 
+# Tests spy on the real session (SpyKtls in tests/mbuf/test_stateful.py and
+# test_checklist.py: the session itself, observed as it frames), so interpreted
+# subclasses are allowed; the data path calls it through the KtlsHook protocol anyway.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class KtlsSession:
     __slots__ = (
         "aead",
@@ -80,6 +91,7 @@ class KtlsSession:
         "records_encrypted",
         "reserved",
         "suite",
+        "sw_encrypt",
         "tls_hlen",
         "tls_tlen",
         "version",
@@ -126,6 +138,9 @@ class KtlsSession:
         self.reserved = 0  # frames set aside for ciphertext of wired file pages
         self.records_encrypted = 0  # per-session counters
         self.bytes_encrypted = 0
+        # struct ktls_session's sw_encrypt, set by ktls_ocf_try: the crypto backend,
+        # called per record; tests put a failing or recording one on a session.
+        self.sw_encrypt: SwEncrypt = ktls_ocf_encrypt
         st = kern.stats.ktls
         st.sessions_active += 1
         st.sessions_total += 1
@@ -286,7 +301,7 @@ class _EncryptBatch:
         phys = self.tls.kern.phys
         try:
             for r, dst in zip(self.records, self.dst, strict=True):
-                self.plain_bytes += ktls_ocf_encrypt(self.tls, phys, r.ext_pgs, dst, scratch)
+                self.plain_bytes += self.tls.sw_encrypt(self.tls, phys, r.ext_pgs, dst, scratch)
         except Exception as e:  # reported on the loop thread, never lost
             self.error = e
 

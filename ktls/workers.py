@@ -23,6 +23,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from mypy_extensions import mypyc_attr
+
 
 class WorkItem(Protocol):
     def run(self) -> None:
@@ -39,6 +41,10 @@ Post = Callable[[Callable[[], None]], None]
 _STOP = object()
 
 
+# tests/mbuf/test_stateful.py's DeferredWorkers holds batches until a rule runs
+# them: a stand-in the sessions must accept, so interpreted subclasses are allowed
+# (one call per batch, not per byte).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class KtlsWorkers:
     __slots__ = ("_next", "_post", "_queues", "_stopped", "_threads", "nthreads")
 

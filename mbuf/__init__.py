@@ -5,12 +5,14 @@ unmapped EXT_PGS layout, sf_bufs, socket buffers, sendfile, tcp_output,
 ip_output and the NIC model, each in the module named for it.
 """
 
+from mbuf._core import CORE  # first: it chooses the compiled or the pure core
 from mbuf.kern import Kernel
 from mbuf.mbuf import Mbuf, MbufExtPgs, MFlags, m_copydata, m_copym, m_freem
 from mbuf.socket import Socket, soclose, sosend
 from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
 
 __all__ = [
+    "CORE",
     "Kernel",
     "MFlags",
     "Mbuf",

@@ -14,21 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any
 
 
 class _Group:
-    prefix: ClassVar[str] = ""
-
     def items(self) -> list[tuple[str, int]]:
-        return [(f"{self.prefix}.{f.name}", getattr(self, f.name)) for f in fields(self)]  # type: ignore[arg-type]
+        prefix = PREFIXES[type(self)]
+        return [(f"{prefix}.{f.name}", getattr(self, f.name)) for f in fields(self)]  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
 class MbStat(_Group):
     """mbuf zones (`netstat -m`, `vmstat -z`): current and cumulative allocations."""
 
-    prefix: ClassVar[str] = "mbuf"
     mbufs_in_use: int = 0
     mbufs_total: int = 0
     mbufs_peak: int = 0
@@ -57,7 +55,6 @@ class SfStat(_Group):
     middle of a read, given to the pager as bogus_page: the model ends a read at a
     valid page and starts another after it, see `busy_waits`)."""
 
-    prefix: ClassVar[str] = "sendfile"
     syscalls: int = 0  # sf_syscalls: sendfile calls (a job resumed after a wait is one call)
     noiocnt: int = 0  # sf_noiocnt: batches (sendfile_swapin passes) that started no read
     iocnt: int = 0  # sf_iocnt: reads started (vm_pager_get_pages_async calls)
@@ -81,7 +78,6 @@ class SfStat(_Group):
 class SfBufStat(_Group):
     """sf_buf mappings: kern.ipc.nsfbufs{,used,peak} plus denials and waits."""
 
-    prefix: ClassVar[str] = "sfbuf"
     in_use: int = 0
     peak: int = 0
     total: int = 0
@@ -92,7 +88,6 @@ class SfBufStat(_Group):
 
 @dataclass(slots=True)
 class VmStat(_Group):
-    prefix: ClassVar[str] = "vm"
     pages_total: int = 0
     pages_free: int = 0
     pages_wired: int = 0  # wired file pages plus anonymous pages (v_wire_count)
@@ -107,7 +102,6 @@ class VmStat(_Group):
 
 @dataclass(slots=True)
 class IpStat(_Group):
-    prefix: ClassVar[str] = "ip"
     output_packets: int = 0
     output_bytes: int = 0
     unmapped_converted: int = 0  # chains converted by mb_unmapped_to_ext in ip_output
@@ -121,7 +115,6 @@ class IpStat(_Group):
 
 @dataclass(slots=True)
 class IfStat(_Group):
-    prefix: ClassVar[str] = "ifnet"
     tx_packets: int = 0  # packets (TSO bursts) handed to the NIC
     tx_segments: int = 0  # wire segments after TSO
     tx_bytes: int = 0  # bytes on the wire, including a 40-byte header per segment
@@ -135,7 +128,6 @@ class IfStat(_Group):
 
 @dataclass(slots=True)
 class KtlsStat(_Group):
-    prefix: ClassVar[str] = "ktls"
     sessions_active: int = 0
     sessions_total: int = 0
     records_framed: int = 0
@@ -155,7 +147,6 @@ class KtlsStat(_Group):
 
 @dataclass(slots=True)
 class SbStat(_Group):
-    prefix: ClassVar[str] = "sockbuf"
     mbufs_peak: int = 0  # most mbufs ever held by one send buffer (sb_mcnt)
     mbcnt_peak: int = 0  # most storage ever charged to one send buffer (sb_mbcnt)
     ccc_peak: int = 0
@@ -164,7 +155,6 @@ class SbStat(_Group):
 
 @dataclass(slots=True)
 class TcpStat(_Group):
-    prefix: ClassVar[str] = "tcp"
     connections: int = 0
     sndtotal: int = 0  # tcps_sndtotal: packets handed to ip_output (a TSO burst is one)
     sndpack: int = 0  # tcps_sndpack: data packets (all of the model's packets carry data)
@@ -174,6 +164,22 @@ class TcpStat(_Group):
     tso_segcount_cut: int = 0
     sndptr_walked: int = 0  # mbufs walked to find snd_nxt in send buffers
     drops: int = 0  # packets ip_output refused (resent later)
+
+
+# Each group's name in the snapshot ("mbuf.mbufs_in_use"). A plain table rather
+# than a ClassVar on the dataclasses, which mypyc does not compile (README,
+# "Compiled core").
+PREFIXES: dict[type[_Group], str] = {
+    MbStat: "mbuf",
+    SfStat: "sendfile",
+    SfBufStat: "sfbuf",
+    VmStat: "vm",
+    IpStat: "ip",
+    IfStat: "ifnet",
+    KtlsStat: "ktls",
+    SbStat: "sockbuf",
+    TcpStat: "tcp",
+}
 
 
 class Counters:
@@ -192,11 +198,15 @@ class Counters:
         self.sb = SbStat()
         self.tcp = TcpStat()
 
-    def snapshot(self) -> MappingProxyType[str, Any]:
-        out: dict[str, Any] = {}
-        for group in (
+    def groups(self) -> tuple[_Group, ...]:
+        """Every group, in the snapshot's order (compiled classes have no `__slots__` to walk)."""
+        return (
             self.ifnet, self.mb, self.sfbuf, self.sf, self.vm,
             self.ktls, self.ip, self.sb, self.tcp,
-        ):  # fmt: skip
+        )  # fmt: skip
+
+    def snapshot(self) -> MappingProxyType[str, Any]:
+        out: dict[str, Any] = {}
+        for group in self.groups():
             out.update(group.items())
         return MappingProxyType(out)

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from typing import NoReturn
 
+from mypy_extensions import mypyc_attr
 
+
+# mypyc compiles no native subclass of AssertionError: an ordinary Python class.
+@mypyc_attr(native_class=False)
 class KernelAssertion(AssertionError):
     """An invariant of the modeled kernel was violated (a bug, never bad input)."""
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from mbuf.kassert import kassert
 from mbuf.mbuf import (
     EXT_SFBUF,
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from mbuf.kern import Kernel
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no native subclass of OSError
 class NoMemory(OSError):
     """Physical pages ran out: the caller waits (vm_wait) and retries."""
 
@@ -249,7 +252,7 @@ def mb_unmapped_to_ext(top: Mbuf) -> Mbuf | None:
     """
     prev: Mbuf | None = None
     m: Mbuf | None = top
-    head = top
+    head: Mbuf = top
     converted = 0
     while m is not None:
         nxt = m.m_next

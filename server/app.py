@@ -39,6 +39,7 @@ from OpenSSL import SSL
 
 from ktls.handshake import make_server_context
 from ktls.workers import KtlsWorkers
+from mbuf import CORE
 from mbuf.kern import Kernel
 from server import errorlog
 from server.accesslog import AccessLog
@@ -133,6 +134,7 @@ class Server:
         snap.update(self.stats.snapshot())
         snap["server.connections_active"] = self.active
         snap["server.mode"] = self.mode()
+        snap["server.core"] = CORE  # "compiled (mypyc X.Y)" or "pure" (mbuf/_core.py)
         return snap
 
     def connections(self) -> list[dict[str, object]]:

@@ -12,6 +12,7 @@ import pathlib
 
 import trio
 
+from mbuf import _core
 from mbuf.ifnet import IfCap
 from server.certs import CertificateError, ensure_self_signed, fingerprint, load_check
 from server.config import ConfigError, ServerConfig
@@ -57,6 +58,9 @@ def announce(
         print(f"nomapd: counters on http://{admin[0]}:{admin[1]}/stats (nomapd stat)", flush=True)
     caps = cfg.capenable()
     names = ",".join(f.name.removeprefix("IFCAP_") for f in IfCap if f.name and caps & f.value)
+    print(f"nomapd: core: {_core.CORE}", flush=True)
+    if _core.CHOICE.build_failed and not _core.CHOICE.compiled:
+        print(f"nomapd: WARNING: {_core.CHOICE.build_failed}; run make to retry", flush=True)
     print(
         f"nomapd: mode {mode_name(cfg)}; nm0 options=<{names or 'none'}>; "
         f"sendfile {'unmapped' if cfg.sendfile_nomap else 'sf_buf'}; "

@@ -13,6 +13,7 @@ WORKLOADS: list[Workload] = [ONE_MIB, sweep_point(1), sweep_point(256), SMALL, H
 # headline figure (MB/s or requests/s) per row, the same for every workload
 SPEED = {
     "nomapd-default": 800.0,
+    "nomapd-default-pure": 450.0,
     "nomapd-no-nomap": 700.0,
     "nomapd-no-nomap-no-txcsum": 300.0,
     "nomapd-no-ktls": 600.0,

@@ -23,7 +23,7 @@ def test_rows_alternate_within_each_repetition() -> None:
 
 def test_only_matches_workload_row_and_tool() -> None:
     rows = list(ROWS)
-    plan = make_plan(workloads(False), rows, ["wrk", "h2load"], 1, 1.0, "nomapd-default")
+    plan = make_plan(workloads(False), rows, ["wrk", "h2load"], 1, 1.0, ":nomapd-default:")
     assert {s.row.name for s in plan} == {"nomapd-default"}
     assert len(plan) == len(workloads(False)) * 2
     plan = make_plan(workloads(False), rows, ["wrk", "h2load"], 1, 1.0, "^16k:.*:wrk$")

@@ -21,7 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 def test_quick_bench_against_nomapd_alone(tmp_path: pathlib.Path) -> None:
     assert shutil.which("wrk"), "wrk is not installed (apt-get install wrk; .ci/run does)"
-    argv = [sys.executable, "-m", "bench", "--quick", "--only", "nomapd-default"]
+    argv = [sys.executable, "-m", "bench", "--quick", "--only", ":nomapd-default:"]
     argv += ["--duration", "2", "--tools", "wrk", "--no-install", "--no-charts"]
     argv += ["--results", str(tmp_path)]
     res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)

@@ -51,7 +51,7 @@ def test_failed_encryption_aborts_the_connection(
     fail_at: int,
     threads: int,
 ) -> None:
-    real = ktls.ocf.ktls_ocf_encrypt  # what ktls.session calls
+    real = ktls.ocf.ktls_ocf_encrypt  # the session's sw_encrypt
     calls = []
 
     def failing(tls: Any, phys: Any, pgs: Any, dst: Any, scratch: bytearray) -> int:
@@ -60,12 +60,12 @@ def test_failed_encryption_aborts_the_connection(
             raise CryptoFailure("crypto(9) returned an error")
         return real(tls, phys, pgs, dst, scratch)
 
-    monkeypatch.setattr(ktls.session, "ktls_ocf_encrypt", failing)
     posted: queue.Queue[Callable[[], None]] = queue.Queue()
     workers = KtlsWorkers(threads, post=posted.put)
     pair = handshake(contexts, certs, CASES[0])
     kern = Kernel(PHYS_MEM)
     conn = KtlsConn(kern, workers, pair.hs.established(), pair)
+    conn.tls.sw_encrypt = failing
     wakeups: list[int] = []
     conn.so.so_upcall = lambda: wakeups.append(conn.so.so_error)
     data = os.urandom(SIZE)

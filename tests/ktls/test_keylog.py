@@ -96,6 +96,7 @@ def test_full_tls13_server_handshake_and_keys() -> None:
     assert keys.iv == bytes.fromhex("cf782b88dd83549aadf1e984")
 
 
+@pytest.mark.pure_only
 def test_feed_bytearray() -> None:
     log = KeyLog()
     log.feed(bytearray(line("EXPORTER_SECRET", SECRET32_HEX)))  # type: ignore[arg-type]
@@ -211,6 +212,7 @@ def test_error_messages_never_quote_the_secret(bad: bytes, match: str) -> None:
     assert SECRET32_HEX[:16] not in message
 
 
+@pytest.mark.pure_only
 @pytest.mark.parametrize("bad", ["CLIENT_RANDOM x y", None, 42, memoryview(b"x")])
 def test_feed_type_errors(bad: Any) -> None:
     with pytest.raises(TypeError, match="line must be bytes"):
@@ -234,6 +236,7 @@ def test_unknown_label_queries_rejected(bad: str) -> None:
         log.has(bad)
 
 
+@pytest.mark.pure_only
 @pytest.mark.parametrize("bad", [b"CLIENT_RANDOM", None, 1])
 def test_label_type_errors(bad: Any) -> None:
     log = KeyLog()

@@ -352,7 +352,16 @@ BAD_EXPAND_LABEL: list[Any] = [
     pytest.param(hashes.SHA256, bytes(32), b"key", b"", -1, ValueError, id="length-neg"),
     pytest.param(hashes.SHA256, bytes(32), b"key", b"", 255 * 32 + 1, ValueError, id="length-big"),
     pytest.param(hashes.SHA256, bytes(32), b"key", b"", 16.0, TypeError, id="length-float"),
-    pytest.param(hashes.SHA256, bytes(32), b"key", b"", True, TypeError, id="length-bool"),
+    pytest.param(
+        hashes.SHA256,
+        bytes(32),
+        b"key",
+        b"",
+        True,
+        TypeError,
+        id="length-bool",
+        marks=pytest.mark.pure_only,
+    ),
 ]
 
 
@@ -384,6 +393,7 @@ def test_tls13_functions_reject_tls12_suites(suite: CipherSuite) -> None:
         tls13_next_traffic_secret(suite, bytes(suite.hash().digest_size))
 
 
+@pytest.mark.pure_only
 def test_tls13_functions_reject_non_suite() -> None:
     with pytest.raises(TypeError, match="suite must be CipherSuite"):
         tls13_traffic_keys("TLS_AES_128_GCM_SHA256", bytes(32))  # type: ignore[arg-type]

@@ -59,6 +59,7 @@ def test_tls13_nonce_zero_iv_is_padded_seqno() -> None:
     )
 
 
+@pytest.mark.pure_only
 def test_tls13_nonce_accepts_bytearray() -> None:
     assert tls13_nonce(bytearray(IV), 1) == tls13_nonce(IV, 1)  # type: ignore[arg-type]
     assert isinstance(tls13_nonce(bytearray(IV), 1), bytes)  # type: ignore[arg-type]
@@ -76,7 +77,9 @@ def test_tls13_nonce_matches_bytewise_definition(iv: bytes, seqno: int) -> None:
     assert tls13_nonce_int(tls13_iv_int(iv), seqno) == nonce
 
 
-@pytest.mark.parametrize("seqno", [-1, SEQNO_LIMIT, 1.0, True])
+@pytest.mark.parametrize(
+    "seqno", [-1, SEQNO_LIMIT, 1.0, pytest.param(True, marks=pytest.mark.pure_only)]
+)
 def test_tls13_nonce_int_rejects_seqno(seqno: Any) -> None:
     with pytest.raises((ValueError, TypeError)):
         tls13_nonce_int(tls13_iv_int(IV), seqno)
@@ -111,7 +114,7 @@ BAD_TLS13_NONCE: list[Any] = [
     pytest.param(IV, SEQNO_LIMIT, ValueError, id="seq-2**64"),
     pytest.param(IV, SEQNO_LIMIT + 1, ValueError, id="seq-2**64+1"),
     pytest.param(IV, 1.0, TypeError, id="seq-float"),
-    pytest.param(IV, True, TypeError, id="seq-bool"),
+    pytest.param(IV, True, TypeError, id="seq-bool", marks=pytest.mark.pure_only),
     pytest.param(IV, "1", TypeError, id="seq-str"),
     pytest.param(IV[:11], 0, ValueError, id="iv-11"),
     pytest.param(IV + b"\0", 0, ValueError, id="iv-13"),
@@ -197,7 +200,7 @@ def test_tls13_aad(length: int, expected: str) -> None:
         (TLS13_MAX_CIPHERTEXT_LEN + 1, ValueError),
         (0x10000, ValueError),
         (17.0, TypeError),
-        (False, TypeError),
+        pytest.param(False, TypeError, marks=pytest.mark.pure_only),
     ],
 )
 def test_tls13_aad_rejects(length: Any, exc: type[Exception]) -> None:

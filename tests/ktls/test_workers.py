@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 import ktls.ocf
-import ktls.session
+import tests.ktls.harness
+from ktls.session import KtlsSession
 from ktls.workers import KtlsWorkers
 from mbuf.kern import Kernel
 from mbuf.socket import sosend
@@ -43,13 +44,21 @@ def workers(posted: Posted) -> Iterator[KtlsWorkers]:
 def encrypt_threads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """(thread name, record seqno) of every record encrypted, in encryption order."""
     calls: list[tuple[str, int]] = []
-    real = ktls.ocf.ktls_ocf_encrypt  # what ktls.session calls
+    real = ktls.ocf.ktls_ocf_encrypt  # the sessions' sw_encrypt
 
     def recording(tls: Any, phys: Any, pgs: Any, dst: Any, scratch: bytearray) -> int:
         calls.append((threading.current_thread().name, pgs.seqno))
         return real(tls, phys, pgs, dst, scratch)
 
-    monkeypatch.setattr(ktls.session, "ktls_ocf_encrypt", recording)
+    class RecordingSession(KtlsSession):
+        """A session whose crypto backend records each call (the compiled session
+        calls ktls_ocf_encrypt natively: patching the module function would not)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.sw_encrypt = recording
+
+    monkeypatch.setattr(tests.ktls.harness, "KtlsSession", RecordingSession)
     return calls
 
 

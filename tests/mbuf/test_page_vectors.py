@@ -20,7 +20,8 @@ MiB = 1 << 20
 
 
 def _stat(size: int = 8 * PAGE_SIZE) -> os.stat_result:
-    return os.stat_result((0o100644, 77, 1, 1, 0, 0, size, 0, 0, 0))
+    # All 16 fields: the page cache keys on st_mtime_ns (None in a 10-field stat_result).
+    return os.stat_result((0o100644, 77, 1, 1, 0, 0, size, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0))
 
 
 def test_alloc_is_one_ascending_run_and_free_gives_it_back() -> None:

@@ -69,6 +69,7 @@ from hypothesis.stateful import (
 from ktls.keys import TrafficKeys
 from ktls.session import KtlsSession
 from ktls.suites import SUITES
+from ktls.workers import KtlsWorkers
 from mbuf.ifnet import CSUM_DELAY_DATA, IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
 from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory, mb_unmapped_free_mext
@@ -161,11 +162,13 @@ LENGTHS = st.one_of(
 HDR_LENS = st.sampled_from([0, 0, 1, 225, 5000, 16385])
 
 
-class DeferredWorkers:
+class DeferredWorkers(KtlsWorkers):
     """Stands in for KtlsWorkers: a submitted batch waits until a rule runs it
-    (per session in order, as one worker thread per session's queue would)."""
+    (per session in order, as one worker thread per session's queue would).
+    A subclass, because the compiled KtlsSession takes nothing else."""
 
     def __init__(self) -> None:
+        super().__init__(0)
         self.items: list[Any] = []
 
     def pick_queue(self) -> int:
