@@ -10,7 +10,7 @@ scatter-gather list and no byte is copied in Python.
 
 The wire behind the NIC is the real host TCP socket of the connection. The
 host kernel makes its own TCP/IP headers, so the 40-byte header the model
-built is DMAed and counted but not written to the host socket; everything
+built (40 bytes, 60 over IPv6) is DMAed and counted but not written to the host socket; everything
 after it is. A packet's mbufs are freed (`m_freem`) when the host socket has
 taken all of its bytes, which is when the NIC would report the descriptor done.
 
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from mbuf.kassert import kassert
 from mbuf.mbuf import M_NOMAP, Mbuf, m_freem, m_iov
-from mbuf.param import IF_MTU, TCPIP_HDR_LEN
+from mbuf.param import IF_MTU, TCPIP6_HDR_LEN, TCPIP_HDR_LEN
 
 if TYPE_CHECKING:
     from mbuf.counters import IfStat
@@ -46,6 +46,8 @@ class IfCap(enum.IntFlag):
     IFCAP_TSO4 = 0x00100
     IFCAP_TSO6 = 0x00200
     IFCAP_LRO = 0x00400
+    IFCAP_RXCSUM_IPV6 = 0x100000
+    IFCAP_TXCSUM_IPV6 = 0x200000
     IFCAP_NOMAP = 0x4000000  # bit 26; renamed IFCAP_MEXTPG in 2021
     IFCAP_TXTLS4 = 0x8000000
     IFCAP_TXTLS6 = 0x10000000
@@ -53,6 +55,10 @@ class IfCap(enum.IntFlag):
 
 IFCAP_TXCSUM = int(IfCap.IFCAP_TXCSUM)
 IFCAP_TSO4 = int(IfCap.IFCAP_TSO4)
+IFCAP_TSO6 = int(IfCap.IFCAP_TSO6)
+IFCAP_RXCSUM = int(IfCap.IFCAP_RXCSUM)
+IFCAP_TXCSUM_IPV6 = int(IfCap.IFCAP_TXCSUM_IPV6)
+IFCAP_RXCSUM_IPV6 = int(IfCap.IFCAP_RXCSUM_IPV6)
 IFCAP_NOMAP = int(IfCap.IFCAP_NOMAP)
 
 # mbuf.h checksum flags (m_pkthdr.csum_flags, if_hwassist).
@@ -60,8 +66,17 @@ CSUM_IP = 0x00000001
 CSUM_IP_UDP = 0x00000002
 CSUM_IP_TCP = 0x00000004
 CSUM_IP_TSO = 0x00000010
+CSUM_IP6_UDP = 0x00000200
+CSUM_IP6_TCP = 0x00000400
+CSUM_IP6_TSO = 0x00001000
 CSUM_DELAY_DATA = CSUM_IP_TCP | CSUM_IP_UDP
-CSUM_TSO = CSUM_IP_TSO
+CSUM_DELAY_DATA_IPV6 = CSUM_IP6_TCP | CSUM_IP6_UDP
+CSUM_TSO = CSUM_IP_TSO | CSUM_IP6_TSO
+# Inbound: what the NIC verified (CSUM_L3_CALC/VALID, CSUM_L4_CALC/VALID).
+CSUM_IP_CHECKED = 0x01000000
+CSUM_IP_VALID = 0x02000000
+CSUM_PSEUDO_HDR = 0x04000000
+CSUM_DATA_VALID = 0x08000000
 
 IFQ_MAXLEN = 1024  # descriptors per transmit queue
 
@@ -72,24 +87,34 @@ class Ifnet:
     def __init__(self, capenable: int, stats: IfStat, name: str = "nm0") -> None:
         self.if_xname = name
         self.if_mtu = IF_MTU
-        self.if_capabilities = IFCAP_TXCSUM | int(IfCap.IFCAP_RXCSUM) | IFCAP_TSO4 | IFCAP_NOMAP
+        self.if_capabilities = (
+            IFCAP_TXCSUM | IFCAP_RXCSUM | IFCAP_TSO4 | IFCAP_NOMAP
+            | IFCAP_TXCSUM_IPV6 | IFCAP_RXCSUM_IPV6 | IFCAP_TSO6
+        )  # fmt: skip
         self.stats = stats
         self.if_capenable = 0
         self.if_hwassist = 0
         self.set_capenable(capenable)
 
     def set_capenable(self, caps: int) -> None:
-        """ifconfig [-]nomap / [-]txcsum / [-]tso. As in most drivers, TSO needs
-        transmit checksum offload, so turning TXCSUM off turns TSO off too."""
+        """ifconfig [-]nomap / [-]txcsum / [-]txcsum6 / [-]tso4 / [-]tso6. As in most
+        drivers, TSO needs transmit checksum offload of its family, so turning
+        TXCSUM (TXCSUM_IPV6) off turns TSO4 (TSO6) off too."""
         caps &= self.if_capabilities
         if not caps & IFCAP_TXCSUM:
             caps &= ~IFCAP_TSO4
+        if not caps & IFCAP_TXCSUM_IPV6:
+            caps &= ~IFCAP_TSO6
         self.if_capenable = caps
         assist = 0
         if caps & IFCAP_TXCSUM:
             assist |= CSUM_IP | CSUM_IP_TCP | CSUM_IP_UDP
         if caps & IFCAP_TSO4:
             assist |= CSUM_IP_TSO
+        if caps & IFCAP_TXCSUM_IPV6:
+            assist |= CSUM_IP6_TCP | CSUM_IP6_UDP
+        if caps & IFCAP_TSO6:
+            assist |= CSUM_IP6_TSO
         self.if_hwassist = assist
 
     def capenable_names(self) -> list[str]:
@@ -124,8 +149,9 @@ class IfTxQueue:
         """Load the chain for DMA and queue it. `nsegs` is the number of wire segments."""
         st = self.ifp.stats
         hdr = m
+        hdrlen = hdr.m_len
         kassert(
-            hdr.m_len == TCPIP_HDR_LEN and not hdr.m_flags & M_NOMAP,
+            hdrlen in (TCPIP_HDR_LEN, TCPIP6_HDR_LEN) and not hdr.m_flags & M_NOMAP,
             "if_transmit: packet must start with its mapped TCP/IP header",
         )
         segs: list[memoryview] = []
@@ -141,7 +167,7 @@ class IfTxQueue:
             n = n.m_next
         st.tx_packets += 1
         st.tx_segments += nsegs
-        st.tx_bytes += payload + TCPIP_HDR_LEN * nsegs
+        st.tx_bytes += payload + hdrlen * nsegs
         st.tx_dma_segments += len(segs) + 1
         st.tx_unmapped_mbufs += unmapped
         self.ring.append(TxPacket(m, segs, payload))

@@ -18,13 +18,21 @@ from types import MappingProxyType
 from typing import Any
 
 from mbuf.counters import Counters
-from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM, Ifnet, IfTxQueue
+from mbuf.ifnet import (
+    IFCAP_NOMAP,
+    IFCAP_TSO4,
+    IFCAP_TSO6,
+    IFCAP_TXCSUM,
+    IFCAP_TXCSUM_IPV6,
+    Ifnet,
+    IfTxQueue,
+)
 from mbuf.sf_buf import SfBufPool
 from mbuf.vm_object import PageCache
 from mbuf.vm_page import PhysMem
 
 DEFAULT_PHYS_MEM = 256 * 1024 * 1024
-DEFAULT_CAPENABLE = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
+DEFAULT_CAPENABLE = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4 | IFCAP_TXCSUM_IPV6 | IFCAP_TSO6
 
 
 class Kernel:

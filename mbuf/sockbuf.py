@@ -1,4 +1,9 @@
-"""Socket send buffers: accounting, readiness, and the hook KTLS hangs on them.
+"""Socket buffers: accounting, readiness, and the hook KTLS hangs on them.
+
+A socket has two: `so_snd`, filled by sosend/sendfile and drained by TCP as
+the peer acknowledges, and `so_rcv`, filled by tcp_input (`sbappendstream`
+of in-sequence data, in the clusters the NIC received it in) and drained by
+the reader (`soreceive`, then `sbdrop`).
 
 Theory of operation. Accounting as in the kernel:
   sb_ccc    all bytes in the buffer, ready or not ("claimed", sbused())
@@ -67,7 +72,8 @@ class KtlsHook(Protocol):
         ...
 
 
-SBS_CANTSENDMORE = 0x0010
+SBS_CANTSENDMORE = 0x0010  # can't send more data to peer
+SBS_CANTRCVMORE = 0x0020  # can't receive more data from peer (its FIN arrived)
 
 
 class SockBuf:
@@ -115,7 +121,7 @@ class SockBuf:
     def sbreserve(self, cc: int) -> None:
         """sbreserve: set the high-water mark and the storage limit."""
         if cc <= 0 or cc > SB_MAX:
-            raise ValueError(f"send buffer size {cc} outside 1..{SB_MAX}")
+            raise ValueError(f"socket buffer size {cc} outside 1..{SB_MAX}")
         self.sb_hiwat = cc
         self.sb_mbmax = min(cc * SB_EFFICIENCY, SB_MAX)
         self.sb_lowat = min(self.sb_lowat or 2048, cc)

@@ -1,4 +1,5 @@
-"""Sockets of the modeled kernel: send buffer, TCP state, flow queue, `sosend`.
+"""Sockets of the modeled kernel: send and receive buffers, TCP state, flow queue,
+`sosend` and `soreceive`.
 
 Theory of operation. A `Socket` is the kernel half of one accepted TCP
 connection. The server owns the matching host socket and drives this one
@@ -7,6 +8,10 @@ without blocking: `sosend`/`sendfile` append what `sbspace` allows,
 server writes the queue to the host socket and reports what it took with
 `tcp_acked`.
 
+What the client sends comes the other way (mbuf/tcp_input.py): tcp_input
+appends in-sequence data to `so_rcv` and `soreceive` hands it to the reader,
+freeing the clusters it came in.
+
 Work that finishes off the event loop (disk reads, encryption) is announced
 through `so_upcall`, which the server sets to wake its connection task
 (the kernel's `sowwakeup`). `so_pending` counts such work still holding
@@ -14,7 +19,8 @@ mbufs of this socket; a socket is only torn down (`soclose`) once it is zero,
 because an encryption worker or a disk read may still be writing into pages
 those mbufs own.
 
-Models: sys/kern/uipc_socket.c (`sosend_generic`, `soclose`), the `sowwakeup`
+Models: sys/kern/uipc_socket.c (`sosend_generic`, `soreceive_stream`,
+`soclose`), the `sowwakeup`
 upcall and the `pru_ready` / `pru_abort` protocol entries.
 """
 
@@ -27,7 +33,9 @@ from typing import TYPE_CHECKING
 from mbuf.kassert import kassert
 from mbuf.ktls_hdr import TLS_RLTYPE_ALERT, TLS_RLTYPE_APP, TLS_RLTYPE_HANDSHAKE
 from mbuf.mb_unmapped import m_uiotombuf
-from mbuf.sockbuf import SBS_CANTSENDMORE, SockBuf
+from mbuf.mbuf import m_copydata
+from mbuf.param import SB_RCVBUF_DEFAULT
+from mbuf.sockbuf import SBS_CANTRCVMORE, SBS_CANTSENDMORE, SockBuf
 from mbuf.tcp_output import TcpCb
 
 if TYPE_CHECKING:
@@ -43,6 +51,7 @@ __all__ = [
     "Socket",
     "pru_ready",
     "soclose",
+    "soreceive",
     "sosend",
 ]
 
@@ -53,15 +62,19 @@ class Socket:
         "so_ip_id",
         "so_kern",
         "so_pending",
+        "so_rcv",
         "so_snd",
         "so_tcp",
         "so_txq",
         "so_upcall",
     )
 
-    def __init__(self, kern: Kernel, tcp: TcpCb, sndbuf: int) -> None:
+    def __init__(
+        self, kern: Kernel, tcp: TcpCb, sndbuf: int, rcvbuf: int = SB_RCVBUF_DEFAULT
+    ) -> None:
         self.so_kern = kern
         self.so_snd = SockBuf(sndbuf, kern.stats.sb)
+        self.so_rcv = SockBuf(rcvbuf, kern.stats.sb_rcv)
         self.so_tcp = tcp
         self.so_txq: IfTxQueue = kern.new_txq()
         self.so_error = 0
@@ -122,6 +135,25 @@ def sosend(so: Socket, data: bytes | memoryview, record_type: int = TLS_RLTYPE_A
     return n
 
 
+def soreceive(so: Socket, uio_resid: int) -> bytes:
+    """soreceive_stream: copy up to `uio_resid` bytes out of the receive buffer
+    (m_copydata, the kernel's uiomove) and free them (sbdrop). b"" when nothing is
+    buffered: at the end of the stream (SBS_CANTRCVMORE) that is end of file,
+    otherwise the reader would block (EWOULDBLOCK on a non-blocking socket)."""
+    sb = so.so_rcv
+    n = min(sb.sb_acc, uio_resid)
+    if n <= 0:
+        return b""
+    data = m_copydata(sb.sb_mb, 0, n)
+    sb.sbdrop(n)
+    return data
+
+
+def soreadable(so: Socket) -> bool:
+    """soreadable: data to read, or the peer's FIN (a read returns at once)."""
+    return so.so_rcv.sb_acc > 0 or bool(so.so_rcv.sb_state & SBS_CANTRCVMORE)
+
+
 def pru_ready(so: Socket, m: Mbuf, count: int) -> int:
     """pru_ready: `count` pages from m are ready. The owner runs tcp_output next."""
     return so.so_snd.sbready(m, count)
@@ -133,4 +165,6 @@ def soclose(so: Socket) -> None:
     so.so_snd.sb_state |= SBS_CANTSENDMORE
     so.so_txq.drain()
     so.so_snd.sbflush()
+    so.so_rcv.sb_state |= SBS_CANTRCVMORE
+    so.so_rcv.sbflush()  # sorflush: what the reader never took
     so.so_upcall = _no_upcall

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from ktls.handshake import TLS_PROFILES
-from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
+from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TSO6, IFCAP_TXCSUM, IFCAP_TXCSUM_IPV6
 from mbuf.param import IP_MAXPACKET, PAGE_SIZE, SB_MAX, SB_SNDBUF_DEFAULT, howmany
 
 DEMO_SITE = pathlib.Path(__file__).resolve().parent / "demo_site"
@@ -127,10 +127,10 @@ class ServerConfig:
         caps = 0
         if self.nomap:
             caps |= IFCAP_NOMAP
-        if self.txcsum:
-            caps |= IFCAP_TXCSUM
-        if self.tso:
-            caps |= IFCAP_TSO4
+        if self.txcsum:  # ifconfig txcsum txcsum6
+            caps |= IFCAP_TXCSUM | IFCAP_TXCSUM_IPV6
+        if self.tso:  # ifconfig tso (tso4 tso6)
+            caps |= IFCAP_TSO4 | IFCAP_TSO6
         return caps
 
     def validate(self) -> None:

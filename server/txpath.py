@@ -1,12 +1,19 @@
-"""The transmit path of one connection: the modeled kernel socket and its host socket.
+"""The data path of one connection, both ways: the modeled kernel socket and its host socket.
 
 `so_accept` makes the model's socket (`mbuf.Socket`, its TCP control block
 from the host socket's addresses) for an accepted host socket, whose send
 buffer it keeps small (WIRE_SNDBUF), so that data waits where the counters
 see it. `KernelTx` is the only place where the model meets a real socket. It
-reads what the client sends (`recv`, `recv_ready`: host bytes, which the
-connection's transport decodes) and runs the kernel's transmit side for one
-connection on the event loop:
+reads what the client sends (`recv`, `recv_ready`: bytes through the
+model's receive path, which the connection's transport decodes) and runs the
+kernel's transmit side for one
+connection on the event loop. Every read from the host socket enters the
+model as the peer's packets (`if_rx` -> ether_input -> ip_input/ip6_input ->
+tcp_input -> so_rcv), and what `recv` returns is what `soreceive` hands up;
+the host socket is read only as far as the receive window (`sbspace(so_rcv)`)
+has room.
+
+On the transmit side:
 
 * `sendfile` / `send` append to the model's send buffer as `sbspace` allows
   (`sendfile_step`, `sosend`), so memory stays bounded by the buffer size;
@@ -42,9 +49,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
-import socket
+import struct
 from typing import cast
 
 import trio
@@ -52,7 +60,8 @@ import trio
 from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
-from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, sosend
+from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, soreceive, sosend
+from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
 from mbuf.vm_object import PagerRequest, VmObject
 from server.transport.errors import client_gone
@@ -69,16 +78,21 @@ LINGER_TIME = 1.0  # seconds of lingering close
 LINGER_BYTES = 1 << 20  # ... or this much input, whichever comes first
 
 
-def _ipv4(addr: object) -> tuple[int, int]:
-    """(IPv4 address as an integer, port) of a socket address; 0 for the address
-    of anything else (IPv6, v4-mapped included), (0, 0) if it is not one."""
+def _inaddr(addr: object) -> tuple[int, int, bool]:
+    """(address as an integer, port, is IPv6) of a socket address. An IPv4-mapped
+    IPv6 address (a v4 client of a dual-stack `::` socket) is IPv4, as the kernel
+    marks such a connection INP_IPV4; (0, 0, False) if it is not an address."""
     try:
         host, port = cast(tuple[str, int], addr)[:2]
-        if ":" in host:
-            return 0, port
-        return int.from_bytes(socket.inet_aton(host)), port
-    except (OSError, ValueError, TypeError):
-        return 0, 0
+        ip = ipaddress.ip_address(host.partition("%")[0])  # drop a scope id
+    except (ValueError, TypeError):
+        return 0, 0, False
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        if mapped is None:
+            return int(ip), port, True
+        ip = mapped
+    return int(ip), port, False
 
 
 def _peer(addr: object) -> str:
@@ -98,10 +112,11 @@ def so_accept(kern: Kernel, sock: trio.socket.SocketType, sndbuf: int) -> tuple[
     # data waits in the model's send buffer (where the counters see it), not in
     # a host buffer that Linux would autotune to megabytes.
     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, WIRE_SNDBUF)
-    src, sport = _ipv4(sock.getsockname())
+    src, sport, isipv6 = _inaddr(sock.getsockname())
     peer = sock.getpeername()
-    dst, dport = _ipv4(peer)
-    tp = TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4)))
+    dst, dport, _ = _inaddr(peer)
+    iss, irs = struct.unpack("!II", os.urandom(8))  # ours, and the peer's: random per connection
+    tp = TcpCb(src, dst, sport, dport, iss, irs=irs, isipv6=isipv6)
     return Socket(kern, tp, sndbuf), _peer(peer)
 
 
@@ -151,21 +166,34 @@ class KernelTx:
     def wake(self) -> None:
         self._wake.set()
 
-    # -- receiving (host bytes; the connection's transport decodes them) -----
+    # -- receiving (through the model's receive path; the transport decodes) --
+
+    def _rx(self, data: bytes) -> bytes:
+        """The wire delivered `data` (b"": the peer's FIN): the NIC and the stack
+        take it into so_rcv (if_rx, tcp_input), the reader takes it out (soreceive)."""
+        so = self.so
+        if_rx(so, data)
+        return soreceive(so, RECV_SIZE)
+
+    def _rx_room(self) -> int:
+        """How much to read off the wire: what the receive window has room for."""
+        return max(1, min(RECV_SIZE, self.so.so_rcv.sbspace()))
 
     async def recv(self) -> bytes:
         """What the client sent next; b"" at the end of its stream."""
         with client_gone:
-            return await self.sock.recv(RECV_SIZE)
+            data = await self.sock.recv(self._rx_room())
+        return self._rx(data)
 
     def recv_ready(self) -> bytes | None:
         """What the host socket already holds (b"" at its end), without waiting;
         None if nothing has arrived."""
         try:
             with client_gone:
-                return os.read(self._fd, RECV_SIZE)  # the socket is non-blocking
+                data = os.read(self._fd, self._rx_room())  # the socket is non-blocking
         except BlockingIOError:
             return None
+        return self._rx(data)
 
     async def linger(self) -> None:
         """Shut our side, then read and drop what the client still sends until it

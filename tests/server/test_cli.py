@@ -117,7 +117,7 @@ def test_no_secrets_on_disk_and_stat(tmp_path: pathlib.Path, corpus: pathlib.Pat
         assert out.returncode == 0, out.stderr
         assert "mbufs in use (current/peak/total)" in out.stdout
         assert "sfbufs in use (current/peak/max)" in out.stdout
-        assert "nm0: options=<TXCSUM,TSO4,NOMAP>" in out.stdout
+        assert "nm0: options=<TXCSUM,TSO4,TSO6,TXCSUM_IPV6,NOMAP>" in out.stdout
         assert "fingerprint" in "".join(srv.stdout)
     finally:
         srv.stop()
