@@ -3,7 +3,13 @@
 A socket has two: `so_snd`, filled by sosend/sendfile and drained by TCP as
 the peer acknowledges, and `so_rcv`, filled by tcp_input (`sbappendstream`
 of in-sequence data, in the clusters the NIC received it in) and drained by
-the reader (`soreceive`, then `sbdrop`).
+the reader (`soreceive`, then `sbdrop`). With KTLS RX (FreeBSD 13) the
+receive buffer holds records in two places: `sb_mtls`, encrypted, until a
+whole record is there (`sbappend_ktls_rx`, `ktls_check_rx`), then, decrypted
+in place, in `sb_mb` behind their TLS_GET_RECORD control messages
+(`ktls_detach_record`, `sbappendcontrol`). Deliberate difference: a control
+message is kept as a tuple in `sb_rxctl` beside the data, not as an
+MT_CONTROL mbuf in the chain.
 
 Theory of operation. Accounting as in the kernel:
   sb_ccc    all bytes in the buffer, ready or not ("claimed", sbused())
@@ -18,17 +24,20 @@ Readiness is counted in pages (`sbready`): an EXT_PGS mbuf becomes ready when
 its `nrdy` reaches zero, any other not-ready mbuf counts one.
 
 Models: sys/kern/uipc_sockbuf.c and sys/sys/sockbuf.h (`sbappendstream`,
-`sbready`, `sbdrop`, `sbflush`, `sbspace`, `sbsndptr`).
+`sbready`, `sbdrop`, `sbflush`, `sbspace`, `sbsndptr`, `sbappend_ktls_rx`,
+`sbappendcontrol`) and `ktls_detach_record` of sys/kern/uipc_ktls.c (FreeBSD
+13 and later, read in freebsd-src's current uipc_ktls.c).
 """
 
 from __future__ import annotations
 
 import errno
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from mbuf.kassert import kassert
 from mbuf.mb_unmapped import mb_unmapped_compress
-from mbuf.mbuf import M_BLOCKED, M_EXT, M_NOMAP, M_NOTAVAIL, M_NOTREADY, Mbuf, m_free
+from mbuf.mbuf import M_BLOCKED, M_EXT, M_NOMAP, M_NOTAVAIL, M_NOTREADY, Mbuf, m_copym, m_free
 from mbuf.param import MLEN, MSIZE, SB_EFFICIENCY, SB_MAX
 
 if TYPE_CHECKING:
@@ -72,6 +81,20 @@ class KtlsHook(Protocol):
         ...
 
 
+class KtlsRxHook(Protocol):
+    """What the receive path needs from a KTLS RX session (implemented in ktls/)."""
+
+    def ktls_check_rx(self, sb: SockBuf) -> None:
+        """ktls_check_rx + ktls_decrypt: decrypt every complete record at the head
+        of sb_mtls and move it to sb_mb with its record type (sbappendcontrol)."""
+        ...
+
+    def ktls_rx_error(self) -> int:
+        """0, or the errno a refused record left for the reader (so_error):
+        EBADMSG (does not authenticate), EMSGSIZE (too long), EINVAL (bad header)."""
+        ...
+
+
 SBS_CANTSENDMORE = 0x0010  # can't send more data to peer
 SBS_CANTRCVMORE = 0x0020  # can't receive more data from peer (its FIN arrived)
 
@@ -89,11 +112,16 @@ class SockBuf:
         "sb_mbmax",
         "sb_mbtail",
         "sb_mcnt",
+        "sb_mtls",
+        "sb_mtlstail",
+        "sb_rxctl",
         "sb_sndptr",
         "sb_sndptroff",
         "sb_state",
         "sb_tls_info",
+        "sb_tls_rx",
         "sb_tls_seqno",
+        "sb_tlscc",
         "stats",
     )
 
@@ -112,6 +140,14 @@ class SockBuf:
         self.sb_state = 0
         self.sb_tls_info: KtlsHook | None = None
         self.sb_tls_seqno = 0
+        # KTLS RX (so_rcv only): records wait encrypted in sb_mtls (sb_tlscc bytes)
+        # until whole; decrypted ones go to sb_mb with their TLS_GET_RECORD control
+        # message, kept here as (type, version major, minor, length) in order.
+        self.sb_tls_rx: KtlsRxHook | None = None
+        self.sb_mtls: Mbuf | None = None
+        self.sb_mtlstail: Mbuf | None = None
+        self.sb_tlscc = 0
+        self.sb_rxctl: deque[tuple[int, int, int, int]] = deque()
         self.stats = stats
         self.sb_hiwat = 0
         self.sb_mbmax = 0
@@ -148,6 +184,9 @@ class SockBuf:
                 self.sb_acc += m.m_len
         else:
             m.m_flags |= M_BLOCKED
+        self._sballoc_storage(m)
+
+    def _sballoc_storage(self, m: Mbuf) -> None:
         self.sb_mbcnt += MSIZE
         self.sb_mcnt += 1
         if m.m_flags & M_EXT:
@@ -161,6 +200,9 @@ class SockBuf:
             self.sb_acc -= m.m_len
         if self.sb_fnrdy is m:
             self.sb_fnrdy = None
+        self._sbfree_storage(m)
+
+    def _sbfree_storage(self, m: Mbuf) -> None:
         self.sb_mbcnt -= MSIZE
         self.sb_mcnt -= 1
         if m.m_flags & M_EXT:
@@ -205,6 +247,62 @@ class SockBuf:
             self.sb_mbtail.m_next = m
         self.sb_mbtail = last
         self._peaks()
+
+    def sbappend_ktls_rx(self, m: Mbuf) -> None:
+        """sbappend_ktls_rx: in-sequence data of a KTLS RX socket goes to sb_mtls,
+        counted in sb_ccc (it takes room) but not in sb_acc (nobody may read it)."""
+        n: Mbuf | None = m
+        last = m
+        while n is not None:
+            self._sballoc_storage(n)
+            self.sb_ccc += n.m_len
+            self.sb_tlscc += n.m_len
+            last = n
+            n = n.m_next
+        if self.sb_mtlstail is None:
+            self.sb_mtls = m
+        else:
+            self.sb_mtlstail.m_next = m
+        self.sb_mtlstail = last
+        self._peaks()
+
+    def ktls_detach_record(self, length: int) -> Mbuf:
+        """ktls_detach_record: take the first `length` bytes of sb_mtls out of the
+        buffer (an mbuf the record ends inside is split, its tail sharing the
+        storage). The caller decrypts them and hands them back (sbappendcontrol)."""
+        kassert(0 < length <= self.sb_tlscc, "ktls_detach_record: %s of %s", length, self.sb_tlscc)
+        top = self.sb_mtls
+        assert top is not None
+        m = top
+        left = length
+        while m.m_len < left:
+            left -= m.m_len
+            assert m.m_next is not None
+            m = m.m_next
+        if m.m_len > left:
+            rest = m_copym(m, left, m.m_len - left)  # shares a cluster (mb_dupcl)
+            rest.m_next = m.m_next
+            m.m_len = left
+            self._sballoc_storage(rest)
+            m.m_next = rest
+        self.sb_mtls = m.m_next
+        if self.sb_mtls is None:
+            self.sb_mtlstail = None
+        m.m_next = None
+        n: Mbuf | None = top
+        while n is not None:
+            self._sbfree_storage(n)
+            n = n.m_next
+        self.sb_tlscc -= length
+        self.sb_ccc -= length
+        return top
+
+    def sbappendcontrol(self, data: Mbuf | None, tgr: tuple[int, int, int, int]) -> None:
+        """sbappendcontrol: a decrypted record (None: empty) and its TLS_GET_RECORD
+        control message (record type, version, plaintext length), ready to read."""
+        self.sb_rxctl.append(tgr)
+        if data is not None:
+            self.sbappendstream(data, notready=False)
 
     def sbready(self, m: Mbuf, count: int) -> int:
         """sbready: `count` pages starting at m became ready. Returns 0, or
@@ -297,6 +395,14 @@ class SockBuf:
             self.sbfree(m)
             m = m_free(m)
         self.sb_mb = self.sb_mbtail = self.sb_fnrdy = self.sb_sndptr = None
+        m = self.sb_mtls
+        while m is not None:
+            self.sb_ccc -= m.m_len
+            self._sbfree_storage(m)
+            m = m_free(m)
+        self.sb_mtls = self.sb_mtlstail = None
+        self.sb_tlscc = 0
+        self.sb_rxctl.clear()
         kassert(self.sb_ccc == 0 and self.sb_mbcnt == 0, "sbflush: accounting left over")
 
     def sbsndptr(self, off: int) -> tuple[Mbuf, int, int]:

@@ -31,11 +31,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mbuf.kassert import kassert
-from mbuf.ktls_hdr import TLS_RLTYPE_ALERT, TLS_RLTYPE_APP, TLS_RLTYPE_HANDSHAKE
+from mbuf.ktls_hdr import TLS_HEADER_LEN, TLS_RLTYPE_ALERT, TLS_RLTYPE_APP, TLS_RLTYPE_HANDSHAKE
 from mbuf.mb_unmapped import m_uiotombuf
 from mbuf.mbuf import m_copydata
 from mbuf.param import SB_RCVBUF_DEFAULT
-from mbuf.sockbuf import SBS_CANTRCVMORE, SBS_CANTSENDMORE, SockBuf
+from mbuf.sockbuf import SBS_CANTRCVMORE, SBS_CANTSENDMORE, KtlsRxHook, SockBuf
 from mbuf.tcp_output import TcpCb
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ __all__ = [
     "TLS_RLTYPE_APP",
     "TLS_RLTYPE_HANDSHAKE",
     "Socket",
+    "ktls_enable_rx",
     "pru_ready",
     "soclose",
     "soreceive",
@@ -141,12 +142,56 @@ def soreceive(so: Socket, uio_resid: int) -> bytes:
     buffered: at the end of the stream (SBS_CANTRCVMORE) that is end of file,
     otherwise the reader would block (EWOULDBLOCK on a non-blocking socket)."""
     sb = so.so_rcv
+    if sb.sb_tls_rx is not None:
+        return _soreceive_tls(sb, uio_resid)
     n = min(sb.sb_acc, uio_resid)
     if n <= 0:
         return b""
     data = m_copydata(sb.sb_mb, 0, n)
     sb.sbdrop(n)
     return data
+
+
+def _soreceive_tls(sb: SockBuf, uio_resid: int) -> bytes:
+    """recvmsg on a KTLS RX socket, as OpenSSL's ktls_read_record reads it: each
+    decrypted record with its TLS_GET_RECORD control message, which OpenSSL turns
+    back into a 5-byte record header (type, version, plaintext length) in front
+    of the data. Whole records only, at least one if any is ready. Once none is
+    left before a record decryption refused, OSError with that errno (EBADMSG,
+    EMSGSIZE, EINVAL), which OpenSSL answers with the matching alert."""
+    if not sb.sb_rxctl:
+        assert sb.sb_tls_rx is not None
+        err = sb.sb_tls_rx.ktls_rx_error()
+        if err:
+            raise OSError(err, "soreceive: KTLS RX refused a record")
+        return b""
+    out: list[bytes] = []
+    got = 0
+    ctl = sb.sb_rxctl
+    while ctl and (not out or got < uio_resid):
+        rtype, vmajor, vminor, length = ctl.popleft()
+        out.append(bytes((rtype, vmajor, vminor, length >> 8, length & 0xFF)))
+        if length:
+            out.append(m_copydata(sb.sb_mb, 0, length))
+            sb.sbdrop(length)
+        got += TLS_HEADER_LEN + length
+    return b"".join(out)
+
+
+def ktls_enable_rx(so: Socket, tls: KtlsRxHook, pending: bytes | memoryview) -> None:
+    """setsockopt(TCP_RXTLS_ENABLE): from now on so_rcv decrypts records.
+    `pending` is what the handshake's reader had taken off the socket beyond its
+    last handshake record: it goes back to the front of the buffer, encrypted,
+    as if the reader had not read ahead (OpenSSL does not read ahead when it
+    means to enable KTLS RX); the kernel likewise moves data already in so_rcv
+    into sb_mtls (sb_mark_notready). Then ktls_check_rx."""
+    sb = so.so_rcv
+    kassert(sb.sb_acc == 0 and sb.sb_tls_rx is None, "ktls_enable_rx: data or session there")
+    sb.sb_tls_rx = tls
+    m = m_uiotombuf(so.so_kern, memoryview(pending))
+    if m is not None:
+        sb.sbappend_ktls_rx(m)
+    tls.ktls_check_rx(sb)
 
 
 def soreadable(so: Socket) -> bool:
@@ -167,4 +212,5 @@ def soclose(so: Socket) -> None:
     so.so_snd.sbflush()
     so.so_rcv.sb_state |= SBS_CANTRCVMORE
     so.so_rcv.sbflush()  # sorflush: what the reader never took
+    so.so_rcv.sb_tls_rx = None
     so.so_upcall = _no_upcall

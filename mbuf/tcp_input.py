@@ -19,7 +19,9 @@ NIC's DMA is one. Then the stack:
                 offset; process the ACK (tcps_rcvackpack / rcvackbyte);
                 in-sequence data advances `rcv_nxt`, is stripped of its
                 headers (`m_adj`) and appended to `so_rcv` with
-                `sbappendstream`, still in its cluster; a FIN marks the
+                `sbappendstream`, still in its cluster (with KTLS RX:
+                `sbappend_ktls_rx` to sb_mtls, then `ktls_check_rx`
+                decrypts every whole record into sb_mb); a FIN marks the
                 buffer SBS_CANTRCVMORE.
 
 The reader then takes the bytes with `soreceive` (mbuf/socket.py), which
@@ -317,7 +319,12 @@ def tcp_input(so: Socket, m: Mbuf, off: int, src: int, dst: int) -> None:
         m.m_flags &= ~M_PKTHDR  # sbappendstream: m_demote, a stream has no packets
         m.m_pkthdr_len = 0
         m.m_pkthdr_csum_flags = 0
-        rcv.sbappendstream(m, notready=False)
+        tls = rcv.sb_tls_rx
+        if tls is None:
+            rcv.sbappendstream(m, notready=False)
+        else:  # KTLS RX: encrypted until a whole record is there
+            rcv.sbappend_ktls_rx(m)
+            tls.ktls_check_rx(rcv)
     else:
         m_freem(m)
     if flags & TH_FIN:

@@ -60,6 +60,7 @@ import trio
 from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
+from mbuf.sockbuf import SBS_CANTRCVMORE
 from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, soreceive, sosend
 from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
@@ -168,32 +169,53 @@ class KernelTx:
 
     # -- receiving (through the model's receive path; the transport decodes) --
 
-    def _rx(self, data: bytes) -> bytes:
-        """The wire delivered `data` (b"": the peer's FIN): the NIC and the stack
-        take it into so_rcv (if_rx, tcp_input), the reader takes it out (soreceive)."""
-        so = self.so
-        if_rx(so, data)
-        return soreceive(so, RECV_SIZE)
-
     def _rx_room(self) -> int:
         """How much to read off the wire: what the receive window has room for."""
         return max(1, min(RECV_SIZE, self.so.so_rcv.sbspace()))
 
+    def _eof(self) -> bool:
+        return bool(self.so.so_rcv.sb_state & SBS_CANTRCVMORE)
+
     async def recv(self) -> bytes:
-        """What the client sent next; b"" at the end of its stream."""
-        with client_gone:
-            data = await self.sock.recv(self._rx_room())
-        return self._rx(data)
+        """What the client sent next (what `soreceive` hands up: with KTLS RX, whole
+        decrypted records); b"" at the end of its stream. Each read from the host
+        socket enters the model as the client's packets (`if_rx`: the NIC, then
+        ether_input ... tcp_input into so_rcv); b"" from it is the client's FIN.
+        OSError from soreceive if KTLS RX refused a record."""
+        so = self.so
+        while True:
+            out = soreceive(so, RECV_SIZE)
+            if out or self._eof():
+                return out
+            with client_gone:
+                data = await self.sock.recv(self._rx_room())
+            if_rx(so, data)
 
     def recv_ready(self) -> bytes | None:
-        """What the host socket already holds (b"" at its end), without waiting;
-        None if nothing has arrived."""
+        """The same without waiting: None if nothing (with KTLS RX, no whole
+        record) has arrived."""
+        so = self.so
+        out = soreceive(so, RECV_SIZE)
+        if out or self._eof():
+            return out
         try:
             with client_gone:
                 data = os.read(self._fd, self._rx_room())  # the socket is non-blocking
         except BlockingIOError:
             return None
-        return self._rx(data)
+        if_rx(so, data)
+        out = soreceive(so, RECV_SIZE)
+        return out if out or self._eof() else None
+
+    def recv_decrypted(self) -> bytes:
+        """KTLS RX: records decryption had held back (until new keys), now decrypted;
+        b"" if none."""
+        so = self.so
+        tls = so.so_rcv.sb_tls_rx
+        if tls is None:
+            return b""
+        tls.ktls_check_rx(so.so_rcv)
+        return soreceive(so, RECV_SIZE)
 
     async def linger(self) -> None:
         """Shut our side, then read and drop what the client still sends until it
