@@ -58,3 +58,16 @@ def tcp_checksum_ok(packet: bytes) -> bool:
     seg = packet[20:]
     pseudo = packet[12:20] + struct.pack("!BBH", 0, 6, len(seg))
     return fold16(pseudo + seg) == 0xFFFF
+
+
+def tcp6_checksum_ok(packet: bytes) -> bool:
+    """The same for an IPv6 packet (40-byte header, TCP next): the pseudo-header is
+    both addresses, the 32-bit upper-layer length, three zero bytes and 6."""
+    seg = packet[40:]
+    pseudo = packet[8:40] + struct.pack("!IxxxB", len(seg), 6)
+    return fold16(pseudo + seg) == 0xFFFF
+
+
+def ip_header_checksum_ok(packet: bytes) -> bool:
+    """RFC 791: the ones'-complement sum of the IPv4 header's words is all ones."""
+    return fold16(packet[: (packet[0] & 0x0F) * 4]) == 0xFFFF
