@@ -125,8 +125,8 @@ class TlsControl:
         """Application bytes in records the kernel decrypted in the receive
         buffer (KTLS RX), as `soreceive` hands them up: each a 5-byte header
         rebuilt from its TLS_GET_RECORD control message, then its plaintext.
-        After them, the error that stopped the kernel's decryption, if any.
-        Raises RecordError or PeerAlert."""
+        (A record the kernel refused comes as soreceive's OSError, after the
+        records before it.) Raises RecordError or PeerAlert."""
         if self.closed:
             return b""
         view = memoryview(data)
@@ -138,9 +138,6 @@ class TlsControl:
             pos = end
         it = iter(recs)
         out = self._consume(lambda: next(it, None))
-        err = self.rx.error
-        if err is not None and not self.closed:
-            raise err
         if self.rx.held:  # a handshake message split over records: its next part
             self.rx.resume()
         return out

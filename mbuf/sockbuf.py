@@ -37,8 +37,19 @@ from typing import TYPE_CHECKING, Protocol
 
 from mbuf.kassert import kassert
 from mbuf.mb_unmapped import mb_unmapped_compress
-from mbuf.mbuf import M_BLOCKED, M_EXT, M_NOMAP, M_NOTAVAIL, M_NOTREADY, Mbuf, m_copym, m_free
-from mbuf.param import MLEN, MSIZE, SB_EFFICIENCY, SB_MAX
+from mbuf.mbuf import (
+    M_BLOCKED,
+    M_EXT,
+    M_NOMAP,
+    M_NOTAVAIL,
+    M_NOTREADY,
+    M_RDONLY,
+    Mbuf,
+    m_copym,
+    m_free,
+    mtod,
+)
+from mbuf.param import MCLBYTES, MLEN, MSIZE, SB_EFFICIENCY, SB_MAX
 
 if TYPE_CHECKING:
     from mbuf.counters import SbStat
@@ -79,6 +90,30 @@ class KtlsHook(Protocol):
     def free(self) -> None:
         """ktls_free: the socket is gone."""
         ...
+
+
+def _sbcompress_into(tail: Mbuf, m: Mbuf) -> bool:
+    """Copy m's bytes to the end of `tail` when sbcompress would: tail writable
+    (not shared, not unmapped), m at most MCLBYTES / 4 and fitting its free space."""
+    if m.m_len > MCLBYTES // 4 or tail.m_flags & (M_NOMAP | M_RDONLY):
+        return False
+    if tail.m_flags & M_EXT:
+        ext = tail.m_ext
+        assert ext is not None
+        if ext.ext_mref is not tail or ext.ext_count != 1 or ext.ext_buf is None:
+            return False
+        room = ext.ext_size - tail.m_data - tail.m_len
+        buf = ext.ext_buf
+    else:
+        assert tail.m_dat is not None
+        room = MLEN - tail.m_data - tail.m_len
+        buf = memoryview(tail.m_dat)
+    if m.m_len > room:
+        return False
+    end = tail.m_data + tail.m_len
+    buf[end : end + m.m_len] = mtod(m)
+    tail.m_len += m.m_len
+    return True
 
 
 class KtlsRxHook(Protocol):
@@ -250,20 +285,28 @@ class SockBuf:
 
     def sbappend_ktls_rx(self, m: Mbuf) -> None:
         """sbappend_ktls_rx: in-sequence data of a KTLS RX socket goes to sb_mtls,
-        counted in sb_ccc (it takes room) but not in sb_acc (nobody may read it)."""
+        counted in sb_ccc (it takes room) but not in sb_acc (nobody may read it).
+        As sbcompress_ktls_rx, a small segment is copied into the free space of
+        the tail mbuf (if that is writable) rather than linked with its own
+        cluster: a record trickling in a few bytes per segment would otherwise
+        charge a cluster per segment and close the window before it is whole."""
         n: Mbuf | None = m
-        last = m
         while n is not None:
-            self._sballoc_storage(n)
+            nxt = n.m_next
+            n.m_next = None
             self.sb_ccc += n.m_len
             self.sb_tlscc += n.m_len
-            last = n
-            n = n.m_next
-        if self.sb_mtlstail is None:
-            self.sb_mtls = m
-        else:
-            self.sb_mtlstail.m_next = m
-        self.sb_mtlstail = last
+            tail = self.sb_mtlstail
+            if tail is not None and _sbcompress_into(tail, n):
+                m_free(n)  # its bytes went into the tail's free space
+            else:
+                self._sballoc_storage(n)
+                if tail is None:
+                    self.sb_mtls = n
+                else:
+                    tail.m_next = n
+                self.sb_mtlstail = n
+            n = nxt
         self._peaks()
 
     def ktls_detach_record(self, length: int) -> Mbuf:
@@ -285,6 +328,8 @@ class SockBuf:
             m.m_len = left
             self._sballoc_storage(rest)
             m.m_next = rest
+            if self.sb_mtlstail is m:
+                self.sb_mtlstail = rest
         self.sb_mtls = m.m_next
         if self.sb_mtls is None:
             self.sb_mtlstail = None

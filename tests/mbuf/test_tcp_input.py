@@ -94,17 +94,7 @@ def test_three_way_feeding(isipv6: bool, how: str) -> None:
     pair = ConnectionPair(new_socket(kern, isipv6=isipv6))
     rnd = random.Random(7)
     data = rnd.randbytes(5000)
-    if how == "whole":
-        got = pair.to_server(data)
-    elif how == "byte":
-        got = pair.to_server(data, chunk=1)
-    else:
-        got = b""
-        off = 0
-        while off < len(data):
-            n = rnd.randint(1, 3000)
-            got += pair.to_server(data[off : off + n])
-            off += n
+    got = pair.to_server_as(data, how)
     assert got == data
     assert kern.stats.tcp.rcvbyte == len(data)
     assert pair.to_server(b"") == b""  # the FIN: end of file

@@ -24,6 +24,7 @@ over memory BIOs.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -194,9 +195,26 @@ class ConnectionPair:
         off = 0
         while off < len(data):  # as the server reads: never past the receive window
             step = min(chunk or len(data), so.so_rcv.sbspace())
+            assert step > 0, "the receive window closed"
             if_rx(so, data[off : off + step])
             got += soreceive(so, 1 << 20)
             off += step
+        return bytes(got)
+
+    def to_server_as(self, data: bytes, how: str, seed: int = 0) -> bytes:
+        """`to_server` fed three ways, as h11's tests feed parsers: "whole", "byte"
+        (one byte per host read) or "random" (reads of 1..5000 bytes)."""
+        if how == "whole":
+            return self.to_server(data)
+        if how == "byte":
+            return self.to_server(data, chunk=1)
+        rnd = random.Random(seed)
+        got = bytearray()
+        off = 0
+        while off < len(data):
+            n = rnd.randint(1, 5000)
+            got += self.to_server(data[off : off + n])
+            off += n
         return bytes(got)
 
     def close(self) -> None:
