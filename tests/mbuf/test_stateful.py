@@ -9,9 +9,11 @@ server's event loop and worker threads do, in whatever order hypothesis picks:
 start a sendfile on an idle socket (one at a time per socket, as `sblock`
 makes it), step it, complete one pending page-in out of order, "encrypt" one
 queued batch (TLS sockets), `sosend`, `tcp_output`, let the wire take some
-bytes, grab or release anonymous pages, close a socket once its work is done
-and accept another. TLS variants use either FakeTls or the real `KtlsSession`
-(AES-128-GCM, TLS 1.3) with workers that run a batch only when a rule says so.
+bytes, let the client send (inbound packets into so_rcv) and the reader read,
+grab or release anonymous pages, close a socket once its work is done and
+accept another. Variants cover IPv4 and IPv6 connections. TLS variants use
+either FakeTls or the real `KtlsSession` (AES-128-GCM, TLS 1.3) with workers
+that run a batch only when a rule says so.
 
 After every rule the invariants recount everything from the objects
 themselves, never from the counters under test:
@@ -28,6 +30,10 @@ themselves, never from the counters under test:
   carry one more (a readahead page has no mbuf yet);
 * zone and VM counters: mbufs, ext_pgs, clusters, sf_bufs; vm.pages_wired,
   pages_anon, pages_cached, pages_free;
+* the receive direction: per socket, what the client sent (`if_rx`) is what
+  the reader took (`soreceive`) followed by what so_rcv holds, in order;
+  rcv_nxt counts it; so_rcv's sb_ccc, sb_acc, sb_mcnt, sb_ccnt, sb_mbcnt and
+  sbspace recount from its chain; receive clusters count in the zones;
 * send buffers (checklist 4, 5): sb_ccc, sb_acc over the ready prefix only,
   sb_fnrdy, M_BLOCKED behind it, sb_mbcnt/sb_mcnt/sb_ccnt, M_NOTREADY exactly
   when nrdy > 0, no record with `tls` set is ready or in the NIC queue;
@@ -69,7 +75,15 @@ from hypothesis.stateful import (
 from ktls.keys import TrafficKeys
 from ktls.session import KtlsSession
 from ktls.suites import SUITES
-from mbuf.ifnet import CSUM_DELAY_DATA, IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
+from mbuf.ifnet import (
+    CSUM_DELAY_DATA,
+    CSUM_DELAY_DATA_IPV6,
+    IFCAP_NOMAP,
+    IFCAP_TSO4,
+    IFCAP_TSO6,
+    IFCAP_TXCSUM,
+    IFCAP_TXCSUM_IPV6,
+)
 from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory, mb_unmapped_free_mext
 from mbuf.mbuf import (
@@ -88,7 +102,7 @@ from mbuf.mbuf import (
     m_copydata,
     mb_ext_pgs_check,
 )
-from mbuf.param import MSIZE, PAGE_SIZE, TCPIP_HDR_LEN
+from mbuf.param import MSIZE, PAGE_SIZE, TCPIP6_HDR_LEN, TCPIP_HDR_LEN
 from mbuf.sendfile import (
     SendfileJob,
     SendfileStatus,
@@ -96,7 +110,8 @@ from mbuf.sendfile import (
     sendfile_step,
     vm_pager_iodone,
 )
-from mbuf.socket import Socket, soclose, sosend
+from mbuf.socket import Socket, soclose, soreceive, sosend
+from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import tcp_acked, tcp_output
 from mbuf.vm_object import PagerRequest, VmObject
 from mbuf.vm_page import VmPage
@@ -112,9 +127,10 @@ from tests.support.pair import (
     new_socket,
 )
 from tests.support.tlsseal import Sealer
-from tests.support.wire import tcp_checksum_ok, wire_take
+from tests.support.wire import tcp6_checksum_ok, tcp_checksum_ok, wire_take
 
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
+ALL_CAPS6 = IFCAP_NOMAP | IFCAP_TXCSUM_IPV6 | IFCAP_TSO6
 FILE_SIZES = (0, 1, 4095, 4097, 3 * PAGE_SIZE, 19 * PAGE_SIZE + 1, 45 * PAGE_SIZE + 123)
 SNDBUFS = (16 * 1024, 32 * 1024, 64 * 1024, 100_000)
 FRAMING = len(FAKE_HDR) + len(FAKE_TRAIL)  # bytes FakeTls adds to each record
@@ -130,6 +146,7 @@ class Variant:
     nsfbufs: int = 0
     tls: str = ""  # "", "fake" (FakeTls) or "real" (KtlsSession)
     readahead: int | None = None  # None: the rest of the request (up to MAXPHYS)
+    ipv6: bool = False  # the sockets are IPv6 connections (ip6_output, ip6_input)
 
 
 VARIANTS = (
@@ -148,6 +165,9 @@ VARIANTS = (
     Variant("fake_tls_no_ext_pgs", False, tls="fake"),  # TLS builds unmapped mbufs anyway
     # Real encryption into reserved ciphertext frames; file pages released after.
     Variant("ktls", True, tls="real"),
+    # IPv6: 60-byte headers, TSO6, the IPv6 MSS; and without any offload.
+    Variant("ipv6", True, capenable=ALL_CAPS6, ipv6=True),
+    Variant("ipv6_sw_csum", True, capenable=IFCAP_NOMAP, ipv6=True),
 )
 SUITE = SUITES["TLS_AES_128_GCM_SHA256"]
 KEY = bytes(range(16))
@@ -210,6 +230,8 @@ class Conn:
     wire: bytearray = field(default_factory=bytearray)  # what the wire took
     sealed: list[bytes] = field(default_factory=list)  # expected records (real TLS)
     waiting: bool = False  # told to wait for memory or sf_bufs; not woken since
+    sent_in: bytearray = field(default_factory=bytearray)  # what the client sent us
+    read_in: bytearray = field(default_factory=bytearray)  # what the reader took (soreceive)
 
     def account(self) -> None:
         """Move the bytes the running sendfile queued since last time into `payload`."""
@@ -271,6 +293,7 @@ class DataPathMachine(RuleBasedStateMachine):
         self.jobs_started = 0
         self.objects: list[VmObject] = []  # every object a job used (the cache may forget them)
         self.workers = DeferredWorkers()
+        self.closed_rcvbyte = 0  # bytes received by sockets closed since
 
     # -- helpers ---------------------------------------------------------------
 
@@ -285,7 +308,8 @@ class DataPathMachine(RuleBasedStateMachine):
             tls = FakeTls()
         elif self.variant.tls == "real":
             tls = SpyKtls(self.k, self.workers, SUITE, KEY, IV)
-        self.conns.append(Conn(new_socket(self.k, sndbuf, tls=tls), tls))
+        so = new_socket(self.k, sndbuf, tls=tls, isipv6=self.variant.ipv6)
+        self.conns.append(Conn(so, tls))
 
     def wakeup(self) -> None:
         """vm_wakeup / sf_buf wakeup: the server wakes every waiting connection."""
@@ -462,6 +486,25 @@ class DataPathMachine(RuleBasedStateMachine):
         c = self.pick(i, [c for c in self.conns if not c.so.so_txq.empty()])
         self.take(c, n)
 
+    @precondition(lambda self: any(c.so.so_rcv.sbspace() > 0 for c in self.conns))
+    @rule(i=SOCK, n=st.sampled_from([1, 100, 1427, 1428, 1448, 1449, 5000, 65536]))
+    def client_sends(self, i: int, n: int) -> None:
+        """One host read of what the client sent: inbound packets into so_rcv (at most
+        what the window has room for, as the server reads)."""
+        c = self.pick(i, [c for c in self.conns if c.so.so_rcv.sbspace() > 0])
+        n = min(n, c.so.so_rcv.sbspace())
+        data = random.Random(len(c.sent_in)).randbytes(n)
+        if_rx(c.so, data)
+        c.sent_in += data
+
+    @precondition(lambda self: any(c.so.so_rcv.sb_ccc for c in self.conns))
+    @rule(i=SOCK, n=st.sampled_from([1, 7, 1448, 4096, 1 << 20]))
+    def reader_reads(self, i: int, n: int) -> None:
+        c = self.pick(i, [c for c in self.conns if c.so.so_rcv.sb_ccc])
+        got = soreceive(c.so, n)
+        assert 0 < len(got) <= n
+        c.read_in += got
+
     @precondition(lambda self: self.hog or any(c.holds_data() for c in self.conns))
     @rule(n=st.integers(-48, 48))
     def memory_pressure(self, n: int) -> None:
@@ -482,10 +525,11 @@ class DataPathMachine(RuleBasedStateMachine):
         encryptions are done, as the server does) and accept a new one."""
         c = self.pick(i, [c for c in self.conns if c.holds_data()])
         self.quiesce(c)
-        soclose(c.so)
+        soclose(c.so)  # frees what the reader never took, too
         if c.tls is not None:
             c.tls.free()
         self.conns.remove(c)
+        self.closed_rcvbyte += len(c.sent_in)
         assert not c.so.so_snd.sb_mb and c.so.so_txq.empty()
         self.open_conn(sndbuf)
 
@@ -498,6 +542,7 @@ class DataPathMachine(RuleBasedStateMachine):
         for c in self.conns:
             self.check_bytes(c)
             self.check_sockbuf(c)
+            self.check_receive(c)
         self.check_references_and_wiring()
         self.check_file_pages()
         self.check_reservations()
@@ -520,23 +565,47 @@ class DataPathMachine(RuleBasedStateMachine):
         if queued:
             assert queued == m_copydata(sb.sb_mb, 0, tp.snd_nxt)
         caps = self.k.ifnet.if_capenable
+        ipv6 = self.variant.ipv6
+        hdrlen = TCPIP6_HDR_LEN if ipv6 else TCPIP_HDR_LEN
+        txcsum = IFCAP_TXCSUM_IPV6 if ipv6 else IFCAP_TXCSUM
         for pkt in txq.ring:
             hdr = pkt.m
-            assert hdr.m_len == TCPIP_HDR_LEN
-            assert hdr.m_pkthdr_len == TCPIP_HDR_LEN + pkt.payload
+            assert hdr.m_len == hdrlen
+            assert hdr.m_pkthdr_len == hdrlen + pkt.payload
             for m in chain(hdr.m_next):
                 assert not m.m_flags & M_NOTREADY
                 if m.m_flags & M_NOMAP:
                     # Checklist 8: unmapped data reaches only a NOMAP, checksumming NIC.
-                    assert caps & IFCAP_NOMAP and caps & IFCAP_TXCSUM
+                    assert caps & IFCAP_NOMAP and caps & txcsum
                     assert m.ext_pgs.tls is None, "an unencrypted record reached the NIC"
-            if not caps & IFCAP_TXCSUM:
-                assert not hdr.m_pkthdr_csum_flags & CSUM_DELAY_DATA
+            if not caps & txcsum:
+                assert not hdr.m_pkthdr_csum_flags & (CSUM_DELAY_DATA | CSUM_DELAY_DATA_IPV6)
                 self.check_tcp_checksum(hdr)
 
     def check_tcp_checksum(self, hdr: Mbuf) -> None:
         ip_tcp = m_copydata(hdr, 0, hdr.m_pkthdr_len)
-        assert tcp_checksum_ok(ip_tcp), "software TCP checksum is wrong"
+        ok = tcp6_checksum_ok if self.variant.ipv6 else tcp_checksum_ok
+        assert ok(ip_tcp), "software TCP checksum is wrong"
+
+    def check_receive(self, c: Conn) -> None:
+        """The other direction: every byte the client sent is read once or waits in
+        so_rcv, in order; rcv_nxt counts them; so_rcv's accounting recounts."""
+        so = c.so
+        rcv = so.so_rcv
+        tp = so.so_tcp
+        assert len(c.sent_in) == len(c.read_in) + rcv.sb_ccc
+        assert c.read_in == c.sent_in[: len(c.read_in)]
+        assert m_copydata(rcv.sb_mb, 0, rcv.sb_ccc) == c.sent_in[len(c.read_in) :]
+        assert tp.rcv_nxt == (tp.irs + 1 + len(c.sent_in)) & 0xFFFFFFFF
+        ms = list(chain(rcv.sb_mb))
+        assert rcv.sb_mbtail is (ms[-1] if ms else None)
+        assert rcv.sb_acc == rcv.sb_ccc == sum(m.m_len for m in ms)
+        assert rcv.sb_mcnt == rcv.sb_ccnt == len(ms)  # a cluster per segment
+        assert rcv.sb_mbcnt == sum(MSIZE + (m.m_ext.ext_size if m.m_ext else 0) for m in ms)
+        assert not any(m.m_flags & (M_NOTREADY | M_NOMAP) for m in ms)
+        assert rcv.sbspace() == min(rcv.sb_hiwat - rcv.sb_ccc, rcv.sb_mbmax - rcv.sb_mbcnt)
+        st = self.k.stats.tcp
+        assert st.rcvbyte == sum(len(x.sent_in) for x in self.conns) + self.closed_rcvbyte
 
     def check_sockbuf(self, c: Conn) -> None:
         sb = c.so.so_snd
@@ -572,6 +641,8 @@ class DataPathMachine(RuleBasedStateMachine):
         live: dict[int, Mbuf] = {}
         for c in self.conns:
             for m in chain(c.so.so_snd.sb_mb):
+                live[id(m)] = m
+            for m in chain(c.so.so_rcv.sb_mb):
                 live[id(m)] = m
             for pkt in c.so.so_txq.ring:
                 for m in chain(pkt.m):
@@ -715,6 +786,8 @@ class DataPathMachine(RuleBasedStateMachine):
         self.everything_adds_up()
         for c in self.conns:
             assert bytes(c.wire) == c.expected_wire()
+            c.read_in += soreceive(c.so, 1 << 30)
+            assert c.read_in == c.sent_in
             assert c.so.so_pending == 0
             soclose(c.so)
             if c.tls is not None:
