@@ -139,6 +139,7 @@ class IfStat(_Group):
     tx_dma_segments: int = 0  # scatter-gather entries loaded (busdma segments)
     tx_unmapped_mbufs: int = 0  # unmapped mbufs gathered by physical address
     tx_writes: int = 0  # sendmsg calls on host sockets
+    tx_lost: int = 0  # packets the lossy wire lost (--loss)
     rx_packets: int = 0  # frames received (each in a cluster)
     rx_bytes: int = 0  # their bytes, headers included
     rx_errors: int = 0  # frames too short for an Ethernet header
@@ -203,6 +204,10 @@ class TcpStat(_Group):
     rcvoopack: int = 0  # tcps_rcvoopack: out-of-order packets (dropped: the wire is in order)
     rcvduppack: int = 0  # tcps_rcvduppack: duplicate data (dropped)
     rcvpackafterwin: int = 0  # tcps_rcvpackafterwin: data beyond the window (dropped)
+    # Retransmission (a lossy wire):
+    rexmttimeo: int = 0  # tcps_rexmttimeo: retransmit timeouts (go back to snd_una)
+    sndrexmitpack: int = 0  # tcps_sndrexmitpack: packets (bursts) that resent data
+    sndrexmitbyte: int = 0  # tcps_sndrexmitbyte: bytes sent again
 
 
 class Counters:

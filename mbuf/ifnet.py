@@ -17,15 +17,22 @@ taken all of its bytes, which is when the NIC would report the descriptor done.
 Models: sys/net/if.h (`IFCAP_*`) and sys/kern/subr_bus_dma.c
 (`bus_dmamap_load_mbuf_sg`, `_bus_dmamap_load_unmapped_mbuf_sg`).
 
+A lossy wire (`if_loss`, --loss): each wire segment may be lost after the
+NIC sent it, and a packet (a TSO burst) with a lost segment is lost. Its
+bytes never reach the host socket, nor do those of the packets behind it
+until TCP has sent the lost bytes again (`stalled`, then mbuf/tcp_timer.py).
+
 Deliberate differences: a real NIC has a few hardware rings shared by all
 flows; the model gives each connection its own transmit queue, as a
 multi-queue NIC that hashes flows to queues would, so each host socket can
-drain its own.
+drain its own. Loss is decided when the packet is queued, from one seeded
+generator per interface.
 """
 
 from __future__ import annotations
 
 import enum
+import random
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -82,9 +89,25 @@ IFQ_MAXLEN = 1024  # descriptors per transmit queue
 
 
 class Ifnet:
-    __slots__ = ("if_capabilities", "if_capenable", "if_hwassist", "if_mtu", "if_xname", "stats")
+    __slots__ = (
+        "if_capabilities",
+        "if_capenable",
+        "if_hwassist",
+        "if_loss",
+        "if_loss_rng",
+        "if_mtu",
+        "if_xname",
+        "stats",
+    )
 
-    def __init__(self, capenable: int, stats: IfStat, name: str = "nm0") -> None:
+    def __init__(
+        self,
+        capenable: int,
+        stats: IfStat,
+        name: str = "nm0",
+        loss: float = 0.0,
+        loss_seed: int = 0,
+    ) -> None:
         self.if_xname = name
         self.if_mtu = IF_MTU
         self.if_capabilities = (
@@ -95,6 +118,12 @@ class Ifnet:
         self.if_capenable = 0
         self.if_hwassist = 0
         self.set_capenable(capenable)
+        # The lossy wire (--loss): each packet the NIC sends is lost with this
+        # probability, drawn from a generator seeded for repeatable runs.
+        if not 0.0 <= loss < 1.0:
+            raise ValueError(f"loss probability {loss} outside [0, 1)")
+        self.if_loss = loss
+        self.if_loss_rng = random.Random(loss_seed)
 
     def set_capenable(self, caps: int) -> None:
         """ifconfig [-]nomap / [-]txcsum / [-]txcsum6 / [-]tso4 / [-]tso6. As in most
@@ -122,13 +151,14 @@ class Ifnet:
 
 
 class TxPacket:
-    __slots__ = ("m", "nseg", "payload", "segs")
+    __slots__ = ("lost", "m", "nseg", "payload", "segs")
 
-    def __init__(self, m: Mbuf, segs: list[memoryview], payload: int) -> None:
+    def __init__(self, m: Mbuf, segs: list[memoryview], payload: int, lost: bool = False) -> None:
         self.m = m
         self.segs = segs  # DMA segments of the payload (after the model's header)
         self.payload = payload
         self.nseg = len(segs)
+        self.lost = lost  # the wire lost it: its bytes never reach the host socket
 
 
 class IfTxQueue:
@@ -170,14 +200,23 @@ class IfTxQueue:
         st.tx_bytes += payload + hdrlen * nsegs
         st.tx_dma_segments += len(segs) + 1
         st.tx_unmapped_mbufs += unmapped
-        self.ring.append(TxPacket(m, segs, payload))
+        ifp = self.ifp
+        # Loss is per wire segment: a TSO burst is lost if any of its segments is.
+        lost = ifp.if_loss > 0.0 and ifp.if_loss_rng.random() < 1.0 - (1.0 - ifp.if_loss) ** nsegs
+        if lost:
+            st.tx_lost += 1
+        self.ring.append(TxPacket(m, segs, payload, lost))
         self.bytes_queued += payload
 
     def pending_iov(self, max_iov: int = 1024) -> list[memoryview]:
-        """The scatter-gather list of queued payload, for one sendmsg."""
+        """The scatter-gather list of queued payload, for one sendmsg: up to the
+        first packet the wire lost (what follows it must wait for TCP to send
+        the lost bytes again: the host socket is a byte stream)."""
         out: list[memoryview] = []
         skip = self.head_off
         for pkt in self.ring:
+            if pkt.lost:
+                return out
             for seg in pkt.segs:
                 if skip:
                     if skip >= len(seg):
@@ -215,3 +254,8 @@ class IfTxQueue:
 
     def empty(self) -> bool:
         return not self.ring
+
+    def stalled(self) -> bool:
+        """The next packet for the wire was lost: nothing more can go until TCP
+        retransmits (tcp_timer_rexmt)."""
+        return bool(self.ring) and self.ring[0].lost

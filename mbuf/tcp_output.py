@@ -63,6 +63,7 @@ class TcpCb:
         "iss",
         "rcv_nxt",
         "rcv_scale",
+        "snd_max",
         "snd_nxt",
         "snd_una_total",
         "snd_wl2",
@@ -89,6 +90,7 @@ class TcpCb:
         self.isipv6 = isipv6
         self.iss = iss
         self.snd_nxt = 0  # offset into so_snd of the next byte to send
+        self.snd_max = 0  # offset into so_snd past the highest byte ever sent
         self.snd_una_total = 0  # bytes acknowledged (dropped) since the start
         self.snd_wl2 = (iss + 1) & 0xFFFFFFFF  # the highest ack the peer's segments carried
         # The peer's initial sequence number; its SYN took one, so the first data
@@ -135,7 +137,9 @@ def tcp_output(so: Socket) -> int:
         avail = sb.sb_acc - tp.snd_nxt
         if avail <= 0 or txq.full():
             break
-        length = min(avail, maxlen)
+        # Sending again after a loss: one segment at a time up to snd_max, as
+        # after a retransmit timeout (the congestion window is one segment).
+        length = min(avail, tp.t_maxseg if tp.snd_nxt < tp.snd_max else maxlen)
         start, moff, walked = sb.sbsndptr(tp.snd_nxt)
         st.sndptr_walked += walked
         data = m_copym(start, moff, length)
@@ -159,7 +163,12 @@ def tcp_output(so: Socket) -> int:
         if err:
             st.drops += 1
             break  # snd_nxt not advanced: resent on the next call
+        if tp.snd_nxt < tp.snd_max:  # sending again what a lossy wire lost
+            st.sndrexmitpack += 1
+            st.sndrexmitbyte += min(length, tp.snd_max - tp.snd_nxt)
         tp.snd_nxt += length
+        if tp.snd_nxt > tp.snd_max:
+            tp.snd_max = tp.snd_nxt
         st.sndtotal += nsegs
         st.sndbyte += length
         st.sndpack_bursts += 1
@@ -172,4 +181,5 @@ def tcp_acked(so: Socket, nbytes: int) -> None:
     tp = so.so_tcp
     so.so_snd.sbdrop(nbytes)
     tp.snd_nxt -= nbytes
+    tp.snd_max -= nbytes
     tp.snd_una_total += nbytes

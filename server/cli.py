@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ktls-workers", type=int, default=None, help="encryption threads (0: encrypt inline)"
     )
     s.add_argument(
+        "--loss", default="0", help="probability the model's wire loses a packet; TCP resends (0)"
+    )
+    s.add_argument("--loss-seed", type=int, default=0, help="seed of --loss, for repeatable runs")
+    s.add_argument(
         "--admin",
         default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}",
         help="admin listener HOST:PORT for /stats, or 'off'",
@@ -165,6 +169,11 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
         cfg.readahead = int(ns.readahead)
     if ns.ktls_workers is not None:
         cfg.ktls_workers = ns.ktls_workers
+    try:
+        cfg.loss = float(ns.loss)
+    except ValueError:
+        raise ConfigError(f"--loss: {ns.loss!r} is not a probability") from None
+    cfg.loss_seed = ns.loss_seed
     cfg.admin = None if ns.admin == "off" else parse_hostport(ns.admin, "--admin")
     cfg.admin_public = ns.admin_public
     cfg.keylog = pathlib.Path(ns.keylog) if ns.keylog else None

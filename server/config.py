@@ -92,6 +92,8 @@ class ServerConfig:
     sndbuf: int = SB_SNDBUF_DEFAULT
     nsfbufs: int = 0
     readahead: int | None = None  # pages; None: the rest of the request up to MAXPHYS
+    loss: float = 0.0  # probability that the model's wire loses a packet (--loss)
+    loss_seed: int = 0  # ... its generator's seed (each worker adds its index)
     # 0: ktls_encrypt runs on the sending thread. Worker threads overlap only the
     # C crypto (a few % of the work) and hand every batch across the GIL twice:
     # measured 0.6x the throughput on 2 cores (`make bench`), so they are opt-in.
@@ -155,6 +157,8 @@ class ServerConfig:
             # A conversion maps every page of a TSO burst at once (SFB_NOWAIT): a
             # smaller pool could never send one, and every packet would be dropped.
             raise ConfigError(f"--nsfbufs must be 0 (direct map) or at least {MIN_NSFBUFS}")
+        if not 0.0 <= self.loss <= 0.5:  # beyond: mostly retransmissions; NaN fails too
+            raise ConfigError(f"--loss must be a probability between 0 and 0.5, not {self.loss}")
         if self.readahead is not None and not 0 <= self.readahead <= 1024:
             raise ConfigError("--readahead must be 'auto' or 0..1024 pages")
         for name, value in (("--send-timeout", self.send_timeout),

@@ -25,9 +25,11 @@ On the transmit side:
   `tcp_output` cuts ready data into packets, the packets' scatter-gather lists
   are written to the host socket with `writev` (it is non-blocking; only a full
   socket makes the task wait, for writability), the bytes it took are
-  completed on the NIC queue and acknowledged to TCP (`tcp_acked`, `sbdrop`).
-  With nothing to write it sleeps until an upcall (I/O or encryption done) or
-  a `VmWaitQueue` wakeup (page frames or sf_bufs freed: the kernel's vm_wait).
+  completed on the NIC queue and acknowledged to TCP (`tcp_acked`, `sbdrop`);
+  when the model's lossy wire (--loss) lost the next packet, TCP goes back
+  to snd_una (`tcp_timer_rexmt`) and sends again. With nothing to write it
+  sleeps until an upcall (I/O or encryption done) or a `VmWaitQueue` wakeup
+  (page frames or sf_bufs freed: the kernel's vm_wait).
 
 A connection whose host socket takes no bytes for `send_timeout` seconds is
 dropped (`trio.TooSlowError`): a client that stopped reading. Waiting for its
@@ -64,6 +66,7 @@ from mbuf.sockbuf import SBS_CANTRCVMORE
 from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, soreceive, sosend
 from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
+from mbuf.tcp_timer import tcp_timer_rexmt
 from mbuf.vm_object import PagerRequest, VmObject
 from server.transport.errors import client_gone
 
@@ -262,8 +265,13 @@ class KernelTx:
         so = self.so
         tcp_output(so)
         txq = so.so_txq
+        if tcp_timer_rexmt(so):  # the lossy wire (--loss) lost the next packet
+            tcp_output(so)
         if not txq.empty():
             iov = txq.pending_iov()
+            if not iov:  # the retransmission was lost too: go back again next step
+                await trio.lowlevel.checkpoint()
+                return
             try:
                 # The host socket is non-blocking: write first, wait only when it
                 # is full (no cancel scope, no trio wrapper on the common path).

@@ -129,7 +129,7 @@ class ConnectionPair:
             self.encrypt()
         moved = 0
         tcp_output(so)
-        while data := wire_take(so, chunk):
+        while (data := wire_take(so, chunk)) or so.so_txq.stalled():
             self.wire += data
             self.peer.to_client(deliver(data) if deliver is not None else data)
             moved += len(data)

@@ -14,13 +14,17 @@ import struct
 
 from mbuf.socket import Socket
 from mbuf.tcp_output import tcp_acked, tcp_output
+from mbuf.tcp_timer import tcp_timer_rexmt
 
 IOV_MAX = 1 << 20  # far more segments than any test queues: one take moves everything
 
 
 def wire_take(so: Socket, chunk: int | None = None) -> bytes:
-    """The host socket takes what is queued (at most `chunk` bytes); TCP gets the ACK."""
+    """The host socket takes what is queued (at most `chunk` bytes); TCP gets the ACK.
+    If the lossy wire lost the next packet, TCP goes back first (tcp_timer_rexmt)."""
     txq = so.so_txq
+    if tcp_timer_rexmt(so):
+        tcp_output(so)
     data = b"".join(bytes(v) for v in txq.pending_iov(IOV_MAX))
     if chunk is not None:
         data = data[:chunk]
@@ -36,7 +40,7 @@ def drain(so: Socket, chunk: int | None = None) -> bytes:
     for _ in range(1_000_000):
         tcp_output(so)
         data = wire_take(so, chunk)
-        if not data:
+        if not data and not so.so_txq.stalled():
             return bytes(out)
         out += data
     raise AssertionError("drain: no end to the data")
