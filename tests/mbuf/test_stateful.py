@@ -19,7 +19,8 @@ After every rule the invariants recount everything from the objects
 themselves, never from the counters under test:
 
 * bytes: per socket, wire taken + sb_ccc == bytes appended, and what the
-  wire took is a prefix of the expected stream (the sendfile heads and file
+  wire took is a prefix of the expected stream (on a lossy wire too: what
+  it lost is sent again, once it has drained to the hole) (the sendfile heads and file
   ranges, framed record by record on TLS sockets); the NIC queue holds
   exactly the bytes [0, snd_nxt) of the send buffer;
 * references (checklist 1): every storage owner's ext_count equals the live
@@ -147,6 +148,7 @@ class Variant:
     tls: str = ""  # "", "fake" (FakeTls) or "real" (KtlsSession)
     readahead: int | None = None  # None: the rest of the request (up to MAXPHYS)
     ipv6: bool = False  # the sockets are IPv6 connections (ip6_output, ip6_input)
+    loss: float = 0.0  # the wire loses segments; TCP goes back to snd_una
 
 
 VARIANTS = (
@@ -168,6 +170,12 @@ VARIANTS = (
     # IPv6: 60-byte headers, TSO6, the IPv6 MSS; and without any offload.
     Variant("ipv6", True, capenable=ALL_CAPS6, ipv6=True),
     Variant("ipv6_sw_csum", True, capenable=IFCAP_NOMAP, ipv6=True),
+    # A lossy wire: retransmissions from the send buffer, with and without NOMAP.
+    Variant("lossy", True, loss=0.1),
+    Variant(
+        "lossy_no_nomap_pool18", True, capenable=IFCAP_TXCSUM | IFCAP_TSO4, nsfbufs=18, loss=0.1
+    ),
+    Variant("lossy_ktls", True, tls="real", loss=0.1),
 )
 SUITE = SUITES["TLS_AES_128_GCM_SHA256"]
 KEY = bytes(range(16))
@@ -414,6 +422,8 @@ class DataPathMachine(RuleBasedStateMachine):
             mb_use_ext_pgs=v.mb_use_ext_pgs,
             nsfbufs=v.nsfbufs,
             readahead=v.readahead,
+            loss=v.loss,
+            loss_seed=npages,
         )
         self.kern.set_wakeup(self.wakeup)
         for sndbuf in sndbufs:
@@ -559,9 +569,16 @@ class DataPathMachine(RuleBasedStateMachine):
             assert c.tls.seqnos == list(range(len(c.tls.seqnos)))
         assert len(c.wire) + sb.sb_ccc == c.appended()
         assert tp.snd_una_total == len(c.wire)
-        queued = b"".join(txq.pending_iov(1 << 30))
+        # Everything in the NIC queue, lost packets included; the wire may take
+        # only the part before the first lost one.
+        queued = b"".join(bytes(seg) for pkt in txq.ring for seg in pkt.segs)[txq.head_off :]
+        takeable = b"".join(txq.pending_iov(1 << 30))
+        assert queued[: len(takeable)] == takeable
+        first_lost = next((i for i, p in enumerate(txq.ring) if p.lost), len(txq.ring))
+        before_hole = sum(p.payload for p in list(txq.ring)[:first_lost])
+        assert len(takeable) == max(0, before_hole - txq.head_off)
         assert len(queued) == txq.bytes_queued - txq.head_off == tp.snd_nxt
-        assert tp.snd_nxt <= sb.sb_acc
+        assert tp.snd_nxt <= tp.snd_max <= sb.sb_acc
         if queued:
             assert queued == m_copydata(sb.sb_mb, 0, tp.snd_nxt)
         caps = self.k.ifnet.if_capenable
