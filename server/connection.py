@@ -114,6 +114,8 @@ class Connection:
             "requests": self.requests,
             "bytes_written": self.tx.bytes_written,
             "sockbuf_bytes": self.so.so_snd.sb_ccc,
+            "rcvbuf_bytes": self.so.so_rcv.sb_ccc,  # received, not yet read (or decrypted)
+            "ipv6": self.so.so_tcp.isipv6,
         }
         out.update(self.transport.info())
         return out
