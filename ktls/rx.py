@@ -86,7 +86,7 @@ from mbuf.ktls_hdr import (
     TLS_RLTYPE_HANDSHAKE,
     content_type_name,
 )
-from mbuf.mbuf import m_chain_iov, m_copydata, m_free, m_freem
+from mbuf.mbuf import m_chain_iov, m_copydata, m_free, m_freem, m_getptr
 
 if TYPE_CHECKING:
     from mbuf.counters import KtlsStat
@@ -348,12 +348,8 @@ def _m_decrypted(data: Mbuf, plain: bytes) -> Mbuf | None:
     m.m_data += skip
     m.m_len -= skip
     top = m
-    left = n
-    while m.m_len < left:
-        left -= m.m_len
-        assert m.m_next is not None
-        m = m.m_next
-    m.m_len = left
+    m, last = m_getptr(top, n - 1)  # the mbuf holding the last plaintext byte
+    m.m_len = last + 1
     m_freem(m.m_next)  # the trailer's mbufs
     m.m_next = None
     return top

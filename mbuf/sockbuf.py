@@ -47,6 +47,7 @@ from mbuf.mbuf import (
     Mbuf,
     m_copym,
     m_free,
+    m_getptr,
     mtod,
 )
 from mbuf.param import MCLBYTES, MLEN, MSIZE, SB_EFFICIENCY, SB_MAX
@@ -316,12 +317,8 @@ class SockBuf:
         kassert(0 < length <= self.sb_tlscc, "ktls_detach_record: %s of %s", length, self.sb_tlscc)
         top = self.sb_mtls
         assert top is not None
-        m = top
-        left = length
-        while m.m_len < left:
-            left -= m.m_len
-            assert m.m_next is not None
-            m = m.m_next
+        m, last = m_getptr(top, length - 1)  # the mbuf holding the record's last byte
+        left = last + 1
         if m.m_len > left:
             rest = m_copym(m, left, m.m_len - left)  # shares a cluster (mb_dupcl)
             rest.m_next = m.m_next

@@ -13,7 +13,7 @@ import pytest
 
 from mbuf.ifnet import IFCAP_RXCSUM
 from mbuf.kern import Kernel
-from mbuf.mbuf import M_EXT, Mbuf, m_copydata
+from mbuf.mbuf import M_EXT, Mbuf, m_copydata, m_getptr
 from mbuf.param import (
     ETHER_HDR_LEN,
     MCLBYTES,
@@ -277,4 +277,22 @@ def test_tcp_input_flags() -> None:
     assert so.so_rcv.sb_state & SBS_CANTRCVMORE
     assert so.so_tcp.rcv_nxt == (PEER_ISS + 1 + 4 + 1) & 0xFFFFFFFF
     assert soreceive(so, 10) == b"last"
+    _close(kern, so)
+
+
+def test_m_getptr_finds_the_byte() -> None:
+    kern = Kernel()
+    so = new_socket(kern)
+    if_rx(so, bytes(3 * TCP_MSS))  # three clusters of TCP_MSS bytes in so_rcv
+    top = so.so_rcv.sb_mb
+    assert top is not None
+    ms = list(chain(top))
+    for loc, (i, off) in {
+        0: (0, 0),
+        TCP_MSS - 1: (0, TCP_MSS - 1),
+        TCP_MSS: (1, 0),
+        3 * TCP_MSS - 1: (2, TCP_MSS - 1),
+    }.items():
+        m, o = m_getptr(top, loc)
+        assert (m, o) == (ms[i], off)
     _close(kern, so)
