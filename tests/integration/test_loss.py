@@ -22,6 +22,7 @@ MODES = {
     "no-nomap": ["--no-nomap"],
     "no-ktls": ["--no-ktls"],
     "http": ["--http"],
+    "ipv6-no-nomap": ["--host", "::1", "--no-nomap"],
 }
 LOSS = ["--loss", "0.02", "--loss-seed", "7"]
 
@@ -53,7 +54,9 @@ def test_every_size_despite_loss(lossy: ServerProcess, tmp_path: pathlib.Path) -
     assert s["ifnet.tx_lost"] > 0 and s["tcp.rexmttimeo"] > 0
     assert s["tcp.sndrexmitpack"] > 0 and s["tcp.sndrexmitbyte"] > 0
     assert s["tcp.rcvpack"] > 0
-    if lossy.mode == "no-nomap":  # type: ignore[attr-defined]
+    if lossy.mode.startswith("ipv6"):  # type: ignore[attr-defined]
+        assert s["ip6.localout"] > 0 and s["ip.output_packets"] == 0
+    if lossy.mode.endswith("no-nomap"):  # type: ignore[attr-defined]
         # Every packet converted, the retransmitted ones again, with new sf_bufs.
         assert s["ip.unmapped_converted"] > 0
         assert s["sfbuf.total"] >= s["ip.unmapped_pages_mapped"] > 0
