@@ -34,7 +34,9 @@ themselves, never from the counters under test:
 * the receive direction: per socket, what the client sent (`if_rx`) is what
   the reader took (`soreceive`) followed by what so_rcv holds, in order;
   rcv_nxt counts it; so_rcv's sb_ccc, sb_acc, sb_mcnt, sb_ccnt, sb_mbcnt and
-  sbspace recount from its chain; receive clusters count in the zones;
+  sbspace recount from its chains; receive clusters count in the zones. With
+  real KTLS the client sends sealed records (KTLS RX): every whole record
+  that came is decrypted in sb_mb, the rest waits in sb_mtls (sb_tlscc);
 * send buffers (checklist 4, 5): sb_ccc, sb_acc over the ready prefix only,
   sb_fnrdy, M_BLOCKED behind it, sb_mbcnt/sb_mcnt/sb_ccnt, M_NOTREADY exactly
   when nrdy > 0, no record with `tls` set is ready or in the NIC queue;
@@ -74,6 +76,7 @@ from hypothesis.stateful import (
 )
 
 from ktls.keys import TrafficKeys
+from ktls.rx import KtlsRxSession
 from ktls.session import KtlsSession
 from ktls.suites import SUITES
 from mbuf.ifnet import (
@@ -111,7 +114,7 @@ from mbuf.sendfile import (
     sendfile_step,
     vm_pager_iodone,
 )
-from mbuf.socket import Socket, soclose, soreceive, sosend
+from mbuf.socket import Socket, ktls_enable_rx, soclose, soreceive, sosend
 from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import tcp_acked, tcp_output
 from mbuf.vm_object import PagerRequest, VmObject
@@ -127,7 +130,7 @@ from tests.mbuf.builders import (
 from tests.support.pair import (
     new_socket,
 )
-from tests.support.tlsseal import Sealer
+from tests.support.tlsseal import CT_APPLICATION_DATA, Sealer, parse_records
 from tests.support.wire import tcp6_checksum_ok, tcp_checksum_ok, wire_take
 
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
@@ -180,6 +183,8 @@ VARIANTS = (
 SUITE = SUITES["TLS_AES_128_GCM_SHA256"]
 KEY = bytes(range(16))
 IV = bytes(range(100, 112))
+RX_KEY = bytes(range(32, 48))  # the client's direction (KTLS RX)
+RX_IV = bytes(range(60, 72))
 TLS13_OVERHEAD = 5 + 17  # record header; inner content type and tag
 
 SOCK = st.integers(0, MAX_SOCKETS - 1)
@@ -240,6 +245,15 @@ class Conn:
     waiting: bool = False  # told to wait for memory or sf_bufs; not woken since
     sent_in: bytearray = field(default_factory=bytearray)  # what the client sent us
     read_in: bytearray = field(default_factory=bytearray)  # what the reader took (soreceive)
+    # KTLS RX (real TLS variants): the client's records, sealed at once, fed as they go.
+    rx_sealer: Sealer | None = None
+    rx_wire: bytearray = field(default_factory=bytearray)  # ciphertext the client wrote
+    rx_fed: int = 0  # ... of which the wire delivered so far
+    rx_recs: list[tuple[int, int]] = field(default_factory=list)  # (cipher, plain) lengths
+
+    def rcv_fed(self) -> int:
+        """Bytes the wire delivered to this socket (tcp_input's, ciphertext with TLS)."""
+        return self.rx_fed if self.rx_sealer is not None else len(self.sent_in)
 
     def account(self) -> None:
         """Move the bytes the running sendfile queued since last time into `payload`."""
@@ -317,7 +331,11 @@ class DataPathMachine(RuleBasedStateMachine):
         elif self.variant.tls == "real":
             tls = SpyKtls(self.k, self.workers, SUITE, KEY, IV)
         so = new_socket(self.k, sndbuf, tls=tls, isipv6=self.variant.ipv6)
-        self.conns.append(Conn(so, tls))
+        c = Conn(so, tls)
+        if isinstance(tls, SpyKtls):  # TCP_RXTLS_ENABLE too
+            ktls_enable_rx(so, KtlsRxSession(SUITE, RX_KEY, RX_IV, 0), b"")
+            c.rx_sealer = Sealer(SUITE, TrafficKeys(RX_KEY, RX_IV), 0)
+        self.conns.append(c)
 
     def wakeup(self) -> None:
         """vm_wakeup / sf_buf wakeup: the server wakes every waiting connection."""
@@ -502,18 +520,41 @@ class DataPathMachine(RuleBasedStateMachine):
         """One host read of what the client sent: inbound packets into so_rcv (at most
         what the window has room for, as the server reads)."""
         c = self.pick(i, [c for c in self.conns if c.so.so_rcv.sbspace() > 0])
+        if c.rx_sealer is not None:  # a record of up to n bytes; the wire takes up to n more
+            text = random.Random(len(c.sent_in)).randbytes(min(n, 1 << 14))
+            rec = c.rx_sealer.data(text)
+            c.rx_wire += rec
+            c.rx_recs.append((len(rec), len(text)))
+            c.sent_in += text
+            self.feed_rx(c, n)
+            return
         n = min(n, c.so.so_rcv.sbspace())
         data = random.Random(len(c.sent_in)).randbytes(n)
         if_rx(c.so, data)
         c.sent_in += data
 
-    @precondition(lambda self: any(c.so.so_rcv.sb_ccc for c in self.conns))
+    def feed_rx(self, c: Conn, n: int) -> None:
+        """The wire delivers up to n more bytes of the client's records."""
+        k = min(n, c.so.so_rcv.sbspace(), len(c.rx_wire) - c.rx_fed)
+        if k > 0:
+            if_rx(c.so, c.rx_wire[c.rx_fed : c.rx_fed + k])
+            c.rx_fed += k
+
+    def read(self, c: Conn, n: int) -> None:
+        """soreceive: bytes, or with KTLS RX whole records (header rebuilt, then plaintext)."""
+        got = soreceive(c.so, n)
+        if c.rx_sealer is None:
+            assert len(got) <= n
+            c.read_in += got
+            return
+        for hdr, body in parse_records(got):
+            assert hdr[0] == CT_APPLICATION_DATA and hdr[1:3] == b"\x03\x03"
+            c.read_in += body
+
+    @precondition(lambda self: any(c.so.so_rcv.sb_acc for c in self.conns))
     @rule(i=SOCK, n=st.sampled_from([1, 7, 1448, 4096, 1 << 20]))
     def reader_reads(self, i: int, n: int) -> None:
-        c = self.pick(i, [c for c in self.conns if c.so.so_rcv.sb_ccc])
-        got = soreceive(c.so, n)
-        assert 0 < len(got) <= n
-        c.read_in += got
+        self.read(self.pick(i, [c for c in self.conns if c.so.so_rcv.sb_acc]), n)
 
     @precondition(lambda self: self.hog or any(c.holds_data() for c in self.conns))
     @rule(n=st.integers(-48, 48))
@@ -539,7 +580,7 @@ class DataPathMachine(RuleBasedStateMachine):
         if c.tls is not None:
             c.tls.free()
         self.conns.remove(c)
-        self.closed_rcvbyte += len(c.sent_in)
+        self.closed_rcvbyte += c.rcv_fed()
         assert not c.so.so_snd.sb_mb and c.so.so_txq.empty()
         self.open_conn(sndbuf)
 
@@ -610,19 +651,38 @@ class DataPathMachine(RuleBasedStateMachine):
         so = c.so
         rcv = so.so_rcv
         tp = so.so_tcp
-        assert len(c.sent_in) == len(c.read_in) + rcv.sb_ccc
+        fed = c.rcv_fed()
+        # Records: the whole ones that came are decrypted at once (KTLS RX); the
+        # rest of the ciphertext waits in sb_mtls.
+        whole_cipher = whole_plain = 0
+        for clen, plen in c.rx_recs:
+            if whole_cipher + clen > fed:
+                break
+            whole_cipher += clen
+            whole_plain += plen
+        arrived = whole_plain if c.rx_sealer is not None else len(c.sent_in)
+        assert rcv.sb_tlscc == fed - whole_cipher if c.rx_sealer is not None else rcv.sb_tlscc == 0
+        assert arrived == len(c.read_in) + rcv.sb_acc
         assert c.read_in == c.sent_in[: len(c.read_in)]
-        assert m_copydata(rcv.sb_mb, 0, rcv.sb_ccc) == c.sent_in[len(c.read_in) :]
-        assert tp.rcv_nxt == (tp.irs + 1 + len(c.sent_in)) & 0xFFFFFFFF
+        assert m_copydata(rcv.sb_mb, 0, rcv.sb_acc) == c.sent_in[len(c.read_in) : arrived]
+        assert tp.rcv_nxt == (tp.irs + 1 + fed) & 0xFFFFFFFF
         ms = list(chain(rcv.sb_mb))
+        mtls = list(chain(rcv.sb_mtls))
         assert rcv.sb_mbtail is (ms[-1] if ms else None)
-        assert rcv.sb_acc == rcv.sb_ccc == sum(m.m_len for m in ms)
-        assert rcv.sb_mcnt == rcv.sb_ccnt == len(ms)  # a cluster per segment
-        assert rcv.sb_mbcnt == sum(MSIZE + (m.m_ext.ext_size if m.m_ext else 0) for m in ms)
-        assert not any(m.m_flags & (M_NOTREADY | M_NOMAP) for m in ms)
+        assert rcv.sb_mtlstail is (mtls[-1] if mtls else None)
+        assert rcv.sb_acc == sum(m.m_len for m in ms)
+        assert rcv.sb_tlscc == sum(m.m_len for m in mtls)
+        assert rcv.sb_ccc == rcv.sb_acc + rcv.sb_tlscc
+        assert rcv.sb_mcnt == len(ms) + len(mtls)
+        assert rcv.sb_ccnt == sum(1 for m in ms + mtls if m.m_flags & M_EXT)
+        assert rcv.sb_mbcnt == sum(
+            MSIZE + (m.m_ext.ext_size if m.m_ext is not None and m.m_flags & M_EXT else 0)
+            for m in ms + mtls
+        )
+        assert not any(m.m_flags & (M_NOTREADY | M_NOMAP) for m in ms + mtls)
         assert rcv.sbspace() == min(rcv.sb_hiwat - rcv.sb_ccc, rcv.sb_mbmax - rcv.sb_mbcnt)
         st = self.k.stats.tcp
-        assert st.rcvbyte == sum(len(x.sent_in) for x in self.conns) + self.closed_rcvbyte
+        assert st.rcvbyte == sum(x.rcv_fed() for x in self.conns) + self.closed_rcvbyte
 
     def check_sockbuf(self, c: Conn) -> None:
         sb = c.so.so_snd
@@ -660,6 +720,8 @@ class DataPathMachine(RuleBasedStateMachine):
             for m in chain(c.so.so_snd.sb_mb):
                 live[id(m)] = m
             for m in chain(c.so.so_rcv.sb_mb):
+                live[id(m)] = m
+            for m in chain(c.so.so_rcv.sb_mtls):
                 live[id(m)] = m
             for pkt in c.so.so_txq.ring:
                 for m in chain(pkt.m):
@@ -803,7 +865,12 @@ class DataPathMachine(RuleBasedStateMachine):
         self.everything_adds_up()
         for c in self.conns:
             assert bytes(c.wire) == c.expected_wire()
-            c.read_in += soreceive(c.so, 1 << 30)
+            for _ in range(DRAIN_ROUNDS):  # the rest of the client's records, then read all
+                self.read(c, 1 << 30)
+                if c.rcv_fed() == len(c.rx_wire) or c.rx_sealer is None:
+                    break
+                self.feed_rx(c, 1 << 20)
+            self.read(c, 1 << 30)
             assert c.read_in == c.sent_in
             assert c.so.so_pending == 0
             soclose(c.so)
