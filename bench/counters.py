@@ -15,6 +15,7 @@ per GB (10^9 bytes) the client received:
 | sw_csum_bytes | ip.sw_csum_bytes | bytes checksummed in software (NIC without TXCSUM) |
 | ktls_records | ktls.records_encrypted | TLS records encrypted by KTLS |
 | walked | tcp.sndptr_walked | mbufs tcp_output walked from its cached pointer to snd_nxt |
+| rexmit_bytes | tcp.sndrexmitbyte | bytes TCP sent again after the wire lost them (`--loss`) |
 
 and, as a level rather than a delta, `sockbuf.mbufs_peak`: the most mbufs
 any one socket buffer held since the server started (the servers are started
@@ -35,6 +36,7 @@ PER_GB: dict[str, str] = {
     "sw_csum_bytes": "ip.sw_csum_bytes",
     "ktls_records": "ktls.records_encrypted",
     "walked": "tcp.sndptr_walked",
+    "rexmit_bytes": "tcp.sndrexmitbyte",
 }
 LEVELS: dict[str, str] = {"sockbuf_mbufs_peak": "sockbuf.mbufs_peak"}
 

@@ -1,6 +1,6 @@
 """The rows of the benchmark: each server in each mode it is measured in.
 
-Theory of operation. A row is one server process configuration. nomapd has six
+Theory of operation. A row is one server process configuration. nomapd has eight
 rows, one per mode measured (the flags are passed to `nomapd serve` as they
 are); nginx and hypercorn have two each, HTTPS and plain HTTP, so that every
 nomapd row has a peer speaking the same protocol: the HTTPS rows of nomapd are
@@ -56,6 +56,16 @@ ROWS: tuple[Row, ...] = (
         True,
         ("--no-nomap", "--no-txcsum"),
         "KTLS, old NIC: no NOMAP, no TXCSUM (so no TSO)",
+    ),
+    # What loss costs: the same two NICs on a wire that loses 2% of segments
+    # (TCP resends from the socket buffer; without NOMAP every resend converts again).
+    Row("nomapd-loss", NOMAPD, True, ("--loss", "0.02"), "KTLS, NOMAP, 2% of segments lost"),
+    Row(
+        "nomapd-no-nomap-loss",
+        NOMAPD,
+        True,
+        ("--no-nomap", "--loss", "0.02"),
+        "KTLS, NIC without NOMAP, 2% of segments lost",
     ),
     Row("nomapd-no-ktls", NOMAPD, True, ("--no-ktls",), "user-space TLS (OpenSSL)"),
     Row("nomapd-http", NOMAPD, False, ("--http",), "plain HTTP, unmapped sendfile"),

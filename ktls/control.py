@@ -5,8 +5,12 @@ decrypts, but a record that is not application data comes up to the reader
 (OpenSSL's record layer over a KTLS socket) with its type, and the reader acts
 on it. `TlsControl` is that reader for one connection, sans-IO:
 
-* `receive_data(bytes)` feeds ciphertext to the connection's `KtlsRxSession`
-  and returns the application bytes it completes (zero-length application
+* `receive_records(bytes)` takes the records the kernel decrypted in the
+  receive buffer (KTLS RX, what `soreceive` returns: header and plaintext per
+  record) and returns their application bytes; `receive_data(bytes)` feeds
+  ciphertext to the connection's `KtlsRxSession` and decrypts it here (the
+  same rules; the server uses it for nothing but tests and tools) and returns
+  the application bytes it completes (zero-length application
   records are fine; more than MAX_EMPTY_RECORDS in a row are not, as in
   OpenSSL).
 * Alerts: `close_notify` sets `closed` (the caller answers with its own and
@@ -31,6 +35,7 @@ on it. `TlsControl` is that reader for one connection, sans-IO:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ktls.alerts import (
@@ -47,9 +52,10 @@ from ktls.alerts import (
     alert_bytes,
 )
 from ktls.keys import TrafficKeys, tls13_next_traffic_secret, tls13_traffic_keys
-from ktls.rx import KtlsRxSession
+from ktls.rx import KtlsRxSession, RxRecord
 from ktls.suites import TlsVersion
 from mbuf.ktls_hdr import (
+    TLS_HEADER_LEN,
     TLS_RLTYPE_ALERT,
     TLS_RLTYPE_APP,
     TLS_RLTYPE_HANDSHAKE,
@@ -113,8 +119,33 @@ class TlsControl:
             return b""  # nothing after close_notify counts (RFC 8446 6.1)
         rx = self.rx
         rx.feed(data)
+        return self._consume(rx.next_record)
+
+    def receive_records(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Application bytes in records the kernel decrypted in the receive
+        buffer (KTLS RX), as `soreceive` hands them up: each a 5-byte header
+        rebuilt from its TLS_GET_RECORD control message, then its plaintext.
+        (A record the kernel refused comes as soreceive's OSError, after the
+        records before it.) Raises RecordError or PeerAlert."""
+        if self.closed:
+            return b""
+        view = memoryview(data)
+        recs: list[RxRecord] = []
+        pos = 0
+        while pos + TLS_HEADER_LEN <= len(view):
+            end = pos + TLS_HEADER_LEN + ((view[pos + 3] << 8) | view[pos + 4])
+            recs.append(RxRecord(view[pos], bytes(view[pos + TLS_HEADER_LEN : end])))
+            pos = end
+        it = iter(recs)
+        out = self._consume(lambda: next(it, None))
+        if self.rx.held:  # a handshake message split over records: its next part
+            self.rx.resume()
+        return out
+
+    def _consume(self, next_record: Callable[[], RxRecord | None]) -> bytes:
+        """Act on records as `next_record` yields them; the application bytes."""
         out: list[bytes] = []
-        while not self.closed and (rec := rx.next_record()) is not None:
+        while not self.closed and (rec := next_record()) is not None:
             ctype, payload = rec
             if ctype == TLS_RLTYPE_APP and payload and not self._hs and not self._alert:
                 self._empty = 0  # the usual record: what the branches below do for it

@@ -11,9 +11,19 @@ control message. What a non-data record means (alerts, post-handshake
 messages) is user space's business (`ktls.control`); the kernel only decrypts
 and checks.
 
-`KtlsRxSession` is that kernel part, sans-IO: `feed` bytes as they come off
-the socket, then `next_record` until it returns None. Errors are
-`RecordError`s carrying the alert user space must send: `record_overflow`
+`KtlsRxSession` is that kernel part, sans-IO, two ways:
+* in the receive buffer, as the kernel does it: tcp_input appends the
+  client's segments to `sb_mtls` and calls `ktls_check_rx`, which decrypts
+  each whole record in place in its clusters and moves it to `sb_mb` with its
+  type (`sbappendcontrol`); `soreceive` hands the records up with the 5-byte
+  header OpenSSL's `ktls_read_record` rebuilds from the control message, and
+  `TlsControl.receive_records` acts on them. A refused record stops
+  decryption and is kept in `error`, which the reader gets after the records
+  before it;
+* on bytes (`feed`, then `next_record` until it returns None), for tests and
+  tools that have no socket.
+
+Errors are `RecordError`s carrying the alert user space must send: `record_overflow`
 for a record longer than the version allows (RFC 8446 5.2: 2^14 + 256 bytes
 of ciphertext; RFC 5246 6.2.3: 2^14 + 2048) or whose plaintext is over 2^14,
 `bad_record_mac` for one that does not open (the kernel's EBADMSG),
@@ -23,15 +33,26 @@ for a record version other than 0x0303 `protocol_version` (TLS 1.2) or
 FreeBSD's `ktls_decrypt` refuse it too).
 
 Models: sys/kern/uipc_ktls.c (`ktls_enable_rx`, `ktls_check_rx`,
-`ktls_decrypt`).
+`ktls_decrypt`, `ktls_detach_record`; read in freebsd-src's current
+version, FreeBSD 13 and later).
 
 Deliberate differences:
 * KTLS RX as committed in July 2020 did TLS 1.1/1.2 only; TLS 1.3 RX came
   later. nomapd receives both, since every TLS 1.3 client must be served.
-* Incoming bytes sit in a plain buffer rather than receive-side mbufs
-  (`sb_mtls`), and records are opened inline on the event loop, not queued
+* Records are opened inline in `ktls_check_rx` (from tcp_input), not queued
   to a worker (`sw_rx_inqueue`): client records are a few hundred bytes of
-  request per response, and the transmit side is what the model is about.
+  request per response. The AEAD decrypts into a new buffer whose plaintext
+  is copied back over the ciphertext, where OCF decrypts in place.
+* After a refused record the kernel drops that record and goes on with the
+  next (so_error = EBADMSG); the model stops, since the reader ends the
+  connection with an alert anyway.
+* After a TLS 1.3 handshake record (a KeyUpdate) decryption waits (`held`)
+  until the reader has installed the next keys (`rekey`): the kernel has no
+  such rule and cannot take new receive keys, so a KeyUpdate under KTLS RX
+  is beyond it (as on the transmit side, `KtlsSession.successor`).
+* The handshake's reader (OpenSSL, over a memory BIO) may have taken bytes
+  past its last record; `ktls_enable_rx` puts them back at the front of the
+  receive buffer, as if it had not read ahead.
 * A refused record is counted in `ktls.rx_failures` (the kernel's
   `corrupted_records` counts malformed headers; EBADMSG failures are per
   record) and the connection ends with the alert user space would send.
@@ -39,6 +60,7 @@ Deliberate differences:
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography.exceptions import InvalidTag
@@ -64,9 +86,12 @@ from mbuf.ktls_hdr import (
     TLS_RLTYPE_HANDSHAKE,
     content_type_name,
 )
+from mbuf.mbuf import m_chain_iov, m_copydata, m_free, m_freem, m_getptr
 
 if TYPE_CHECKING:
     from mbuf.counters import KtlsStat
+    from mbuf.mbuf import Mbuf
+    from mbuf.sockbuf import SockBuf
 
 _TLS12_PROTECTED = frozenset({TLS_RLTYPE_ALERT, TLS_RLTYPE_HANDSHAKE, TLS_RLTYPE_APP})
 
@@ -88,6 +113,8 @@ class KtlsRxSession:
         "_iv_int",
         "aead",
         "bytes",
+        "error",
+        "held",
         "iv",
         "max_ciphertext",
         "records",
@@ -113,13 +140,33 @@ class KtlsRxSession:
         self._checked = False  # the header at the front of _buf passed ktls_check_rx
         self.records = 0  # per-session counters
         self.bytes = 0
+        self.error: RecordError | None = None  # a record refused in the receive buffer
+        self.held = False  # decryption in the receive buffer waits for new keys
 
     def rekey(self, key: bytes, iv: bytes) -> None:
-        """New receive keys (a TLS 1.3 KeyUpdate): numbering starts again at 0."""
+        """New receive keys (a TLS 1.3 KeyUpdate): numbering starts again at 0,
+        and decryption in the receive buffer may go on."""
         self.aead = self.suite.aead(key)
         self.iv = iv
         self._iv_int = self._nonce_base(iv)
         self.seqno = 0
+        self.held = False
+
+    def ktls_rx_error(self) -> int:
+        """The errno recvmsg reports for the refused record (see KtlsRxHook)."""
+        err = self.error
+        if err is None:
+            return 0
+        if err.description == BAD_RECORD_MAC:
+            return errno.EBADMSG
+        if err.description == RECORD_OVERFLOW:
+            return errno.EMSGSIZE
+        return errno.EINVAL
+
+    def resume(self) -> None:
+        """The reader has acted on the handshake record that held decryption
+        (a TLS 1.3 handshake message other than KeyUpdate is refused anyway)."""
+        self.held = False
 
     def _nonce_base(self, iv: bytes) -> int:
         """The int each record's nonce is XORed from (RFC 8446 5.3, RFC 7905 2);
@@ -142,16 +189,7 @@ class KtlsRxSession:
         ctype = buf[0]
         length = (buf[3] << 8) | buf[4]
         if not self._checked:
-            # Application data with the right version and a plausible length passes
-            # in either version; anything else gets the whole check.
-            if not (
-                ctype == TLS_RLTYPE_APP
-                and buf[1] == 3
-                and buf[2] == 3
-                and length <= self.max_ciphertext
-                and self.seqno < SEQNO_LIMIT
-            ):
-                self._check_header(ctype, (buf[1] << 8) | buf[2], length)
+            self._precheck(ctype, buf[1], buf[2], length)
             self._checked = True
         end = TLS_HEADER_LEN + length
         if have < end:
@@ -163,6 +201,22 @@ class KtlsRxSession:
             record = bytes(buf[:end])
             del buf[:end]
         self._checked = False
+        return self._open_counted(ctype, record)
+
+    def _precheck(self, ctype: int, vmajor: int, vminor: int, length: int) -> None:
+        """Application data with the right version and a plausible length passes
+        in either version; anything else gets the whole check (ktls_check_rx)."""
+        if not (
+            ctype == TLS_RLTYPE_APP
+            and vmajor == 3
+            and vminor == 3
+            and length <= self.max_ciphertext
+            and self.seqno < SEQNO_LIMIT
+        ):
+            self._check_header(ctype, (vmajor << 8) | vminor, length)
+
+    def _open_counted(self, ctype: int, record: bytes) -> RxRecord:
+        """Open a whole record (header and body) and count it."""
         header = record[:TLS_HEADER_LEN]
         body = memoryview(record)[TLS_HEADER_LEN:]
         try:
@@ -178,6 +232,40 @@ class KtlsRxSession:
             self.stats.rx_records += 1
             self.stats.rx_bytes += len(rec.data)
         return rec
+
+    # -- in the receive buffer -------------------------------------------------
+
+    def ktls_check_rx(self, sb: SockBuf) -> None:
+        """ktls_check_rx and ktls_decrypt (the KtlsRxHook of mbuf/sockbuf.py): while
+        sb_mtls holds a whole record, check its header, detach it, decrypt it in
+        place (the plaintext over the ciphertext, header and trailer trimmed) and
+        append it to sb_mb behind its control message. A refused record sets
+        `error` (the reader gets it after the records before it: the kernel's
+        so_error) and stops decryption. After a TLS 1.3 handshake record (a
+        KeyUpdate) decryption `held` until the reader installs the next keys."""
+        while self.error is None and not self.held and sb.sb_tlscc >= TLS_HEADER_LEN:
+            hdr = m_copydata(sb.sb_mtls, 0, TLS_HEADER_LEN)
+            ctype = hdr[0]
+            length = (hdr[3] << 8) | hdr[4]
+            try:
+                self._precheck(ctype, hdr[1], hdr[2], length)
+            except RecordError as e:
+                self.error = e  # ktls_drop: corrupted_records
+                return
+            end = TLS_HEADER_LEN + length
+            if sb.sb_tlscc < end:
+                return
+            data = sb.ktls_detach_record(end)
+            try:
+                rec = self._open_counted(ctype, m_copydata(data, 0, end))
+            except RecordError as e:
+                m_freem(data)
+                self.error = e  # EBADMSG
+                return
+            n = len(rec.data)
+            sb.sbappendcontrol(_m_decrypted(data, rec.data), (rec.ctype, hdr[1], hdr[2], n))
+            if rec.ctype == TLS_RLTYPE_HANDSHAKE and self.version is TlsVersion.TLS13:
+                self.held = True
 
     def _check_header(self, ctype: int, version: int, length: int) -> None:
         """ktls_check_rx: what the header alone tells."""
@@ -236,3 +324,32 @@ class KtlsRxSession:
         except InvalidTag:
             raise RecordError(BAD_RECORD_MAC, "record does not authenticate") from None
         return RxRecord(ctype, plain)
+
+
+def _m_decrypted(data: Mbuf, plain: bytes) -> Mbuf | None:
+    """The record's chain holding its plaintext: written over the ciphertext
+    after the header (ktls_ocf_decrypt works in place), then the header's and
+    the trailer's mbufs trimmed (freed when emptied), as ktls_decrypt does.
+    None (the chain freed) for an empty record."""
+    n = len(plain)
+    if not n:
+        m_freem(data)
+        return None
+    pos = 0
+    for seg in m_chain_iov(data, TLS_HEADER_LEN, n):
+        seg[:] = plain[pos : pos + len(seg)]
+        pos += len(seg)
+    m: Mbuf | None = data
+    skip = TLS_HEADER_LEN
+    while m is not None and m.m_len <= skip:  # mbufs holding only header bytes
+        skip -= m.m_len
+        m = m_free(m)
+    assert m is not None
+    m.m_data += skip
+    m.m_len -= skip
+    top = m
+    m, last = m_getptr(top, n - 1)  # the mbuf holding the last plaintext byte
+    m.m_len = last + 1
+    m_freem(m.m_next)  # the trailer's mbufs
+    m.m_next = None
+    return top

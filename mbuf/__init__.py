@@ -2,7 +2,9 @@
 
 Theory of operation. Physical pages and the page cache, mbufs with the 2019
 unmapped EXT_PGS layout, sf_bufs, socket buffers, sendfile, tcp_output,
-ip_output and the NIC model, each in the module named for it.
+ip_output and ip6_output, the NIC model, and the receive path (tcp_input.py:
+if_rx, ether_input, ip_input, ip6_input, tcp_input), each in the module
+named for it.
 """
 
 from mbuf._core import CORE  # first: it chooses the compiled or the pure core

@@ -111,19 +111,45 @@ class IpStat(_Group):
     sw_csum_bytes: int = 0
     sw_hdr_csum: int = 0  # IP header checksums computed in software (in_cksum_hdr)
     odropped: int = 0  # ips_odropped: ENOBUFS on conversion failure
+    # The receive side (ip_input):
+    total: int = 0  # ips_total: packets received
+    badsum: int = 0  # ips_badsum: header checksum wrong
+    tooshort: int = 0  # ips_tooshort: ip_len shorter than the header, or a short header
+    toosmall: int = 0  # ips_toosmall: the packet is shorter than ip_len
+    badhlen: int = 0  # ips_badhlen: ip_hl below 5
+    badvers: int = 0  # ips_badvers: not version 4
+    delivered: int = 0  # ips_delivered: handed to the transport (tcp_input)
+
+
+@dataclass(slots=True)
+class Ip6Stat(_Group):
+    """struct ip6stat (sys/netinet6/ip6_var.h): the counters of ip6_output and ip6_input."""
+
+    localout: int = 0  # ip6s_localout: packets sent (TSO bursts count one)
+    output_bytes: int = 0
+    odropped: int = 0  # ip6s_odropped: ENOBUFS on conversion failure
+    total: int = 0  # ip6s_total: packets received
+    tooshort: int = 0  # ip6s_tooshort: shorter than the header or its payload length
+    badvers: int = 0  # ip6s_badvers: not version 6
+    delivered: int = 0  # ip6s_delivered: handed to the transport (tcp_input)
 
 
 @dataclass(slots=True)
 class IfStat(_Group):
     tx_packets: int = 0  # packets (TSO bursts) handed to the NIC
     tx_segments: int = 0  # wire segments after TSO
-    tx_bytes: int = 0  # bytes on the wire, including a 40-byte header per segment
+    tx_bytes: int = 0  # bytes on the wire, including a 40-byte (IPv6: 60) header per segment
     # busdma segments loaded: physically adjacent pieces merged (sf_buf or unmapped
     # pages alike), each at most if_hw_tsomaxsegsize bytes, plus one for the header
     tx_dma_segments: int = 0
     tx_defrag: int = 0  # packets over if_hw_tsomaxsegcount segments (a driver's m_defrag)
     tx_unmapped_mbufs: int = 0  # unmapped mbufs gathered by physical address
     tx_writes: int = 0  # sendmsg calls on host sockets
+    tx_lost: int = 0  # packets the lossy wire lost (--loss)
+    rx_packets: int = 0  # frames received (each in a cluster)
+    rx_bytes: int = 0  # their bytes, headers included
+    rx_errors: int = 0  # frames too short for an Ethernet header
+    rx_noproto: int = 0  # frames of an ether type nobody takes
 
 
 @dataclass(slots=True)
@@ -154,6 +180,12 @@ class SbStat(_Group):
 
 
 @dataclass(slots=True)
+class SbRcvStat(SbStat):
+    """The same peaks for receive buffers (so_rcv): the most one connection held
+    between tcp_input and the reader's soreceive."""
+
+
+@dataclass(slots=True)
 class TcpStat(_Group):
     connections: int = 0
     sndtotal: int = 0  # tcps_sndtotal: packets handed to ip_output (a TSO burst is one)
@@ -164,6 +196,22 @@ class TcpStat(_Group):
     tso_segcount_cut: int = 0
     sndptr_walked: int = 0  # mbufs walked to find snd_nxt in send buffers
     drops: int = 0  # packets ip_output refused (resent later)
+    # The receive side (tcp_input), tcpstat's names:
+    rcvtotal: int = 0  # tcps_rcvtotal: segments received
+    rcvpack: int = 0  # tcps_rcvpack: in-sequence data packets
+    rcvbyte: int = 0  # tcps_rcvbyte: their bytes
+    rcvackpack: int = 0  # tcps_rcvackpack: segments acknowledging new data of ours
+    rcvackbyte: int = 0  # tcps_rcvackbyte: bytes they acknowledged
+    rcvbadsum: int = 0  # tcps_rcvbadsum: checksum wrong
+    rcvbadoff: int = 0  # tcps_rcvbadoff: data offset wrong
+    rcvshort: int = 0  # tcps_rcvshort: shorter than a TCP header
+    rcvoopack: int = 0  # tcps_rcvoopack: out-of-order packets (dropped: the wire is in order)
+    rcvduppack: int = 0  # tcps_rcvduppack: duplicate data (dropped)
+    rcvpackafterwin: int = 0  # tcps_rcvpackafterwin: data beyond the window (dropped)
+    # Retransmission (a lossy wire):
+    rexmttimeo: int = 0  # tcps_rexmttimeo: retransmit timeouts (go back to snd_una)
+    sndrexmitpack: int = 0  # tcps_sndrexmitpack: packets (bursts) that resent data
+    sndrexmitbyte: int = 0  # tcps_sndrexmitbyte: bytes sent again
 
 
 # Each group's name in the snapshot ("mbuf.mbufs_in_use"). A plain table rather
@@ -179,13 +227,15 @@ PREFIXES: dict[type[_Group], str] = {
     KtlsStat: "ktls",
     SbStat: "sockbuf",
     TcpStat: "tcp",
+    Ip6Stat: "ip6",
+    SbRcvStat: "sockbuf_rcv",
 }
 
 
 class Counters:
     """All counter groups of one modeled kernel."""
 
-    __slots__ = ("ifnet", "ip", "ktls", "mb", "sb", "sf", "sfbuf", "tcp", "vm")
+    __slots__ = ("ifnet", "ip", "ip6", "ktls", "mb", "sb", "sb_rcv", "sf", "sfbuf", "tcp", "vm")
 
     def __init__(self) -> None:
         self.mb = MbStat()
@@ -193,16 +243,18 @@ class Counters:
         self.sfbuf = SfBufStat()
         self.vm = VmStat()
         self.ip = IpStat()
+        self.ip6 = Ip6Stat()
         self.ifnet = IfStat()
         self.ktls = KtlsStat()
         self.sb = SbStat()
+        self.sb_rcv = SbRcvStat()
         self.tcp = TcpStat()
 
     def groups(self) -> tuple[_Group, ...]:
         """Every group, in the snapshot's order (compiled classes have no `__slots__` to walk)."""
         return (
             self.ifnet, self.mb, self.sfbuf, self.sf, self.vm,
-            self.ktls, self.ip, self.sb, self.tcp,
+            self.ktls, self.ip, self.ip6, self.sb, self.sb_rcv, self.tcp,
         )  # fmt: skip
 
     def snapshot(self) -> MappingProxyType[str, Any]:

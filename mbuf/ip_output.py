@@ -56,6 +56,23 @@ def in_delayed_cksum(m: Mbuf, src: int, dst: int) -> int:
     return tcplen
 
 
+def ip_unmapped_to_ext(kern: Kernel, m: Mbuf) -> Mbuf | None:
+    """The conversion ip_output and ip6_output both make: mb_unmapped_to_ext,
+    counted; None if it could not get its sf_bufs (the chain is freed)."""
+    st = kern.stats.ip
+    before = st.unmapped_mbufs_converted
+    conv = mb_unmapped_to_ext(m)
+    if conv is None:
+        # The failed conversion already freed the sf_bufs it had mapped, and that
+        # free spent the pool's wakeup; TCP will send again once mappings come
+        # back, so ask to be woken by the next free.
+        kern.sfbufs.wanted = True
+        return None
+    if st.unmapped_mbufs_converted != before:
+        st.unmapped_converted += 1
+    return conv
+
+
 def ip_output(kern: Kernel, m: Mbuf, txq: IfTxQueue, src: int, dst: int, nsegs: int) -> int:
     """Send one packet (a TSO burst or a single segment). Returns 0 or an errno;
     the chain is consumed either way."""
@@ -63,18 +80,11 @@ def ip_output(kern: Kernel, m: Mbuf, txq: IfTxQueue, src: int, dst: int, nsegs: 
     st = kern.stats.ip
     sw_csum = m.m_pkthdr_csum_flags & ~ifp.if_hwassist
     if sw_csum & CSUM_DELAY_DATA or not ifp.if_capenable & IFCAP_NOMAP:
-        before = st.unmapped_mbufs_converted
-        conv = mb_unmapped_to_ext(m)
+        conv = ip_unmapped_to_ext(kern, m)
         if conv is None:
             st.odropped += 1
-            # The failed conversion already freed the sf_bufs it had mapped, and that
-            # free spent the pool's wakeup; TCP will send again once mappings come
-            # back, so ask to be woken by the next free.
-            kern.sfbufs.wanted = True
             return errno.ENOBUFS
         m = conv
-        if st.unmapped_mbufs_converted != before:
-            st.unmapped_converted += 1
         if sw_csum & CSUM_DELAY_DATA:
             st.sw_csum_bytes += in_delayed_cksum(m, src, dst)
             st.sw_csum_packets += 1

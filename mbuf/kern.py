@@ -9,6 +9,7 @@ like. Tunables:
   mb_use_ext_pgs   kern.ipc.mb_use_ext_pgs: sendfile builds unmapped mbufs
   readahead        sendfile readahead pages (None: rest of the request, up to MAXPHYS)
   capenable        the interface's enabled capabilities (IFCAP_*)
+  loss, loss_seed  the probability that the wire loses a packet, and its seed
 """
 
 from __future__ import annotations
@@ -18,13 +19,21 @@ from types import MappingProxyType
 from typing import Any
 
 from mbuf.counters import Counters
-from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM, Ifnet, IfTxQueue
+from mbuf.ifnet import (
+    IFCAP_NOMAP,
+    IFCAP_TSO4,
+    IFCAP_TSO6,
+    IFCAP_TXCSUM,
+    IFCAP_TXCSUM_IPV6,
+    Ifnet,
+    IfTxQueue,
+)
 from mbuf.sf_buf import SfBufPool
 from mbuf.vm_object import PageCache
 from mbuf.vm_page import PhysMem
 
 DEFAULT_PHYS_MEM = 256 * 1024 * 1024
-DEFAULT_CAPENABLE = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
+DEFAULT_CAPENABLE = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4 | IFCAP_TXCSUM_IPV6 | IFCAP_TSO6
 
 
 class Kernel:
@@ -48,12 +57,14 @@ class Kernel:
         mb_use_ext_pgs: bool = True,
         nsfbufs: int = 0,
         readahead: int | None = None,
+        loss: float = 0.0,
+        loss_seed: int = 0,
     ) -> None:
         self.stats = Counters()
         self.phys = PhysMem(phys_mem, self.stats.vm)
         self.pagecache = PageCache(self.phys)
         self.sfbufs = SfBufPool(self.phys, self.stats.sfbuf, self.stats.sf, nsfbufs)
-        self.ifnet = Ifnet(capenable, self.stats.ifnet)
+        self.ifnet = Ifnet(capenable, self.stats.ifnet, loss=loss, loss_seed=loss_seed)
         self.mb_use_ext_pgs = mb_use_ext_pgs
         # sendfile readahead in pages: None = the kernel's default (the rest of the
         # request, up to MAXPHYS); N = SF_USER_READAHEAD with SF_READAHEAD(flags) = N.

@@ -582,6 +582,19 @@ def m_chain_iov(m: Mbuf | None, off: int, length: int) -> list[memoryview]:
     return out
 
 
+def m_getptr(m: Mbuf, loc: int) -> tuple[Mbuf, int]:
+    """m_getptr: the mbuf of the chain holding byte `loc`, and its offset there.
+    (Callers that cut a chain after its first n bytes ask for byte n - 1.)"""
+    kassert(loc >= 0, "m_getptr: negative offset %s", loc)
+    cur: Mbuf | None = m
+    while cur is not None and loc >= cur.m_len:
+        loc -= cur.m_len
+        cur = cur.m_next
+    kassert(cur is not None, "m_getptr: chain shorter than %s", loc)
+    assert cur is not None
+    return cur, loc
+
+
 def m_copydata(m: Mbuf | None, off: int, length: int) -> bytes:
     """m_copydata: copy bytes out of a chain; unmapped mbufs are read through their pages."""
     if off < 0 or length < 0:

@@ -31,8 +31,14 @@ PHYS_BASE = 0x100000
 
 # TCP/IP over Ethernet on the modeled interface.
 IF_MTU = 1500
-TCPIP_HDR_LEN = 40  # 20-byte IPv4 header + 20-byte TCP header, no options
-TCP_MSS = 1448  # what Linux and FreeBSD use with timestamps on a 1500 MTU
+ETHER_HDR_LEN = 14  # destination, source, type
+IP_HDR_LEN = 20  # IPv4 header without options
+IP6_HDR_LEN = 40  # IPv6 fixed header (no extension headers)
+TCP_HDR_LEN = 20  # TCP header without options
+TCPIP_HDR_LEN = IP_HDR_LEN + TCP_HDR_LEN  # 40: IPv4 + TCP
+TCPIP6_HDR_LEN = IP6_HDR_LEN + TCP_HDR_LEN  # 60: IPv6 + TCP
+TCP_MSS = 1448  # what Linux and FreeBSD use with timestamps on a 1500 MTU (1500 - 40 - 12)
+TCP6_MSS = 1428  # the same over IPv6 (1500 - 60 - 12)
 IP_MAXPACKET = 65535  # if_hw_tsomax default: one TSO burst is at most 64 KiB
 
 # sendfile readahead is capped at one maximal I/O: MAXPHYS was 128 KiB in 2019.
@@ -42,6 +48,9 @@ MAXPHYS = 128 * 1024
 SB_EFFICIENCY = 8  # kern.ipc.sockbuf_waste_factor
 SB_MAX = 2 * 1024 * 1024  # kern.ipc.maxsockbuf
 SB_SNDBUF_DEFAULT = 256 * 1024  # autosized send buffer of a busy bulk connection
+SB_RCVBUF_DEFAULT = 64 * 1024  # net.inet.tcp.recvspace
+TCP_MAXWIN = 65535  # largest unscaled window (sys/netinet/tcp.h)
+TCP_MAX_WINSHIFT = 14  # largest window scale (RFC 7323)
 
 
 def howmany(x: int, y: int) -> int:

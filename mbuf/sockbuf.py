@@ -1,4 +1,15 @@
-"""Socket send buffers: accounting, readiness, and the hook KTLS hangs on them.
+"""Socket buffers: accounting, readiness, and the hook KTLS hangs on them.
+
+A socket has two: `so_snd`, filled by sosend/sendfile and drained by TCP as
+the peer acknowledges, and `so_rcv`, filled by tcp_input (`sbappendstream`
+of in-sequence data, in the clusters the NIC received it in) and drained by
+the reader (`soreceive`, then `sbdrop`). With KTLS RX (FreeBSD 13) the
+receive buffer holds records in two places: `sb_mtls`, encrypted, until a
+whole record is there (`sbappend_ktls_rx`, `ktls_check_rx`), then, decrypted
+in place, in `sb_mb` behind their TLS_GET_RECORD control messages
+(`ktls_detach_record`, `sbappendcontrol`). Deliberate difference: a control
+message is kept as a tuple in `sb_rxctl` beside the data, not as an
+MT_CONTROL mbuf in the chain.
 
 Theory of operation. Accounting as in the kernel:
   sb_ccc    all bytes in the buffer, ready or not ("claimed", sbused())
@@ -13,18 +24,33 @@ Readiness is counted in pages (`sbready`): an EXT_PGS mbuf becomes ready when
 its `nrdy` reaches zero, any other not-ready mbuf counts one.
 
 Models: sys/kern/uipc_sockbuf.c and sys/sys/sockbuf.h (`sbappendstream`,
-`sbready`, `sbdrop`, `sbflush`, `sbspace`, `sbsndptr`).
+`sbready`, `sbdrop`, `sbflush`, `sbspace`, `sbsndptr`, `sbappend_ktls_rx`,
+`sbappendcontrol`) and `ktls_detach_record` of sys/kern/uipc_ktls.c (FreeBSD
+13 and later, read in freebsd-src's current uipc_ktls.c).
 """
 
 from __future__ import annotations
 
 import errno
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from mbuf.kassert import kassert
 from mbuf.mb_unmapped import mb_unmapped_compress
-from mbuf.mbuf import M_BLOCKED, M_EXT, M_NOMAP, M_NOTAVAIL, M_NOTREADY, Mbuf, m_free
-from mbuf.param import MLEN, MSIZE, SB_EFFICIENCY, SB_MAX
+from mbuf.mbuf import (
+    M_BLOCKED,
+    M_EXT,
+    M_NOMAP,
+    M_NOTAVAIL,
+    M_NOTREADY,
+    M_RDONLY,
+    Mbuf,
+    m_copym,
+    m_free,
+    m_getptr,
+    mtod,
+)
+from mbuf.param import MCLBYTES, MLEN, MSIZE, SB_EFFICIENCY, SB_MAX
 
 if TYPE_CHECKING:
     from mbuf.counters import SbStat
@@ -67,7 +93,46 @@ class KtlsHook(Protocol):
         ...
 
 
-SBS_CANTSENDMORE = 0x0010
+def _sbcompress_into(tail: Mbuf, m: Mbuf) -> bool:
+    """Copy m's bytes to the end of `tail` when sbcompress would: tail writable
+    (not shared, not unmapped), m at most MCLBYTES / 4 and fitting its free space."""
+    if m.m_len > MCLBYTES // 4 or tail.m_flags & (M_NOMAP | M_RDONLY):
+        return False
+    if tail.m_flags & M_EXT:
+        ext = tail.m_ext
+        assert ext is not None
+        if ext.ext_mref is not tail or ext.ext_count != 1 or ext.ext_buf is None:
+            return False
+        room = ext.ext_size - tail.m_data - tail.m_len
+        buf = ext.ext_buf
+    else:
+        assert tail.m_dat is not None
+        room = MLEN - tail.m_data - tail.m_len
+        buf = memoryview(tail.m_dat)
+    if m.m_len > room:
+        return False
+    end = tail.m_data + tail.m_len
+    buf[end : end + m.m_len] = mtod(m)
+    tail.m_len += m.m_len
+    return True
+
+
+class KtlsRxHook(Protocol):
+    """What the receive path needs from a KTLS RX session (implemented in ktls/)."""
+
+    def ktls_check_rx(self, sb: SockBuf) -> None:
+        """ktls_check_rx + ktls_decrypt: decrypt every complete record at the head
+        of sb_mtls and move it to sb_mb with its record type (sbappendcontrol)."""
+        ...
+
+    def ktls_rx_error(self) -> int:
+        """0, or the errno a refused record left for the reader (so_error):
+        EBADMSG (does not authenticate), EMSGSIZE (too long), EINVAL (bad header)."""
+        ...
+
+
+SBS_CANTSENDMORE = 0x0010  # can't send more data to peer
+SBS_CANTRCVMORE = 0x0020  # can't receive more data from peer (its FIN arrived)
 
 
 class SockBuf:
@@ -83,11 +148,16 @@ class SockBuf:
         "sb_mbmax",
         "sb_mbtail",
         "sb_mcnt",
+        "sb_mtls",
+        "sb_mtlstail",
+        "sb_rxctl",
         "sb_sndptr",
         "sb_sndptroff",
         "sb_state",
         "sb_tls_info",
+        "sb_tls_rx",
         "sb_tls_seqno",
+        "sb_tlscc",
         "stats",
     )
 
@@ -106,6 +176,14 @@ class SockBuf:
         self.sb_state = 0
         self.sb_tls_info: KtlsHook | None = None
         self.sb_tls_seqno = 0
+        # KTLS RX (so_rcv only): records wait encrypted in sb_mtls (sb_tlscc bytes)
+        # until whole; decrypted ones go to sb_mb with their TLS_GET_RECORD control
+        # message, kept here as (type, version major, minor, length) in order.
+        self.sb_tls_rx: KtlsRxHook | None = None
+        self.sb_mtls: Mbuf | None = None
+        self.sb_mtlstail: Mbuf | None = None
+        self.sb_tlscc = 0
+        self.sb_rxctl: deque[tuple[int, int, int, int]] = deque()
         self.stats = stats
         self.sb_hiwat = 0
         self.sb_mbmax = 0
@@ -115,7 +193,7 @@ class SockBuf:
     def sbreserve(self, cc: int) -> None:
         """sbreserve: set the high-water mark and the storage limit."""
         if cc <= 0 or cc > SB_MAX:
-            raise ValueError(f"send buffer size {cc} outside 1..{SB_MAX}")
+            raise ValueError(f"socket buffer size {cc} outside 1..{SB_MAX}")
         self.sb_hiwat = cc
         self.sb_mbmax = min(cc * SB_EFFICIENCY, SB_MAX)
         self.sb_lowat = min(self.sb_lowat or 2048, cc)
@@ -142,6 +220,9 @@ class SockBuf:
                 self.sb_acc += m.m_len
         else:
             m.m_flags |= M_BLOCKED
+        self._sballoc_storage(m)
+
+    def _sballoc_storage(self, m: Mbuf) -> None:
         self.sb_mbcnt += MSIZE
         self.sb_mcnt += 1
         if m.m_flags & M_EXT:
@@ -155,6 +236,9 @@ class SockBuf:
             self.sb_acc -= m.m_len
         if self.sb_fnrdy is m:
             self.sb_fnrdy = None
+        self._sbfree_storage(m)
+
+    def _sbfree_storage(self, m: Mbuf) -> None:
         self.sb_mbcnt -= MSIZE
         self.sb_mcnt -= 1
         if m.m_flags & M_EXT:
@@ -199,6 +283,68 @@ class SockBuf:
             self.sb_mbtail.m_next = m
         self.sb_mbtail = last
         self._peaks()
+
+    def sbappend_ktls_rx(self, m: Mbuf) -> None:
+        """sbappend_ktls_rx: in-sequence data of a KTLS RX socket goes to sb_mtls,
+        counted in sb_ccc (it takes room) but not in sb_acc (nobody may read it).
+        As sbcompress_ktls_rx, a small segment is copied into the free space of
+        the tail mbuf (if that is writable) rather than linked with its own
+        cluster: a record trickling in a few bytes per segment would otherwise
+        charge a cluster per segment and close the window before it is whole."""
+        n: Mbuf | None = m
+        while n is not None:
+            nxt = n.m_next
+            n.m_next = None
+            self.sb_ccc += n.m_len
+            self.sb_tlscc += n.m_len
+            tail = self.sb_mtlstail
+            if tail is not None and _sbcompress_into(tail, n):
+                m_free(n)  # its bytes went into the tail's free space
+            else:
+                self._sballoc_storage(n)
+                if tail is None:
+                    self.sb_mtls = n
+                else:
+                    tail.m_next = n
+                self.sb_mtlstail = n
+            n = nxt
+        self._peaks()
+
+    def ktls_detach_record(self, length: int) -> Mbuf:
+        """ktls_detach_record: take the first `length` bytes of sb_mtls out of the
+        buffer (an mbuf the record ends inside is split, its tail sharing the
+        storage). The caller decrypts them and hands them back (sbappendcontrol)."""
+        kassert(0 < length <= self.sb_tlscc, "ktls_detach_record: %s of %s", length, self.sb_tlscc)
+        top = self.sb_mtls
+        assert top is not None
+        m, last = m_getptr(top, length - 1)  # the mbuf holding the record's last byte
+        left = last + 1
+        if m.m_len > left:
+            rest = m_copym(m, left, m.m_len - left)  # shares a cluster (mb_dupcl)
+            rest.m_next = m.m_next
+            m.m_len = left
+            self._sballoc_storage(rest)
+            m.m_next = rest
+            if self.sb_mtlstail is m:
+                self.sb_mtlstail = rest
+        self.sb_mtls = m.m_next
+        if self.sb_mtls is None:
+            self.sb_mtlstail = None
+        m.m_next = None
+        n: Mbuf | None = top
+        while n is not None:
+            self._sbfree_storage(n)
+            n = n.m_next
+        self.sb_tlscc -= length
+        self.sb_ccc -= length
+        return top
+
+    def sbappendcontrol(self, data: Mbuf | None, tgr: tuple[int, int, int, int]) -> None:
+        """sbappendcontrol: a decrypted record (None: empty) and its TLS_GET_RECORD
+        control message (record type, version, plaintext length), ready to read."""
+        self.sb_rxctl.append(tgr)
+        if data is not None:
+            self.sbappendstream(data, notready=False)
 
     def sbready(self, m: Mbuf, count: int) -> int:
         """sbready: `count` pages starting at m became ready. Returns 0, or
@@ -325,6 +471,14 @@ class SockBuf:
             self.sbfree(m)
             m = m_free(m)
         self.sb_mb = self.sb_mbtail = self.sb_fnrdy = self.sb_sndptr = None
+        m = self.sb_mtls
+        while m is not None:
+            self.sb_ccc -= m.m_len
+            self._sbfree_storage(m)
+            m = m_free(m)
+        self.sb_mtls = self.sb_mtlstail = None
+        self.sb_tlscc = 0
+        self.sb_rxctl.clear()
         kassert(self.sb_ccc == 0 and self.sb_mbcnt == 0, "sbflush: accounting left over")
 
     def sbsndptr(self, off: int) -> tuple[Mbuf, int, int]:

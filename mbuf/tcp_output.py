@@ -6,12 +6,17 @@ the wire) and the initial sequence number for the headers. Each call sends
 from `snd_nxt` up to `sb_acc` (ready data only: unencrypted TLS records and
 pages still under I/O are never sent), in bursts of up to the interface's
 `if_hw_tsomax` minus the headers and `max_linkhdr`, rounded down to whole
-segments while more data follows, when the interface does TSO, or one MSS
-(1448) otherwise. Each burst is `tcp_m_copym` of the buffer (storage shared,
-no byte copied), which also stops a TSO burst where the NIC would run out of
-DMA segments (`if_hw_tsomaxsegcount`, charging each mbuf as the 2019 kernel
-does), behind a fresh mapped mbuf holding a 40-byte IPv4+TCP header, handed
-to `ip_output`. A burst cut to one MSS or less goes without TSO.
+segments while more data follows, when the interface does TSO for the
+connection's family (`IFCAP_TSO4`, `IFCAP_TSO6`), or one MSS (1448, or 1428
+over IPv6) otherwise. Each burst is `tcp_m_copym` of the buffer (storage
+shared, no byte copied), which also stops a TSO burst where the NIC would run
+out of DMA segments (`if_hw_tsomaxsegcount`, charging each mbuf as the 2019
+kernel does), behind a fresh mapped mbuf holding the connection's headers
+(`tcpip_fillheaders`: 40 bytes of IPv4+TCP, or 60 of IPv6+TCP), handed to
+`ip_output` or `ip6_output` by the connection's family. A burst cut to one
+MSS or less goes without TSO. The headers carry the real acknowledgment
+(`rcv_nxt`, advanced by tcp_input) and window (`sbspace(so_rcv)` scaled by
+`rcv_scale`).
 
 Models: sys/netinet/tcp_output.c (`tcp_output`, `tcp_m_copym`), as of mid
 2019 (the M_NOMAP era, before `tcp_m_copym` took KTLS's `hw_tls` argument).
@@ -28,44 +33,101 @@ kernel copies them into the tcpcb (`t_tsomax*`) when the connection is set up.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
-from mbuf.ifnet import CSUM_IP, CSUM_IP_TCP, CSUM_IP_TSO, IFCAP_TSO4, IfTxQueue
+from mbuf.ifnet import (
+    CSUM_IP,
+    CSUM_IP6_TCP,
+    CSUM_IP6_TSO,
+    CSUM_IP_TCP,
+    CSUM_IP_TSO,
+    IFCAP_TSO4,
+    IFCAP_TSO6,
+    IfTxQueue,
+)
+from mbuf.ip6_output import ip6_output
 from mbuf.ip_output import ip_output
 from mbuf.kassert import kassert
 from mbuf.mbuf import M_NOMAP, Mbuf, m_copym, m_get
-from mbuf.param import PAGE_SIZE, TCP_MSS, TCPIP_HDR_LEN, howmany
+from mbuf.param import (
+    PAGE_SIZE,
+    SB_MAX,
+    TCP6_MSS,
+    TCP_MAX_WINSHIFT,
+    TCP_MAXWIN,
+    TCP_MSS,
+    howmany,
+)
+from mbuf.tcpip_hdr import TH_ACK, TH_PSH, tcpip_fillheaders, tcpip_hdrlen
 
 if TYPE_CHECKING:
     from mbuf.socket import Socket
 
-_HDR = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
-TH_ACK = 0x10
-TH_PSH = 0x08
 MAX_LINKHDR = 16  # max_linkhdr: domaininit raises it to 16, Ethernet's 14 fits
 
 
 class TcpCb:
-    __slots__ = ("dport", "dst", "iss", "snd_nxt", "snd_una_total", "sport", "src", "t_maxseg")
+    __slots__ = (
+        "dport",
+        "dst",
+        "irs",
+        "isipv6",
+        "iss",
+        "rcv_nxt",
+        "rcv_scale",
+        "snd_max",
+        "snd_nxt",
+        "snd_una_total",
+        "snd_wl2",
+        "sport",
+        "src",
+        "t_maxseg",
+    )
 
-    def __init__(self, src: int, dst: int, sport: int, dport: int, iss: int) -> None:
-        self.src = src
+    def __init__(
+        self,
+        src: int,
+        dst: int,
+        sport: int,
+        dport: int,
+        iss: int,
+        *,
+        irs: int = 0,
+        isipv6: bool = False,
+    ) -> None:
+        self.src = src  # our address: 32 bits (IPv4) or 128 (IPv6, inp_vflag INP_IPV6)
         self.dst = dst
         self.sport = sport
         self.dport = dport
+        self.isipv6 = isipv6
         self.iss = iss
         self.snd_nxt = 0  # offset into so_snd of the next byte to send
+        self.snd_max = 0  # offset into so_snd past the highest byte ever sent
         self.snd_una_total = 0  # bytes acknowledged (dropped) since the start
-        self.t_maxseg = TCP_MSS
+        self.snd_wl2 = (iss + 1) & 0xFFFFFFFF  # the highest ack the peer's segments carried
+        # The peer's initial sequence number; its SYN took one, so the first data
+        # byte is irs + 1 (the host kernel did the handshake: the model starts
+        # ESTABLISHED).
+        self.irs = irs
+        self.rcv_nxt = (irs + 1) & 0xFFFFFFFF
+        # Our window scale (tcp_syncache: the smallest shift that lets the window
+        # cover sb_max), so headers can announce sbspace(so_rcv).
+        scale = 0
+        while scale < TCP_MAX_WINSHIFT and TCP_MAXWIN << scale < SB_MAX:
+            scale += 1
+        self.rcv_scale = scale
+        self.t_maxseg = TCP6_MSS if isipv6 else TCP_MSS
 
 
-def _tcpip_header(tp: TcpCb, ip_id: int, length: int, flags: int) -> bytes:
-    seq = (tp.iss + 1 + tp.snd_una_total + tp.snd_nxt) & 0xFFFFFFFF
-    return _HDR.pack(
-        0x45, 0, min(TCPIP_HDR_LEN + length, 0xFFFF), ip_id & 0xFFFF, 0x4000, 64, 6, 0,
-        tp.src.to_bytes(4, "big"), tp.dst.to_bytes(4, "big"),
-        tp.sport, tp.dport, seq, 0, 5 << 4, flags, 65535, 0, 0,
+def _tcpip_header(so: Socket, buf: bytearray, length: int, flags: int) -> int:
+    """tcpip_fillheaders for a segment of ours: the sequence number of the byte at
+    snd_nxt, the ack of everything received (rcv_nxt), the receive window."""
+    tp = so.so_tcp
+    seq = tp.iss + 1 + tp.snd_una_total + tp.snd_nxt
+    win = so.so_rcv.sbspace() >> tp.rcv_scale
+    return tcpip_fillheaders(
+        buf, tp.isipv6, tp.src, tp.dst, tp.sport, tp.dport,
+        seq, tp.rcv_nxt, flags, win, so.so_ip_id, length,
     )  # fmt: skip
 
 
@@ -120,16 +182,23 @@ def tcp_output(so: Socket) -> int:
     txq: IfTxQueue = so.so_txq
     st = kern.stats.tcp
     ifp = kern.ifnet
-    tso = bool(ifp.if_capenable & IFCAP_TSO4)
-    maxlen = ifp.if_hw_tsomax - TCPIP_HDR_LEN - MAX_LINKHDR if tso else tp.t_maxseg
+    isipv6 = tp.isipv6
+    hdrlen = tcpip_hdrlen(isipv6)
+    tso = bool(ifp.if_capenable & (IFCAP_TSO6 if isipv6 else IFCAP_TSO4))
+    maxlen = ifp.if_hw_tsomax - hdrlen - MAX_LINKHDR if tso else tp.t_maxseg
     sent = 0
     while True:
         avail = sb.sb_acc - tp.snd_nxt
         if avail <= 0 or txq.full():
             break
-        length = min(avail, maxlen)
-        if length < avail:  # no fractional last segment unless the buffer empties
-            length -= length % tp.t_maxseg
+        if tp.snd_nxt < tp.snd_max:
+            # Sending again after a loss: one segment at a time up to snd_max, as
+            # after a retransmit timeout (the congestion window is one segment).
+            length = min(avail, tp.t_maxseg)
+        else:
+            length = min(avail, maxlen)
+            if length < avail:  # no fractional last segment unless the buffer empties
+                length -= length % tp.t_maxseg
         start, moff, walked = sb.sbsndptr(tp.snd_nxt)
         st.sndptr_walked += walked
         if length > tp.t_maxseg:  # a TSO burst: the NIC's segment limit applies
@@ -144,21 +213,29 @@ def tcp_output(so: Socket) -> int:
         hdr = m_get(kern, pkthdr=True)
         assert hdr.m_dat is not None
         flags = TH_ACK | (TH_PSH if length == avail else 0)
-        hdr.m_dat[:TCPIP_HDR_LEN] = _tcpip_header(tp, so.so_ip_id, length, flags)
-        hdr.m_len = TCPIP_HDR_LEN
+        hdr.m_len = _tcpip_header(so, hdr.m_dat, length, flags)
         hdr.m_next = data
-        hdr.m_pkthdr_len = TCPIP_HDR_LEN + length
-        csum = CSUM_IP | CSUM_IP_TCP
-        if length > tp.t_maxseg:
-            csum |= CSUM_IP_TSO
+        hdr.m_pkthdr_len = hdrlen + length
+        if isipv6:
+            csum = CSUM_IP6_TCP | (CSUM_IP6_TSO if length > tp.t_maxseg else 0)
+        else:
+            csum = CSUM_IP | CSUM_IP_TCP | (CSUM_IP_TSO if length > tp.t_maxseg else 0)
         hdr.m_pkthdr_csum_flags = csum
         so.so_ip_id += 1
         nsegs = howmany(length, tp.t_maxseg)
-        err = ip_output(kern, hdr, txq, tp.src, tp.dst, nsegs)
+        if isipv6:
+            err = ip6_output(kern, hdr, txq, tp.src, tp.dst, nsegs)
+        else:
+            err = ip_output(kern, hdr, txq, tp.src, tp.dst, nsegs)
         if err:
             st.drops += 1
             break  # snd_nxt not advanced: resent on the next call
+        if tp.snd_nxt < tp.snd_max:  # sending again what a lossy wire lost
+            st.sndrexmitpack += 1
+            st.sndrexmitbyte += min(length, tp.snd_max - tp.snd_nxt)
         tp.snd_nxt += length
+        if tp.snd_nxt > tp.snd_max:
+            tp.snd_max = tp.snd_nxt
         st.sndtotal += 1
         st.sndpack += 1
         st.sndbyte += length
@@ -171,4 +248,5 @@ def tcp_acked(so: Socket, nbytes: int) -> None:
     tp = so.so_tcp
     so.so_snd.sbdrop(nbytes)
     tp.snd_nxt -= nbytes
+    tp.snd_max -= nbytes
     tp.snd_una_total += nbytes

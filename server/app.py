@@ -80,6 +80,8 @@ class Server:
             mb_use_ext_pgs=cfg.sendfile_nomap,
             nsfbufs=cfg.nsfbufs,
             readahead=cfg.readahead,
+            loss=cfg.loss,
+            loss_seed=cfg.loss_seed + (cfg.worker_index or 0),
         )
         self.stats = ServerStat()
         self.date = DateCache()

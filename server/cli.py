@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http", action="store_true", help="plain HTTP, no TLS")
     _bool(s, "ktls", True, "KTLS: the modeled kernel frames and encrypts (TCP_TXTLS_ENABLE)")
     _bool(s, "nomap", True, "NIC has IFCAP_NOMAP (ifconfig nomap/-nomap)")
-    _bool(s, "txcsum", True, "NIC checksum offload (IFCAP_TXCSUM); off also turns TSO off")
-    _bool(s, "tso", True, "NIC TCP segmentation offload (IFCAP_TSO4)")
+    _bool(s, "txcsum", True, "NIC checksum offload (IFCAP_TXCSUM{,_IPV6}); off turns TSO off")
+    _bool(s, "tso", True, "NIC TCP segmentation offload (IFCAP_TSO4, TSO6)")
     _bool(s, "sendfile-nomap", True, "sendfile builds unmapped mbufs (kern.ipc.mb_use_ext_pgs)")
     s.add_argument("--phys-mem", default="256M", help="physical memory of the model (256M)")
     s.add_argument("--sndbuf", default="256K", help="socket send buffer sb_hiwat (256K)")
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--ktls-workers", type=int, default=None, help="encryption threads (0: encrypt inline)"
     )
+    s.add_argument(
+        "--loss", default="0", help="probability the model's wire loses a packet; TCP resends (0)"
+    )
+    s.add_argument("--loss-seed", type=int, default=0, help="seed of --loss, for repeatable runs")
     s.add_argument(
         "--admin",
         default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}",
@@ -165,6 +169,11 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
         cfg.readahead = int(ns.readahead)
     if ns.ktls_workers is not None:
         cfg.ktls_workers = ns.ktls_workers
+    try:
+        cfg.loss = float(ns.loss)
+    except ValueError:
+        raise ConfigError(f"--loss: {ns.loss!r} is not a probability") from None
+    cfg.loss_seed = ns.loss_seed
     cfg.admin = None if ns.admin == "off" else parse_hostport(ns.admin, "--admin")
     cfg.admin_public = ns.admin_public
     cfg.keylog = pathlib.Path(ns.keylog) if ns.keylog else None

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from ktls.handshake import TLS_PROFILES
-from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
+from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TSO6, IFCAP_TXCSUM, IFCAP_TXCSUM_IPV6
 from mbuf.param import IP_MAXPACKET, PAGE_SIZE, SB_MAX, SB_SNDBUF_DEFAULT, howmany
 
 DEMO_SITE = pathlib.Path(__file__).resolve().parent / "demo_site"
@@ -92,6 +92,8 @@ class ServerConfig:
     sndbuf: int = SB_SNDBUF_DEFAULT
     nsfbufs: int = 0
     readahead: int | None = None  # pages; None: the rest of the request up to MAXPHYS
+    loss: float = 0.0  # probability that the model's wire loses a packet (--loss)
+    loss_seed: int = 0  # ... its generator's seed (each worker adds its index)
     # 0: ktls_encrypt runs on the sending thread. Worker threads overlap only the
     # C crypto (a few % of the work) and hand every batch across the GIL twice:
     # measured 0.6x the throughput on 2 cores (`make bench`), so they are opt-in.
@@ -127,10 +129,10 @@ class ServerConfig:
         caps = 0
         if self.nomap:
             caps |= IFCAP_NOMAP
-        if self.txcsum:
-            caps |= IFCAP_TXCSUM
-        if self.tso:
-            caps |= IFCAP_TSO4
+        if self.txcsum:  # ifconfig txcsum txcsum6
+            caps |= IFCAP_TXCSUM | IFCAP_TXCSUM_IPV6
+        if self.tso:  # ifconfig tso (tso4 tso6)
+            caps |= IFCAP_TSO4 | IFCAP_TSO6
         return caps
 
     def validate(self) -> None:
@@ -155,6 +157,8 @@ class ServerConfig:
             # A conversion maps every page of a TSO burst at once (SFB_NOWAIT): a
             # smaller pool could never send one, and every packet would be dropped.
             raise ConfigError(f"--nsfbufs must be 0 (direct map) or at least {MIN_NSFBUFS}")
+        if not 0.0 <= self.loss <= 0.5:  # beyond: mostly retransmissions; NaN fails too
+            raise ConfigError(f"--loss must be a probability between 0 and 0.5, not {self.loss}")
         if self.readahead is not None and not 0 <= self.readahead <= 1024:
             raise ConfigError("--readahead must be 'auto' or 0..1024 pages")
         for name, value in (("--send-timeout", self.send_timeout),

@@ -114,6 +114,8 @@ class Connection:
             "requests": self.requests,
             "bytes_written": self.tx.bytes_written,
             "sockbuf_bytes": self.so.so_snd.sb_ccc,
+            "rcvbuf_bytes": self.so.so_rcv.sb_ccc,  # received, not yet read (or decrypted)
+            "ipv6": self.so.so_tcp.isipv6,
         }
         out.update(self.transport.info())
         return out
@@ -131,7 +133,7 @@ class Connection:
     async def _recv_plain(self) -> bytes:
         """Application bytes from the client; b"" at end of stream."""
         while True:
-            raw = await self.tx.recv()
+            raw = await self.transport.recv()
             plain = await self._decode(raw)
             if plain or not raw or self.eof:
                 return plain
@@ -149,7 +151,7 @@ class Connection:
                 # Right after the handshake: a request already here goes first, and
                 # our tickets leave with its response, in one write.
                 self.transport.tickets_pending = False
-                raw = self.tx.recv_ready()
+                raw = self.transport.recv_ready()
             if raw is not None:
                 data = await self._decode(raw)
                 if not data and raw and not self.eof:

@@ -77,15 +77,16 @@ def format_stat(s: dict[str, Any]) -> str:
     ]
     for key in sorted(k for k in s if k.startswith("ktls.")):
         lines.append(f"  {key.removeprefix('ktls.')}: {s[key]}")
-    lines.append("ip_output:")
-    for key in sorted(k for k in s if k.startswith("ip.")):
-        lines.append(f"  {key.removeprefix('ip.')}: {s[key]}")
+    for title, prefix in (("ip:", "ip."), ("ip6:", "ip6.")):
+        lines.append(title)
+        for key in sorted(k for k in s if k.startswith(prefix)):
+            lines.append(f"  {key.removeprefix(prefix)}: {s[key]}")
     caps = ",".join(c.removeprefix("IFCAP_") for c in g("ifnet.capenable", []))
     lines.append(f"{g('ifnet.name', 'nm0')}: options=<{caps}>")
     for key in sorted(k for k in s if k.startswith("ifnet.") and k != "ifnet.capenable"):
         if key != "ifnet.name":
             lines.append(f"  {key.removeprefix('ifnet.')}: {s[key]}")
-    for prefix in ("sockbuf.", "tcp.", "vm.", "server."):
+    for prefix in ("sockbuf.", "sockbuf_rcv.", "tcp.", "vm.", "server."):
         lines.append(prefix.rstrip(".") + ":")
         for key in sorted(k for k in s if k.startswith(prefix)):
             lines.append(f"  {key.removeprefix(prefix)}: {s[key]}")

@@ -1,12 +1,19 @@
-"""The transmit path of one connection: the modeled kernel socket and its host socket.
+"""The data path of one connection, both ways: the modeled kernel socket and its host socket.
 
 `so_accept` makes the model's socket (`mbuf.Socket`, its TCP control block
 from the host socket's addresses) for an accepted host socket, whose send
 buffer it keeps small (WIRE_SNDBUF), so that data waits where the counters
 see it. `KernelTx` is the only place where the model meets a real socket. It
-reads what the client sends (`recv`, `recv_ready`: host bytes, which the
-connection's transport decodes) and runs the kernel's transmit side for one
-connection on the event loop:
+reads what the client sends (`recv`, `recv_ready`: bytes through the
+model's receive path, which the connection's transport decodes) and runs the
+kernel's transmit side for one
+connection on the event loop. Every read from the host socket enters the
+model as the peer's packets (`if_rx` -> ether_input -> ip_input/ip6_input ->
+tcp_input -> so_rcv), and what `recv` returns is what `soreceive` hands up;
+the host socket is read only as far as the receive window (`sbspace(so_rcv)`)
+has room.
+
+On the transmit side:
 
 * `sendfile` / `send` append to the model's send buffer as `sbspace` allows
   (`sendfile_step`, `sosend`), so memory stays bounded by the buffer size;
@@ -18,9 +25,11 @@ connection on the event loop:
   `tcp_output` cuts ready data into packets, the packets' scatter-gather lists
   are written to the host socket with `writev` (it is non-blocking; only a full
   socket makes the task wait, for writability), the bytes it took are
-  completed on the NIC queue and acknowledged to TCP (`tcp_acked`, `sbdrop`).
-  With nothing to write it sleeps until an upcall (I/O or encryption done) or
-  a `VmWaitQueue` wakeup (page frames or sf_bufs freed: the kernel's vm_wait).
+  completed on the NIC queue and acknowledged to TCP (`tcp_acked`, `sbdrop`);
+  when the model's lossy wire (--loss) lost the next packet, TCP goes back
+  to snd_una (`tcp_timer_rexmt`) and sends again. With nothing to write it
+  sleeps until an upcall (I/O or encryption done) or a `VmWaitQueue` wakeup
+  (page frames or sf_bufs freed: the kernel's vm_wait).
 
 A connection whose host socket takes no bytes for `send_timeout` seconds is
 dropped (`trio.TooSlowError`): a client that stopped reading. Waiting for its
@@ -42,9 +51,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
-import socket
+import struct
 from typing import cast
 
 import trio
@@ -52,8 +62,11 @@ import trio
 from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
-from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, sosend
+from mbuf.sockbuf import SBS_CANTRCVMORE
+from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, soreceive, sosend
+from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
+from mbuf.tcp_timer import tcp_timer_rexmt
 from mbuf.vm_object import PagerRequest, VmObject
 from server.transport.errors import client_gone
 
@@ -69,16 +82,21 @@ LINGER_TIME = 1.0  # seconds of lingering close
 LINGER_BYTES = 1 << 20  # ... or this much input, whichever comes first
 
 
-def _ipv4(addr: object) -> tuple[int, int]:
-    """(IPv4 address as an integer, port) of a socket address; 0 for the address
-    of anything else (IPv6, v4-mapped included), (0, 0) if it is not one."""
+def _inaddr(addr: object) -> tuple[int, int, bool]:
+    """(address as an integer, port, is IPv6) of a socket address. An IPv4-mapped
+    IPv6 address (a v4 client of a dual-stack `::` socket) is IPv4, as the kernel
+    marks such a connection INP_IPV4; (0, 0, False) if it is not an address."""
     try:
         host, port = cast(tuple[str, int], addr)[:2]
-        if ":" in host:
-            return 0, port
-        return int.from_bytes(socket.inet_aton(host)), port
-    except (OSError, ValueError, TypeError):
-        return 0, 0
+        ip = ipaddress.ip_address(host.partition("%")[0])  # drop a scope id
+    except (ValueError, TypeError):
+        return 0, 0, False
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        if mapped is None:
+            return int(ip), port, True
+        ip = mapped
+    return int(ip), port, False
 
 
 def _peer(addr: object) -> str:
@@ -98,10 +116,11 @@ def so_accept(kern: Kernel, sock: trio.socket.SocketType, sndbuf: int) -> tuple[
     # data waits in the model's send buffer (where the counters see it), not in
     # a host buffer that Linux would autotune to megabytes.
     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, WIRE_SNDBUF)
-    src, sport = _ipv4(sock.getsockname())
+    src, sport, isipv6 = _inaddr(sock.getsockname())
     peer = sock.getpeername()
-    dst, dport = _ipv4(peer)
-    tp = TcpCb(src, dst, sport, dport, int.from_bytes(os.urandom(4)))
+    dst, dport, _ = _inaddr(peer)
+    iss, irs = struct.unpack("!II", os.urandom(8))  # ours, and the peer's: random per connection
+    tp = TcpCb(src, dst, sport, dport, iss, irs=irs, isipv6=isipv6)
     return Socket(kern, tp, sndbuf), _peer(peer)
 
 
@@ -151,21 +170,55 @@ class KernelTx:
     def wake(self) -> None:
         self._wake.set()
 
-    # -- receiving (host bytes; the connection's transport decodes them) -----
+    # -- receiving (through the model's receive path; the transport decodes) --
+
+    def _rx_room(self) -> int:
+        """How much to read off the wire: what the receive window has room for."""
+        return max(1, min(RECV_SIZE, self.so.so_rcv.sbspace()))
+
+    def _eof(self) -> bool:
+        return bool(self.so.so_rcv.sb_state & SBS_CANTRCVMORE)
 
     async def recv(self) -> bytes:
-        """What the client sent next; b"" at the end of its stream."""
-        with client_gone:
-            return await self.sock.recv(RECV_SIZE)
+        """What the client sent next (what `soreceive` hands up: with KTLS RX, whole
+        decrypted records); b"" at the end of its stream. Each read from the host
+        socket enters the model as the client's packets (`if_rx`: the NIC, then
+        ether_input ... tcp_input into so_rcv); b"" from it is the client's FIN.
+        OSError from soreceive if KTLS RX refused a record."""
+        so = self.so
+        while True:
+            out = soreceive(so, RECV_SIZE)
+            if out or self._eof():
+                return out
+            with client_gone:
+                data = await self.sock.recv(self._rx_room())
+            if_rx(so, data)
 
     def recv_ready(self) -> bytes | None:
-        """What the host socket already holds (b"" at its end), without waiting;
-        None if nothing has arrived."""
+        """The same without waiting: None if nothing (with KTLS RX, no whole
+        record) has arrived."""
+        so = self.so
+        out = soreceive(so, RECV_SIZE)
+        if out or self._eof():
+            return out
         try:
             with client_gone:
-                return os.read(self._fd, RECV_SIZE)  # the socket is non-blocking
+                data = os.read(self._fd, self._rx_room())  # the socket is non-blocking
         except BlockingIOError:
             return None
+        if_rx(so, data)
+        out = soreceive(so, RECV_SIZE)
+        return out if out or self._eof() else None
+
+    def recv_decrypted(self) -> bytes:
+        """KTLS RX: records decryption had held back (until new keys), now decrypted;
+        b"" if none."""
+        so = self.so
+        tls = so.so_rcv.sb_tls_rx
+        if tls is None:
+            return b""
+        tls.ktls_check_rx(so.so_rcv)
+        return soreceive(so, RECV_SIZE)
 
     async def linger(self) -> None:
         """Shut our side, then read and drop what the client still sends until it
@@ -212,8 +265,13 @@ class KernelTx:
         so = self.so
         tcp_output(so)
         txq = so.so_txq
+        if tcp_timer_rexmt(so):  # the lossy wire (--loss) lost the next packet
+            tcp_output(so)
         if not txq.empty():
             iov = txq.pending_iov()
+            if not iov:  # the retransmission was lost too: go back again next step
+                await trio.lowlevel.checkpoint()
+                return
             try:
                 # The host socket is non-blocking: write first, wait only when it
                 # is full (no cancel scope, no trio wrapper on the common path).

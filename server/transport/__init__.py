@@ -18,7 +18,9 @@ TLS handshake (handshake.py) runs before a TLS transport exists and returns
 the established one. The loop asks each transport for the same things:
 
 * `first_data()`: application bytes that came with the handshake's end;
-* `receive(raw)`: the application bytes that host bytes complete, acting on
+* `recv()` / `recv_ready()`: what the socket has for the transport
+  (`KernelTx`'s, through the model's receive path);
+* `receive(raw)`: the application bytes that those bytes complete, acting on
   what else they carry (alerts, KeyUpdate); `eof` once a close_notify came;
 * `send(data)`: a response head or a small body;
 * `sendfile(reply, offset, nbytes, head)`: a file range, `head` in front;
@@ -54,6 +56,14 @@ class Transport(ABC):
         """Application bytes that came with the end of the handshake (before the
         first read): TLS transports decode what the handshake left over."""
         return b""
+
+    async def recv(self) -> bytes:
+        """The next bytes from the socket (`KernelTx.recv`: b"" at its end)."""
+        return await self.tx.recv()
+
+    def recv_ready(self) -> bytes | None:
+        """The same without waiting: None when nothing has come."""
+        return self.tx.recv_ready()
 
     @abstractmethod
     async def receive(self, raw: bytes) -> bytes:

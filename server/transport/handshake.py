@@ -5,8 +5,9 @@ Theory of operation. OpenSSL runs the handshake over memory BIOs
 write(2), through the modeled kernel. Once it is done, `tls_accept` returns
 the established transport: with KTLS (the default) the negotiated keys and
 the next sequence numbers become a `KtlsSession` on the socket's send buffer
-and a `TlsControl` over what the client sends, and OpenSSL is done with the
-connection (`KtlsTransport`); with `--no-ktls` OpenSSL keeps both directions
+and a `KtlsRxSession` on its receive buffer (`ktls_enable_rx`: what
+OpenSSL read past its last record goes back there), and OpenSSL is done with
+the connection (`KtlsTransport`, `TlsControl`); with `--no-ktls` OpenSSL keeps both directions
 (`UserTlsTransport`). Client bytes that came with its Finished are kept for
 the transport's `first_data`.
 
@@ -33,10 +34,11 @@ from ktls.control import TlsControl
 from ktls.errors import TlsError
 from ktls.handshake import TlsHandshake, UserTls
 from ktls.session import KtlsSession
+from mbuf.socket import ktls_enable_rx, soreceive
 from server.transport import Transport
 from server.transport.ktls import KtlsTransport
 from server.transport.usertls import UserTlsTransport
-from server.txpath import KernelTx
+from server.txpath import RECV_SIZE, KernelTx
 
 if TYPE_CHECKING:
     from server.app import Server
@@ -84,7 +86,9 @@ async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
             tx.so.so_snd.sb_tls_info = session
             tx.so.so_snd.sb_tls_seqno = est.tx_seq
             ctl = TlsControl(est, kern.stats.ktls)
-            transport = KtlsTransport(tx, kern, server.stats, ctl, hs.leftover(), cfg.send_timeout)
+            ktls_enable_rx(tx.so, ctl.rx, hs.leftover())  # TCP_RXTLS_ENABLE
+            early = soreceive(tx.so, RECV_SIZE)  # records that came with the Finished
+            transport = KtlsTransport(tx, kern, server.stats, ctl, early, cfg.send_timeout)
             hs.conn.set_app_data(None)  # OpenSSL is done with this connection
         else:
             hs.keylog.wipe()

@@ -3,8 +3,9 @@
 Theory of operation. After the handshake (handshake.py) the negotiated keys
 and the next sequence numbers are a `KtlsSession` on the socket's send buffer
 (`TCP_TXTLS_ENABLE`), which frames and encrypts everything we send, and a
-`KtlsRxSession` under `TlsControl` for what the client sends
-(`TCP_RXTLS_ENABLE`): OpenSSL is done. Heads, bodies and files go out as on
+`KtlsRxSession` on the receive buffer (`TCP_RXTLS_ENABLE`, `ktls_enable_rx`),
+which decrypts what the client sends as it arrives; `TlsControl` acts on the
+records `soreceive` hands up: OpenSSL is done. Heads, bodies and files go out as on
 a plain socket (`PlainTransport`'s send and sendfile) and come out as records.
 Control records go out through the same send path with their record type:
 
@@ -45,18 +46,46 @@ class KtlsTransport(PlainTransport):
     ) -> None:
         super().__init__(tx, kern, stats)
         self.ctl = ctl
-        self._early = early  # client bytes that came with its Finished
+        self._early = early  # records (as soreceive hands them up) that came with its Finished
         self.send_timeout = send_timeout
 
     async def first_data(self) -> bytes:
         early, self._early = self._early, b""
         return await self.receive(early)
 
+    async def recv(self) -> bytes:
+        try:
+            return await self.tx.recv()
+        except OSError as e:
+            await self._refused(e)
+            raise
+
+    def recv_ready(self) -> bytes | None:
+        try:
+            return self.tx.recv_ready()
+        except OSError:
+            if self.ctl.rx.error is None:
+                raise
+            return None  # the next recv meets the error again, and answers it
+
+    async def _refused(self, e: OSError) -> None:
+        """recvmsg failed on a record KTLS RX refused (EBADMSG, EMSGSIZE, EINVAL): as
+        OpenSSL does, answer with the matching fatal alert; raise the RecordError."""
+        err = self.ctl.rx.error
+        if err is None:
+            return  # not the record layer's error
+        await self._send_alert(FATAL, err.description)
+        raise err from e
+
     async def receive(self, raw: bytes) -> bytes:
-        """Decrypt client bytes and act on what they carry; sets `eof` on close_notify."""
+        """Act on records the kernel decrypted (`soreceive` on a KTLS RX socket);
+        sets `eof` on close_notify."""
         ctl = self.ctl
         try:
-            plain = ctl.receive_data(raw)
+            plain = ctl.receive_records(raw)
+            # Records held behind a KeyUpdate until the new keys were in.
+            while not ctl.closed and (more := self.tx.recv_decrypted()):
+                plain += ctl.receive_records(more)
         except RecordError as e:
             await self._send_alert(FATAL, e.description)
             raise

@@ -16,6 +16,8 @@ SPEED = {
     "nomapd-default-pure": 450.0,
     "nomapd-no-nomap": 700.0,
     "nomapd-no-nomap-no-txcsum": 300.0,
+    "nomapd-loss": 750.0,
+    "nomapd-no-nomap-loss": 650.0,
     "nomapd-no-ktls": 600.0,
     "nomapd-http": 1500.0,
     "nomapd-http-no-sendfile-nomap": 1200.0,

@@ -1,9 +1,10 @@
 """A real nomapd process on 127.0.0.1 for integration tests, and the corpus it serves.
 
 Every server runs with `--port 0 --admin 127.0.0.1:0`; the ports are read from
-its start-up lines. `ServerProcess.idle_stats()` waits until the last
-connection has closed and returns the counters, which tests use for the leak
-assertion: mbufs, clusters, ext_pgs, sf_bufs, wired and anonymous pages in use
+its start-up lines (with `--host ::1` or `--host ::` the URL is [::1]).
+`ServerProcess.idle_stats()` waits until the last connection has closed and
+returns the counters, which tests use for the leak assertion: mbufs, clusters
+(receive-side ones too), ext_pgs, sf_bufs, wired and anonymous pages in use
 back to zero.
 """
 
@@ -63,6 +64,7 @@ class ServerProcess:
         self.stderr = ""
         self.port = 0
         self.admin_port = 0
+        self.host = "127.0.0.1"  # as a URL writes it: [::1] for IPv6
         self.scheme = "http" if "--http" in args else "https"
         self._readers = [
             threading.Thread(target=self._pump, args=(self.proc.stdout, True), daemon=True),
@@ -92,13 +94,15 @@ class ServerProcess:
                 line = self.lines.get(timeout=min(left, 0.5))
             except queue.Empty:
                 continue
-            if m := re.search(r"serving .* on https?://127\.0\.0\.1:(\d+)/", line):
-                self.port = int(m.group(1))
+            if m := re.search(r"serving .* on https?://(127\.0\.0\.1|\[[0-9a-f:]+\]):(\d+)/", line):
+                # A wildcard listener is reached through the loopback of its family.
+                self.host = {"[::]": "[::1]"}.get(m.group(1), m.group(1))
+                self.port = self.port or int(m.group(2))
             if m := re.search(r"counters on http://127\.0\.0\.1:(\d+)/stats", line):
                 self.admin_port = int(m.group(1))
 
     def url(self, path: str) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats", timeout=10) as r:

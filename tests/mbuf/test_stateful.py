@@ -9,15 +9,18 @@ server's event loop and worker threads do, in whatever order hypothesis picks:
 start a sendfile on an idle socket (one at a time per socket, as `sblock`
 makes it), step it, complete one pending page-in out of order, "encrypt" one
 queued batch (TLS sockets), `sosend`, `tcp_output`, let the wire take some
-bytes, grab or release anonymous pages, close a socket once its work is done
-and accept another. TLS variants use either FakeTls or the real `KtlsSession`
-(AES-128-GCM, TLS 1.3) with workers that run a batch only when a rule says so.
+bytes, let the client send (inbound packets into so_rcv) and the reader read,
+grab or release anonymous pages, close a socket once its work is done and
+accept another. Variants cover IPv4 and IPv6 connections. TLS variants use
+either FakeTls or the real `KtlsSession` (AES-128-GCM, TLS 1.3) with workers
+that run a batch only when a rule says so.
 
 After every rule the invariants recount everything from the objects
 themselves, never from the counters under test:
 
 * bytes: per socket, wire taken + sb_ccc == bytes appended, and what the
-  wire took is a prefix of the expected stream (the sendfile heads and file
+  wire took is a prefix of the expected stream (on a lossy wire too: what
+  it lost is sent again, once it has drained to the hole) (the sendfile heads and file
   ranges, framed record by record on TLS sockets); the NIC queue holds
   exactly the bytes [0, snd_nxt) of the send buffer;
 * references (checklist 1): every storage owner's ext_count equals the live
@@ -28,6 +31,12 @@ themselves, never from the counters under test:
   carry one more (a readahead page has no mbuf yet);
 * zone and VM counters: mbufs, ext_pgs, clusters, sf_bufs; vm.pages_wired,
   pages_anon, pages_cached, pages_free;
+* the receive direction: per socket, what the client sent (`if_rx`) is what
+  the reader took (`soreceive`) followed by what so_rcv holds, in order;
+  rcv_nxt counts it; so_rcv's sb_ccc, sb_acc, sb_mcnt, sb_ccnt, sb_mbcnt and
+  sbspace recount from its chains; receive clusters count in the zones. With
+  real KTLS the client sends sealed records (KTLS RX): every whole record
+  that came is decrypted in sb_mb, the rest waits in sb_mtls (sb_tlscc);
 * send buffers (checklist 4, 5): sb_ccc, sb_acc over the ready prefix only,
   sb_fnrdy, M_BLOCKED behind it, sb_mbcnt/sb_mcnt/sb_ccnt, M_NOTREADY exactly
   when nrdy > 0, no record with `tls` set is ready or in the NIC queue;
@@ -67,10 +76,19 @@ from hypothesis.stateful import (
 )
 
 from ktls.keys import TrafficKeys
+from ktls.rx import KtlsRxSession
 from ktls.session import KtlsSession
 from ktls.suites import SUITES
 from ktls.workers import KtlsWorkers
-from mbuf.ifnet import CSUM_DELAY_DATA, IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
+from mbuf.ifnet import (
+    CSUM_DELAY_DATA,
+    CSUM_DELAY_DATA_IPV6,
+    IFCAP_NOMAP,
+    IFCAP_TSO4,
+    IFCAP_TSO6,
+    IFCAP_TXCSUM,
+    IFCAP_TXCSUM_IPV6,
+)
 from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory, mb_unmapped_free_mext
 from mbuf.mbuf import (
@@ -89,7 +107,7 @@ from mbuf.mbuf import (
     m_copydata,
     mb_ext_pgs_check,
 )
-from mbuf.param import MSIZE, PAGE_SIZE, TCPIP_HDR_LEN
+from mbuf.param import MSIZE, PAGE_SIZE, TCPIP6_HDR_LEN, TCPIP_HDR_LEN
 from mbuf.sendfile import (
     SendfileJob,
     SendfileStatus,
@@ -97,7 +115,8 @@ from mbuf.sendfile import (
     sendfile_step,
     vm_pager_iodone,
 )
-from mbuf.socket import Socket, soclose, sosend
+from mbuf.socket import Socket, ktls_enable_rx, soclose, soreceive, sosend
+from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import tcp_acked, tcp_output
 from mbuf.vm_object import PagerRequest, VmObject
 from mbuf.vm_page import VmPage
@@ -112,10 +131,11 @@ from tests.mbuf.builders import (
 from tests.support.pair import (
     new_socket,
 )
-from tests.support.tlsseal import Sealer
-from tests.support.wire import tcp_checksum_ok, wire_take
+from tests.support.tlsseal import CT_APPLICATION_DATA, Sealer, parse_records
+from tests.support.wire import tcp6_checksum_ok, tcp_checksum_ok, wire_take
 
 ALL_CAPS = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4
+ALL_CAPS6 = IFCAP_NOMAP | IFCAP_TXCSUM_IPV6 | IFCAP_TSO6
 FILE_SIZES = (0, 1, 4095, 4097, 3 * PAGE_SIZE, 19 * PAGE_SIZE + 1, 45 * PAGE_SIZE + 123)
 SNDBUFS = (16 * 1024, 32 * 1024, 64 * 1024, 100_000)
 FRAMING = len(FAKE_HDR) + len(FAKE_TRAIL)  # bytes FakeTls adds to each record
@@ -131,6 +151,8 @@ class Variant:
     nsfbufs: int = 0
     tls: str = ""  # "", "fake" (FakeTls) or "real" (KtlsSession)
     readahead: int | None = None  # None: the rest of the request (up to MAXPHYS)
+    ipv6: bool = False  # the sockets are IPv6 connections (ip6_output, ip6_input)
+    loss: float = 0.0  # the wire loses segments; TCP goes back to snd_una
 
 
 VARIANTS = (
@@ -148,10 +170,21 @@ VARIANTS = (
     Variant("fake_tls", True, tls="fake"),
     # Real encryption into reserved ciphertext frames; file pages released after.
     Variant("ktls", True, tls="real"),
+    # IPv6: 60-byte headers, TSO6, the IPv6 MSS; and without any offload.
+    Variant("ipv6", True, capenable=ALL_CAPS6, ipv6=True),
+    Variant("ipv6_sw_csum", True, capenable=IFCAP_NOMAP, ipv6=True),
+    # A lossy wire: retransmissions from the send buffer, with and without NOMAP.
+    Variant("lossy", True, loss=0.1),
+    Variant(
+        "lossy_no_nomap_pool18", True, capenable=IFCAP_TXCSUM | IFCAP_TSO4, nsfbufs=18, loss=0.1
+    ),
+    Variant("lossy_ktls", True, tls="real", loss=0.1),
 )
 SUITE = SUITES["TLS_AES_128_GCM_SHA256"]
 KEY = bytes(range(16))
 IV = bytes(range(100, 112))
+RX_KEY = bytes(range(32, 48))  # the client's direction (KTLS RX)
+RX_IV = bytes(range(60, 72))
 TLS13_OVERHEAD = 5 + 17  # record header; inner content type and tag
 
 SOCK = st.integers(0, MAX_SOCKETS - 1)
@@ -212,6 +245,17 @@ class Conn:
     wire: bytearray = field(default_factory=bytearray)  # what the wire took
     sealed: list[bytes] = field(default_factory=list)  # expected records (real TLS)
     waiting: bool = False  # told to wait for memory or sf_bufs; not woken since
+    sent_in: bytearray = field(default_factory=bytearray)  # what the client sent us
+    read_in: bytearray = field(default_factory=bytearray)  # what the reader took (soreceive)
+    # KTLS RX (real TLS variants): the client's records, sealed at once, fed as they go.
+    rx_sealer: Sealer | None = None
+    rx_wire: bytearray = field(default_factory=bytearray)  # ciphertext the client wrote
+    rx_fed: int = 0  # ... of which the wire delivered so far
+    rx_recs: list[tuple[int, int]] = field(default_factory=list)  # (cipher, plain) lengths
+
+    def rcv_fed(self) -> int:
+        """Bytes the wire delivered to this socket (tcp_input's, ciphertext with TLS)."""
+        return self.rx_fed if self.rx_sealer is not None else len(self.sent_in)
 
     def account(self) -> None:
         """Move the bytes the running sendfile queued since last time into `payload`."""
@@ -273,6 +317,7 @@ class DataPathMachine(RuleBasedStateMachine):
         self.jobs_started = 0
         self.objects: list[VmObject] = []  # every object a job used (the cache may forget them)
         self.workers = DeferredWorkers()
+        self.closed_rcvbyte = 0  # bytes received by sockets closed since
 
     # -- helpers ---------------------------------------------------------------
 
@@ -287,7 +332,12 @@ class DataPathMachine(RuleBasedStateMachine):
             tls = FakeTls()
         elif self.variant.tls == "real":
             tls = SpyKtls(self.k, self.workers, SUITE, KEY, IV)
-        self.conns.append(Conn(new_socket(self.k, sndbuf, tls=tls), tls))
+        so = new_socket(self.k, sndbuf, tls=tls, isipv6=self.variant.ipv6)
+        c = Conn(so, tls)
+        if isinstance(tls, SpyKtls):  # TCP_RXTLS_ENABLE too
+            ktls_enable_rx(so, KtlsRxSession(SUITE, RX_KEY, RX_IV, 0), b"")
+            c.rx_sealer = Sealer(SUITE, TrafficKeys(RX_KEY, RX_IV), 0)
+        self.conns.append(c)
 
     def wakeup(self) -> None:
         """vm_wakeup / sf_buf wakeup: the server wakes every waiting connection."""
@@ -392,6 +442,8 @@ class DataPathMachine(RuleBasedStateMachine):
             mb_use_ext_pgs=v.mb_use_ext_pgs,
             nsfbufs=v.nsfbufs,
             readahead=v.readahead,
+            loss=v.loss,
+            loss_seed=npages,
         )
         self.kern.set_wakeup(self.wakeup)
         for sndbuf in sndbufs:
@@ -464,6 +516,48 @@ class DataPathMachine(RuleBasedStateMachine):
         c = self.pick(i, [c for c in self.conns if not c.so.so_txq.empty()])
         self.take(c, n)
 
+    @precondition(lambda self: any(c.so.so_rcv.sbspace() > 0 for c in self.conns))
+    @rule(i=SOCK, n=st.sampled_from([1, 100, 1427, 1428, 1448, 1449, 5000, 65536]))
+    def client_sends(self, i: int, n: int) -> None:
+        """One host read of what the client sent: inbound packets into so_rcv (at most
+        what the window has room for, as the server reads)."""
+        c = self.pick(i, [c for c in self.conns if c.so.so_rcv.sbspace() > 0])
+        if c.rx_sealer is not None:  # a record of up to n bytes; the wire takes up to n more
+            text = random.Random(len(c.sent_in)).randbytes(min(n, 1 << 14))
+            rec = c.rx_sealer.data(text)
+            c.rx_wire += rec
+            c.rx_recs.append((len(rec), len(text)))
+            c.sent_in += text
+            self.feed_rx(c, n)
+            return
+        n = min(n, c.so.so_rcv.sbspace())
+        data = random.Random(len(c.sent_in)).randbytes(n)
+        if_rx(c.so, data)
+        c.sent_in += data
+
+    def feed_rx(self, c: Conn, n: int) -> None:
+        """The wire delivers up to n more bytes of the client's records."""
+        k = min(n, c.so.so_rcv.sbspace(), len(c.rx_wire) - c.rx_fed)
+        if k > 0:
+            if_rx(c.so, c.rx_wire[c.rx_fed : c.rx_fed + k])
+            c.rx_fed += k
+
+    def read(self, c: Conn, n: int) -> None:
+        """soreceive: bytes, or with KTLS RX whole records (header rebuilt, then plaintext)."""
+        got = soreceive(c.so, n)
+        if c.rx_sealer is None:
+            assert len(got) <= n
+            c.read_in += got
+            return
+        for hdr, body in parse_records(got):
+            assert hdr[0] == CT_APPLICATION_DATA and hdr[1:3] == b"\x03\x03"
+            c.read_in += body
+
+    @precondition(lambda self: any(c.so.so_rcv.sb_acc for c in self.conns))
+    @rule(i=SOCK, n=st.sampled_from([1, 7, 1448, 4096, 1 << 20]))
+    def reader_reads(self, i: int, n: int) -> None:
+        self.read(self.pick(i, [c for c in self.conns if c.so.so_rcv.sb_acc]), n)
+
     @precondition(lambda self: self.hog or any(c.holds_data() for c in self.conns))
     @rule(n=st.integers(-48, 48))
     def memory_pressure(self, n: int) -> None:
@@ -484,10 +578,11 @@ class DataPathMachine(RuleBasedStateMachine):
         encryptions are done, as the server does) and accept a new one."""
         c = self.pick(i, [c for c in self.conns if c.holds_data()])
         self.quiesce(c)
-        soclose(c.so)
+        soclose(c.so)  # frees what the reader never took, too
         if c.tls is not None:
             c.tls.free()
         self.conns.remove(c)
+        self.closed_rcvbyte += c.rcv_fed()
         assert not c.so.so_snd.sb_mb and c.so.so_txq.empty()
         self.open_conn(sndbuf)
 
@@ -500,6 +595,7 @@ class DataPathMachine(RuleBasedStateMachine):
         for c in self.conns:
             self.check_bytes(c)
             self.check_sockbuf(c)
+            self.check_receive(c)
         self.check_references_and_wiring()
         self.check_file_pages()
         self.check_reservations()
@@ -516,29 +612,79 @@ class DataPathMachine(RuleBasedStateMachine):
             assert c.tls.seqnos == list(range(len(c.tls.seqnos)))
         assert len(c.wire) + sb.sb_ccc == c.appended()
         assert tp.snd_una_total == len(c.wire)
-        queued = b"".join(txq.pending_iov(1 << 30))
+        # Everything in the NIC queue, lost packets included; the wire may take
+        # only the part before the first lost one.
+        queued = b"".join(bytes(seg) for pkt in txq.ring for seg in pkt.segs)[txq.head_off :]
+        takeable = b"".join(txq.pending_iov(1 << 30))
+        assert queued[: len(takeable)] == takeable
+        first_lost = next((i for i, p in enumerate(txq.ring) if p.lost), len(txq.ring))
+        before_hole = sum(p.payload for p in list(txq.ring)[:first_lost])
+        assert len(takeable) == max(0, before_hole - txq.head_off)
         assert len(queued) == txq.bytes_queued - txq.head_off == tp.snd_nxt
-        assert tp.snd_nxt <= sb.sb_acc
+        assert tp.snd_nxt <= tp.snd_max <= sb.sb_acc
         if queued:
             assert queued == m_copydata(sb.sb_mb, 0, tp.snd_nxt)
         caps = self.k.ifnet.if_capenable
+        ipv6 = self.variant.ipv6
+        hdrlen = TCPIP6_HDR_LEN if ipv6 else TCPIP_HDR_LEN
+        txcsum = IFCAP_TXCSUM_IPV6 if ipv6 else IFCAP_TXCSUM
         for pkt in txq.ring:
             hdr = pkt.m
-            assert hdr.m_len == TCPIP_HDR_LEN
-            assert hdr.m_pkthdr_len == TCPIP_HDR_LEN + pkt.payload
+            assert hdr.m_len == hdrlen
+            assert hdr.m_pkthdr_len == hdrlen + pkt.payload
             for m in chain(hdr.m_next):
                 assert not m.m_flags & M_NOTREADY
                 if m.m_flags & M_NOMAP:
                     # Checklist 8: unmapped data reaches only a NOMAP, checksumming NIC.
-                    assert caps & IFCAP_NOMAP and caps & IFCAP_TXCSUM
+                    assert caps & IFCAP_NOMAP and caps & txcsum
                     assert m.ext_pgs.tls is None, "an unencrypted record reached the NIC"
-            if not caps & IFCAP_TXCSUM:
-                assert not hdr.m_pkthdr_csum_flags & CSUM_DELAY_DATA
+            if not caps & txcsum:
+                assert not hdr.m_pkthdr_csum_flags & (CSUM_DELAY_DATA | CSUM_DELAY_DATA_IPV6)
                 self.check_tcp_checksum(hdr)
 
     def check_tcp_checksum(self, hdr: Mbuf) -> None:
         ip_tcp = m_copydata(hdr, 0, hdr.m_pkthdr_len)
-        assert tcp_checksum_ok(ip_tcp), "software TCP checksum is wrong"
+        ok = tcp6_checksum_ok if self.variant.ipv6 else tcp_checksum_ok
+        assert ok(ip_tcp), "software TCP checksum is wrong"
+
+    def check_receive(self, c: Conn) -> None:
+        """The other direction: every byte the client sent is read once or waits in
+        so_rcv, in order; rcv_nxt counts them; so_rcv's accounting recounts."""
+        so = c.so
+        rcv = so.so_rcv
+        tp = so.so_tcp
+        fed = c.rcv_fed()
+        # Records: the whole ones that came are decrypted at once (KTLS RX); the
+        # rest of the ciphertext waits in sb_mtls.
+        whole_cipher = whole_plain = 0
+        for clen, plen in c.rx_recs:
+            if whole_cipher + clen > fed:
+                break
+            whole_cipher += clen
+            whole_plain += plen
+        arrived = whole_plain if c.rx_sealer is not None else len(c.sent_in)
+        assert rcv.sb_tlscc == fed - whole_cipher if c.rx_sealer is not None else rcv.sb_tlscc == 0
+        assert arrived == len(c.read_in) + rcv.sb_acc
+        assert c.read_in == c.sent_in[: len(c.read_in)]
+        assert m_copydata(rcv.sb_mb, 0, rcv.sb_acc) == c.sent_in[len(c.read_in) : arrived]
+        assert tp.rcv_nxt == (tp.irs + 1 + fed) & 0xFFFFFFFF
+        ms = list(chain(rcv.sb_mb))
+        mtls = list(chain(rcv.sb_mtls))
+        assert rcv.sb_mbtail is (ms[-1] if ms else None)
+        assert rcv.sb_mtlstail is (mtls[-1] if mtls else None)
+        assert rcv.sb_acc == sum(m.m_len for m in ms)
+        assert rcv.sb_tlscc == sum(m.m_len for m in mtls)
+        assert rcv.sb_ccc == rcv.sb_acc + rcv.sb_tlscc
+        assert rcv.sb_mcnt == len(ms) + len(mtls)
+        assert rcv.sb_ccnt == sum(1 for m in ms + mtls if m.m_flags & M_EXT)
+        assert rcv.sb_mbcnt == sum(
+            MSIZE + (m.m_ext.ext_size if m.m_ext is not None and m.m_flags & M_EXT else 0)
+            for m in ms + mtls
+        )
+        assert not any(m.m_flags & (M_NOTREADY | M_NOMAP) for m in ms + mtls)
+        assert rcv.sbspace() == min(rcv.sb_hiwat - rcv.sb_ccc, rcv.sb_mbmax - rcv.sb_mbcnt)
+        st = self.k.stats.tcp
+        assert st.rcvbyte == sum(x.rcv_fed() for x in self.conns) + self.closed_rcvbyte
 
     def check_sockbuf(self, c: Conn) -> None:
         sb = c.so.so_snd
@@ -574,6 +720,10 @@ class DataPathMachine(RuleBasedStateMachine):
         live: dict[int, Mbuf] = {}
         for c in self.conns:
             for m in chain(c.so.so_snd.sb_mb):
+                live[id(m)] = m
+            for m in chain(c.so.so_rcv.sb_mb):
+                live[id(m)] = m
+            for m in chain(c.so.so_rcv.sb_mtls):
                 live[id(m)] = m
             for pkt in c.so.so_txq.ring:
                 for m in chain(pkt.m):
@@ -717,6 +867,13 @@ class DataPathMachine(RuleBasedStateMachine):
         self.everything_adds_up()
         for c in self.conns:
             assert bytes(c.wire) == c.expected_wire()
+            for _ in range(DRAIN_ROUNDS):  # the rest of the client's records, then read all
+                self.read(c, 1 << 30)
+                if c.rcv_fed() == len(c.rx_wire) or c.rx_sealer is None:
+                    break
+                self.feed_rx(c, 1 << 20)
+            self.read(c, 1 << 30)
+            assert c.read_in == c.sent_in
             assert c.so.so_pending == 0
             soclose(c.so)
             if c.tls is not None:

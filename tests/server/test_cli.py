@@ -40,6 +40,10 @@ def _one_line_error(res: subprocess.CompletedProcess[str], needle: str) -> None:
         (["serve", "/nonexistent/root/dir"], "does not exist"),
         (["serve", "--phys-mem", "lots"], "is not a size"),
         (["serve", "--phys-mem", "512K"], "below the 1M minimum"),
+        (["serve", "--loss", "0.9"], "--loss must be a probability between 0 and 0.5"),
+        (["serve", "--loss", "-0.1"], "--loss must be a probability"),
+        (["serve", "--loss", "nan"], "--loss must be a probability"),
+        (["serve", "--loss", "some"], "is not a probability"),
         (["serve", "--port", "70000"], "not a port number"),
         (["serve", "--admin", "0.0.0.0:9999"], "not a loopback address"),
         (["serve", "--cert", "/nonexistent.pem", "--key", "/nonexistent.key"], "no such file"),
@@ -119,7 +123,7 @@ def test_no_secrets_on_disk_and_stat(tmp_path: pathlib.Path, corpus: pathlib.Pat
         assert out.returncode == 0, out.stderr
         assert "mbufs in use (current/peak/total)" in out.stdout
         assert "sfbufs in use (current/peak/max)" in out.stdout
-        assert "nm0: options=<TXCSUM,TSO4,NOMAP>" in out.stdout
+        assert "nm0: options=<TXCSUM,TSO4,TSO6,TXCSUM_IPV6,NOMAP>" in out.stdout
         assert "fingerprint" in "".join(srv.stdout)
     finally:
         srv.stop()

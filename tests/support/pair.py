@@ -11,7 +11,10 @@ and seals records as they become ready (a `KtlsSession` on `KtlsWorkers(0)`
 encrypts inline, and a test stand-in may ask for `encrypt` to be called before
 each output); `pump` is the NIC and the wire: `tcp_output` -> `ip_output` ->
 the transmit queue's scatter-gather list -> `wire` (optionally `chunk` bytes
-per sendmsg) -> the `peer`, then the ACK (`tcp_acked`, `sbdrop`).
+per sendmsg) -> the `peer`, then the ACK (`tcp_acked`, `sbdrop`). The other
+way, `to_server` is the peer sending: each host read becomes inbound packets
+(`if_rx` -> ether_input -> ip_input/ip6_input -> tcp_input -> so_rcv), then
+the server's reader takes them (`soreceive`).
 
 Every byte the wire carried stays in `wire`, so a test can parse and open the
 records itself (tests/support/tlsseal.py). The `peer` is what reads them: by
@@ -21,27 +24,37 @@ over memory BIOs.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from mbuf.kern import Kernel
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
 from mbuf.sockbuf import KtlsHook
-from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, sosend
+from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, soreceive, sosend
+from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import TcpCb, tcp_output
 from mbuf.vm_object import PagerRequest, VmObject
 from tests.support.wire import wire_take
 
 SRC_IP: Final = 0x0A000001  # 10.0.0.1
 DST_IP: Final = 0x0A000002  # 10.0.0.2
+SRC_IP6: Final = 0x20010DB8 << 96 | 1  # 2001:db8::1
+DST_IP6: Final = 0x20010DB8 << 96 | 2  # 2001:db8::2
+PEER_ISS: Final = 0xFFFFFF00  # the peer's ISN: its sequence numbers wrap soon
 SNDBUF: Final = 2 * 1024 * 1024
 MAX_STEPS: Final = 10_000
 
 
-def new_socket(kern: Kernel, sndbuf: int = SNDBUF, tls: Any = None) -> Socket:
-    """A connected TCP socket 10.0.0.1:443 -> 10.0.0.2:50000, with `tls` as its
-    KTLS session (a `KtlsHook`) if given."""
-    so = Socket(kern, TcpCb(SRC_IP, DST_IP, 443, 50000, 0x01020304), sndbuf)
+def new_socket(
+    kern: Kernel, sndbuf: int = SNDBUF, tls: Any = None, *, isipv6: bool = False
+) -> Socket:
+    """A connected TCP socket 10.0.0.1:443 -> 10.0.0.2:50000 (IPv6: 2001:db8::1 ->
+    2001:db8::2), with `tls` as its KTLS session (a `KtlsHook`) if given. The
+    peer's initial sequence number is near the wrap, so that receiving crosses it."""
+    src, dst = (SRC_IP6, DST_IP6) if isipv6 else (SRC_IP, DST_IP)
+    tp = TcpCb(src, dst, 443, 50000, 0x01020304, irs=PEER_ISS, isipv6=isipv6)
+    so = Socket(kern, tp, sndbuf)
     if tls is not None:
         so.so_snd.sb_tls_info = tls
     return so
@@ -116,7 +129,7 @@ class ConnectionPair:
             self.encrypt()
         moved = 0
         tcp_output(so)
-        while data := wire_take(so, chunk):
+        while (data := wire_take(so, chunk)) or so.so_txq.stalled():
             self.wire += data
             self.peer.to_client(deliver(data) if deliver is not None else data)
             moved += len(data)
@@ -169,6 +182,40 @@ class ConnectionPair:
             if not view:
                 return bytes(got)
         raise AssertionError("send made no progress")
+
+    def to_server(self, data: bytes, chunk: int | None = None) -> bytes:
+        """The peer sends `data` (`chunk` bytes per host read if given; b"": its FIN):
+        each read enters as packets (if_rx -> ... -> tcp_input -> so_rcv); returns
+        what the server's reader then gets from soreceive."""
+        so = self.so
+        if not data:
+            if_rx(so, data)
+            return soreceive(so, 1 << 20)
+        got = bytearray()
+        off = 0
+        while off < len(data):  # as the server reads: never past the receive window
+            step = min(chunk or len(data), so.so_rcv.sbspace())
+            assert step > 0, "the receive window closed"
+            if_rx(so, data[off : off + step])
+            got += soreceive(so, 1 << 20)
+            off += step
+        return bytes(got)
+
+    def to_server_as(self, data: bytes, how: str, seed: int = 0) -> bytes:
+        """`to_server` fed three ways, as h11's tests feed parsers: "whole", "byte"
+        (one byte per host read) or "random" (reads of 1..5000 bytes)."""
+        if how == "whole":
+            return self.to_server(data)
+        if how == "byte":
+            return self.to_server(data, chunk=1)
+        rnd = random.Random(seed)
+        got = bytearray()
+        off = 0
+        while off < len(data):
+            n = rnd.randint(1, 5000)
+            got += self.to_server(data[off : off + n])
+            off += n
+        return bytes(got)
 
     def close(self) -> None:
         """soclose, then free the KTLS session (as the server's teardown does)."""

@@ -14,13 +14,17 @@ import struct
 
 from mbuf.socket import Socket
 from mbuf.tcp_output import tcp_acked, tcp_output
+from mbuf.tcp_timer import tcp_timer_rexmt
 
 IOV_MAX = 1 << 20  # far more segments than any test queues: one take moves everything
 
 
 def wire_take(so: Socket, chunk: int | None = None) -> bytes:
-    """The host socket takes what is queued (at most `chunk` bytes); TCP gets the ACK."""
+    """The host socket takes what is queued (at most `chunk` bytes); TCP gets the ACK.
+    If the lossy wire lost the next packet, TCP goes back first (tcp_timer_rexmt)."""
     txq = so.so_txq
+    if tcp_timer_rexmt(so):
+        tcp_output(so)
     data = b"".join(bytes(v) for v in txq.pending_iov(IOV_MAX))
     if chunk is not None:
         data = data[:chunk]
@@ -36,7 +40,7 @@ def drain(so: Socket, chunk: int | None = None) -> bytes:
     for _ in range(1_000_000):
         tcp_output(so)
         data = wire_take(so, chunk)
-        if not data:
+        if not data and not so.so_txq.stalled():
             return bytes(out)
         out += data
     raise AssertionError("drain: no end to the data")
@@ -58,3 +62,16 @@ def tcp_checksum_ok(packet: bytes) -> bool:
     seg = packet[20:]
     pseudo = packet[12:20] + struct.pack("!BBH", 0, 6, len(seg))
     return fold16(pseudo + seg) == 0xFFFF
+
+
+def tcp6_checksum_ok(packet: bytes) -> bool:
+    """The same for an IPv6 packet (40-byte header, TCP next): the pseudo-header is
+    both addresses, the 32-bit upper-layer length, three zero bytes and 6."""
+    seg = packet[40:]
+    pseudo = packet[8:40] + struct.pack("!IxxxB", len(seg), 6)
+    return fold16(pseudo + seg) == 0xFFFF
+
+
+def ip_header_checksum_ok(packet: bytes) -> bool:
+    """RFC 791: the ones'-complement sum of the IPv4 header's words is all ones."""
+    return fold16(packet[: (packet[0] & 0x0F) * 4]) == 0xFFFF
