@@ -87,7 +87,14 @@ async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
             tx.so.so_snd.sb_tls_seqno = est.tx_seq
             ctl = TlsControl(est, kern.stats.ktls)
             ktls_enable_rx(tx.so, ctl.rx, hs.leftover())  # TCP_RXTLS_ENABLE
-            early = soreceive(tx.so, RECV_SIZE)  # records that came with the Finished
+            try:
+                early = soreceive(tx.so, RECV_SIZE)  # records that came with the Finished
+            except OSError:
+                if ctl.rx.error is None:
+                    raise
+                # KTLS RX refused a record that came with the Finished: the
+                # transport's first recv meets the error again and answers it.
+                early = b""
             transport = KtlsTransport(tx, kern, server.stats, ctl, early, cfg.send_timeout)
             hs.conn.set_app_data(None)  # OpenSSL is done with this connection
         else:

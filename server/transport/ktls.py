@@ -68,6 +68,16 @@ class KtlsTransport(PlainTransport):
                 raise
             return None  # the next recv meets the error again, and answers it
 
+    def _recv_decrypted(self) -> bytes:
+        """Records decryption had held back, b"" if none, or if it refused one: the
+        next recv meets that error again and answers it (see `recv_ready`)."""
+        try:
+            return self.tx.recv_decrypted()
+        except OSError:
+            if self.ctl.rx.error is None:
+                raise
+            return b""
+
     async def _refused(self, e: OSError) -> None:
         """recvmsg failed on a record KTLS RX refused (EBADMSG, EMSGSIZE, EINVAL): as
         OpenSSL does, answer with the matching fatal alert; raise the RecordError."""
@@ -84,7 +94,7 @@ class KtlsTransport(PlainTransport):
         try:
             plain = ctl.receive_records(raw)
             # Records held behind a KeyUpdate until the new keys were in.
-            while not ctl.closed and (more := self.tx.recv_decrypted()):
+            while not ctl.closed and (more := self._recv_decrypted()):
                 plain += ctl.receive_records(more)
         except RecordError as e:
             await self._send_alert(FATAL, e.description)

@@ -155,6 +155,39 @@ async def test_bad_record_is_answered_with_a_fatal_alert(cert: CertFiles, ktls: 
         await edge.close()
 
 
+async def test_bad_record_with_the_finished_is_answered(cert: CertFiles) -> None:
+    """TLS 1.3, KTLS: a record that does not decrypt arrives in the same segment as
+    the client's Finished, so KTLS RX refuses it among the handshake's leftovers
+    (ktls_enable_rx). The transport comes up all the same, and its first read
+    answers the refused record with the fatal alert (never a bare close)."""
+    async with trio.open_nursery() as nursery:
+        edge = Edge(nursery)
+        ctx = make_server_context(cert.cert, cert.key)
+        client = _Client(edge.peer, SSL.TLS1_3_VERSION)
+
+        async def finished_and_bad_record() -> None:
+            while True:
+                try:
+                    client.conn.do_handshake()
+                    break
+                except SSL.WantReadError:
+                    await client.flush()
+                    await client.feed()
+            finished = client.conn.bio_read(1 << 16)
+            edge.peer.sendall(finished + b"\x17\x03\x03\x00\x28" + bytes(40))
+
+        async with trio.open_nursery() as both:
+            both.start_soon(finished_and_bad_record)
+            transport = await tls_accept(edge.server(ctx, ktls=True), edge.tx)
+        assert transport is not None
+        assert await transport.first_data() == b""
+        with pytest.raises(TlsError):
+            await transport.recv()
+        assert transport.linger_wanted and edge.kern.stats.ktls.alerts_sent == 1
+        assert (await edge.peer_read(5))[0] == 0x17  # TLS 1.3: the alert inside a record
+        await edge.close()
+
+
 async def test_plain_http_on_the_tls_port(cert: CertFiles) -> None:
     """As nginx: a plain HTTP request on the TLS port is answered in plain HTTP."""
     ctx = make_server_context(cert.cert, cert.key)
