@@ -5,7 +5,8 @@ with store, hold and free buffers, in buffered mode (read copies out) or in
 zero-copy mode (two buffers of the capturing process's own memory, handed
 back and forth by generation numbers); the classic filter machine and a JIT
 for it; the tap an interface calls with every frame. Each module is named for
-the FreeBSD file it models:
+the FreeBSD file it models (the package exports the device layer's calls; a
+module's own names, `bpf_filter` among them, are imported from the module):
 
   bpf_h.py        net/bpf.h: ioctl numbers, struct layouts, constants (userland
                   may import this one)
@@ -34,6 +35,9 @@ How the other layers use it:
 
 # First: `mbuf._core` chooses the compiled or the pure core for every kernel package
 # (they are one mypyc group), before any module of this package is loaded.
+from mbuf._core import CORE
+
+# isort: split
 from bpf.bpf import (
     BpfIf,
     bpf_close,
@@ -47,11 +51,10 @@ from bpf.bpf import (
     bpfread,
     bpfread_timedout,
 )
-from bpf.bpf_filter import bpf_filter, bpf_validate
+from bpf.bpf_filter import bpf_validate
 from bpf.bpf_ioctl import bpfioctl
 from bpf.bpf_zerocopy import Uvm
 from bpf.bpfdesc import Bpf, BpfD, BpfStat, Xbpfd
-from mbuf._core import CORE
 
 __all__ = [
     "CORE",
@@ -62,7 +65,6 @@ __all__ = [
     "Uvm",
     "Xbpfd",
     "bpf_close",
-    "bpf_filter",
     "bpf_mtap",
     "bpf_stats",
     "bpf_timed_out",

@@ -223,15 +223,18 @@ def bpf_buf_reclaimed(d: BpfD) -> None:
         _zbuf.bpf_zerocopy_buf_reclaimed(d)
 
 
-def ROTATE_BUFFERS(d: BpfD) -> None:  # the header's macro
-    """hold := store, store := free, free := none; then the model hears of the hold."""
+def ROTATE_BUFFERS(d: BpfD) -> BpfBuf | None:  # the header's macro
+    """hold := store, store := free, free := none; then the model hears of the hold.
+    Returns the buffer now held."""
     kassert(d.bd_fbuf is not None, "ROTATE_BUFFERS: no free buffer")
-    d.bd_hbuf = d.bd_sbuf
+    held = d.bd_sbuf
+    d.bd_hbuf = held
     d.bd_hlen = d.bd_slen
     d.bd_sbuf = d.bd_fbuf
     d.bd_slen = 0
     d.bd_fbuf = None
     bpf_bufheld(d)
+    return held
 
 
 def reset_d(d: BpfD) -> None:
@@ -312,11 +315,8 @@ def bpf_mtap(bif: BpfIf, m: Mbuf, direction: int) -> None:
         if (dirn == BPF_D_IN and not incoming) or (dirn == BPF_D_OUT and incoming):
             continue
         d.bd_rcount += 1
-        jit = d.bd_jit
-        if jit is not None:
-            slen = int(jit.func(m, pktlen, 0))
-        else:
-            slen = bpf_filter(d.bd_rfilter, m, pktlen, 0)
+        jit = d.bd_jit  # the compiled program, or the interpreter (no program: accept all)
+        slen = jit(m, pktlen, 0) if jit is not None else bpf_filter(d.bd_rfilter, m, pktlen, 0)
         if slen:
             d.bd_fcount += 1
             if tstamp < 0:
@@ -610,8 +610,9 @@ def bpf_ioctl_rotzbuf(d: BpfD) -> tuple[int, int]:
     if d.bd_bufmode != BPF_BUFMODE_ZBUF:
         raise OSError(errno.EOPNOTSUPP, "BIOCROTZBUF: not in zero-copy mode")
     if d.bd_hbuf is None and d.bd_slen != 0:
-        ROTATE_BUFFERS(d)
-        hbuf = d.bd_hbuf
+        # the buffer ROTATE_BUFFERS returns, not d.bd_hbuf: mypy (and so mypyc) still
+        # holds that attribute narrowed to None after the call
+        hbuf = ROTATE_BUFFERS(d)
         assert isinstance(hbuf, _zbuf.Zbuf)
         return hbuf.zb_uaddr, d.bd_hlen
     return 0, 0
