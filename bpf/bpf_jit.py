@@ -18,12 +18,20 @@ arguments and gives exactly its answers (tests/bpf/test_jit.py checks that on
 random valid programs and on random packets, contiguous and cut into chains,
 with hypothesis).
 
-Speed (`python -m bpf.bpf_jit`, `tcp port 443` from tcpdump -dd over a 1514-byte
-IPv4 TCP frame, best of 5 x 20000, this 2-core shared machine): interpreted
-core: interpreter 11.3 us, JIT 0.76 us per packet (x14.9); compiled (mypyc)
-core: interpreter 2.0 us, JIT 0.77 us (x2.6). The generated function is
-ordinary interpreted Python in both cores, which is why the compiled core's
-interpreter narrows the gap.
+Speed (`python -m tests.bpf.jit_bench`, and with NOMAPD_PURE=1: `tcp port 443`
+from tcpdump -dd on a 1514-byte IPv4 TCP frame to port 443, best of 5 x 20000
+calls, two runs each on this shared 2-core machine, load ~1.8), per packet:
+
+  core      packet            interpreter   JIT       speedup
+  pure      contiguous        3.3 us        0.77 us   x4.3
+  pure      2-mbuf chain      6.9-7.7 us    1.1 us    x5.7-7.0
+  compiled  contiguous        1.0-1.9 us    0.7-1.4 us  x1.4-1.5
+  compiled  2-mbuf chain      3.1-4.7 us    1.0 us    x2.9-4.6
+
+The generated function is interpreted Python in both cores, so mypyc's
+compiled interpreter narrows the gap; the tap always filters a chain (the
+Ethernet + IP + TCP header mbuf, then the payload), where the JIT's in-place
+reads of the first mbuf pay most.
 
 Models: the role of sys/net/bpf_jitter.c (`bpf_jitter`, `bpf_destroy_jit_filter`):
 a program compiled when BIOCSETF installs it, used in its place by the taps.

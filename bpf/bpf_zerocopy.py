@@ -28,6 +28,13 @@ each a 4-byte aligned `pack_into`, which amd64 keeps in order: its stores are
 release stores); it reads `bzh_user_gen` before it reuses a buffer, and reads
 nothing of the buffer after. userland/zbuf.py holds the process's half.
 
+A consequence of the kernel's rules the reader must live with: an acknowledged
+hold buffer is only reclaimed by the next `catchpacket`, and BIOCROTZBUF rotates
+only into an empty hold slot, so on a quiet link the last records wait in the
+store buffer until one more packet arrives (tests/bpf/test_zerocopy.py,
+`test_rotzbuf_after_ack_waits_for_a_packet`; the 2008-2019 code and the current
+one alike).
+
 Models: sys/net/bpf_zerocopy.c (`zbuf_setup`, `zbuf_free`,
 `bpf_zerocopy_append_bytes`, `bpf_zerocopy_append_mbuf`,
 `bpf_zerocopy_bufheld`, `bpf_zerocopy_buffull`, `bpf_zerocopy_buf_reclaimed`,
@@ -61,6 +68,7 @@ from bpf.bpf_h import (
     U_INT,
 )
 from bpf.bpfdesc import BpfBuf
+from mbuf.kassert import kassert, kpanic
 from mbuf.mbuf import Mbuf, m_chain_iov
 from mbuf.param import PAGE_SIZE
 
@@ -174,19 +182,21 @@ def bpf_zerocopy_free(d: BpfD) -> None:
 
 
 def _zbuf(buf: BpfBuf | None) -> Zbuf:
-    assert isinstance(buf, Zbuf), "zero-copy descriptor without a zero-copy buffer"
+    if not isinstance(buf, Zbuf):
+        kpanic("bpf_zerocopy: zero-copy descriptor without a zero-copy buffer (%r)", buf)
+    assert isinstance(buf, Zbuf)
     return buf
 
 
 def bpf_zerocopy_append_bytes(d: BpfD, buf: BpfBuf, offset: int, src: bytes) -> None:
     zb = _zbuf(buf)
-    assert not zb.zb_flags & ZBUF_FLAG_ASSIGNED, "bpf_zerocopy_append_bytes: ZBUF_FLAG_ASSIGNED"
+    kassert(not zb.zb_flags & ZBUF_FLAG_ASSIGNED, "bpf_zerocopy_append_bytes: ZBUF_FLAG_ASSIGNED")
     zb.data[offset : offset + len(src)] = src
 
 
 def bpf_zerocopy_append_mbuf(d: BpfD, buf: BpfBuf, offset: int, m: Mbuf, length: int) -> None:
     zb = _zbuf(buf)
-    assert not zb.zb_flags & ZBUF_FLAG_ASSIGNED, "bpf_zerocopy_append_mbuf: ZBUF_FLAG_ASSIGNED"
+    kassert(not zb.zb_flags & ZBUF_FLAG_ASSIGNED, "bpf_zerocopy_append_mbuf: ZBUF_FLAG_ASSIGNED")
     data = zb.data
     for piece in m_chain_iov(m, 0, length):
         n = len(piece)

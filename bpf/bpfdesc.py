@@ -1,5 +1,5 @@
-"""net/bpfdesc.h: the descriptor (`BpfD`), the interface attachment (`BpfIf`), the
-subsystem of one kernel (`Bpf`), `netstat -B`'s row and the global counters.
+"""net/bpfdesc.h: the descriptor (`BpfD`), the subsystem of one kernel (`Bpf`), its
+sysctls, `netstat -B`'s row (`Xbpfd`) and the global counters (`BpfStat`).
 
 Theory of operation. One `Bpf` per modeled kernel (per worker) holds what
 FreeBSD keeps in globals: the attached interfaces (`bpf_iflist`), the
@@ -11,8 +11,8 @@ bpf/bpf.py; the buffers are `BpfBuf` (buffered mode, bpf/bpf_buffer.py) or
 `Zbuf` (zero-copy mode, bpf/bpf_zerocopy.py), which share one shape: a
 writable view of the data area where records are laid.
 
-The interface's tap point, `BpfIf`, is in bpf/bpf.py, as struct bpf_if is
-private to sys/net/bpf.c since 2012.
+The interface's tap point, `BpfIf`, is in bpf/bpf.py, as later revisions made
+struct bpf_if private to sys/net/bpf.c.
 
 Models: sys/net/bpfdesc.h (struct bpf_d, struct xbpf_d,
 BPF_IDLE/BPF_WAITING/BPF_TIMED_OUT), the net.bpf sysctls of sys/net/bpf.c and
@@ -205,9 +205,9 @@ class Xbpfd:
     bd_zcopy: int
 
     def flags(self) -> str:
-        """netstat -B's flag column, in its order: promiscuous (never: the model's
-        interface has no other traffic to hide), immediate, header-complete (no
-        writes here: always 'f'), direction (- in, o out, s both), feedback,
-        async, locked."""
+        """netstat -B's flag column as usr.bin/netstat/bpf.c's bpf_flags prints it:
+        p promiscuous (never here), i immediate, f header not complete (no writes
+        here: always 'f'), direction (- in, o out, s both), b feedback, a async,
+        l locked (none modeled)."""
         direction = {BPF_D_IN: "-", BPF_D_OUT: "o"}.get(self.bd_direction, "s")
         return "-" + ("i" if self.bd_immediate else "-") + "f" + direction + "---"
