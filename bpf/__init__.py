@@ -12,12 +12,13 @@ module's own names, `bpf_filter` among them, are imported from the module):
                   may import this one)
   bpfdesc.py      net/bpfdesc.h: struct bpf_d (BpfD), the subsystem (Bpf), its
                   sysctls and counters, netstat -B's row (Xbpfd)
-  bpf.py          net/bpf.c: BpfIf, bpf_mtap, catchpacket, read, poll, ioctls
+  bpf.py          net/bpf.c: BpfIf, bpf_mtap, catchpacket, read, poll
   bpf_buffer.py   net/bpf_buffer.c: buffered mode
   bpf_zerocopy.py net/bpf_zerocopy.c: zero-copy mode
   bpf_filter.py   net/bpf_filter.c: bpf_filter over bytes and mbuf chains, bpf_validate
   bpf_jit.py      beyond the kernel's bpf_jitter: a program compiled to Python
-  bpf_ioctl.py    bpfioctl: ioctl numbers and argument bytes to the functions above
+  bpf_ioctl.py    net/bpf.c's bpfioctl: one typed function per ioctl, and bpfioctl
+                  (ioctl number and argument bytes in, bytes out)
 
 How the other layers use it:
 

@@ -1,7 +1,7 @@
 """The BPF device's kernel half: interfaces, descriptors, the tap and catchpacket.
 
 Theory of operation. `bpfattach` gives an interface a tap point (`BpfIf`);
-`bpfopen` makes a descriptor; BIOCSETIF (`bpf_ioctl_setif`) puts it on the
+`bpfopen` makes a descriptor; BIOCSETIF (bpf/bpf_ioctl.py) puts it on the
 interface's `bif_dlist`. The driver calls `bpf_mtap(bif, m, direction)` (or
 `bif.tap(m, direction)`, the `IfTap` face mbuf sees) with each frame as it
 goes to or comes from the wire. For each listening descriptor whose direction
@@ -33,16 +33,15 @@ API for the device layer (all raise OSError with the kernel's errno):
   bpfopen(bpf, pid) -> BpfD;  bpf_close(d)
   bpfread(d, resid, nonblock) -> bytes;  bpfread_timedout(d) -> bytes
   bpfpoll(d) -> bool;  bpf_timed_out(d);  bpf_ready(d) -> bool
-  bpf_ioctl_*(d, ...): one function per ioctl, typed; bpf/bpf_ioctl.py maps
-  (cmd, argument bytes) to them for a device that forwards raw ioctls.
+  bpf_ioctl_*(d, ...): one function per ioctl, typed, in bpf/bpf_ioctl.py, with
+  bpfioctl(d, cmd, arg_bytes, uvm) for a device that forwards raw ioctls.
   bpf_stats(bpf) -> list[Xbpfd] (netstat -B);  bpf.stats (the /stats group).
 API for the taps: bpf_mtap(bif, m, direction), or `bif.tap(m, direction)`.
 
 Models: sys/net/bpf.c (`bpfattach`, `bpfdetach`, `bpfopen`, `bpf_dtor`,
 `bpf_attachd`, `bpf_detachd`, `bpfread`, `bpf_ready`, `bpfpoll`,
 `bpf_timed_out`, `bpf_wakeup`, `bpf_mtap`, `bpf_mtap2`, `catchpacket`,
-`bpf_hdrlen`, `bpf_bintime2ts`, `reset_d`, `bpf_setf`, `bpf_setif`, the
-ioctl cases of `bpfioctl`, `bpf_append_bytes`, `bpf_append_mbuf`,
+`bpf_hdrlen`, `bpf_bintime2ts`, `reset_d`, `bpf_append_bytes`, `bpf_append_mbuf`,
 `bpf_bufheld`, `bpf_buffull`, `bpf_canfreebuf`, `bpf_canwritebuf`,
 `bpf_buf_reclaimed`, `bpfstats_fill_xbpf`) and sys/net/bpf.h
 (`ROTATE_BUFFERS`), as in FreeBSD 12 (2019).
@@ -61,15 +60,13 @@ import errno
 
 from bpf import bpf_buffer as _buf
 from bpf import bpf_zerocopy as _zbuf
-from bpf.bpf_filter import bpf_filter, bpf_validate
+from bpf.bpf_filter import bpf_filter
 from bpf.bpf_h import (
     BPF_BUFMODE_BUFFER,
     BPF_BUFMODE_ZBUF,
     BPF_D_IN,
-    BPF_D_INOUT,
     BPF_D_OUT,
     BPF_HDR,
-    BPF_T_FLAG_MASK,
     BPF_T_FORMAT_MASK,
     BPF_T_MICROTIME,
     BPF_T_NANOTIME,
@@ -77,9 +74,7 @@ from bpf.bpf_h import (
     BPF_WORDALIGN,
     BPF_XHDR,
     SIZEOF_BPF_HDR,
-    BpfInsn,
 )
-from bpf.bpf_jit import bpf_jit_compile
 from bpf.bpfdesc import BPF_IDLE, BPF_TIMED_OUT, BPF_WAITING, Bpf, BpfBuf, BpfD, Xbpfd
 from mbuf.if_tap import PFIL_IN
 from mbuf.kassert import kassert
@@ -472,150 +467,6 @@ def _bpf_read_hold(d: BpfD) -> bytes:
     st.reads += 1
     st.read_bytes += len(out)
     return out
-
-
-# ---------------------------------------------------------------------------
-# ioctls, one function each
-# ---------------------------------------------------------------------------
-
-
-def bpf_ioctl_sblen(d: BpfD, size: int) -> int:
-    """BIOCSBLEN: EOPNOTSUPP in zero-copy mode; returns the clamped size set."""
-    if d.bd_bufmode != BPF_BUFMODE_BUFFER:
-        raise OSError(errno.EOPNOTSUPP, "BIOCSBLEN: not in buffered mode")
-    return _buf.bpf_buffer_ioctl_sblen(d, size)
-
-
-def bpf_ioctl_gblen(d: BpfD) -> int:
-    """BIOCGBLEN: bytes of one buffer (what a read must ask for)."""
-    return d.bd_bufsize
-
-
-def bpf_ioctl_setf(d: BpfD, prog: list[BpfInsn] | None, flush: bool = True) -> None:
-    """BIOCSETF (flush True) / BIOCSETFNR: install a read filter (None: accept all).
-    EINVAL for a program bpf_validate refuses or longer than net.bpf.maxinsns."""
-    bpf = d.bd_bpf
-    jit = None
-    if prog is not None:
-        if not bpf_validate(prog, bpf.sysctl.maxinsns):
-            bpf.stats.filters_rejected += 1
-            raise OSError(errno.EINVAL, f"BIOCSETF: invalid filter program ({len(prog)} insns)")
-        prog = list(prog)
-        jit = bpf_jit_compile(prog)
-        bpf.stats.jit_compiled += 1
-    d.bd_rfilter = prog
-    d.bd_jit = jit
-    bpf.stats.filters_set += 1
-    if flush:
-        reset_d(d)
-
-
-def bpf_ioctl_setif(d: BpfD, name: str) -> None:
-    """BIOCSETIF: attach to interface `name` (ENXIO if none). Buffered mode allocates
-    its buffers now; zero-copy mode needs BIOCSETZBUF first (EINVAL)."""
-    bif = d.bd_bpf.bpf_iflist.get(name)
-    if bif is None:
-        raise OSError(errno.ENXIO, f"BIOCSETIF: no interface {name!r}")
-    if d.bd_bufmode == BPF_BUFMODE_BUFFER:
-        if d.bd_sbuf is None:
-            _buf.bpf_buffer_alloc(d)
-    elif d.bd_sbuf is None:
-        raise OSError(errno.EINVAL, "BIOCSETIF: zero-copy buffers not set (BIOCSETZBUF first)")
-    if bif is not d.bd_bif:
-        bpf_attachd(d, bif)
-    reset_d(d)
-
-
-def bpf_ioctl_getif(d: BpfD) -> str:
-    if d.bd_bif is None:
-        raise OSError(errno.EINVAL, "BIOCGETIF: not attached")
-    return d.bd_bif.bif_name
-
-
-def bpf_ioctl_gdlt(d: BpfD) -> int:
-    if d.bd_bif is None:
-        raise OSError(errno.EINVAL, "BIOCGDLT: not attached")
-    return d.bd_bif.bif_dlt
-
-
-def bpf_ioctl_flush(d: BpfD) -> None:
-    """BIOCFLUSH: reset_d."""
-    reset_d(d)
-
-
-def bpf_ioctl_gstats(d: BpfD) -> tuple[int, int]:
-    """BIOCGSTATS: (bs_recv, bs_drop), each an u_int."""
-    return d.bd_rcount & 0xFFFFFFFF, d.bd_dcount & 0xFFFFFFFF
-
-
-def bpf_ioctl_immediate(d: BpfD, on: bool) -> None:
-    d.bd_immediate = on
-
-
-def bpf_ioctl_sdirection(d: BpfD, direction: int) -> None:
-    if direction not in (BPF_D_IN, BPF_D_OUT, BPF_D_INOUT):
-        raise OSError(errno.EINVAL, f"BIOCSDIRECTION: bad direction {direction}")
-    d.bd_direction = direction
-
-
-def bpf_ioctl_srtimeout(d: BpfD, sec: int, usec: int) -> None:
-    """BIOCSRTIMEOUT: the read timeout (0: none); EINVAL for a bad timeval."""
-    if sec < 0 or not 0 <= usec < 1_000_000:
-        raise OSError(errno.EINVAL, f"BIOCSRTIMEOUT: bad timeval {sec}.{usec:06d}")
-    d.bd_rtout = sec * 1_000_000 + usec
-
-
-def bpf_ioctl_grtimeout(d: BpfD) -> tuple[int, int]:
-    return divmod(d.bd_rtout, 1_000_000)
-
-
-def bpf_ioctl_ststamp(d: BpfD, tstype: int) -> None:
-    """BIOCSTSTAMP: BPF_T_VALID: NONE alone, or a format other than NONE with flags."""
-    fmt = tstype & BPF_T_FORMAT_MASK
-    valid = tstype == BPF_T_NONE or (
-        fmt != BPF_T_NONE and tstype & ~(BPF_T_FORMAT_MASK | BPF_T_FLAG_MASK) == 0
-    )
-    if not valid:
-        raise OSError(errno.EINVAL, f"BIOCSTSTAMP: bad timestamp type {tstype:#x}")
-    d.bd_tstamp = tstype
-
-
-def bpf_ioctl_setbufmode(d: BpfD, mode: int) -> None:
-    """BIOCSETBUFMODE: ZBUF only with net.bpf.zerocopy_enable (else EINVAL, as the
-    kernel answers); EBUSY once buffers exist or an interface is attached."""
-    if mode == BPF_BUFMODE_ZBUF:
-        if not d.bd_bpf.sysctl.zerocopy_enable:
-            raise OSError(errno.EINVAL, "BIOCSETBUFMODE: net.bpf.zerocopy_enable is 0")
-    elif mode != BPF_BUFMODE_BUFFER:
-        raise OSError(errno.EINVAL, f"BIOCSETBUFMODE: unknown mode {mode}")
-    if d.bd_sbuf is not None or d.bd_hbuf is not None or d.bd_fbuf is not None or d.bd_bif:
-        raise OSError(errno.EBUSY, "BIOCSETBUFMODE: buffers or interface already set")
-    d.bd_bufmode = mode
-
-
-def bpf_ioctl_getzmax(d: BpfD) -> int:
-    return _zbuf.bpf_zerocopy_ioctl_getzmax(d)
-
-
-def bpf_ioctl_setzbuf(d: BpfD, uvm: _zbuf.Uvm, bufa: int, bufb: int, buflen: int) -> None:
-    """BIOCSETZBUF: EOPNOTSUPP unless in zero-copy mode; see bpf_zerocopy_ioctl_setzbuf."""
-    if d.bd_bufmode != BPF_BUFMODE_ZBUF:
-        raise OSError(errno.EOPNOTSUPP, "BIOCSETZBUF: not in zero-copy mode")
-    _zbuf.bpf_zerocopy_ioctl_setzbuf(d, uvm, bufa, bufb, buflen)
-
-
-def bpf_ioctl_rotzbuf(d: BpfD) -> tuple[int, int]:
-    """BIOCROTZBUF: rotate a non-empty store buffer if the hold slot is empty; returns
-    (bz_bufa, bz_buflen) of the buffer now held, or (0, 0) if nothing rotated."""
-    if d.bd_bufmode != BPF_BUFMODE_ZBUF:
-        raise OSError(errno.EOPNOTSUPP, "BIOCROTZBUF: not in zero-copy mode")
-    if d.bd_hbuf is None and d.bd_slen != 0:
-        # the buffer ROTATE_BUFFERS returns, not d.bd_hbuf: mypy (and so mypyc) still
-        # holds that attribute narrowed to None after the call
-        hbuf = ROTATE_BUFFERS(d)
-        assert isinstance(hbuf, _zbuf.Zbuf)
-        return hbuf.zb_uaddr, d.bd_hlen
-    return 0, 0
 
 
 # ---------------------------------------------------------------------------

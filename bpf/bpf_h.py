@@ -264,7 +264,7 @@ def BPF_JUMP(code: int, k: int, jt: int, jf: int) -> BpfInsn:
 
 def bpf_program_pack(prog: list[BpfInsn]) -> bytes:
     """The instruction array of a struct bpf_program as it travels to the kernel."""
-    return b"".join(BPF_INSN.pack(i.code, i.jt, i.jf, i.k) for i in prog)
+    return b"".join([BPF_INSN.pack(i.code, i.jt, i.jf, i.k) for i in prog])
 
 
 def bpf_program_unpack(data: bytes) -> list[BpfInsn]:

@@ -12,16 +12,6 @@ from bpf.bpf import (
     BpfIf,
     bpf_close,
     bpf_hdrlen,
-    bpf_ioctl_flush,
-    bpf_ioctl_gblen,
-    bpf_ioctl_gstats,
-    bpf_ioctl_immediate,
-    bpf_ioctl_sblen,
-    bpf_ioctl_sdirection,
-    bpf_ioctl_setf,
-    bpf_ioctl_setif,
-    bpf_ioctl_srtimeout,
-    bpf_ioctl_ststamp,
     bpf_mtap,
     bpf_mtap2,
     bpf_ready,
@@ -48,6 +38,18 @@ from bpf.bpf_h import (
     BPF_T_NONE,
     BPF_WORDALIGN,
     DLT_NULL,
+)
+from bpf.bpf_ioctl import (
+    bpf_ioctl_flush,
+    bpf_ioctl_gblen,
+    bpf_ioctl_gstats,
+    bpf_ioctl_immediate,
+    bpf_ioctl_sblen,
+    bpf_ioctl_sdirection,
+    bpf_ioctl_setf,
+    bpf_ioctl_setif,
+    bpf_ioctl_srtimeout,
+    bpf_ioctl_ststamp,
 )
 from bpf.bpfdesc import BPF_TIMED_OUT, BPF_WAITING, Bpf, BpfD
 from mbuf.if_tap import PFIL_IN, PFIL_OUT

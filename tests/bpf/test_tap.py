@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from bpf.bpf import BpfIf, bpf_close, bpf_ioctl_setif, bpfopen, bpfread
+from bpf.bpf import BpfIf, bpf_close, bpfopen, bpfread
+from bpf.bpf_ioctl import bpf_ioctl_setif
 from bpf.bpfdesc import Bpf
 from mbuf.if_tap import (
     ETHERTYPE_IP,

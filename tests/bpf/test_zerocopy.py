@@ -24,15 +24,6 @@ from bpf.bpf import (
     BpfIf,
     bpf_canwritebuf,
     bpf_close,
-    bpf_ioctl_flush,
-    bpf_ioctl_getzmax,
-    bpf_ioctl_gstats,
-    bpf_ioctl_immediate,
-    bpf_ioctl_rotzbuf,
-    bpf_ioctl_sblen,
-    bpf_ioctl_setbufmode,
-    bpf_ioctl_setif,
-    bpf_ioctl_setzbuf,
     bpf_mtap,
     bpf_ready,
     bpfattach,
@@ -46,6 +37,17 @@ from bpf.bpf_h import (
     BZH_USER_GEN,
     DLT_EN10MB,
     ETHER_HDR_LEN,
+)
+from bpf.bpf_ioctl import (
+    bpf_ioctl_flush,
+    bpf_ioctl_getzmax,
+    bpf_ioctl_gstats,
+    bpf_ioctl_immediate,
+    bpf_ioctl_rotzbuf,
+    bpf_ioctl_sblen,
+    bpf_ioctl_setbufmode,
+    bpf_ioctl_setif,
+    bpf_ioctl_setzbuf,
 )
 from bpf.bpf_zerocopy import Uvm
 from bpf.bpfdesc import Bpf, BpfD
