@@ -1,0 +1,74 @@
+"""The interface's tap: what a driver calls so that packet capture sees its frames.
+
+Theory of operation. FreeBSD drivers call `BPF_MTAP(ifp, m)` where they hand a
+frame to the hardware and where they pass a received one up; the macro does
+nothing unless a listener is present. `mbuf` may not import `bpf` (DESIGN.md,
+"The house"), so the data path sees the tap through `IfTap`, a small interface
+that bpf/bpf.py's `BpfIf` implements, the way `KtlsHook` keeps ktls out of
+sockbuf.py. A frame is Ethernet (DLT_EN10MB): the model's chains start at the
+IP header, so the caller puts a 14-byte Ethernet header mbuf in front
+(`ether_header_mbuf`) for the tap and takes it off again (`if_tap_ether` does
+both), as `bpf_mtap2` does with its throw-away mbuf.
+
+Where the calls go (wired by a later change, not here): in the NIC model's
+transmit (`Ifnet.if_transmit`, after ip_output, on the chain the NIC is
+given, with PFIL_OUT) and on the receive path before ip_input (PFIL_IN).
+
+Models: the BPF_MTAP / bpf_peers_present macros of sys/net/bpf.h, the
+direction words PFIL_IN / PFIL_OUT of sys/net/pfil.h, struct ether_header of
+sys/net/ethernet.h.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from mbuf.mbuf import Mbuf, m_free, m_get
+
+if TYPE_CHECKING:
+    from mbuf.kern import Kernel
+
+PFIL_IN = 0x1  # a frame received from the wire
+PFIL_OUT = 0x2  # a frame handed to the wire
+
+ETHER_ADDR_LEN = 6
+ETHER_HDR_LEN = 14
+ETHERTYPE_IP = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+
+
+class IfTap(Protocol):
+    """A listener on an interface (implemented by bpf.bpf.BpfIf)."""
+
+    def tap(self, m: Mbuf, direction: int) -> None:
+        """See frame m (not consumed, not modified) travelling `direction`
+        (PFIL_IN or PFIL_OUT). Returns at once when nobody listens."""
+        ...
+
+
+def ether_header_mbuf(kern: Kernel, dst: bytes, src: bytes, ethertype: int) -> Mbuf:
+    """A plain mbuf holding struct ether_header: destination, source, type (0x0800
+    IPv4 or 0x86DD IPv6). ValueError for a MAC that is not 6 bytes."""
+    if len(dst) != ETHER_ADDR_LEN or len(src) != ETHER_ADDR_LEN:
+        raise ValueError("ether_header_mbuf: MAC addresses are 6 bytes")
+    if ethertype not in (ETHERTYPE_IP, ETHERTYPE_IPV6):
+        raise ValueError(f"ether_header_mbuf: ethertype {ethertype:#06x} is not IPv4 or IPv6")
+    m = m_get(kern)
+    assert m.m_dat is not None
+    m.m_dat[:ETHER_HDR_LEN] = dst + src + ethertype.to_bytes(2, "big")
+    m.m_len = ETHER_HDR_LEN
+    return m
+
+
+def if_tap_ether(
+    tap: IfTap, m: Mbuf, dst: bytes, src: bytes, ethertype: int, direction: int
+) -> None:
+    """Tap IP packet m as the Ethernet frame the wire carries: a header mbuf goes in
+    front for the tap and is freed after; m is left as it was."""
+    eh = ether_header_mbuf(m.m_kern, dst, src, ethertype)
+    eh.m_next = m
+    try:
+        tap.tap(eh, direction)
+    finally:
+        eh.m_next = None
+        m_free(eh)
