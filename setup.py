@@ -80,8 +80,15 @@ def remove_build_outputs() -> None:
             f.unlink()
 
 
-def write_stamp(failed: str | None) -> str:
-    stamp = json.dumps(core.stamp_entries(ROOT, mypyc_version, failed), indent=1, sort_keys=True)
+# The sources as mypyc read them, hashed just before it ran: a file edited while
+# the C compiler works is stale at once, since its new text was not compiled.
+COMPILED: dict[str, object] | None = None
+
+
+def write_stamp(failed: str | None, entries: dict[str, object] | None = None) -> str:
+    if entries is None:
+        entries = core.stamp_entries(ROOT, mypyc_version, failed)
+    stamp = json.dumps(entries, indent=1, sort_keys=True)
     core.STAMP.write_text(stamp + "\n")
     return stamp
 
@@ -103,7 +110,7 @@ class BuildCore(build_ext):
             remove_build_outputs()
             write_stamp(why)
             return
-        stamp = write_stamp(None)
+        stamp = write_stamp(None, COMPILED)
         if not self.inplace and not getattr(self, "editable_mode", False):
             built = pathlib.Path(self.build_lib) / "mbuf" / core.STAMP_NAME
             built.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +135,9 @@ def extensions() -> list[Any]:
         remove_build_outputs()
         write_stamp("NOMAPD_BUILD_PURE was set at install")
         return []
+    global COMPILED
     sources = core.core_sources(ROOT)
+    COMPILED = core.stamp_entries(ROOT, mypyc_version, None)
     try:
         from mypyc.build import mypycify
 
