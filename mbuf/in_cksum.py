@@ -11,12 +11,14 @@ Models: sys/netinet/in_cksum.c and `in_delayed_cksum` of sys/netinet/ip_output.c
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 
 # Segments up to this long are summed as one integer (`int.from_bytes`), longer
 # ones with NumPy: below it NumPy's per-call cost (about 3 us for a header)
 # outweighs its speed per byte.
-SMALL_SEGMENT = 1024
+SMALL_SEGMENT: Final = 1024
 _FOLD = 0xFFFF  # 2**16 == 1 (mod 0xFFFF): a ones'-complement sum is a residue mod 0xFFFF
 
 
