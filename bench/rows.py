@@ -1,6 +1,6 @@
 """The rows of the benchmark: each server in each mode it is measured in.
 
-Theory of operation. A row is one server process configuration. nomapd has eight
+Theory of operation. A row is one server process configuration. nomapd has twelve
 rows, one per mode measured (the flags are passed to `nomapd serve` as they
 are); nginx and hypercorn have two each, HTTPS and plain HTTP, so that every
 nomapd row has a peer speaking the same protocol: the HTTPS rows of nomapd are
@@ -75,6 +75,32 @@ ROWS: tuple[Row, ...] = (
         False,
         ("--http", "--no-sendfile-nomap"),
         "plain HTTP, one sf_buf mbuf per page",
+    ),
+    # The two pairs of the README's "what the unmapped path saves" again on the
+    # interpreted core, so that the interpreter's share of each can be told apart.
+    Row(
+        "nomapd-no-nomap-pure",
+        NOMAPD,
+        True,
+        ("--no-nomap",),
+        "KTLS, NIC without NOMAP, pure core (NOMAPD_PURE=1)",
+        env=(("NOMAPD_PURE", "1"),),
+    ),
+    Row(
+        "nomapd-http-pure",
+        NOMAPD,
+        False,
+        ("--http",),
+        "plain HTTP, unmapped sendfile, pure core (NOMAPD_PURE=1)",
+        env=(("NOMAPD_PURE", "1"),),
+    ),
+    Row(
+        "nomapd-http-no-sendfile-nomap-pure",
+        NOMAPD,
+        False,
+        ("--http", "--no-sendfile-nomap"),
+        "plain HTTP, one sf_buf mbuf per page, pure core (NOMAPD_PURE=1)",
+        env=(("NOMAPD_PURE", "1"),),
     ),
     Row(NGINX, NGINX, True, (), "nginx, 1 worker, sendfile on, HTTPS"),
     Row(f"{NGINX}-http", NGINX, False, (), "nginx, 1 worker, sendfile on, plain HTTP"),

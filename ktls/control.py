@@ -36,7 +36,7 @@ on it. `TlsControl` is that reader for one connection, sans-IO:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ktls.alerts import (
     CLOSE_NOTIFY,
@@ -66,15 +66,15 @@ if TYPE_CHECKING:  # a name in an annotation: ktls.handshake loads pyOpenSSL at 
     from ktls.handshake import Established
     from mbuf.counters import KtlsStat
 
-HT_CLIENT_HELLO = 1
-HT_KEY_UPDATE = 24
-UPDATE_NOT_REQUESTED = 0
-UPDATE_REQUESTED = 1
-KEY_UPDATE_NOT_REQUESTED = bytes((HT_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED))
+HT_CLIENT_HELLO: Final = 1
+HT_KEY_UPDATE: Final = 24
+UPDATE_NOT_REQUESTED: Final = 0
+UPDATE_REQUESTED: Final = 1
+KEY_UPDATE_NOT_REQUESTED: Final = bytes((HT_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED))
 
-MAX_EMPTY_RECORDS = 32  # OpenSSL's limit on consecutive empty records
-MAX_WARN_ALERTS = 5  # OpenSSL's MAX_WARN_ALERT_COUNT: the fifth in a row is refused
-MAX_HANDSHAKE_MESSAGE = 1 << 16  # a renegotiating ClientHello bigger than this is refused
+MAX_EMPTY_RECORDS: Final = 32  # OpenSSL's limit on consecutive empty records
+MAX_WARN_ALERTS: Final = 5  # OpenSSL's MAX_WARN_ALERT_COUNT: the fifth in a row is refused
+MAX_HANDSHAKE_MESSAGE: Final = 1 << 16  # a renegotiating ClientHello bigger than this is refused
 
 
 class TlsControl:

@@ -34,7 +34,7 @@ import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.bindings.openssl.binding import Binding
@@ -57,13 +57,13 @@ from mbuf.ktls_hdr import ContentType
 # ClientKeyExchange of at most CLIENT_KEY_EXCH_MAX_LENGTH; a Finished, a
 # change_cipher_spec and an alert fit in the 1 KiB left over. Each record body
 # byte may come with its own 5-byte record header.
-CLIENT_HELLO_MAX_LENGTH = 131396
-CLIENT_KEY_EXCH_MAX_LENGTH = 2048
+CLIENT_HELLO_MAX_LENGTH: Final = 131396
+CLIENT_KEY_EXCH_MAX_LENGTH: Final = 2048
 _HS_HDR_LEN = 4  # handshake message type and 24-bit length
-MAX_HANDSHAKE_MESSAGE_BYTES = (
+MAX_HANDSHAKE_MESSAGE_BYTES: Final = (
     2 * (_HS_HDR_LEN + CLIENT_HELLO_MAX_LENGTH) + _HS_HDR_LEN + CLIENT_KEY_EXCH_MAX_LENGTH + 1024
 )
-MAX_HANDSHAKE_BYTES = (5 + 1) * MAX_HANDSHAKE_MESSAGE_BYTES  # 1 596 648 wire bytes
+MAX_HANDSHAKE_BYTES: Final = (5 + 1) * MAX_HANDSHAKE_MESSAGE_BYTES  # 1 596 648 wire bytes
 
 _VERSIONS = {"TLSv1.2": TlsVersion.TLS12, "TLSv1.3": TlsVersion.TLS13}
 # The key log lines `established()` reads; a connection keeps no other secret.
@@ -88,9 +88,9 @@ class Established:
 # not OpenSSL's default list (X448, P-521, FFDHE and the hybrid ML-KEM groups).
 # The TLS 1.2 suites are the ECDHE half of "intermediate" (no DHE: nomapd has no
 # DH parameters), all of them AEADs that ktls.suites can model.
-TLS_GROUPS = "X25519:P-256:P-384"
+TLS_GROUPS: Final = "X25519:P-256:P-384"
 # --tls-profile: name -> lowest protocol version (the highest is TLS 1.3 for both).
-TLS_PROFILES = {"intermediate": SSL.TLS1_2_VERSION, "modern": SSL.TLS1_3_VERSION}
+TLS_PROFILES: Final = {"intermediate": SSL.TLS1_2_VERSION, "modern": SSL.TLS1_3_VERSION}
 
 
 def _set_groups(ctx: SSL.Context, groups: str) -> None:

@@ -40,14 +40,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Final
 
 # The kernel packages compiled together (DESIGN.md, "The house"), as directories
 # relative to the project root; a package that does not exist yet is skipped.
-CORE_PACKAGES = ("mbuf", "ktls", "bpf", "netmap")
+CORE_PACKAGES: Final = ("mbuf", "ktls", "bpf", "netmap")
 
 # Modules of those packages that stay interpreted, and why.
-INTERPRETED = {
+INTERPRETED: Final = {
     # the chooser itself: it must run before any compiled module is loaded
     "mbuf/_core.py",
     # drives pyOpenSSL (untyped: every call is Any, nothing to gain) and runs
@@ -55,10 +55,10 @@ INTERPRETED = {
     "ktls/handshake.py",
 }
 
-STAMP_NAME = "_build_stamp.json"
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-STAMP = ROOT / "mbuf" / STAMP_NAME
-PURE_ENV = "NOMAPD_PURE"
+STAMP_NAME: Final = "_build_stamp.json"
+ROOT: Final = pathlib.Path(__file__).resolve().parent.parent
+STAMP: Final = ROOT / "mbuf" / STAMP_NAME
+PURE_ENV: Final = "NOMAPD_PURE"
 
 
 def core_sources(root: pathlib.Path) -> list[str]:

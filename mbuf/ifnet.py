@@ -49,7 +49,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mbuf.kassert import kassert
 from mbuf.mbuf import EXT_SFBUF, M_EXT, M_NOMAP, Mbuf, m_freem, mtod
@@ -83,42 +83,44 @@ class IfCap(enum.IntFlag):
     IFCAP_TXTLS6 = 0x10000000
 
 
-IFCAP_TXCSUM = int(IfCap.IFCAP_TXCSUM)
-IFCAP_TSO4 = int(IfCap.IFCAP_TSO4)
-IFCAP_TSO6 = int(IfCap.IFCAP_TSO6)
-IFCAP_RXCSUM = int(IfCap.IFCAP_RXCSUM)
-IFCAP_TXCSUM_IPV6 = int(IfCap.IFCAP_TXCSUM_IPV6)
-IFCAP_RXCSUM_IPV6 = int(IfCap.IFCAP_RXCSUM_IPV6)
-IFCAP_NOMAP = int(IfCap.IFCAP_NOMAP)
+IFCAP_TXCSUM: Final = int(IfCap.IFCAP_TXCSUM)
+IFCAP_TSO4: Final = int(IfCap.IFCAP_TSO4)
+IFCAP_TSO6: Final = int(IfCap.IFCAP_TSO6)
+IFCAP_RXCSUM: Final = int(IfCap.IFCAP_RXCSUM)
+IFCAP_TXCSUM_IPV6: Final = int(IfCap.IFCAP_TXCSUM_IPV6)
+IFCAP_RXCSUM_IPV6: Final = int(IfCap.IFCAP_RXCSUM_IPV6)
+IFCAP_NOMAP: Final = int(IfCap.IFCAP_NOMAP)
 
 # mbuf.h checksum flags (m_pkthdr.csum_flags, if_hwassist).
-CSUM_IP = 0x00000001
-CSUM_IP_UDP = 0x00000002
-CSUM_IP_TCP = 0x00000004
-CSUM_IP_TSO = 0x00000010
-CSUM_IP6_UDP = 0x00000200
-CSUM_IP6_TCP = 0x00000400
-CSUM_IP6_TSO = 0x00001000
-CSUM_DELAY_DATA = CSUM_IP_TCP | CSUM_IP_UDP
-CSUM_DELAY_DATA_IPV6 = CSUM_IP6_TCP | CSUM_IP6_UDP
-CSUM_TSO = CSUM_IP_TSO | CSUM_IP6_TSO
+CSUM_IP: Final = 0x00000001
+CSUM_IP_UDP: Final = 0x00000002
+CSUM_IP_TCP: Final = 0x00000004
+CSUM_IP_TSO: Final = 0x00000010
+CSUM_IP6_UDP: Final = 0x00000200
+CSUM_IP6_TCP: Final = 0x00000400
+CSUM_IP6_TSO: Final = 0x00001000
+CSUM_DELAY_DATA: Final = CSUM_IP_TCP | CSUM_IP_UDP
+CSUM_DELAY_DATA_IPV6: Final = CSUM_IP6_TCP | CSUM_IP6_UDP
+CSUM_TSO: Final = CSUM_IP_TSO | CSUM_IP6_TSO
 # Inbound: what the NIC verified (CSUM_L3_CALC/VALID, CSUM_L4_CALC/VALID).
-CSUM_IP_CHECKED = 0x01000000
-CSUM_IP_VALID = 0x02000000
-CSUM_PSEUDO_HDR = 0x04000000
-CSUM_DATA_VALID = 0x08000000
+CSUM_IP_CHECKED: Final = 0x01000000
+CSUM_IP_VALID: Final = 0x02000000
+CSUM_PSEUDO_HDR: Final = 0x04000000
+CSUM_DATA_VALID: Final = 0x08000000
 
-IFQ_MAXLEN = 1024  # descriptors per transmit queue
+IFQ_MAXLEN: Final = 1024  # descriptors per transmit queue
 
 # if_attach_internal's TSO defaults (sys/net/if.c), for a driver that sets none.
-ETHER_HDR_LEN = 14
-ETHER_VLAN_ENCAP_LEN = 4
-IF_HW_TSOMAX_DEFAULT = min(IP_MAXPACKET, 32 * MCLBYTES - (ETHER_HDR_LEN + ETHER_VLAN_ENCAP_LEN))
-IF_HW_TSOMAXSEGCOUNT_DEFAULT = 35
-IF_HW_TSOMAXSEGSIZE_DEFAULT = 2048
+ETHER_HDR_LEN: Final = 14
+ETHER_VLAN_ENCAP_LEN: Final = 4
+IF_HW_TSOMAX_DEFAULT: Final = min(
+    IP_MAXPACKET, 32 * MCLBYTES - (ETHER_HDR_LEN + ETHER_VLAN_ENCAP_LEN)
+)
+IF_HW_TSOMAXSEGCOUNT_DEFAULT: Final = 35
+IF_HW_TSOMAXSEGSIZE_DEFAULT: Final = 2048
 # tcp_m_copym charges an unmapped mbuf 3 segments before its data and keeps one
 # for the header: fewer than 5 segments could never carry one.
-IF_HW_TSOMAXSEGCOUNT_MIN = 5
+IF_HW_TSOMAXSEGCOUNT_MIN: Final = 5
 
 
 class Ifnet:

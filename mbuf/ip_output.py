@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mbuf.ifnet import CSUM_DELAY_DATA, CSUM_IP, CSUM_TSO, IFCAP_NOMAP, IfTxQueue
 from mbuf.in_cksum import in_cksum, in_cksum_hdr, in_pseudo
@@ -34,7 +34,7 @@ from mbuf.mbuf import M_NOMAP, Mbuf, m_chain_iov, mtod
 if TYPE_CHECKING:
     from mbuf.kern import Kernel
 
-IPPROTO_TCP = 6
+IPPROTO_TCP: Final = 6
 _TH_SUM_OFF = 20 + 16  # checksum field of the TCP header after the 20-byte IP header
 _IP_SUM_OFF = 10  # ip_sum
 

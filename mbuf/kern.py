@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from mbuf.counters import Counters
 from mbuf.ifnet import (
@@ -32,8 +32,8 @@ from mbuf.sf_buf import SfBufPool
 from mbuf.vm_object import PageCache
 from mbuf.vm_page import PhysMem
 
-DEFAULT_PHYS_MEM = 256 * 1024 * 1024
-DEFAULT_CAPENABLE = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4 | IFCAP_TXCSUM_IPV6 | IFCAP_TSO6
+DEFAULT_PHYS_MEM: Final = 256 * 1024 * 1024
+DEFAULT_CAPENABLE: Final = IFCAP_NOMAP | IFCAP_TXCSUM | IFCAP_TSO4 | IFCAP_TXCSUM_IPV6 | IFCAP_TSO6
 
 
 class Kernel:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from mbuf.kassert import kassert, kpanic
 from mbuf.param import (
@@ -71,16 +71,16 @@ class MFlags(enum.IntFlag):
     M_ZOMBIE = 0x20000000  # model only: an owner that dropped its own reference
 
 
-M_EXT = int(MFlags.M_EXT)
-M_PKTHDR = int(MFlags.M_PKTHDR)
-M_EOR = int(MFlags.M_EOR)
-M_RDONLY = int(MFlags.M_RDONLY)
-M_NOMAP = int(MFlags.M_NOMAP)
-M_NOTREADY = int(MFlags.M_NOTREADY)
-M_BLOCKED = int(MFlags.M_BLOCKED)
-M_NOTAVAIL = M_NOTREADY | M_BLOCKED
-M_FREED = int(MFlags.M_FREED)
-M_ZOMBIE = int(MFlags.M_ZOMBIE)
+M_EXT: Final = int(MFlags.M_EXT)
+M_PKTHDR: Final = int(MFlags.M_PKTHDR)
+M_EOR: Final = int(MFlags.M_EOR)
+M_RDONLY: Final = int(MFlags.M_RDONLY)
+M_NOMAP: Final = int(MFlags.M_NOMAP)
+M_NOTREADY: Final = int(MFlags.M_NOTREADY)
+M_BLOCKED: Final = int(MFlags.M_BLOCKED)
+M_NOTAVAIL: Final = M_NOTREADY | M_BLOCKED
+M_FREED: Final = int(MFlags.M_FREED)
+M_ZOMBIE: Final = int(MFlags.M_ZOMBIE)
 # Flags a duplicate inherits (mb_dupcl).
 _M_DUP_INHERIT = M_RDONLY | M_NOMAP
 
@@ -92,10 +92,10 @@ class ExtType(enum.IntEnum):
     EXT_PGS = 9
 
 
-EXT_CLUSTER = int(ExtType.EXT_CLUSTER)
-EXT_SFBUF = int(ExtType.EXT_SFBUF)
-EXT_JUMBOP = int(ExtType.EXT_JUMBOP)
-EXT_PGS = int(ExtType.EXT_PGS)
+EXT_CLUSTER: Final = int(ExtType.EXT_CLUSTER)
+EXT_SFBUF: Final = int(ExtType.EXT_SFBUF)
+EXT_JUMBOP: Final = int(ExtType.EXT_JUMBOP)
+EXT_PGS: Final = int(ExtType.EXT_PGS)
 
 
 class ExtFlags(enum.IntFlag):
@@ -107,9 +107,9 @@ class ExtFlags(enum.IntFlag):
     EXT_FLAG_VENDOR3 = 0x40000  # sendfile: EXT_FLAG_CACHE_LAST
 
 
-EXT_FLAG_EMBREF = int(ExtFlags.EXT_FLAG_EMBREF)
+EXT_FLAG_EMBREF: Final = int(ExtFlags.EXT_FLAG_EMBREF)
 
-MBUF_PEXT_FLAG_ANON = 0x1  # pages are anonymous, owned by the mbuf, encryptable in place
+MBUF_PEXT_FLAG_ANON: Final = 0x1  # pages are anonymous, owned by the mbuf, encryptable in place
 
 ExtFree = Callable[["Mbuf"], None]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Final
 
 from mbuf.counters import SfBufStat, SfStat
 from mbuf.kassert import kassert
@@ -38,7 +39,7 @@ class SfbFlags(enum.IntFlag):
     SFB_NOWAIT = 4  # fail instead of sleeping
 
 
-SFB_NOWAIT = int(SfbFlags.SFB_NOWAIT)
+SFB_NOWAIT: Final = int(SfbFlags.SFB_NOWAIT)
 
 
 class SfBuf:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import errno
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from mbuf.kassert import kassert
 from mbuf.mb_unmapped import mb_unmapped_compress
@@ -131,8 +131,8 @@ class KtlsRxHook(Protocol):
         ...
 
 
-SBS_CANTSENDMORE = 0x0010  # can't send more data to peer
-SBS_CANTRCVMORE = 0x0020  # can't receive more data from peer (its FIN arrived)
+SBS_CANTSENDMORE: Final = 0x0010  # can't send more data to peer
+SBS_CANTRCVMORE: Final = 0x0020  # can't receive more data from peer (its FIN arrived)
 
 
 class SockBuf:

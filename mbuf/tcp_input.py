@@ -53,7 +53,7 @@ Deliberate differences:
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mbuf.ifnet import (
     CSUM_DATA_VALID,
@@ -83,12 +83,12 @@ from mbuf.tcpip_hdr import (
 if TYPE_CHECKING:
     from mbuf.socket import Socket
 
-ETHERTYPE_IP = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
+ETHERTYPE_IP: Final = 0x0800
+ETHERTYPE_IPV6: Final = 0x86DD
 # Locally administered MAC addresses: the modeled interface and the next hop.
-IF_LLADDR = bytes.fromhex("020000000001")
-PEER_LLADDR = bytes.fromhex("020000000002")
-PEER_WIN = 65535  # the window the peer's segments announce (unscaled)
+IF_LLADDR: Final = bytes.fromhex("020000000001")
+PEER_LLADDR: Final = bytes.fromhex("020000000002")
+PEER_WIN: Final = 65535  # the window the peer's segments announce (unscaled)
 
 _ETHER = struct.Struct("!6s6sH")
 _TCP = struct.Struct("!HHIIBBHHH")

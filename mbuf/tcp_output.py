@@ -33,7 +33,7 @@ kernel copies them into the tcpcb (`t_tsomax*`) when the connection is set up.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mbuf.ifnet import (
     CSUM_IP,
@@ -63,7 +63,7 @@ from mbuf.tcpip_hdr import TH_ACK, TH_PSH, tcpip_fillheaders, tcpip_hdrlen
 if TYPE_CHECKING:
     from mbuf.socket import Socket
 
-MAX_LINKHDR = 16  # max_linkhdr: domaininit raises it to 16, Ethernet's 14 fits
+MAX_LINKHDR: Final = 16  # max_linkhdr: domaininit raises it to 16, Ethernet's 14 fits
 
 
 class TcpCb:

@@ -29,28 +29,29 @@ carry both checksums correct.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from mbuf.in_cksum import in_cksum, in_pseudo
 from mbuf.param import IP6_HDR_LEN, IP_HDR_LEN, TCP_HDR_LEN, TCPIP6_HDR_LEN, TCPIP_HDR_LEN
 
-IPPROTO_TCP = 6
-IPVERSION = 4
-IPV6_VERSION = 0x60
-IP_DF = 0x4000
-IPDEFTTL = 64  # net.inet.ip.ttl
-IPV6_DEFHLIM = 64  # net.inet6.ip6.hlim
+IPPROTO_TCP: Final = 6
+IPVERSION: Final = 4
+IPV6_VERSION: Final = 0x60
+IP_DF: Final = 0x4000
+IPDEFTTL: Final = 64  # net.inet.ip.ttl
+IPV6_DEFHLIM: Final = 64  # net.inet6.ip6.hlim
 
-TH_FIN = 0x01
-TH_SYN = 0x02
-TH_RST = 0x04
-TH_PSH = 0x08
-TH_ACK = 0x10
+TH_FIN: Final = 0x01
+TH_SYN: Final = 0x02
+TH_RST: Final = 0x04
+TH_PSH: Final = 0x08
+TH_ACK: Final = 0x10
 
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _IP6 = struct.Struct("!IHBB16s16s")
 _TCP = struct.Struct("!HHIIBBHHH")
-TH_SUM_OFF = 16  # the checksum field within the TCP header
-IP_SUM_OFF = 10  # ... within the IPv4 header
+TH_SUM_OFF: Final = 16  # the checksum field within the TCP header
+IP_SUM_OFF: Final = 10  # ... within the IPv4 header
 
 
 def tcpip_hdrlen(isipv6: bool) -> int:

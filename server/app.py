@@ -48,7 +48,7 @@ from server.config import ConfigError, ServerConfig
 from server.connection import Connection
 from server.counters import ServerStat
 from server.http.responses import DateCache
-from server.http.static import Site
+from server.http.static import OpenFileCache, Site
 from server.listen import listeners_from_fds, serve_listeners
 from server.shutdown import drain
 from server.startup import announce, certificate, mode_name, open_admin
@@ -74,6 +74,7 @@ class Server:
             default_type=cfg.default_type,
             max_ranges=cfg.max_ranges,
         )
+        self.file_cache = OpenFileCache()
         self.kern = Kernel(
             cfg.phys_mem,
             capenable=cfg.capenable(),

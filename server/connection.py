@@ -313,7 +313,7 @@ class Connection:
                 close=checked.close,
             )  # fmt: skip
             return
-        reply = plan(checked, self.server.site)
+        reply = plan(checked, self.server.site, self.server.file_cache)
         if isinstance(reply, Listing):
             reply = await trio.to_thread.run_sync(reply.render, self.server.site)
         if isinstance(reply, Simple):

@@ -30,6 +30,8 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import stat as stat_mod
+import time
 from dataclasses import dataclass, field
 
 import h11
@@ -113,38 +115,135 @@ _RESOLVE_STATUS = {
 }
 
 
-def plan(req: h11.Request, site: Site) -> Reply:
-    """The reply to a GET or HEAD. The caller owns (and must close) a FileReply's fd."""
-    res = resolve_target(
-        site.root,
-        req.target,
-        follow_symlinks=site.follow_symlinks,
-        serve_dotfiles=site.serve_dotfiles,
-        autoindex=site.autoindex,
-    )
-    if res.status is ResolveStatus.REDIRECT:
-        assert res.location is not None
-        return Simple(301, [(b"Location", res.location), *_cache(site)])  # as add_header does
-    if res.status is ResolveStatus.DIRECTORY:
-        assert res.path is not None
-        return Listing(res.path, req.target.split(b"?", 1)[0], _cache(site))
-    if res.status is not ResolveStatus.FILE:
-        status = _RESOLVE_STATUS[res.status]
-        return Simple(status, close=status == 400)
-    assert res.path is not None and res.stat is not None
+Sidecars = dict[str, tuple[pathlib.Path, os.stat_result]]
+
+# A directory modified less than this long ago may be modified again within the
+# same timestamp tick (Linux stamps with the coarse clock): its entries are not
+# cached until its mtime is safely in the past (git's "racy clean" rule).
+RACY_NS = 1_000_000_000
+
+
+@dataclass(slots=True)
+class _Opened:
+    path: pathlib.Path
+    path_s: str
+    key: tuple[int, int, int, int]  # the file's st_dev, st_ino, st_size, st_mtime_ns
+    dir_s: str
+    dir_key: tuple[int, int, int]  # its directory's st_dev, st_ino, st_mtime_ns
+    sidecars: Sidecars
+
+
+class OpenFileCache:
+    """nginx's `open_file_cache` for `plan`, without its staleness: what a
+    request-target resolved to (the file and its sidecars), revalidated on every
+    use by one lstat of the file and one stat of its directory, which must match
+    what they were (`_Opened.key`, `.dir_key`). A file replaced, renamed, grown or
+    touched changes the first; a sidecar created, removed or replaced changes the
+    directory's mtime; either sends the request through `resolve_target` again.
+
+    Only targets that name their file literally are cached (no symlink, index or
+    escape on the way: the resolved path is the root plus the target), so the
+    path's own components are all the lookup depends on; a component swapped for
+    a symlink after caching leads `stat` elsewhere (another inode: a miss) or to
+    this very file. Bounded: emptied when `max_entries` is reached."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[bytes, _Opened] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, target: bytes) -> tuple[pathlib.Path, os.stat_result, Sidecars] | None:
+        e = self._entries.get(target)
+        if e is None:
+            self.misses += 1
+            return None
+        try:
+            st = os.stat(e.path_s, follow_symlinks=False)
+            dst = os.stat(e.dir_s)
+            valid = (
+                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == e.key
+                and (dst.st_dev, dst.st_ino, dst.st_mtime_ns) == e.dir_key
+                and stat_mod.S_ISREG(st.st_mode)
+            )
+        except OSError:
+            valid = False
+        if not valid:
+            del self._entries[target]
+            self.misses += 1
+            return None
+        self.hits += 1
+        return e.path, st, e.sidecars
+
+    def store(
+        self, target: bytes, root: pathlib.Path, path: pathlib.Path, st: os.stat_result,
+        sidecars: Sidecars,
+    ) -> None:  # fmt: skip
+        root_s, path_s = str(root), str(path)
+        if path_s != (root_s if root_s != os.sep else "") + target.decode("latin-1"):
+            return  # not named literally (escapes, index, symlinks): resolve every time
+        dir_s = os.path.dirname(path_s)
+        try:
+            dst = os.stat(dir_s)
+        except OSError:
+            return
+        if time.time_ns() - dst.st_mtime_ns < RACY_NS:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[target] = _Opened(
+            path,
+            path_s,
+            (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+            dir_s,
+            (dst.st_dev, dst.st_ino, dst.st_mtime_ns),
+            sidecars,
+        )
+
+
+def plan(req: h11.Request, site: Site, cache: OpenFileCache | None = None) -> Reply:
+    """The reply to a GET or HEAD. The caller owns (and must close) a FileReply's fd.
+    With `cache`, a target resolved before is revalidated instead of resolved."""
+    hit = cache.lookup(req.target) if cache is not None else None
+    if hit is not None:
+        path, st, sidecars = hit
+    else:
+        res = resolve_target(
+            site.root,
+            req.target,
+            follow_symlinks=site.follow_symlinks,
+            serve_dotfiles=site.serve_dotfiles,
+            autoindex=site.autoindex,
+        )
+        if res.status is ResolveStatus.REDIRECT:
+            assert res.location is not None
+            return Simple(301, [(b"Location", res.location), *_cache(site)])  # as add_header does
+        if res.status is ResolveStatus.DIRECTORY:
+            assert res.path is not None
+            return Listing(res.path, req.target.split(b"?", 1)[0], _cache(site))
+        if res.status is not ResolveStatus.FILE:
+            status = _RESOLVE_STATUS[res.status]
+            return Simple(status, close=status == 400)
+        assert res.path is not None and res.stat is not None
+        path, st = res.path, res.stat
+        sidecars = find_sidecars(path, st, site.root, follow_symlinks=site.follow_symlinks)
+        if cache is not None:
+            cache.store(req.target, site.root, path, st, sidecars)
     headers: dict[bytes, bytes] = {}
     for name, value in req.headers:  # repeated lines are one list (RFC 9110 5.3)
         headers[name] = headers[name] + b", " + value if name in headers else value
-    path, st = res.path, res.stat
+    fname = path.name
     extra: list[tuple[bytes, bytes]] = []
-    sidecars = find_sidecars(path, st, site.root, follow_symlinks=site.follow_symlinks)
     if sidecars:
         extra.append((b"Vary", b"Accept-Encoding"))
         coding = choose_encoding(headers.get(b"accept-encoding"), list(sidecars))
         if coding is not None:
             path, st = sidecars[coding]
             extra.append((b"Content-Encoding", coding.encode()))
-    ctype = content_type(res.path.name, default=site.default_type).encode()
+    ctype = content_type(fname, default=site.default_type).encode()
     try:
         opened = _open(path, st)
     except OSError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import gzip
+import os
 import pathlib
 import socket
 import ssl
@@ -539,4 +540,22 @@ def test_many_ranges_hold_one_descriptor(srv: ServerProcess) -> None:
     held = _fds(srv.proc.pid) - base
     s.close()
     assert held <= 4, held  # socket, the file, its one duplicate (and slack)
+    srv.assert_no_leaks()
+
+
+def test_file_replaced_between_requests_is_served_new(
+    srv: ServerProcess, corpus: pathlib.Path
+) -> None:
+    """The open-file cache revalidates: a replaced file is served new at once."""
+    (corpus / "replaced.txt").write_bytes(b"first version")
+    past = time.time() - 60  # a directory at rest, so the server caches what it resolves
+    os.utime(corpus, (past, past))
+    for _ in range(2):
+        status, f1, body = get(srv, "/replaced.txt")
+        assert (status, body) == (200, b"first version")
+    (corpus / "replaced.new").write_bytes(b"second, longer version")
+    os.replace(corpus / "replaced.new", corpus / "replaced.txt")
+    status, f2, body = get(srv, "/replaced.txt")
+    assert (status, body) == (200, b"second, longer version")
+    assert f2["etag"] != f1["etag"]
     srv.assert_no_leaks()

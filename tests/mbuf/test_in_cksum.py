@@ -55,6 +55,7 @@ def test_cksum_iov_equals_reference_for_any_split(
         [0, 3, 0, 0, 5],  # empty segments between odd ones
         [2, 2, 2],
         [4095, 1, 4096, 4097],  # page-sized pieces at odd positions
+        [1023, 1, 1024, 1025, 1],  # both sides of SMALL_SEGMENT, at odd positions
         [0],
         [],
     ],
