@@ -10,9 +10,13 @@ IP header, so the caller puts a 14-byte Ethernet header mbuf in front
 (`ether_header_mbuf`) for the tap and takes it off again (`if_tap_ether` does
 both), as `bpf_mtap2` does with its throw-away mbuf.
 
-Where the calls go (wired by a later change, not here): in the NIC model's
-transmit (`Ifnet.if_transmit`, after ip_output, on the chain the NIC is
-given, with PFIL_OUT) and on the receive path before ip_input (PFIL_IN).
+Where the calls go: the interface's `Ifnet.if_bpf` (None until the server
+attaches its bpf subsystem's `BpfIf`); `IfTxQueue.if_transmit` (mbuf/ifnet.py,
+after ip_output, on the chain the NIC is given, with PFIL_OUT, behind an
+Ethernet header IF_LLADDR -> PEER_LLADDR) and `ether_input` (mbuf/tcp_input.py,
+the received frame with its own Ethernet header, PFIL_IN). Each checks
+`if_bpf is not None and if_bpf.bif_dlist` first, bpf_peers_present: with no
+listener a packet costs that check and nothing else.
 
 Models: the BPF_MTAP / bpf_peers_present macros of sys/net/bpf.h, the
 direction words PFIL_IN / PFIL_OUT of sys/net/pfil.h, struct ether_header of
@@ -21,7 +25,7 @@ sys/net/ethernet.h.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mbuf.mbuf import Mbuf, m_free, m_get
 
@@ -35,10 +39,17 @@ ETHER_ADDR_LEN = 6
 ETHER_HDR_LEN = 14
 ETHERTYPE_IP = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
+# The interface's MAC and its peer's (the far end of the wire), fixed per interface.
+IF_LLADDR: Final = bytes.fromhex("020000000001")
+PEER_LLADDR: Final = bytes.fromhex("020000000002")
 
 
 class IfTap(Protocol):
     """A listener on an interface (implemented by bpf.bpf.BpfIf)."""
+
+    # The attached descriptors: empty means nobody listens (bpf_peers_present), and
+    # the driver skips the tap (and its Ethernet header mbuf) altogether.
+    bif_dlist: list[Any]
 
     def tap(self, m: Mbuf, direction: int) -> None:
         """See frame m (not consumed, not modified) travelling `direction`

@@ -51,6 +51,15 @@ import random
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
+from mbuf.if_tap import (
+    ETHERTYPE_IP,
+    ETHERTYPE_IPV6,
+    IF_LLADDR,
+    PEER_LLADDR,
+    PFIL_OUT,
+    IfTap,
+    if_tap_ether,
+)
 from mbuf.kassert import kassert
 from mbuf.mbuf import EXT_SFBUF, M_EXT, M_NOMAP, Mbuf, m_freem, mtod
 from mbuf.param import (
@@ -125,6 +134,7 @@ IF_HW_TSOMAXSEGCOUNT_MIN: Final = 5
 
 class Ifnet:
     __slots__ = (
+        "if_bpf",
         "if_capabilities",
         "if_capenable",
         "if_hw_tsomax",
@@ -148,6 +158,9 @@ class Ifnet:
     ) -> None:
         self.if_xname = name
         self.if_mtu = IF_MTU
+        # The bpf tap point (bpf.BpfIf), set by whoever attaches packet capture
+        # (server/app.py); None: no capture, one `is not None` check per packet.
+        self.if_bpf: IfTap | None = None
         self.if_capabilities = (
             IFCAP_TXCSUM | IFCAP_RXCSUM | IFCAP_TSO4 | IFCAP_NOMAP
             | IFCAP_TXCSUM_IPV6 | IFCAP_RXCSUM_IPV6 | IFCAP_TSO6
@@ -293,6 +306,10 @@ class IfTxQueue:
             hdrlen in (TCPIP_HDR_LEN, TCPIP6_HDR_LEN) and not hdr.m_flags & M_NOMAP,
             "if_transmit: packet must start with its mapped TCP/IP header",
         )
+        bif = ifp.if_bpf
+        if bif is not None and bif.bif_dlist:  # BPF_MTAP: the chain the NIC is given
+            etype = ETHERTYPE_IPV6 if hdrlen == TCPIP6_HDR_LEN else ETHERTYPE_IP
+            if_tap_ether(bif, m, PEER_LLADDR, IF_LLADDR, etype, PFIL_OUT)
         segs: list[memoryview] = []
         addrs: list[int] = []
         payload = 0

@@ -55,6 +55,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Final
 
+from mbuf.if_tap import ETHERTYPE_IP, ETHERTYPE_IPV6, IF_LLADDR, PEER_LLADDR, PFIL_IN
 from mbuf.ifnet import (
     CSUM_DATA_VALID,
     CSUM_IP_CHECKED,
@@ -83,11 +84,6 @@ from mbuf.tcpip_hdr import (
 if TYPE_CHECKING:
     from mbuf.socket import Socket
 
-ETHERTYPE_IP: Final = 0x0800
-ETHERTYPE_IPV6: Final = 0x86DD
-# Locally administered MAC addresses: the modeled interface and the next hop.
-IF_LLADDR: Final = bytes.fromhex("020000000001")
-PEER_LLADDR: Final = bytes.fromhex("020000000002")
 PEER_WIN: Final = 65535  # the window the peer's segments announce (unscaled)
 
 _ETHER = struct.Struct("!6s6sH")
@@ -172,6 +168,9 @@ def ether_input(so: Socket, m: Mbuf) -> None:
         so.so_kern.stats.ifnet.rx_errors += 1
         m_freem(m)
         return
+    bif = so.so_kern.ifnet.if_bpf
+    if bif is not None and bif.bif_dlist:  # BPF_MTAP: the frame as it came off the wire
+        bif.tap(m, PFIL_IN)
     etype = struct.unpack_from("!H", mtod(m), 12)[0]
     m_adj(m, ETHER_HDR_LEN)
     if etype == ETHERTYPE_IP:

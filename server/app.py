@@ -37,9 +37,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 from OpenSSL import SSL
 
+from bpf import Bpf, bpfattach
+from bpf.bpf_h import DLT_EN10MB
 from ktls.handshake import make_server_context
 from ktls.workers import KtlsWorkers
 from mbuf import CORE
+from mbuf.if_tap import ETHER_HDR_LEN
 from mbuf.kern import Kernel
 from server import errorlog
 from server.accesslog import AccessLog
@@ -84,6 +87,11 @@ class Server:
             loss=cfg.loss,
             loss_seed=cfg.loss_seed + (cfg.worker_index or 0),
         )
+        # Packet capture: the worker's bpf subsystem and nm0's tap point (the
+        # driver taps only while a descriptor is attached to it).
+        self.bpf = Bpf()
+        self.bif = bpfattach(self.bpf, self.kern.ifnet.if_xname, DLT_EN10MB, ETHER_HDR_LEN)
+        self.kern.ifnet.if_bpf = self.bif
         self.stats = ServerStat()
         self.date = DateCache()
         self.ssl_ctx: SSL.Context | None = None

@@ -11,6 +11,7 @@ import struct
 
 import pytest
 
+from mbuf.if_tap import ETHERTYPE_IP, ETHERTYPE_IPV6
 from mbuf.ifnet import IFCAP_RXCSUM
 from mbuf.kern import Kernel
 from mbuf.mbuf import M_EXT, Mbuf, m_copydata, m_getptr
@@ -28,8 +29,6 @@ from mbuf.param import (
 from mbuf.sockbuf import SBS_CANTRCVMORE
 from mbuf.socket import Socket, soclose, soreceive, sosend
 from mbuf.tcp_input import (
-    ETHERTYPE_IP,
-    ETHERTYPE_IPV6,
     _rx_frame,
     ether_input,
     if_rx,
