@@ -32,12 +32,13 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import trio
 from OpenSSL import SSL
 
-from bpf import Bpf, bpfattach
+from bpf import Bpf, bpf_stats, bpfattach
 from bpf.bpf_h import DLT_EN10MB
 from ktls.handshake import make_server_context
 from ktls.workers import KtlsWorkers
@@ -143,6 +144,9 @@ class Server:
     def statistics(self) -> dict[str, Any]:
         snap = dict(self.kern.statistics())
         snap.update(self.stats.snapshot())
+        snap.update(self.bpf.stats.items())
+        # netstat -B's rows (net.bpf.stats): one per descriptor attached to nm0.
+        snap["bpf.descriptors"] = [asdict(x) for x in bpf_stats(self.bpf)]
         snap["server.connections_active"] = self.active
         snap["server.mode"] = self.mode()
         snap["server.core"] = CORE  # "compiled (mypyc X.Y)" or "pure" (mbuf/_core.py)

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("stat", help="print the server's kernel counters, netstat -m style")
     t.add_argument("--admin", default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}", help="HOST:PORT")
     t.add_argument("--json", action="store_true", help="print the raw JSON")
+    t.add_argument(
+        "-B", dest="bpf", action="store_true", help="the bpf descriptors, netstat -B style"
+    )
     return top
 
 
@@ -203,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "stat":
             from server.stat import run_stat
 
-            return run_stat(parse_hostport(ns.admin, "--admin"), as_json=ns.json)
+            return run_stat(parse_hostport(ns.admin, "--admin"), as_json=ns.json, bpf=ns.bpf)
         cfg = config_from_args(ns)
         cfg.argv = tuple(argv)  # --workers: the supervisor runs it again for each worker
         if cfg.workers > 1 and cfg.worker_index is None:

@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from bpf.bpfdesc import Xbpfd
 from server.config import ConfigError
 
 
@@ -93,9 +94,31 @@ def format_stat(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_stat(admin: tuple[str, int], *, as_json: bool = False) -> int:
+# usr.bin/netstat/bpf.c's bpf_stats: the header and one row per descriptor.
+_BPF_HEADER = (
+    f"{'Pid':>5} {'Netif':>6} {'Flags':>7} {'Recv':>9} {'Drop':>9} {'Match':>9}"
+    f" {'Sblen':>5} {'Hblen':>5} {'Zcopy':>9} Command"
+)
+
+
+def format_bpf(s: dict[str, Any]) -> str:
+    """`netstat -B` for the modeled interfaces: the rows of `bpf.descriptors`
+    (every worker's; the header alone when no descriptor is attached)."""
+    lines = [_BPF_HEADER]
+    for r in s.get("bpf.descriptors", []):
+        x = Xbpfd(**r)
+        lines.append(
+            f"{x.bd_pid:>5} {x.bd_ifname:>6} {x.flags():>7} {x.bd_rcount:>9} {x.bd_dcount:>9}"
+            f" {x.bd_fcount:>9} {x.bd_slen:>5} {x.bd_hlen:>5} {x.bd_zcopy:>9} -"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_stat(admin: tuple[str, int], *, as_json: bool = False, bpf: bool = False) -> int:
     stats = fetch(admin)
-    if as_json:
+    if bpf and not as_json:
+        sys.stdout.write(format_bpf(stats))
+    elif as_json:
         json.dump(stats, sys.stdout, indent=1, sort_keys=True)
         sys.stdout.write("\n")
     else:

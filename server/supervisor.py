@@ -46,7 +46,8 @@ behind one address.
   (`sum_stats`): counters and gauges add up (in-use counts, totals, the
   physical pages of all kernels); peaks (`*_peak`, `sfbuf.peak`) take the
   largest worker's, since peaks of different moments do not add; settings
-  (`kern.*`) and strings are the first worker's. /connections lists every
+  (`kern.*`) and strings are the first worker's; `bpf.descriptors` (netstat -B's
+  rows) joins every worker's rows. /connections lists every
   worker's connections, each with "worker": I.
 """
 
@@ -95,6 +96,9 @@ def sum_stats(snaps: list[dict[str, Any]]) -> dict[str, Any]:
                 out[key] = value
                 continue
             old = out[key]
+            if key == "bpf.descriptors":  # netstat -B's rows: every worker's
+                out[key] = [*old, *value]
+                continue
             if key.startswith("kern.") or not _is_number(value) or not _is_number(old):
                 continue
             out[key] = max(old, value) if _is_peak(key) else old + value

@@ -27,7 +27,15 @@ KERNEL_LEAK_KEYS: Final = _kernel_leak_keys()
 # A server frees its KTLS sessions too (`KtlsSession.free`); a kernel alone has
 # none to leak, so `Kernel.leaks()` leaves this one out and unit tests check it
 # where they make sessions.
-SERVER_LEAK_KEYS: Final = (*KERNEL_LEAK_KEYS, "ktls.sessions_active")
+# Its bpf subsystem (server/app.py) is not the kernel's either: its descriptors and
+# buffers (BpfStat.leaks) are the server's keys too.
+BPF_LEAK_KEYS: Final = (
+    "bpf.descriptors_in_use",
+    "bpf.attached",
+    "bpf.buffers_in_use",
+    "bpf.buffer_bytes",
+)
+SERVER_LEAK_KEYS: Final = (*KERNEL_LEAK_KEYS, "ktls.sessions_active", *BPF_LEAK_KEYS)
 
 
 def leaked(stats: dict[str, object]) -> dict[str, object]:
