@@ -21,14 +21,18 @@ MSS or less goes without TSO. The headers carry the real acknowledgment
 Models: sys/netinet/tcp_output.c (`tcp_output`, `tcp_m_copym`), as of mid
 2019 (the M_NOMAP era, before `tcp_m_copym` took KTLS's `hw_tls` argument).
 
-Deliberate differences: the wire is reliable (the host kernel's TCP does the
-real retransmission), so an "ACK" is the host socket taking bytes:
-`tcp_acked` drops them from the buffer. A packet that ip_output drops
-(ENOBUFS) is sent again on the next call, as the kernel backs snd_nxt out on
-error. tcp_output always shares the data (`tcp_m_copym`); the kernel copies a
-burst of at most MHLEN - hdrlen - max_linkhdr (112) bytes into the header
-mbuf instead. The TSO limits are read from the interface on every call; the
-kernel copies them into the tcpcb (`t_tsomax*`) when the connection is set up.
+Deliberate differences: the host socket under the NIC model is reliable (the
+host kernel's TCP does the real retransmission), so an "ACK" is the host
+socket taking bytes: `tcp_acked` drops them from the buffer. Only the model's
+own lossy wire (--loss) loses packets; then tcp_timer_rexmt (mbuf/tcp_timer.py)
+goes back to snd_una and the loop above resends one segment per packet up to
+snd_max: go-back-N on a modelled timeout, with no SACK, RTT or backoff. A
+packet that ip_output drops (ENOBUFS) is sent again on the next call, as the
+kernel backs snd_nxt out on error. tcp_output always shares the data
+(`tcp_m_copym`); the kernel copies a burst of at most MHLEN - hdrlen -
+max_linkhdr (112) bytes into the header mbuf instead. The TSO limits are
+read from the interface on every call; the kernel copies them into the tcpcb
+(`t_tsomax*`) when the connection is set up.
 """
 
 from __future__ import annotations
