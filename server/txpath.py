@@ -68,6 +68,7 @@ from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
 from mbuf.tcp_timer import tcp_timer_rexmt
 from mbuf.vm_object import PagerRequest, VmObject
+from server.reqstat import ConnTxStat, tx_account, tx_sample
 from server.transport.errors import client_gone
 
 log = logging.getLogger("nomapd")
@@ -165,6 +166,7 @@ class KernelTx:
         self._fds: list[int] = []
         self._progress_at = trio.current_time()
         self.bytes_written = 0
+        self.stat = ConnTxStat()  # this connection's share of the transmit counters
         so.so_upcall = self.wake
 
     def wake(self) -> None:
@@ -263,10 +265,12 @@ class KernelTx:
     async def _step(self) -> None:
         """Make progress on the wire, or wait until there is some to make."""
         so = self.so
+        before = tx_sample(self.kern)
         tcp_output(so)
         txq = so.so_txq
         if tcp_timer_rexmt(so):  # the lossy wire (--loss) lost the next packet
             tcp_output(so)
+        tx_account(self.stat, self.kern, before)
         if not txq.empty():
             iov = txq.pending_iov()
             if not iov:  # the retransmission was lost too: go back again next step
@@ -315,7 +319,9 @@ class KernelTx:
             with client_gone:
                 while True:
                     io: list[PagerRequest] = []
+                    before = tx_sample(self.kern)
                     status = sendfile_step(job, io)
+                    tx_account(self.stat, self.kern, before)
                     for req in io:
                         self.nursery.start_soon(self._pagein, req)
                     if status is SendfileStatus.DONE:
@@ -331,10 +337,12 @@ class KernelTx:
         self._progress_at = trio.current_time()
         with client_gone:
             while view:
+                before = tx_sample(self.kern)
                 try:
                     n = sosend(self.so, view, record_type)
                 except NoMemory:
                     n = 0
+                tx_account(self.stat, self.kern, before)
                 view = view[n:]
                 if view:
                     await self._step()

@@ -154,6 +154,7 @@ DEMO = pathlib.Path(mime.__file__).parent.parent / "demo_site"
 def test_demo_site_types() -> None:
     expected = {
         "index.html": "text/html; charset=utf-8",
+        "request.js": "text/javascript; charset=utf-8",
         "robots.txt": "text/plain; charset=utf-8",
         "samples/hello.txt": "text/plain; charset=utf-8",
         "samples/lorem.txt": "text/plain; charset=utf-8",
