@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ServerProcess
+from tests.integration.conftest import ServerProcess, serve
 from tests.support.clients import client_context
 
 PAGE = 200 * 1024 + 5  # 51 pages: several records, several TSO bursts
@@ -34,11 +34,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 def _start(site: pathlib.Path, state: pathlib.Path, args: list[str]) -> Iterator[ServerProcess]:
-    srv = ServerProcess(site, ["--access-log", "off", *args], state)
-    yield srv
-    srv.stop()
-    assert srv.proc.returncode == 0, srv.stderr
-    assert "Traceback" not in srv.stderr, srv.stderr
+    yield from serve(site, ["--access-log", "off", *args], state)
+
+
+def _head(srv: ServerProcess, path: str) -> str:
+    """The response head curl receives for `path`."""
+    return subprocess.run(
+        ["curl", "-sk", "-D", "-", "-o", "/dev/null", srv.url(path)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +74,7 @@ def _page_and_record(srv: ServerProcess, path: str) -> tuple[str, int, dict[str,
 
 def test_the_record_adds_up_without_nomap(nonomap: ServerProcess) -> None:
     srv = nonomap
-    head = subprocess.run(
-        ["curl", "-sk", "-D", "-", "-o", "/dev/null", srv.url("/big.html")],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    head = _head(srv, "/big.html")
     rid = re.search(r'(?im)^server-timing: nomapd;desc="(w0-[A-Za-z0-9_-]{22})"\r?$', head)
     assert rid, head
     # A second connection asks: the id is what it needs, not the connection.
@@ -102,10 +103,7 @@ def test_the_record_adds_up_without_nomap(nonomap: ServerProcess) -> None:
 
 def test_only_pages_carry_an_id_and_unknown_ids_are_404(nonomap: ServerProcess) -> None:
     srv = nonomap
-    head = subprocess.run(
-        ["curl", "-sk", "-D", "-", "-o", "/dev/null", srv.url("/data.bin")],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    head = _head(srv, "/data.bin")
     assert "server-timing" not in head.lower()
     for rid, answer in [
         ("w0-AAAAAAAAAAAAAAAAAAAAAA", {"error": "unknown"}),
