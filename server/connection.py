@@ -53,7 +53,7 @@ from server.http.framing import (
 from server.http.request import Answer, check_request, http10_keepalive, protocol_error_status
 from server.http.responses import error_body, simple_response
 from server.http.static import FileReply, Listing, Simple, plan
-from server.reqstat import WELL_KNOWN
+from server.reqstat import WELL_KNOWN, ConnTxStat
 from server.transport import Transport
 from server.transport.errors import ClientGone
 from server.transport.handshake import tls_accept
@@ -364,11 +364,12 @@ class Connection:
         self._sent = 0
         connection = connection_field(last=self._last_request(), keep10=self._keep10)
         rid = ""
-        if reply.status == 200 and _is_page(reply.headers):  # a page: it may ask about itself
+        if reply.status == 200 and reply.length and not head_only and _is_page(reply.headers):
+            # A page, sent: it may ask about itself.
             rid = server.request_records.new_id()
             # A copy: the open-file cache may share the list with later requests.
             reply.headers = [*reply.headers, (b"Server-Timing", b'nomapd;desc="%s"' % rid.encode())]
-        before = self.tx.stat.copy()
+            self.tx.stat = ConnTxStat()  # KernelTx counts this response's share
         head = file_head(self.h11, reply, server.date.now(), connection)
         self._head_len = len(head)
         self._length = reply.length
@@ -400,7 +401,8 @@ class Connection:
                 "id": rid, "status": reply.status, "content_length": reply.length,
                 "head_bytes": len(head), "body_bytes": sent,
             }  # fmt: skip
-            record.update(self.tx.stat.since(before))
+            stat, self.tx.stat = self.tx.stat, None
+            record.update(stat.figures() if stat is not None else {})
             tls = self.transport.info()
             record["tls"] = tls.get("tls", "none")  # plain HTTP has no TLS
             record["suite"] = tls.get("suite", "")

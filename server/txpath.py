@@ -166,7 +166,10 @@ class KernelTx:
         self._fds: list[int] = []
         self._progress_at = trio.current_time()
         self.bytes_written = 0
-        self.stat = ConnTxStat()  # this connection's share of the transmit counters
+        # Set while a response's figures are wanted (server/reqstat.py): this
+        # connection's share of the transmit counters. None otherwise, so that
+        # other responses pay nothing for it.
+        self.stat: ConnTxStat | None = None
         so.so_upcall = self.wake
 
     def wake(self) -> None:
@@ -265,12 +268,14 @@ class KernelTx:
     async def _step(self) -> None:
         """Make progress on the wire, or wait until there is some to make."""
         so = self.so
-        before = tx_sample(self.kern)
+        stat = self.stat
+        before = tx_sample(self.kern) if stat is not None else ()
         tcp_output(so)
         txq = so.so_txq
         if tcp_timer_rexmt(so):  # the lossy wire (--loss) lost the next packet
             tcp_output(so)
-        tx_account(self.stat, self.kern, before)
+        if stat is not None:
+            tx_account(stat, self.kern, before)
         if not txq.empty():
             iov = txq.pending_iov()
             if not iov:  # the retransmission was lost too: go back again next step
@@ -319,9 +324,11 @@ class KernelTx:
             with client_gone:
                 while True:
                     io: list[PagerRequest] = []
-                    before = tx_sample(self.kern)
+                    stat = self.stat
+                    before = tx_sample(self.kern) if stat is not None else ()
                     status = sendfile_step(job, io)
-                    tx_account(self.stat, self.kern, before)
+                    if stat is not None:
+                        tx_account(stat, self.kern, before)
                     for req in io:
                         self.nursery.start_soon(self._pagein, req)
                     if status is SendfileStatus.DONE:
@@ -337,12 +344,14 @@ class KernelTx:
         self._progress_at = trio.current_time()
         with client_gone:
             while view:
-                before = tx_sample(self.kern)
+                stat = self.stat
+                before = tx_sample(self.kern) if stat is not None else ()
                 try:
                     n = sosend(self.so, view, record_type)
                 except NoMemory:
                     n = 0
-                tx_account(self.stat, self.kern, before)
+                if stat is not None:
+                    tx_account(stat, self.kern, before)
                 view = view[n:]
                 if view:
                     await self._step()

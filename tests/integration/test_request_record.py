@@ -105,6 +105,11 @@ def test_only_pages_carry_an_id_and_unknown_ids_are_404(nonomap: ServerProcess) 
     srv = nonomap
     head = _head(srv, "/data.bin")
     assert "server-timing" not in head.lower()
+    # HEAD sends no page, so there is nothing to ask about.
+    head_only = subprocess.run(
+        ["curl", "-skI", srv.url("/big.html")], check=True, capture_output=True, text=True
+    ).stdout
+    assert head_only.startswith("HTTP/1.1 200") and "server-timing" not in head_only.lower()
     for rid, answer in [
         ("w0-AAAAAAAAAAAAAAAAAAAAAA", {"error": "unknown"}),
         ("w5-AAAAAAAAAAAAAAAAAAAAAA", {"error": "elsewhere", "worker": 5}),

@@ -6,8 +6,9 @@ import re
 
 import trio
 
+from mbuf.kern import Kernel
 from server.admin_web import HISTORY_KEYS, StatsHistory, asset
-from server.reqstat import ConnTxStat, RequestRecords
+from server.reqstat import ConnTxStat, RequestRecords, tx_account, tx_sample
 
 
 def test_ids_name_the_worker_and_are_unguessable() -> None:
@@ -37,13 +38,15 @@ def test_records_are_bounded_oldest_first() -> None:
     assert [rr.lookup(i)[0] for i in ids] == [404, 404, 200, 200, 200, 200]
 
 
-def test_conn_tx_stat_difference() -> None:
-    st = ConnTxStat(records=1, wire_bytes=100)
-    before = st.copy()
-    st.records += 3
-    st.wire_bytes += 50
-    st.conversions += 2
-    assert st.since(before) == {
+def test_conn_tx_stat_takes_the_kernel_s_differences() -> None:
+    kern = Kernel(1 << 22)
+    st = ConnTxStat()
+    before = tx_sample(kern)
+    kern.stats.ktls.records_framed += 3
+    kern.stats.ip.unmapped_converted += 2
+    kern.stats.ifnet.tx_bytes += 50
+    tx_account(st, kern, before)
+    assert st.figures() == {
         "records": 3, "ext_pgs": 0, "mbufs": 0, "conversions": 2, "sf_bufs": 0,
         "csum_bytes": 0, "packets": 0, "wire_bytes": 50,
     }  # fmt: skip
