@@ -83,6 +83,7 @@ def asset(path: bytes, accept: bytes) -> tuple[bytes, bytes] | None:
 def asset_headers() -> list[tuple[bytes, bytes]]:
     return [
         (b"Cache-Control", b"no-cache"),
+        (b"Vary", b"Accept"),  # / is the page or the text index
         (b"Content-Security-Policy", CSP),
         (b"X-Content-Type-Options", b"nosniff"),
         (b"Referrer-Policy", b"no-referrer"),
@@ -99,6 +100,8 @@ class StatsHistory:
         row = [round(when, 3)]
         for key in HISTORY_KEYS:
             v = snap.get(key, 0)
+            if isinstance(v, float):  # CPU seconds: a sum over workers is a float sum
+                v = round(v, 3)
             row.append(v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0)
         self.samples.append(row)
 
