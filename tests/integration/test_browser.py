@@ -17,6 +17,7 @@ import pathlib
 import re
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -203,10 +204,13 @@ def test_dashboard_flips_nomap(state_dir: pathlib.Path, browser: Browser) -> Non
     srv = ServerProcess(DEMO_SITE, ["--access-log", "off", "--admin-control"], state_dir)
     try:
         url = ""
-        for line in srv.stdout:
-            if m := re.search(r"http://\S+/#token=\S+", line):
-                url = m.group(0)
-        assert url, srv.stdout
+        deadline = time.monotonic() + 10  # the start-up lines are all out by then
+        while not url and time.monotonic() < deadline:
+            for line in [*srv.stdout, *srv.stderr_lines]:
+                if m := re.search(r"http://\S+/#token=\S+", line):
+                    url = m.group(0)
+            time.sleep(0.1)
+        assert url, (srv.stdout, srv.stderr_lines)
         page = browser.new_page()
         errors = _console(page)
         page.goto(url)
