@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from mbuf.kern import Kernel
 
-RECORDS_KEPT = 512  # finished responses remembered per worker (about 200 bytes each)
+RECORDS_KEPT = 512  # finished responses remembered per worker (about 600 bytes each: 300 KiB)
 WELL_KNOWN = b"/.well-known/nomapd/request/"
 
 
