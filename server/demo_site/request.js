@@ -20,7 +20,7 @@
     ["status", (r) => String(r.status)],
     ["bytes (head + body)", (r) => n(r.head_bytes) + " + " + n(r.body_bytes)],
     ["TLS", (r) => r.tls === "none" ? "none (plain HTTP)" : r.tls + (r.suite ? ", " + r.suite : "")],
-    ["TLS records", (r) => n(r.records)],
+    ["TLS records", (r) => r.tls.startsWith("user-space") ? "framed by OpenSSL, not the model" : n(r.records)],
     ["EXT_PGS (unmapped) mbufs", (r) => n(r.ext_pgs)],
     ["mbufs of every kind", (r) => n(r.mbufs)],
     ["chains converted by ip_output", (r) => n(r.conversions)],
