@@ -87,8 +87,9 @@ async def _admin_conn(
                     )  # fmt: skip
                 elif path in (b"/", b"/index.txt"):
                     out = simple_response(
-                        conn, 200, date, body=_INDEX, content_type=b"text/plain; charset=utf-8"
-                    )
+                        conn, 200, date, body=_INDEX, content_type=b"text/plain; charset=utf-8",
+                        extra=[(b"Vary", b"Accept")] if path == b"/" else None,
+                    )  # fmt: skip
                 else:
                     out = simple_response(conn, 404, date, body=b"not found\n")
                 await stream.send_all(out)

@@ -45,6 +45,7 @@ def test_a_browser_gets_the_page_and_curl_the_index(workers: ServerProcess) -> N
         assert b == (UI_DIR / name).read_bytes()
     text, tbody = _curl(f"{base}/")  # curl's Accept: */*
     assert text["content-type"] == "text/plain; charset=utf-8" and b"GET /stats" in tbody
+    assert text["vary"] == page["vary"] == "Accept"  # / is either, by Accept
     assert _curl(f"{base}/index.txt")[1] == tbody
     assert _curl(f"{base}/ui/admin.py")[0][":status"] == "404"
 
