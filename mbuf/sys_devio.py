@@ -20,7 +20,10 @@ A request (process -> kernel) is `DEV_REQ` followed by `length` payload bytes:
   length  payload bytes that follow
 
 File descriptors (a shared-memory memfd for BIOCSETZBUF) travel with the
-request's first byte as SCM_RIGHTS ancillary data.
+request's first byte as SCM_RIGHTS ancillary data. An ioctl that passes a
+shared-memory file appends `DEV_SHM` to its argument: the address at which the
+process mapped the file's offset 0, so that the kernel can translate the user
+addresses in the argument (bz_bufa, bz_bufb) into offsets of its own mapping.
 
 Every message from the kernel is `DEV_MSG` followed by `length` bytes; `kind`
 tells a reply from a wakeup, so the two cannot be confused on the one stream:
@@ -50,6 +53,7 @@ from typing import Final
 
 DEV_REQ: Final = struct.Struct("<IIIII")  # op, cmd, flags, count, length
 DEV_MSG: Final = struct.Struct("<IiI")  # kind, error, length
+DEV_SHM: Final = struct.Struct("<Q")  # the process's address of a passed file's offset 0
 
 DEVOP_IOCTL: Final = 1
 DEVOP_READ: Final = 2
