@@ -121,9 +121,10 @@ class DevFile:
     def poll(self, timeout: float | None) -> bool:
         """poll(2) for POLLIN: True if readable now or woken within `timeout` seconds
         (None: wait for the wakeup)."""
-        self.woken = False
+        woke, self.woken = self.woken, False  # a wakeup read with an earlier reply counts
         (revents,) = DEV_POLL.unpack(self._call(dev_req(DEVOP_POLL)))
-        if revents or self.woken:
+        if revents or woke or self.woken:
+            self.woken = False
             return True
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
