@@ -208,3 +208,25 @@ def test_another_user_is_refused(server: ServerProcess) -> None:
 
     as_unprivileged(check)
     server.assert_no_leaks()
+
+
+def test_every_worker_has_its_device(corpus: pathlib.Path, state_dir: pathlib.Path) -> None:
+    srv = ServerProcess(corpus, ["--http", "--workers", "2"], state_dir)
+    try:
+        inst = devices_dir(srv)
+        paths = [inst / "w0" / "bpf", inst / "w1" / "bpf"]
+        caps = [BpfCapture.open(p, mode="zbuf", timeout=0.2) for p in paths]
+        try:
+            for _ in range(4):  # SO_REUSEPORT spreads the connections; each worker taps its own
+                fetch(srv, "/f4097.bin")
+            s = srv.stats()
+            assert s["bpf.descriptors_in_use"] == 2 and s["devfs.shm_mapped"] == 2
+            assert sorted(d["bd_pid"] for d in s["bpf.descriptors"]) == [os.getpid()] * 2
+        finally:
+            for cap in caps:
+                cap.close()
+        srv.assert_no_leaks()
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0, srv.stderr
+    assert not inst.exists()
