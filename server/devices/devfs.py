@@ -352,7 +352,7 @@ class DevFs:
 
 
 def _mkdir_private(path: pathlib.Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # parents too: a root just removed
     os.chmod(path, 0o700)
 
 
@@ -368,4 +368,7 @@ def open_instance(port: int) -> pathlib.Path:
 
 
 def remove_instance(path: pathlib.Path) -> None:
+    """Remove the instance, and the runtime root with it when no other instance is left."""
     shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()

@@ -49,7 +49,7 @@ def server(corpus: pathlib.Path, state_dir: pathlib.Path) -> Iterator[ServerProc
     srv.stop()
     assert srv.proc.returncode == 0, srv.stderr
     assert "Traceback" not in srv.stderr, srv.stderr
-    assert not devices.exists()  # removed at a clean shutdown
+    assert not devices.exists()  # removed at a clean shutdown (and the root if empty)
 
 
 def devices_dir(srv: ServerProcess) -> pathlib.Path:

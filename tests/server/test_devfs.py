@@ -27,9 +27,18 @@ from mbuf.sys_devio import (
     dev_wakeup,
     errno_text,
 )
-from server.devices.devfs import DevFile, DevFs, Device, DevStat, OpenFile
+from server.devices.devfs import (
+    DevFile,
+    DevFs,
+    Device,
+    DevStat,
+    OpenFile,
+    open_instance,
+    remove_instance,
+)
 from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401 (a fixture)
 from userland.dev import DevFile as UserFile
+from userland.devdir import device_paths, find_instance, runtime_root
 
 T = TypeVar("T")
 
@@ -182,3 +191,36 @@ async def test_another_uid_gets_eperm(world: World) -> None:
 
     await trio.to_thread.run_sync(as_unprivileged, check)
     assert world.stats.refused == 1 and world.stats.opens_total == 0
+
+
+def test_runtime_directory_and_discovery(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOMAPD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
+    assert runtime_root() == tmp_path / "state" / "run"  # unusable XDG_RUNTIME_DIR
+    (tmp_path / "xdg").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    assert runtime_root() == tmp_path / "xdg" / "nomapd"
+    with pytest.raises(LookupError, match="no running nomapd server"):
+        find_instance()
+    a = open_instance(8443)
+    (a / "w0").mkdir()
+    (a / "w0" / "stale").write_text("left by a killed server")
+    a = open_instance(8443)  # the stale instance is replaced
+    assert list(a.iterdir()) == [] and a.stat().st_mode & 0o777 == 0o700
+    (a / "w0").mkdir()
+    (a / "w1").mkdir()
+    (a / "w1" / "bpf").touch()
+    assert find_instance() == a and find_instance("8443") == a and find_instance(str(a)) == a
+    assert device_paths(a, "bpf") == [a / "w1" / "bpf"]
+    b = open_instance(9443)
+    (b / "w0").mkdir()
+    with pytest.raises(LookupError, match="ports 8443, 9443"):
+        find_instance()
+    with pytest.raises(LookupError, match="is the server running"):
+        find_instance("7443")
+    remove_instance(a)
+    assert find_instance() == b and runtime_root().exists()
+    remove_instance(b)
+    assert not runtime_root().exists()  # the last instance takes the empty root with it
