@@ -16,9 +16,9 @@ configures it in pcap_activate_bpf's order:
 passed with nothing captured. Buffered: one read(2) of the buffer size (the
 kernel sleeps until a buffer is full, immediate mode, or the timeout).
 Zero-copy: userland/zbuf.py's loop: acknowledge the previous buffer, check
-the other one, else poll(2) for the kernel's wakeup up to the timeout, and on
-a timeout BIOCROTZBUF and check again; no system call while buffers keep
-coming. The packets of a zero-copy buffer are copied out before it is
+the other one, else poll(2) for the kernel's wakeup up to the timeout, then
+BIOCROTZBUF (timed-out or immediate data sits in the store buffer) and check
+again; no system call while full buffers keep coming. The packets of a zero-copy buffer are copied out before it is
 acknowledged, so a `Packet` stays valid.
 
 `stats()` is BIOCGSTATS (received, dropped); `close()` closes the file (the
@@ -153,14 +153,15 @@ class BpfCapture:
         if self.reader is None:
             data = self.dev.read(self.bufsize)
             return [Packet.from_record(r) for r in bpf_records(data)]
-        timed_out = False
-        while True:
-            recs = self.reader.next_buffer(timed_out)
-            if recs is not None:
-                return [Packet.from_record(r) for r in recs]
-            if timed_out:
+        recs = self.reader.next_buffer()
+        while recs is None:
+            woken = self.dev.poll(self.timeout)
+            # pcap_next_zbuf: check again, forcing a rotation (BIOCROTZBUF) to dislodge
+            # timed-out or immediate data that the store buffer holds.
+            recs = self.reader.next_buffer(timed_out=True)
+            if recs is None and not woken:
                 return []
-            timed_out = not self.dev.poll(self.timeout)
+        return [Packet.from_record(r) for r in recs]
 
     def stats(self) -> tuple[int, int]:
         """BIOCGSTATS: (packets received by the descriptor, packets dropped)."""

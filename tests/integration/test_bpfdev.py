@@ -28,6 +28,7 @@ from bpf.bpf_h import (
     BIOCSETIF,
     BIOCSETZBUF,
     BPF_BUFMODE_ZBUF,
+    BPF_D_IN,
     BPF_ZBUF,
     SIZE_T,
     U_INT,
@@ -230,3 +231,27 @@ def test_every_worker_has_its_device(corpus: pathlib.Path, state_dir: pathlib.Pa
         srv.stop()
     assert srv.proc.returncode == 0, srv.stderr
     assert not inst.exists()
+
+
+@pytest.mark.parametrize("mode", ["buffer", "zbuf"])
+def test_direction_immediate_and_read_timeout(server: ServerProcess, mode: str) -> None:
+    port = server.port.to_bytes(2, "big")
+    path = bpf_path(server)
+    with (
+        BpfCapture.open(
+            path, mode=mode, snaplen=SNAP, timeout=0.1, direction=BPF_D_IN, immediate=True
+        ) as cin,
+        BpfCapture.open(path, mode=mode, timeout=0.1, program=[(0x06, 0, 0, 0)]) as none,
+    ):
+        assert none.next_batch() == []  # the read timeout passed with nothing captured
+        fetch(server, "/f4097.bin")
+        wait_closed(server)
+        got = drain(cin)
+        # Ethernet 14 + IPv4 20: the TCP destination port of every inbound frame is the server's.
+        assert got and all(p.data[36:38] == port for p in got)
+        assert any(b"GET /f4097.bin" in p.data for p in got)
+        assert none.next_batch() == []  # offered every frame, kept none
+        assert cin.stats() == (len(got), 0)
+        recv, drop = none.stats()
+        assert recv > len(got) and drop == 0  # both directions reached it
+    server.assert_no_leaks()
