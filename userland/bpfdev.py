@@ -18,8 +18,9 @@ kernel sleeps until a buffer is full, immediate mode, or the timeout).
 Zero-copy: userland/zbuf.py's loop: acknowledge the previous buffer, check
 the other one, else poll(2) for the kernel's wakeup up to the timeout, then
 BIOCROTZBUF (timed-out or immediate data sits in the store buffer) and check
-again; no system call while full buffers keep coming. The packets of a zero-copy buffer are copied out before it is
-acknowledged, so a `Packet` stays valid.
+again; no system call while full buffers keep coming. The packets of a
+zero-copy buffer are copied out before it is acknowledged, so a `Packet`
+stays valid.
 
 `stats()` is BIOCGSTATS (received, dropped); `close()` closes the file (the
 kernel unmaps the buffers), then unmaps and closes the memfd here.
