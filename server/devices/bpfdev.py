@@ -47,11 +47,15 @@ from bpf import (
     bpfread,
     bpfread_timedout,
 )
-from bpf.bpf_h import BIOCSETZBUF, BPF_ZBUF
+from bpf.bpf_h import BIOCSETZBUF, BPF_MAX_PAGES, BPF_ZBUF
 from mbuf.sys_devio import DEV_SHM, POLLIN, POLLRDNORM
 from server.devices.devfs import DevFile, Device, OpenFile
 
 log = logging.getLogger("nomapd.devfs")
+
+# The largest shared-memory file BIOCSETZBUF maps: two buffers of zmax (the ABI
+# wants the file to hold just the two buffers; a larger one is EINVAL).
+SHM_MAX = 2 * BPF_MAX_PAGES * mmap.PAGESIZE
 
 
 class BpfFile(DevFile):
@@ -79,8 +83,8 @@ class BpfFile(DevFile):
             raise OSError(errno.EINVAL, "BIOCSETZBUF: buffers already set")
         (base,) = DEV_SHM.unpack_from(arg, BPF_ZBUF.size)
         size = os.fstat(fds[0]).st_size
-        if size <= 0:
-            raise OSError(errno.EINVAL, "BIOCSETZBUF: the shared-memory file is empty")
+        if not 0 < size <= SHM_MAX:
+            raise OSError(errno.EINVAL, f"BIOCSETZBUF: a shared-memory file of {size} bytes")
         shm = mmap.mmap(fds[0], size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         view = memoryview(shm)
         try:

@@ -302,6 +302,8 @@ class DevFs:
                     await self._syscalls(handle, f)
                 except (PeerGone, OSError):
                     pass  # the process went away: its file closes below
+                except Exception:  # a kernel bug must not take the worker down: close the file
+                    log.exception("%s: pid %d: a call failed; its file is closed", dev.name, pid)
                 finally:
                     f.close()
                     self.stats.open_files -= 1

@@ -33,6 +33,7 @@ from bpf.bpf_h import (
     SIZE_T,
     U_INT,
 )
+from server.devices.bpfdev import SHM_MAX
 from tests.integration.conftest import ServerProcess
 from tests.privdrop import as_unprivileged
 from userland.bpfdev import BpfCapture, Packet, bpf_program, ifreq, shm_create
@@ -139,6 +140,15 @@ def test_bad_requests_answer_einval(server: ServerProcess) -> None:
                 with pytest.raises(OSError) as e:
                     f.ioctl_shm(BIOCSETZBUF, arg, fd, base)
                 assert e.value.errno == errno.EINVAL, why
+            big, big_shm, big_base = shm_create(SHM_MAX + page)  # more than two buffers of zmax
+            try:
+                arg = BPF_ZBUF.pack(big_base, big_base + page, page)
+                with pytest.raises(OSError) as e:
+                    f.ioctl_shm(BIOCSETZBUF, arg, big, big_base)
+                assert e.value.errno == errno.EINVAL
+            finally:
+                big_shm.close()
+                os.close(big)
             with pytest.raises(OSError) as e:  # zero-copy mode: buffers before the interface
                 f.ioctl(BIOCSETIF, ifreq("nm0"))
             assert e.value.errno == errno.EINVAL
