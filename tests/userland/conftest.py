@@ -51,15 +51,22 @@ def server_capture(ipv6: bool) -> list[BpfRecord]:
 
 
 def frame(
-    ipv6: bool, out: bool, seq: int, ack: int, flags: int, payload: bytes = b"", win: int = 65535
+    ipv6: bool,
+    out: bool,
+    seq: int,
+    ack: int,
+    flags: int,
+    payload: bytes = b"",
+    win: int = 65535,
+    port: int = 443,
 ) -> bytes:
     """An Ethernet frame of one TCP segment between the model's addresses
-    (server port 443, client port 50000), headers by tcpip_fillheaders."""
+    (server `port`, client port 50000), headers by tcpip_fillheaders."""
     if ipv6:
         srv, cli = 1, (0xFE80 << 112) | 0x1234
     else:
         srv, cli = 0x7F000001, 0x7F000002
-    src, dst, sport, dport = (srv, cli, 443, 50000) if out else (cli, srv, 50000, 443)
+    src, dst, sport, dport = (srv, cli, port, 50000) if out else (cli, srv, 50000, port)
     hdr = bytearray(60)
     n = tcpip_fillheaders(hdr, ipv6, src, dst, sport, dport, seq, ack, flags, win, 7, len(payload))
     ether = struct.pack(
@@ -71,18 +78,18 @@ def frame(
     return ether + bytes(hdr[:n]) + payload
 
 
-def conversation(ipv6: bool) -> list[bytes]:
+def conversation(ipv6: bool, port: int = 443) -> list[bytes]:
     """SYN, SYN-ACK, ACK, request, response data, FIN both ways, and a RST."""
-    c, s = 1000, 5_000_000
+    c, s, n = 1000, 5_000_000, len(REQUEST)
     return [
-        frame(ipv6, False, c, 0, TH_SYN),
-        frame(ipv6, True, s, c + 1, TH_SYN | TH_ACK),
-        frame(ipv6, False, c + 1, s + 1, TH_ACK),
-        frame(ipv6, False, c + 1, s + 1, TH_PUSH | TH_ACK, REQUEST),
-        frame(ipv6, True, s + 1, c + 1 + len(REQUEST), TH_PUSH | TH_ACK, BODY[:517]),
-        frame(ipv6, True, s + 518, c + 1 + len(REQUEST), TH_FIN | TH_ACK),
-        frame(ipv6, False, c + 1 + len(REQUEST), s + 519, TH_FIN | TH_ACK),
-        frame(ipv6, False, c + 2 + len(REQUEST), 0, TH_RST),
+        frame(ipv6, False, c, 0, TH_SYN, port=port),
+        frame(ipv6, True, s, c + 1, TH_SYN | TH_ACK, port=port),
+        frame(ipv6, False, c + 1, s + 1, TH_ACK, port=port),
+        frame(ipv6, False, c + 1, s + 1, TH_PUSH | TH_ACK, REQUEST, port=port),
+        frame(ipv6, True, s + 1, c + 1 + n, TH_PUSH | TH_ACK, BODY[:517], port=port),
+        frame(ipv6, True, s + 518, c + 1 + n, TH_FIN | TH_ACK, port=port),
+        frame(ipv6, False, c + 1 + n, s + 519, TH_FIN | TH_ACK, port=port),
+        frame(ipv6, False, c + 2 + n, 0, TH_RST, port=port),
     ]
 
 
