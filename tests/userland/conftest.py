@@ -4,7 +4,7 @@
 ConnectionPair on a kernel whose nm0 has a BPF descriptor (as
 tests/bpf/test_nm0_taps.py does) and returns the records the descriptor
 read: Ethernet frames carrying the model's own IPv4 or IPv6 and TCP headers.
-`handshake_frames` builds the segments a data transfer does not show (SYN,
+`conversation` builds the segments a data transfer does not show (SYN,
 SYN-ACK, FIN, RST) with the model's own header writer (tcpip_fillheaders).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import pathlib
 import ssl
 import struct
+import subprocess
 
 from bpf.bpf import bpf_close, bpfdetach, bpfread
 from mbuf.if_tap import ETHERTYPE_IP, ETHERTYPE_IPV6, IF_LLADDR, PEER_LLADDR
@@ -27,6 +28,14 @@ from userland.zbuf import BpfRecord, bpf_records
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 BODY = bytes(range(256)) * 400  # 100 KiB: TSO bursts and full segments
 TH_FIN, TH_SYN, TH_RST, TH_PUSH, TH_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+T0 = 1_700_000_000_123_456_789  # a timestamp with every nanosecond digit set
+
+
+def run(*argv: str) -> str:
+    """A tool's standard output; it must succeed."""
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout
 
 
 def record_ns(r: BpfRecord) -> int:
@@ -175,3 +184,11 @@ def tls_session(
             move()
     assert body == response
     return flights, keylog.read_bytes()
+
+
+def packets(ipv6: bool) -> list[tuple[int, bytes, int]]:
+    """(ts_ns, frame, wirelen): handshake/FIN/RST frames, then what nm0 really
+    captured serving a response (one second later)."""
+    out = [(T0 + i * 1_500_001, f, len(f)) for i, f in enumerate(conversation(ipv6))]
+    out += [(record_ns(r) + 10**9, r.data, r.datalen) for r in server_capture(ipv6)]
+    return out

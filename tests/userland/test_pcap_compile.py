@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import ctypes.util
 import pathlib
-import subprocess
 
 import pytest
 
 from bpf.bpf_filter import bpf_filter, bpf_validate
 from bpf.bpf_h import BPF_RET, bpf_program_pack, bpf_program_unpack
-from tests.userland.conftest import conversation
-from tests.userland.test_pcap_file import T0, packets
+from tests.userland.conftest import T0, conversation, packets, run
 from userland import pcap_compile
 from userland.pcap_compile import PcapCompileError, bpf_dump, pcap_compile_expr
 from userland.pcap_file import PcapWriter, pcap_read
@@ -24,10 +22,6 @@ EXPRS = {
     "greater 1000": "frame.len >= 1000",
     "tcp[tcpflags] & tcp-push != 0": "ip && tcp.flags.push == 1",
 }
-
-
-def run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout
 
 
 @pytest.fixture(scope="module")

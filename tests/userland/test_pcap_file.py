@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import io
 import pathlib
-import subprocess
 
 import pytest
 
-from tests.userland.conftest import conversation, record_ns, server_capture
+from tests.userland.conftest import T0, packets, run
 from userland.pcap_file import PcapWriter, pcap_read
-
-T0 = 1_700_000_000_123_456_789
-
-
-def packets(ipv6: bool) -> list[tuple[int, bytes, int]]:
-    """Handshake/FIN/RST frames, then what nm0 really captured serving a response."""
-    out = [(T0 + i * 1_500_001, f, len(f)) for i, f in enumerate(conversation(ipv6))]
-    out += [(record_ns(r) + 10**9, r.data, r.datalen) for r in server_capture(ipv6)]
-    return out
-
-
-def run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout
 
 
 def test_header_bytes_are_libpcaps() -> None:

@@ -9,8 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.userland.conftest import TH_ACK, TH_SYN, conversation, frame
-from tests.userland.test_pcap_file import packets
+from tests.userland.conftest import TH_ACK, TH_SYN, conversation, frame, packets
 from userland.pcap_file import PcapWriter
 from userland.pktprint import PacketPrinter, tcp_flags, ts_format
 
