@@ -81,6 +81,7 @@ def test_interfaces_per_worker_and_ns_timestamps(tmp_path: pathlib.Path) -> None
         assert (int(ifid), name, desc) == (i % 3, "nm0", f"nomapd worker {i % 3} nm0")
         assert epoch == f"{(T0 + i * 1001) // 10**9}.{(T0 + i * 1001) % 10**9:09d}"
         assert int(flen) == len(pkts[i][1])
+    assert len(run("tcpdump", "-nn", "-r", str(path)).splitlines()) == len(pkts)  # libpcap too
     info = run("capinfos", str(path))
     assert "Number of interfaces in file: 3" in info
     assert info.count("Time precision = nanoseconds (9)") == 3
