@@ -12,8 +12,9 @@ and port pair, both directions under one collating order), recorded from the
 first ACK-bearing segment seen or from a SYN, and subtracts the initial
 numbers from later segments. Segments without ACK print absolute numbers, as
 tcpdump's do. TCP options are printed in tcpdump's words (mss, nop, wscale,
-sackOK, TS val/ecr, eol, sack); other IP protocols and non-IP frames get the
-short line tcpdump gives them.
+sackOK, TS val/ecr, eol; any other as "unknown-K 0x..."); other IP protocols
+print "ip-proto-N LEN" and non-IP frames their ethertype (tcpdump decodes
+UDP, ICMP, ARP... in its own words: not done here, nm0 carries TCP only).
 
 Models: tcpdump print-ether.c (no link header without -e), print-ip.c /
 print-ip6.c ("IP" / "IP6", the addresses), print-tcp.c (`tcp_print`: flags,
