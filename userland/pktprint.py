@@ -1,7 +1,8 @@
 """One line per packet, as tcpdump prints Ethernet/IPv4/IPv6 TCP by default.
 
 Theory of operation. `PacketPrinter.line(ts_ns, frame, wirelen)` returns the
-line `tcpdump -nn` prints for the frame, with the time of day in UTC:
+line `tcpdump -nn` prints for the frame, with the time of day in UTC (or, as
+`tcpdump -tt`, seconds since the epoch):
 
     12:34:56.123456 IP 127.0.0.1.443 > 127.0.0.2.50000: Flags [P.], seq 1:518,
         ack 28, win 65535, length 517   (one line)
@@ -49,9 +50,12 @@ TH_ACK: Final = 0x10
 TH_URG: Final = 0x20
 
 
-def ts_format(ts_ns: int) -> str:
-    """HH:MM:SS.ffffff of the time of day, UTC."""
+def ts_format(ts_ns: int, epoch: bool = False) -> str:
+    """HH:MM:SS.ffffff of the time of day, UTC (tcpdump's default), or with
+    `epoch` seconds.ffffff since the epoch (tcpdump -tt)."""
     sec, ns = divmod(ts_ns, 1_000_000_000)
+    if epoch:
+        return f"{sec}.{ns // 1000:06d}"
     return f"{time.strftime('%H:%M:%S', time.gmtime(sec))}.{ns // 1000:06d}"
 
 
@@ -94,15 +98,16 @@ def _tcp_options(opts: bytes) -> str:
 class PacketPrinter:
     """tcpdump's line printer with its per-conversation relative numbers."""
 
-    __slots__ = ("_seqs",)
+    __slots__ = ("_seqs", "epoch")
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: bool = False) -> None:
+        self.epoch = epoch  # -tt: seconds since the epoch instead of the time of day
         # (low address, high address, ports) -> (seq, ack) of the "low" side
         self._seqs: dict[tuple[bytes, bytes, int], tuple[int, int]] = {}
 
     def line(self, ts_ns: int, frame: bytes, wirelen: int | None = None) -> str:
         n = len(frame) if wirelen is None else wirelen
-        return f"{ts_format(ts_ns)} {self.describe(frame, n)}"
+        return f"{ts_format(ts_ns, self.epoch)} {self.describe(frame, n)}"
 
     def describe(self, frame: bytes, wirelen: int) -> str:
         """The line without its timestamp."""

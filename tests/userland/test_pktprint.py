@@ -6,6 +6,7 @@ import os
 import pathlib
 import struct
 import subprocess
+import sys
 
 import pytest
 
@@ -31,9 +32,9 @@ def with_options(f: bytes, ipv6: bool, opts: bytes) -> bytes:
 SYN_OPTS = bytes.fromhex("020405b4 0402 080a0000000700000000 01 030307")
 
 
-def tcpdump_lines(path: pathlib.Path) -> list[str]:
+def tcpdump_lines(path: pathlib.Path, *flags: str) -> list[str]:
     out = subprocess.run(
-        ["tcpdump", "-nn", "-r", str(path)],
+        ["tcpdump", "-nn", *flags, "-r", str(path)],
         env={**os.environ, "TZ": "UTC"}, check=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     return out.stdout.splitlines()
@@ -56,6 +57,8 @@ def test_lines_match_tcpdump(tmp_path: pathlib.Path, ipv6: bool) -> None:
     theirs = tcpdump_lines(path)
     assert mine == theirs
     assert any("Flags [S]" in line and "options [mss 1460," in line for line in mine)
+    epoch = PacketPrinter(epoch=True)
+    assert [epoch.line(ts, data, n) for ts, data, n in pkts] == tcpdump_lines(path, "-tt")
     assert {"[S.]", "[F.]", "[R]", "[P.]", "[.]"} <= {line.split("Flags ")[1][:4].rstrip(",")
                                                       for line in mine}  # fmt: skip
 
@@ -69,6 +72,26 @@ def test_relative_numbers_restart_on_syn() -> None:
     assert "seq 9000000, ack 1001" in printer.describe(again, len(again))
     after = frame(False, True, 9_000_001, 1030, TH_ACK, b"x" * 10)
     assert "seq 1:11, ack 30," in printer.describe(after, len(after))  # 1030 - (1001 - 1)
+
+
+def test_savefile_streams_through_a_pipe() -> None:
+    """A writer on a process's stdout (as `-w -`) feeding `tcpdump -r -`."""
+    script = (
+        "import sys\n"
+        "from tests.userland.conftest import packets\n"
+        "from userland.pcap_file import PcapWriter\n"
+        "w = PcapWriter(sys.stdout.buffer, flush_each=True)\n"
+        "for p in packets(True):\n"
+        "    w.write(*p)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE) as writer:
+        reader = subprocess.run(
+            ["tcpdump", "-nn", "-r", "-"], stdin=writer.stdout, env={**os.environ, "TZ": "UTC"},
+            check=True, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert writer.returncode == 0
+    printer = PacketPrinter()
+    assert reader.stdout.splitlines() == [printer.line(*p) for p in packets(True)]
 
 
 def test_pieces() -> None:
