@@ -52,6 +52,8 @@ from server.admin import serve_admin
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
 from server.counters import ServerStat
+from server.devices.bpfdev import bpf_device
+from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
 from server.http.responses import DateCache
 from server.http.static import OpenFileCache, Site
 from server.listen import listeners_from_fds, serve_listeners
@@ -60,6 +62,7 @@ from server.shutdown import drain
 from server.startup import announce, certificate, mode_name, open_admin
 from server.txpath import VmWaitQueue
 from server.worker import serve_control
+from userland.devdir import instance_dir
 
 if TYPE_CHECKING:
     import h11
@@ -93,8 +96,10 @@ class Server:
         # Packet capture: the worker's bpf subsystem and nm0's tap point (the
         # driver taps only while a descriptor is attached to it).
         self.bpf = Bpf()
+        self.bpf.sysctl.zerocopy_enable = cfg.bpf_zerocopy
         self.bif = bpfattach(self.bpf, self.kern.ifnet.if_xname, DLT_EN10MB, ETHER_HDR_LEN)
         self.kern.ifnet.if_bpf = self.bif
+        self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf
         self.stats = ServerStat()
         # Finished page responses a page may ask about (server/reqstat.py).
         self.request_records = RequestRecords(cfg.worker_index or 0)
@@ -149,6 +154,7 @@ class Server:
         snap = dict(self.kern.statistics())
         snap.update(self.stats.snapshot())
         snap.update(self.bpf.stats.items())
+        snap.update(self.devstat.items())
         # netstat -B's rows (net.bpf.stats): one per descriptor attached to nm0.
         snap["bpf.descriptors"] = [asdict(x) for x in bpf_stats(self.bpf)]
         snap["server.connections_active"] = self.active
@@ -301,36 +307,59 @@ async def _serve(server: Server) -> None:
 async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> None:
     cfg = server.cfg
     admin = None
+    instance = None  # the device directory this process owns (alone: the instance)
     if cfg.worker_index is not None:  # sockets from the supervisor, counters over the channel
         listeners = listeners_from_fds(list(cfg.worker_fds[1:]))
+        wdir = instance_dir(_addr(listeners[0])[1]) / f"w{cfg.worker_index}"
     else:
         try:
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
         except OSError as e:
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from e
         admin = await open_admin(cfg)
-        announce(
-            cfg, server.fingerprint, [_addr(lst) for lst in listeners],
-            _addr(admin[0]) if admin else None,
-        )  # fmt: skip
+        instance = open_instance(_addr(listeners[0])[1])
+        wdir = instance / "w0"
+    devfs = DevFs(wdir, [bpf_device(server.bpf)], server.devstat)
+    try:
+        async with trio.open_nursery() as services:
+            await services.start(devfs.serve)
+            if instance is not None:
+                announce(
+                    cfg, server.fingerprint, [_addr(lst) for lst in listeners],
+                    _addr(admin[0]) if admin else None, devices=instance,
+                )  # fmt: skip
+            await _serve_services(server, signals, services, listeners, admin)
+    finally:
+        if instance is not None:
+            remove_instance(instance)
+
+
+async def _serve_services(
+    server: Server,
+    signals: AsyncIterator[int],
+    services: trio.Nursery,
+    listeners: list[trio.SocketListener],
+    admin: list[trio.SocketListener] | None,
+) -> None:
+    """Serve until stopped and the last connection is gone; then end `services`."""
+    cfg = server.cfg
     log.debug("pid %d listening on %s", os.getpid(), [_addr(lst) for lst in listeners])
-    async with trio.open_nursery() as services:  # until the last connection is gone
-        services.start_soon(_on_signals, server, signals)
-        services.start_soon(server.access.run_flusher)
-        if cfg.worker_index is not None:
-            services.start_soon(serve_control, server, cfg.worker_fds[0])
-        async with trio.open_nursery() as conns:
-            async with trio.open_nursery() as front:  # accepting and admin: until stopping
-                server._accepting = front.cancel_scope
-                front.start_soon(serve_listeners, server.handle, listeners, conns)
-                if admin is not None:
-                    front.start_soon(serve_admin, server, admin)
-                await server.stopping.wait()
-                front.cancel_scope.cancel()
-            for lst in [*listeners, *(admin or [])]:
-                await trio.aclose_forcefully(lst)
-            await drain(server, cfg.shutdown_timeout)
-        services.cancel_scope.cancel()
+    services.start_soon(_on_signals, server, signals)
+    services.start_soon(server.access.run_flusher)
+    if cfg.worker_index is not None:
+        services.start_soon(serve_control, server, cfg.worker_fds[0])
+    async with trio.open_nursery() as conns:
+        async with trio.open_nursery() as front:  # accepting and admin: until stopping
+            server._accepting = front.cancel_scope
+            front.start_soon(serve_listeners, server.handle, listeners, conns)
+            if admin is not None:
+                front.start_soon(serve_admin, server, admin)
+            await server.stopping.wait()
+            front.cancel_scope.cancel()
+        for lst in [*listeners, *(admin or [])]:
+            await trio.aclose_forcefully(lst)
+        await drain(server, cfg.shutdown_timeout)
+    services.cancel_scope.cancel()
 
 
 async def _on_signals(server: Server, signals: AsyncIterator[int]) -> None:

@@ -42,6 +42,7 @@ def announce(
     listening: list[tuple[str, int]],
     admin: tuple[str, int] | None,
     extra: str = "",
+    devices: pathlib.Path | None = None,
 ) -> None:
     """The start-up lines (tests and the bench read the ports from them)."""
     if cfg.keylog is not None:  # first, so that nobody misses it
@@ -56,6 +57,8 @@ def announce(
         print(f"nomapd: TLS profile {cfg.tls_profile} (Mozilla server-side TLS)", flush=True)
     if admin:
         print(f"nomapd: counters on http://{admin[0]}:{admin[1]}/stats (nomapd stat)", flush=True)
+    if devices is not None:
+        print(f"nomapd: devices in {devices} (w<N>/bpf; README Devices)", flush=True)
     caps = cfg.capenable()
     names = ",".join(f.name.removeprefix("IFCAP_") for f in IfCap if f.name and caps & f.value)
     print(f"nomapd: core: {_core.CORE}", flush=True)
