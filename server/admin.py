@@ -2,8 +2,11 @@
 
 GET /stats answers the JSON snapshot (`Server.statistics()`); GET
 /connections each open connection with its TLS sessions' own counters
-(sequence numbers, records and bytes each way, KeyUpdates); GET / a short
-text index. It shares nothing with the data path but the counters it reads.
+(sequence numbers, records and bytes each way, KeyUpdates); GET
+/stats/history the last minutes of the counters the dashboard draws; GET / the
+dashboard for a browser (server/admin_web.py, files in server/admin_ui/) and a
+short text index for anything else (always at /index.txt). It shares nothing
+with the data path but the counters it reads.
 
 Whoever answers is an `AdminSource`: the `Server` itself with one process,
 the supervisor with `--workers N`, which asks every worker over its control
@@ -18,6 +21,7 @@ from typing import Any, Protocol
 import h11
 import trio
 
+from server.admin_web import StatsHistory, asset, asset_headers
 from server.http.responses import DateCache, simple_response
 from server.listen import serve_listeners
 
@@ -32,11 +36,15 @@ class AdminSource(Protocol):
 
 _INDEX = (
     b"nomapd admin: GET /stats for the kernel counters (JSON),\n"
-    b"GET /connections for each open connection and its TLS sessions (JSON)\n"
+    b"GET /connections for each open connection and its TLS sessions (JSON),\n"
+    b"GET /stats/history for the last minutes of the dashboard's counters (JSON),\n"
+    b"GET / in a browser for the live dashboard\n"
 )
 
 
-async def _admin_conn(server: AdminSource, stream: trio.SocketStream) -> None:
+async def _admin_conn(
+    server: AdminSource, history: StatsHistory, stream: trio.SocketStream
+) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         with trio.fail_after(10):
@@ -65,10 +73,23 @@ async def _admin_conn(server: AdminSource, stream: trio.SocketStream) -> None:
                         extra=[(b"Cache-Control", b"no-store")],
                         head_only=event.method == b"HEAD",
                     )  # fmt: skip
-                elif path == b"/":
+                elif path == b"/stats/history":
+                    body = json.dumps(history.as_json(), separators=(",", ":")).encode()
                     out = simple_response(
-                        conn, 200, date, body=_INDEX, content_type=b"text/plain; charset=utf-8"
-                    )
+                        conn, 200, date, body=body, content_type=b"application/json",
+                        extra=[(b"Cache-Control", b"no-store")],
+                        head_only=event.method == b"HEAD",
+                    )  # fmt: skip
+                elif ui := asset(path, _header(event, b"accept")):
+                    out = simple_response(
+                        conn, 200, date, body=ui[0], content_type=ui[1], extra=asset_headers(),
+                        head_only=event.method == b"HEAD",
+                    )  # fmt: skip
+                elif path in (b"/", b"/index.txt"):
+                    out = simple_response(
+                        conn, 200, date, body=_INDEX, content_type=b"text/plain; charset=utf-8",
+                        extra=[(b"Vary", b"Accept")] if path == b"/" else None,
+                    )  # fmt: skip
                 else:
                     out = simple_response(conn, 404, date, body=b"not found\n")
                 await stream.send_all(out)
@@ -84,9 +105,16 @@ async def _admin_conn(server: AdminSource, stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
+def _header(req: h11.Request, name: bytes) -> bytes:
+    return b", ".join(v for n, v in req.headers if n == name)
+
+
 async def serve_admin(server: AdminSource, listeners: list[trio.SocketListener]) -> None:
+    history = StatsHistory()
+
     async def handler(stream: trio.SocketStream) -> None:
-        await _admin_conn(server, stream)
+        await _admin_conn(server, history, stream)
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(history.run, server.admin_stats)
         await serve_listeners(handler, listeners, nursery)
