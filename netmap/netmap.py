@@ -345,7 +345,7 @@ def _ctrl(priv: NetmapPrivD, data: bytearray) -> SyncKloop | None:
         bv[:] = register_pack(req)
     elif reqtype == NETMAP_REQ_PORT_INFO_GET:
         bv = _field(data, int(body), NMREQ_PORT_INFO_GET.size)
-        mem_id = int(NMREQ_PORT_INFO_GET.unpack_from(bv)[8])
+        mem_id = int(NMREQ_PORT_INFO_GET.unpack_from(bv)[7])
         bv[:] = netmap_port_info(nm, name, mem_id)
     elif reqtype == NETMAP_REQ_POOLS_INFO_GET:
         bv = _field(data, int(body), NMREQ_POOLS_INFO.size)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from netmap.netmap import netmap_ctrl, netmap_open
+from netmap.netmap import netmap_close, netmap_ctrl, netmap_open
 from netmap.netmap_h import (
     NETMAP_API,
     NETMAP_IF,
@@ -206,7 +206,11 @@ def open_port(
 ) -> tuple[NetmapPrivD, UserRing, UserRing]:
     """Open, register `name`, and the first TX and RX rings of the binding."""
     priv = netmap_open(nm, pid)
-    r = register(priv, name, **kw)
+    try:
+        r = register(priv, name, **kw)
+    except OSError:
+        netmap_close(priv)
+        raise
     assert priv.np_na is not None
     tx, rx = user_rings(priv.np_na.mem.view, r["nr_offset"])
     return priv, tx[0], rx[0]
