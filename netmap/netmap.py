@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import errno
 
+from mypy_extensions import mypyc_attr
+
 from netmap.netmap_h import (
     IFNAMSIZ,
     NETMAP_API,
@@ -105,6 +107,7 @@ from netmap.netmap_pipe import netmap_get_pipe_na, nm_pipe_split
 from netmap.netmap_sync import netmap_sync
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no native subclass of OSError
 class NetmapIoctlError(OSError):
     """An ioctl that failed after the kernel wrote its answer back: `data`."""
 
