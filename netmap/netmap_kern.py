@@ -123,6 +123,8 @@ class NetmapKring:
         "ring_id",
         "ring_ofs",
         "rtail",
+        "slot_base",
+        "slot_flags",
         "slots",
         "tx",
         "users",
@@ -142,6 +144,8 @@ class NetmapKring:
         base = ring_ofs + NETMAP_RING.size
         # The slot array, a view of the region (struct netmap_slot slot[]).
         self.slots: Any = np.frombuffer(mem.view, dtype=SLOT_DTYPE, count=num_slots, offset=base)
+        self.slot_flags: Any = self.slots["flags"]  # the field view, made once
+        self.slot_base = base  # region offset of slot 0
         # Initial state (B.6): TX head = cur = 0, tail = n - 1; RX all 0.
         self.nr_hwcur = 0
         self.nr_hwtail = num_slots - 1 if tx == NR_TX else 0
@@ -256,6 +260,7 @@ class NetmapAdapter:
                     st.bad_buf_frees += 1
         for kring in self.tx_rings + self.rx_rings:
             kring.slots = None
+            kring.slot_flags = None
             mem.ring_free(kring.ring_ofs)
         self.tx_rings = []
         self.rx_rings = []

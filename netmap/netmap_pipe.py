@@ -42,7 +42,13 @@ from netmap.netmap_kern import (
     netmap_mem_put,
 )
 from netmap.netmap_mem2 import NetmapMem
-from netmap.netmap_sync import clear_flag, copy_slots, nm_ring_publish, slots_between
+from netmap.netmap_sync import (
+    clear_flag,
+    copy_slots,
+    nm_ring_publish,
+    slot_flags_lo,
+    slots_between,
+)
 
 NM_PIPE_DEFAULT_SLOTS: Final = 1024
 
@@ -81,10 +87,9 @@ class NetmapPipeAdapter(NetmapAdapter):
         k = kring.nr_hwcur
         # Publish only complete packets: up to the last slot without NS_MOREFRAG.
         last = k - 1 if k else n - 1
-        flags = kring.slots["flags"]
         nk = -1
-        for _j in range(m):  # almost always ends at j == 0
-            if not int(flags[last]) & NS_MOREFRAG:
+        for _j in range(m):  # almost always ends at the first
+            if not slot_flags_lo(kring, last) & NS_MOREFRAG:
                 nk = last + 1 if last + 1 < n else 0
                 break
             last = last - 1 if last else n - 1

@@ -26,10 +26,13 @@ waits for `Netmap.notify` and calls it again.
 from __future__ import annotations
 
 import errno
+from typing import Final
 
 import numpy as np
 
 from netmap.netmap_h import (
+    NETMAP_SLOT,
+    NETMAP_SLOT_OFF,
     NR_NO_TX_POLL,
     NR_RX,
     NR_TX,
@@ -188,26 +191,49 @@ def slots_between(n: int, a: int, b: int) -> int:
     return d + n if d < 0 else d
 
 
+SLOT_SIZE: Final = NETMAP_SLOT.size
+FLAGS_LO: Final = NETMAP_SLOT_OFF["flags"]  # the low byte of the flags (x86: little-endian)
+FEW_SLOTS: Final = 8  # below this, byte tests beat a NumPy call
+
+
 def copy_slots(dst: NetmapKring, src: NetmapKring, a: int, m: int) -> None:
     """Copy m slot descriptors from src to dst starting at slot a in both rings
-    (they have the same size): at most two slice assignments."""
+    (same size, same region): at most two slice copies of the region."""
     n = src.nkr_num_slots
+    view = src.mem.view
+    d = dst.slot_base
+    s = src.slot_base
     end = a + m
     if end <= n:
-        dst.slots[a:end] = src.slots[a:end]
+        view[d + a * SLOT_SIZE : d + end * SLOT_SIZE] = view[
+            s + a * SLOT_SIZE : s + end * SLOT_SIZE
+        ]
     else:
-        dst.slots[a:n] = src.slots[a:n]
-        dst.slots[0 : end - n] = src.slots[0 : end - n]
+        view[d + a * SLOT_SIZE : d + n * SLOT_SIZE] = view[s + a * SLOT_SIZE : s + n * SLOT_SIZE]
+        view[d : d + (end - n) * SLOT_SIZE] = view[s : s + (end - n) * SLOT_SIZE]
 
 
 def clear_flag(kring: NetmapKring, a: int, m: int, flag: int) -> None:
-    """Clear `flag` in the flags of m slots from a."""
+    """Clear `flag` (one of the low-byte flags) in the flags of m slots from a."""
     n = kring.nkr_num_slots
-    flags = kring.slots["flags"]
-    keep = np.uint16(0xFFFF & ~flag)
     end = a + m
+    if m < FEW_SLOTS:
+        view = kring.mem.view
+        o = kring.slot_base + FLAGS_LO
+        for i in range(a, end):
+            j = o + (i - n if i >= n else i) * SLOT_SIZE
+            if view[j] & flag:
+                view[j] &= ~flag & 0xFF
+        return
+    flags = kring.slot_flags
+    keep = np.uint16(0xFFFF & ~flag)
     if end <= n:
         flags[a:end] &= keep
     else:
         flags[a:n] &= keep
         flags[0 : end - n] &= keep
+
+
+def slot_flags_lo(kring: NetmapKring, i: int) -> int:
+    """The low byte of slot i's flags (NS_BUF_CHANGED .. NS_TXMON live there)."""
+    return int(kring.mem.view[kring.slot_base + i * SLOT_SIZE + FLAGS_LO])
