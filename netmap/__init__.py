@@ -12,7 +12,9 @@ models:
                     (userland may import this one)
   netmap_mem2.py    dev/netmap/netmap_mem2.c: allocators, regions, pools, extra buffers
   netmap_kern.py    dev/netmap/netmap_kern.h: krings, adapters, files, the subsystem,
-                    counters, allocators by nr_mem_id
+                    allocators by nr_mem_id
+  netmap_counters.py the netmap counter group (NetmapStat)
+  netmap_stats.py   per-ring rows of the open files (Xnetmap)
   netmap_sync.py    netmap.c's sync half: prologues, ring reinit, NIOC*SYNC, poll
   netmap.py         netmap.c's control half: open, register, close, NIOCCTRL, ioctl
   netmap_legacy.py  dev/netmap/netmap_legacy.c: NIOCREGIF / NIOCGINFO translated
@@ -39,7 +41,7 @@ How the other layers use it:
                                                    # kloop.sleep_us when False,
                                                    # return when kloop.stopping
     netmap_close(priv)                             # stops its loop, frees its port
-    nm.statistics().items() / .leaks(); netmap_ports(privs) -> [Xnetmap]
+    nm.stats.items() / nm.stats.leaks(); netmap_ports(privs) -> [Xnetmap]
   driver (mbuf's FrameTap): Ifnet.if_netmap, set while a monitor watches.
 """
 
@@ -56,7 +58,8 @@ from netmap.netmap import (
     netmap_open,
     netmap_port_mem,
 )
-from netmap.netmap_kern import Netmap, NetmapPrivD, NetmapStat
+from netmap.netmap_counters import NetmapStat
+from netmap.netmap_kern import Netmap, NetmapPrivD
 from netmap.netmap_kloop import SyncKloop, sync_kloop_step
 from netmap.netmap_monitor import netmap_attach_ifnet
 from netmap.netmap_stats import Xnetmap, netmap_ports

@@ -28,15 +28,14 @@ from __future__ import annotations
 import errno
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Any, Final
 
 import numpy as np
 
+from netmap.netmap_counters import NetmapStat
 from netmap.netmap_h import NETMAP_RING, NETMAP_RING_OFF, NR_TX
 from netmap.netmap_mem2 import (
     NetmapMem,
-    NetmapMemStat,
     NetmapSysctl,
     RegionAlloc,
     RegionFree,
@@ -48,58 +47,6 @@ RING_PTRS: Final = struct.Struct("=III")  # head, cur, tail
 U32_S: Final = struct.Struct("=I")
 HEAD_OFF: Final = NETMAP_RING_OFF["head"]
 TAIL_OFF: Final = NETMAP_RING_OFF["tail"]
-
-
-@dataclass(slots=True)
-class NetmapStat:
-    """Counters of one netmap subsystem (/stats group "netmap")."""
-
-    privs_in_use: int = 0  # open /dev/netmap files
-    ports_in_use: int = 0  # adapters alive (pipe ends, null ports, monitors)
-    regions_in_use: int = 0  # allocators alive (copied from the allocator's counters)
-    region_bytes: int = 0
-    ifs_in_use: int = 0  # netmap_if objects
-    rings_in_use: int = 0  # netmap_ring objects
-    bufs_in_use: int = 0  # buffers (ring slots and extra buffers)
-    kloops_running: int = 0  # SYNC_KLOOP_START loops not yet stopped
-    registers: int = 0  # NETMAP_REQ_REGISTER accepted
-    requests_failed: int = 0  # NIOCCTRL answered with an errno
-    options_unknown: int = 0  # options left EOPNOTSUPP
-    txsync_ioctl: int = 0  # ring txsyncs by NIOCTXSYNC or poll
-    rxsync_ioctl: int = 0  # ring rxsyncs by NIOCRXSYNC or poll
-    txsync_kloop: int = 0  # ring txsyncs by a kernel loop
-    rxsync_kloop: int = 0  # ring rxsyncs by a kernel loop
-    kloop_iterations: int = 0  # sync_kloop_step calls
-    slots_moved: int = 0  # slots a sync passed on (TX to the peer, RX released)
-    ring_reinits: int = 0  # syncs refused by a prologue (netmap_ring_reinit)
-    tail_restored: int = 0  # user-written tails put back
-    pipes_created: int = 0  # pipe pairs
-    extra_bufs_granted: int = 0
-    bad_buf_frees: int = 0  # slot or list entries naming no buffer in use, at close
-    monitor_frames: int = 0  # frames copied into monitor rings
-    monitor_drops: int = 0  # ... not copied: the monitor ring was full
-    monitor_truncated: int = 0  # ... cut to the buffer size
-
-    def items(self) -> list[tuple[str, int]]:
-        return [(f"netmap.{f.name}", getattr(self, f.name)) for f in fields(self)]
-
-    def leaks(self) -> dict[str, int]:
-        """The counters that must be zero once every file is closed, when not zero."""
-        out: dict[str, int] = {}
-        for name in (
-            "privs_in_use",
-            "ports_in_use",
-            "regions_in_use",
-            "region_bytes",
-            "ifs_in_use",
-            "rings_in_use",
-            "bufs_in_use",
-            "kloops_running",
-        ):
-            v = int(getattr(self, name))
-            if v:
-                out[f"netmap.{name}"] = v
-        return out
 
 
 class NetmapKring:
@@ -305,7 +252,6 @@ class Netmap:
 
     __slots__ = (
         "ifnets",
-        "mem_stats",
         "mems",
         "next_mem_id",
         "notify",
@@ -324,7 +270,6 @@ class Netmap:
     ) -> None:
         self.sysctl = NetmapSysctl()
         self.stats = NetmapStat()
-        self.mem_stats = NetmapMemStat()
         self.mems: dict[int, NetmapMem] = {}  # allocators by nr_mem_id
         self.next_mem_id = 2  # 1 is the global allocator (the interfaces')
         self.ports: dict[str, NetmapAdapter] = {}  # named ports alive
@@ -338,15 +283,8 @@ class Netmap:
         self.notify: Callable[[NetmapKring], None] | None = None
 
     def statistics(self) -> NetmapStat:
-        """The counters, with the allocator's folded in."""
-        s = self.stats
-        m = self.mem_stats
-        s.regions_in_use = m.regions_in_use
-        s.region_bytes = m.region_bytes
-        s.ifs_in_use = m.ifs_in_use
-        s.rings_in_use = m.rings_in_use
-        s.bufs_in_use = m.bufs_in_use
-        return s
+        """The counters (the allocators bump theirs in the same group)."""
+        return self.stats
 
 
 # -- allocators by nr_mem_id (netmap_mem_get / netmap_mem_put / netmap_mem_find) --
@@ -358,7 +296,7 @@ def netmap_mem_new(nm: Netmap, nm_id: int = 0) -> NetmapMem:
     if not nm_id:
         nm_id = nm.next_mem_id
         nm.next_mem_id += 1
-    mem = NetmapMem(nm_id, nm.sysctl, nm.mem_stats, nm.region_alloc, nm.region_free)
+    mem = NetmapMem(nm_id, nm.sysctl, nm.stats, nm.region_alloc, nm.region_free)
     nm.mems[nm_id] = mem
     return mem
 

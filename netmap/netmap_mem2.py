@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Final
 
 from mbuf.kassert import kassert
+from netmap.netmap_counters import NetmapStat
 from netmap.netmap_h import NETMAP_RING, NETMAP_SLOT
 
 # Defaults of the dev.netmap.* knobs for a region (see the module head).
@@ -71,19 +72,6 @@ class NetmapSysctl:
     def max_slots(self) -> int:
         """The most slots a ring object of ring_size bytes holds."""
         return (self.ring_size - NETMAP_RING.size) // NETMAP_SLOT.size
-
-
-class NetmapMemStat:
-    """The allocator counters shared by every region of one subsystem."""
-
-    __slots__ = ("bufs_in_use", "ifs_in_use", "region_bytes", "regions_in_use", "rings_in_use")
-
-    def __init__(self) -> None:
-        self.regions_in_use = 0
-        self.region_bytes = 0
-        self.ifs_in_use = 0
-        self.rings_in_use = 0
-        self.bufs_in_use = 0
 
 
 class NetmapObjPool:
@@ -166,7 +154,7 @@ class NetmapMem:
         self,
         nm_id: int,
         sysctl: NetmapSysctl,
-        stats: NetmapMemStat,
+        stats: NetmapStat,
         region_alloc: RegionAlloc,
         region_free: RegionFree | None,
     ) -> None:
