@@ -43,6 +43,8 @@ How the other layers use it:
     netmap_close(priv)                             # stops its loop, frees its port
     nm.stats.items() / nm.stats.leaks(); netmap_ports(privs) -> [Xnetmap]
   driver (mbuf's FrameTap): Ifnet.if_netmap, set while a monitor watches.
+  locking: none inside; one lock held by the device around every call above
+  (and around nm0's traffic while a monitor watches), see netmap_kloop.py.
 """
 
 # First: `mbuf._core` chooses the compiled or the pure core for every kernel package

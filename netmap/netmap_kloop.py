@@ -24,6 +24,12 @@ a C reader of the memfd on x86-64 (TSO: stores are not reordered with stores,
 nor loads with loads) sees the same order. The fences are therefore the order
 of the statements below; they are kept in that order on purpose.
 
+Threads. Nothing in netmap/ takes a lock: the device layer holds one lock (the
+role of netmap's NMG_LOCK and the kring locks) around every call into the
+subsystem, `sync_kloop_step` included, and around nm0's transmit and receive
+while a monitor watches (the tap writes monitor rings). The loop thread
+releases it while it sleeps.
+
 Models: sys/dev/netmap/netmap_kloop.c (netmap_sync_kloop, sync_kloop_kernel_read
 / _write, netmap_sync_kloop_tx_ring / _rx_ring, netmap_sync_kloop_stop,
 netmap_csb_validate in netmap.c), CSB entries of net/netmap.h.
