@@ -101,7 +101,7 @@ from netmap.netmap_kloop import (
 )
 from netmap.netmap_legacy import nmreq_from_legacy, nmreq_to_legacy
 from netmap.netmap_mem2 import NetmapMem
-from netmap.netmap_monitor import netmap_get_monitor_na
+from netmap.netmap_monitor import NM_GLOBAL_MEM_ID, NM_MONITOR_SLOTS, netmap_get_monitor_na
 from netmap.netmap_null import netmap_get_null_na
 from netmap.netmap_pipe import netmap_get_pipe_na, nm_pipe_split
 from netmap.netmap_sync import netmap_sync
@@ -134,7 +134,7 @@ def register_unpack(data: bytes | memoryview) -> RegisterReq:
 
 
 def register_pack(req: RegisterReq) -> bytes:
-    return NMREQ_REGISTER.pack(*(req[f] for f in REGISTER_FIELDS))
+    return NMREQ_REGISTER.pack(*[req[f] for f in REGISTER_FIELDS])
 
 
 def netmap_get_na(nm: Netmap, name: str, req: RegisterReq) -> NetmapAdapter:
@@ -399,7 +399,8 @@ def netmap_port_info(nm: Netmap, name: str, mem_id: int) -> bytes:
             raise OSError(errno.ENXIO, f"{name}: no such port")
         # An interface: one ring pair of the monitors' size, allocator 1.
         size = tap.mem.nm_memsize if tap.mem is not None else 0
-        return NMREQ_PORT_INFO_GET.pack(size, 1024, 1024, 1, 1, 0, 0, 1, b"")
+        n = NM_MONITOR_SLOTS
+        return NMREQ_PORT_INFO_GET.pack(size, n, n, 1, 1, 0, 0, NM_GLOBAL_MEM_ID, b"")
     if na is None:
         mem = netmap_mem_find(nm, mem_id or 1)
         return NMREQ_PORT_INFO_GET.pack(mem.nm_memsize, 0, 0, 0, 0, 0, 0, mem.nm_id, b"")

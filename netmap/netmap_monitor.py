@@ -27,6 +27,7 @@ the netmap_if) and its txsync moves nothing.
 from __future__ import annotations
 
 import errno
+from typing import Final
 
 from mbuf.if_tap import PFIL_OUT
 from mbuf.ifnet import Ifnet
@@ -43,8 +44,8 @@ from netmap.netmap_kern import (
 from netmap.netmap_mem2 import NetmapMem
 from netmap.netmap_sync import nm_ring_publish, slots_between
 
-NM_MONITOR_SLOTS = 1024
-NM_GLOBAL_MEM_ID = 1
+NM_MONITOR_SLOTS: Final = 1024
+NM_GLOBAL_MEM_ID: Final = 1  # the interfaces' allocator
 
 
 class NetmapIfTap:
