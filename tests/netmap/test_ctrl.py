@@ -31,6 +31,7 @@ from netmap.netmap_h import (
     NR_REG_ONE_NIC,
     NR_REG_PIPE_MASTER,
     NR_REG_SW,
+    NR_TX_RINGS_ONLY,
     POLLERR,
     POLLIN,
     POLLOUT,
@@ -286,3 +287,41 @@ def test_legacy_niocregif_registers_a_pipe(nm: Netmap) -> None:
         netmap_ioctl(priv, NIOCREGIF, old)
     assert ei.value.errno == errno.EINVAL
     netmap_close(priv)
+
+
+def test_regions_come_from_the_device_and_go_back() -> None:
+    """The device's region maker is asked for nm_memsize bytes; the view goes
+    back to it when the last port of the region closes, not before."""
+    made: list[memoryview] = []
+    freed: list[memoryview] = []
+
+    def alloc(size: int) -> memoryview:
+        made.append(memoryview(bytearray(size)))
+        return made[-1]
+
+    nm = Netmap(region_alloc=alloc, region_free=freed.append)
+    nm.sysctl.buf_num = 256
+    a, _, _ = open_port(nm, "r{1", slots=8)
+    b, _, _ = open_port(nm, "r}1", pid=2)
+    c, _, _ = open_port(nm, "r{2", slots=8, pid=3)  # same parent: same region
+    assert len(made) == 1 and a.np_na is not None and len(made[0]) == a.np_na.mem.nm_memsize
+    netmap_close(a)
+    netmap_close(b)
+    assert freed == []  # pipe 2 still lives in it
+    netmap_close(c)
+    assert freed == made and nm.stats.leaks() == {}
+
+
+def test_tx_rings_only_binding_syncs_tx_only(nm: Netmap) -> None:
+    a, atx, _ = open_port(nm, "u{1", slots=8, flags=NR_TX_RINGS_ONLY)
+    assert (a.np_qfirst, a.np_qlast) == ([0, 0], [1, 0])
+    b, _, brx = open_port(nm, "u}1", pid=2)
+    atx.send([b"a"])
+    netmap_ioctl(a, NIOCTXSYNC, b"")
+    netmap_ioctl(a, NIOCRXSYNC, b"")  # no RX ring bound: nothing synced
+    assert a.np_na is not None and a.np_na.rx_rings[0].kr_syncs == 0
+    assert a.np_na.tx_rings[0].kr_syncs == 1
+    netmap_ioctl(b, NIOCRXSYNC, b"")
+    assert brx.recv(2) == [b"a"]
+    netmap_close(a)
+    netmap_close(b)
