@@ -10,6 +10,8 @@ import pytest
 from netmap.netmap import NetmapIoctlError, netmap_close, netmap_ctrl, netmap_ioctl, netmap_open
 from netmap.netmap_h import (
     NETMAP_API,
+    NETMAP_DO_RX_POLL,
+    NETMAP_NO_TX_POLL,
     NETMAP_REQ_CSB_ENABLE,
     NETMAP_REQ_OPT_OFFSETS,
     NETMAP_REQ_POOLS_INFO_GET,
@@ -27,6 +29,8 @@ from netmap.netmap_h import (
     NMREQ_OPTION_OFF,
     NMREQ_POOLS_INFO,
     NMREQ_PORT_INFO_GET,
+    NR_DO_RX_POLL,
+    NR_NO_TX_POLL,
     NR_REG_NULL,
     NR_REG_ONE_NIC,
     NR_REG_PIPE_MASTER,
@@ -325,3 +329,17 @@ def test_tx_rings_only_binding_syncs_tx_only(nm: Netmap) -> None:
     assert brx.recv(2) == [b"a"]
     netmap_close(a)
     netmap_close(b)
+
+
+def test_legacy_poll_flags_and_default_mode(nm: Netmap) -> None:
+    """nr_flags' mode bits 0 (NR_REG_DEFAULT): the mode comes from nr_ringid;
+    NETMAP_NO_TX_POLL / NETMAP_DO_RX_POLL become NR_NO_TX_POLL / NR_DO_RX_POLL."""
+    a, _, _ = open_port(nm, "lp{1", slots=8)
+    priv = netmap_open(nm, 2)
+    ringid = NETMAP_NO_TX_POLL | NETMAP_DO_RX_POLL
+    arg = NMREQ.pack(b"lp}1", 14, 0, 0, 0, 0, 0, 0, ringid, 0, 0, 0, 0, 0, 0)
+    netmap_ioctl(priv, NIOCREGIF, arg)
+    assert priv.np_flags == NR_NO_TX_POLL | NR_DO_RX_POLL
+    assert (priv.np_qfirst, priv.np_qlast) == ([0, 0], [1, 1])  # NR_REG_ALL_NIC
+    netmap_close(priv)
+    netmap_close(a)
