@@ -57,6 +57,7 @@ from mbuf.if_tap import (
     IF_LLADDR,
     PEER_LLADDR,
     PFIL_OUT,
+    FrameTap,
     IfTap,
     if_tap_ether,
 )
@@ -144,6 +145,7 @@ class Ifnet:
         "if_loss",
         "if_loss_rng",
         "if_mtu",
+        "if_netmap",
         "if_xname",
         "stats",
     )
@@ -161,6 +163,9 @@ class Ifnet:
         # The bpf tap point (bpf.BpfIf), set by whoever attaches packet capture
         # (server/app.py); None: no capture, one `is not None` check per packet.
         self.if_bpf: IfTap | None = None
+        # netmap's monitors (netmap.netmap_monitor.NetmapIfTap): set only while
+        # a monitor watches this interface, None otherwise (one test per packet).
+        self.if_netmap: FrameTap | None = None
         self.if_capabilities = (
             IFCAP_TXCSUM | IFCAP_RXCSUM | IFCAP_TSO4 | IFCAP_NOMAP
             | IFCAP_TXCSUM_IPV6 | IFCAP_RXCSUM_IPV6 | IFCAP_TSO6
@@ -310,6 +315,10 @@ class IfTxQueue:
         if bif is not None and bif.bif_dlist:  # BPF_MTAP: the chain the NIC is given
             etype = ETHERTYPE_IPV6 if hdrlen == TCPIP6_HDR_LEN else ETHERTYPE_IP
             if_tap_ether(bif, m, PEER_LLADDR, IF_LLADDR, etype, PFIL_OUT)
+        nmt = ifp.if_netmap
+        if nmt is not None:  # a netmap copy monitor of the TX ring
+            etype = ETHERTYPE_IPV6 if hdrlen == TCPIP6_HDR_LEN else ETHERTYPE_IP
+            if_tap_ether(nmt, m, PEER_LLADDR, IF_LLADDR, etype, PFIL_OUT)
         segs: list[memoryview] = []
         addrs: list[int] = []
         payload = 0
