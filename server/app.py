@@ -46,6 +46,7 @@ from ktls.workers import KtlsWorkers
 from mbuf import CORE
 from mbuf.if_tap import ETHER_HDR_LEN
 from mbuf.kern import Kernel
+from netmap import Netmap, netmap_attach_ifnet
 from server import errorlog
 from server.accesslog import AccessLog
 from server.admin import serve_admin
@@ -54,6 +55,7 @@ from server.connection import Connection
 from server.counters import ServerStat
 from server.devices.bpfdev import bpf_device
 from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
+from server.devices.netmapdev import NetmapDev, netmap_device, netmap_rows, netmap_sysctls
 from server.http.responses import DateCache
 from server.http.static import OpenFileCache, Site
 from server.listen import listeners_from_fds, serve_listeners
@@ -99,7 +101,14 @@ class Server:
         self.bpf.sysctl.zerocopy_enable = cfg.bpf_zerocopy
         self.bif = bpfattach(self.bpf, self.kern.ifnet.if_xname, DLT_EN10MB, ETHER_HDR_LEN)
         self.kern.ifnet.if_bpf = self.bif
-        self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf
+        self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf, /dev/netmap
+        # netmap: the worker's subsystem; its monitors may watch nm0; its regions
+        # are memfds the device passes to the processes that register.
+        self.netmap = Netmap()
+        self.netmap.sysctl.buf_num = cfg.netmap_buf_num
+        self.netmap.sysctl.buf_size = cfg.netmap_buf_size
+        netmap_attach_ifnet(self.netmap, self.kern.ifnet)
+        self.netmapdev = NetmapDev(self.netmap, self.devstat)
         self.stats = ServerStat()
         # Finished page responses a page may ask about (server/reqstat.py).
         self.request_records = RequestRecords(cfg.worker_index or 0)
@@ -155,6 +164,9 @@ class Server:
         snap.update(self.stats.snapshot())
         snap.update(self.bpf.stats.items())
         snap.update(self.devstat.items())
+        snap.update(self.netmap.stats.items())
+        snap.update(netmap_sysctls(self.netmap))
+        snap["netmap.ports"] = netmap_rows(self.netmapdev)  # one row per bound ring
         # netstat -B's rows (net.bpf.stats): one per descriptor attached to nm0.
         snap["bpf.descriptors"] = [asdict(x) for x in bpf_stats(self.bpf)]
         snap["server.connections_active"] = self.active
@@ -319,7 +331,8 @@ async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> N
         admin = await open_admin(cfg)
         instance = open_instance(_addr(listeners[0])[1])
         wdir = instance / "w0"
-    devfs = DevFs(wdir, [bpf_device(server.bpf)], server.devstat)
+    devices = [bpf_device(server.bpf), netmap_device(server.netmapdev)]
+    devfs = DevFs(wdir, devices, server.devstat)
     try:
         async with trio.open_nursery() as services:
             await services.start(devfs.serve)

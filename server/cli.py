@@ -1,4 +1,4 @@
-"""The command line: `nomapd serve [ROOT] ...` and `nomapd stat`.
+"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat`, `nomapd pkt-gen`.
 
 Bad flags and bad configuration print one line to stderr and exit with code 2,
 as argparse does for syntax errors.
@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from netmap.netmap_mem2 import NETMAP_BUF_NUM, NETMAP_BUF_SIZE
 from server.config import (
     DEFAULT_ADMIN,
     DEFAULT_PORT,
@@ -49,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     _bool(s, "tso", True, "NIC TCP segmentation offload (IFCAP_TSO4, TSO6)")
     _bool(s, "sendfile-nomap", True, "sendfile builds unmapped mbufs (kern.ipc.mb_use_ext_pgs)")
     _bool(s, "bpf-zerocopy", True, "/dev/bpf accepts zero-copy buffers (net.bpf.zerocopy_enable)")
+    s.add_argument(
+        "--netmap-buf-num", type=int, default=NETMAP_BUF_NUM,
+        help=f"buffers of each netmap region (dev.netmap.buf_num, {NETMAP_BUF_NUM})",
+    )  # fmt: skip
+    s.add_argument(
+        "--netmap-buf-size", type=int, default=NETMAP_BUF_SIZE,
+        help=f"netmap buffer size (dev.netmap.buf_size, {NETMAP_BUF_SIZE})",
+    )  # fmt: skip
     s.add_argument("--phys-mem", default="256M", help="physical memory of the model (256M)")
     s.add_argument("--sndbuf", default="256K", help="socket send buffer sb_hiwat (256K)")
     s.add_argument("--nsfbufs", type=int, default=0, help="sf_buf pool size; 0 = direct map")
@@ -117,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "-B", dest="bpf", action="store_true", help="the bpf descriptors, netstat -B style"
     )
+    g = sub.add_parser("pkt-gen", help="netmap's pkt-gen on a port of the server's /dev/netmap")
+    from userland.pktgen import add_arguments
+
+    add_arguments(g)
     return top
 
 
@@ -165,6 +178,8 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.tso = ns.tso
     cfg.sendfile_nomap = ns.sendfile_nomap
     cfg.bpf_zerocopy = ns.bpf_zerocopy
+    cfg.netmap_buf_num = ns.netmap_buf_num
+    cfg.netmap_buf_size = ns.netmap_buf_size
     cfg.phys_mem = parse_size(ns.phys_mem, "--phys-mem")
     cfg.sndbuf = parse_size(ns.sndbuf, "--sndbuf")
     cfg.nsfbufs = ns.nsfbufs
@@ -205,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ns = build_parser().parse_args(argv)
     try:
+        if ns.command == "pkt-gen":
+            from userland.pktgen import run as run_pktgen
+
+            return run_pktgen(ns)
         if ns.command == "stat":
             from server.stat import run_stat
 

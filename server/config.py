@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ktls.handshake import TLS_PROFILES
 from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TSO6, IFCAP_TXCSUM, IFCAP_TXCSUM_IPV6
 from mbuf.param import IP_MAXPACKET, PAGE_SIZE, SB_MAX, SB_SNDBUF_DEFAULT, howmany
+from netmap.netmap_mem2 import NETMAP_BUF_MAX_NUM, NETMAP_BUF_NUM, NETMAP_BUF_SIZE
 
 DEMO_SITE = pathlib.Path(__file__).resolve().parent / "demo_site"
 DEFAULT_PORT = 8443
@@ -89,6 +90,8 @@ class ServerConfig:
     tso: bool = True
     sendfile_nomap: bool = True
     bpf_zerocopy: bool = True  # net.bpf.zerocopy_enable (FreeBSD's default is 0)
+    netmap_buf_num: int = NETMAP_BUF_NUM  # dev.netmap.buf_num: buffers of each region
+    netmap_buf_size: int = NETMAP_BUF_SIZE  # dev.netmap.buf_size
     phys_mem: int = 256 << 20
     sndbuf: int = SB_SNDBUF_DEFAULT
     nsfbufs: int = 0
@@ -138,6 +141,14 @@ class ServerConfig:
 
     def validate(self) -> None:
         """Raise ConfigError with a one-line message for anything unusable."""
+        if not 64 <= self.netmap_buf_num <= NETMAP_BUF_MAX_NUM:
+            raise ConfigError(
+                f"--netmap-buf-num {self.netmap_buf_num}: 64 to {NETMAP_BUF_MAX_NUM} buffers"
+            )
+        if not 64 <= self.netmap_buf_size <= 65536 or self.netmap_buf_size % 64:
+            raise ConfigError(
+                f"--netmap-buf-size {self.netmap_buf_size}: a multiple of 64 from 64 to 65536"
+            )
         if not self.root.exists():
             raise ConfigError(f"document root {self.root} does not exist")
         if not self.root.is_dir():

@@ -58,7 +58,7 @@ def announce(
     if admin:
         print(f"nomapd: counters on http://{admin[0]}:{admin[1]}/stats (nomapd stat)", flush=True)
     if devices is not None:
-        print(f"nomapd: devices in {devices} (w<N>/bpf; README Devices)", flush=True)
+        print(f"nomapd: devices in {devices} (w<N>/bpf, w<N>/netmap; README Devices)", flush=True)
     caps = cfg.capenable()
     names = ",".join(f.name.removeprefix("IFCAP_") for f in IfCap if f.name and caps & f.value)
     print(f"nomapd: core: {_core.CORE}", flush=True)
