@@ -30,7 +30,8 @@ NIOCCTRL(SYNC_KLOOP_START) and stays blocked in it until `kloop_stop()`
 make no system call: they publish head and cur in atok (cur first, then head:
 nm_sync_kloop_appl_write) and read hwtail then hwcur from ktoa
 (nm_sync_kloop_appl_read); every field is one aligned 4-byte access of the
-shared mapping, which keeps that order (netmap/netmap_kloop.py).
+shared mapping (an item of its `memoryview.cast("I")`), which keeps that
+order (netmap/netmap_kloop.py).
 
 Models: libnetmap (nmreq.c: nmport_parse, nmreq_header_decode's suffixes and
 options; nmport.c: nmport_open, nmport_close, nmport_register, nmport_mmap),
@@ -94,6 +95,7 @@ from userland.devdir import device_paths, find_instance
 
 SLOT_DTYPE: Final = np.dtype([("buf_idx", "=u4"), ("len", "=u2"), ("flags", "=u2"), ("ptr", "=u8")])
 U32: Final = struct.Struct("=I")
+WORD: Final = 4
 PTRS: Final = struct.Struct("=III")  # head, cur, tail
 HEAD_OFF: Final = NETMAP_RING_OFF["head"]
 CUR_OFF: Final = NETMAP_RING_OFF["cur"]
@@ -258,6 +260,8 @@ class NmRing:
     bufs: Any  # NumPy uint8 array (buffers x buf_size), a view of the region
     csb: tuple[int, int] | None = None  # region offsets of this ring's atok, ktoa
     csb_tail: int = -1  # kernel-loop mode: the tail last read from ktoa
+    csb_hwcur: int = -1  # ... and the kernel's cur (what it has taken)
+    words: Any = None  # kernel-loop mode: the region as 4-byte items (the CSB's fields)
 
     @property
     def head(self) -> int:
@@ -303,18 +307,20 @@ class NmRing:
     def csb_write(self) -> None:
         """nm_sync_kloop_appl_write: the ring's cur, then head, into atok."""
         assert self.csb is not None
-        atok = self.csb[0]
+        atok = self.csb[0] // WORD
         h, c, _t = PTRS.unpack_from(self.view, self.ofs + HEAD_OFF)
-        U32.pack_into(self.view, atok + 4, c)
-        U32.pack_into(self.view, atok, h)
+        w = self.words
+        w[atok + 1] = c  # one 4-byte store each (not struct.pack_into: it
+        w[atok] = h  # clears the field first, and the loop would read 0)
 
     def csb_read(self) -> None:
         """nm_sync_kloop_appl_read: hwtail, then hwcur, from ktoa; the tail is
         the ring's from now on (`tail`)."""
         assert self.csb is not None
-        ktoa = self.csb[1]
-        self.csb_tail = int(U32.unpack_from(self.view, ktoa + 4)[0])
-        U32.unpack_from(self.view, ktoa)  # hwcur: read after hwtail, unused here
+        ktoa = self.csb[1] // WORD
+        w = self.words
+        self.csb_tail = int(w[ktoa + 1])
+        self.csb_hwcur = int(w[ktoa])  # read after hwtail
 
 
 @dataclass
@@ -332,6 +338,7 @@ class NmPort:
     kloop: bool = False
     kloop_thread: threading.Thread | None = None
     kloop_error: OSError | None = None
+    words: Any = None  # kernel-loop mode: view.cast("I") (the CSB's fields)
     _arrays: list[Any] = field(default_factory=list)
 
     @property
@@ -405,7 +412,9 @@ class NmPort:
             if self.kloop_thread is not None:
                 self.kloop_thread.join()
             for r in self.tx_rings + self.rx_rings:
-                r.slots = r.bufs = None
+                r.slots = r.bufs = r.words = None
+            if self.words is not None:
+                self.words.release()
             self.tx_rings = []
             self.rx_rings = []
             self._arrays = []
@@ -534,7 +543,9 @@ def _csb_enable(port: NmPort) -> None:
     ktoa = atok + len(rings) * CSB_ENTRY
     opt = NMREQ_OPT_CSB.pack(0, NETMAP_REQ_OPT_CSB, 0, NMREQ_OPT_CSB.size, atok, ktoa)
     port.dev.ioctl(NIOCCTRL, nmreq_msg(NETMAP_REQ_CSB_ENABLE, port.spec.name, b"", opt))
+    port.words = port.view.cast("I")
     for i, r in enumerate(rings):
+        r.words = port.words
         r.csb = (atok + i * CSB_ENTRY, ktoa + i * CSB_ENTRY)
         r.csb_read()
     port.kloop = True

@@ -147,6 +147,13 @@ def tx_body(
         c.packets += n
         c.batches += 1
         report.tick(c)
+    # pkt-gen's final flush: the kernel has taken every slot given to it (a
+    # kernel loop takes them on its own time: look at ktoa's hwcur).
+    while port.kloop and not stop.flag:
+        port.txsync()
+        if ring.csb_hwcur == ring.head:
+            break
+        time.sleep(KLOOP_IDLE)
     return c
 
 
