@@ -107,6 +107,8 @@ class Server:
         self.netmap = Netmap()
         self.netmap.sysctl.buf_num = cfg.netmap_buf_num
         self.netmap.sysctl.buf_size = cfg.netmap_buf_size
+        self.netmap.sysctl.ring_num = cfg.netmap_ring_num
+        self.netmap.sysctl.if_num = cfg.netmap_if_num
         netmap_attach_ifnet(self.netmap, self.kern.ifnet)
         self.netmapdev = NetmapDev(self.netmap, self.devstat)
         self.stats = ServerStat()

@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from netmap.netmap_mem2 import NETMAP_BUF_NUM, NETMAP_BUF_SIZE
+from netmap.netmap_mem2 import NETMAP_BUF_NUM, NETMAP_BUF_SIZE, NETMAP_IF_NUM, NETMAP_RING_NUM
 from server.config import (
     DEFAULT_ADMIN,
     DEFAULT_PORT,
@@ -50,14 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     _bool(s, "tso", True, "NIC TCP segmentation offload (IFCAP_TSO4, TSO6)")
     _bool(s, "sendfile-nomap", True, "sendfile builds unmapped mbufs (kern.ipc.mb_use_ext_pgs)")
     _bool(s, "bpf-zerocopy", True, "/dev/bpf accepts zero-copy buffers (net.bpf.zerocopy_enable)")
-    s.add_argument(
-        "--netmap-buf-num", type=int, default=NETMAP_BUF_NUM,
-        help=f"buffers of each netmap region (dev.netmap.buf_num, {NETMAP_BUF_NUM})",
-    )  # fmt: skip
-    s.add_argument(
-        "--netmap-buf-size", type=int, default=NETMAP_BUF_SIZE,
-        help=f"netmap buffer size (dev.netmap.buf_size, {NETMAP_BUF_SIZE})",
-    )  # fmt: skip
+    for knob, default, what in (  # the dev.netmap.* sysctls of each worker's regions
+        ("buf_num", NETMAP_BUF_NUM, "buffers of each netmap region"),
+        ("buf_size", NETMAP_BUF_SIZE, "netmap buffer size"),
+        ("ring_num", NETMAP_RING_NUM, "ring objects of each netmap region"),
+        ("if_num", NETMAP_IF_NUM, "netmap_if objects of each netmap region"),
+    ):
+        s.add_argument(
+            f"--netmap-{knob.replace('_', '-')}", type=int, default=default,
+            help=f"{what} (dev.netmap.{knob}, {default})",
+        )  # fmt: skip
     s.add_argument("--phys-mem", default="256M", help="physical memory of the model (256M)")
     s.add_argument("--sndbuf", default="256K", help="socket send buffer sb_hiwat (256K)")
     s.add_argument("--nsfbufs", type=int, default=0, help="sf_buf pool size; 0 = direct map")
@@ -180,6 +182,8 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.bpf_zerocopy = ns.bpf_zerocopy
     cfg.netmap_buf_num = ns.netmap_buf_num
     cfg.netmap_buf_size = ns.netmap_buf_size
+    cfg.netmap_ring_num = ns.netmap_ring_num
+    cfg.netmap_if_num = ns.netmap_if_num
     cfg.phys_mem = parse_size(ns.phys_mem, "--phys-mem")
     cfg.sndbuf = parse_size(ns.sndbuf, "--sndbuf")
     cfg.nsfbufs = ns.nsfbufs

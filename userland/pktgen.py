@@ -42,7 +42,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
@@ -147,14 +147,17 @@ def tx_body(
         c.packets += n
         c.batches += 1
         report.tick(c)
-    # pkt-gen's final flush: the kernel has taken every slot given to it (a
-    # kernel loop takes them on its own time: look at ktoa's hwcur).
-    while port.kloop and not stop.flag:
-        port.txsync()
-        if ring.csb_hwcur == ring.head:
-            break
-        time.sleep(KLOOP_IDLE)
+    _flush(port, ring, port.txsync, stop)
     return c
+
+
+def _flush(port: NmPort, ring: NmRing, sync: Callable[[], None], stop: Stop) -> None:
+    """The final sync: the kernel has taken every slot given to it (a kernel
+    loop takes them in its own time: wait until ktoa's hwcur says so)."""
+    sync()
+    while port.kloop and ring.csb_hwcur != ring.head and not stop.flag:
+        time.sleep(KLOOP_IDLE)
+        sync()
 
 
 def rx_body(
@@ -183,7 +186,7 @@ def rx_body(
         c.packets += n
         c.batches += 1
         report.tick(c)
-    port.rxsync()  # the last slots go back to the sender
+    _flush(port, ring, port.rxsync, stop)  # the last slots go back to the sender
     return c
 
 
