@@ -25,6 +25,13 @@ the remaining arguments) plus nomapd's (`--mode zbuf|buffer`, `--immediate`,
      (pcap or pcapng by the file's suffix, `-` for pcap on stdout) or, without
      `-w`, to tcpdump's line printer (userland/pktprint.py).
 
+With `--keys` (pcapng only, announced on stderr) each source is asked for
+TLS secrets (BIOCSKEYLOG, nomapd's own ioctl: bpf/bpf_keylog.py); a reader
+fetches them (BIOCGKEYLOG) right after each batch, and the main thread writes
+them as a Decryption Secrets Block before that batch's packets: a secret is
+handed over before the packets it decrypts are tapped, so it is in the file
+before them, and Wireshark or tshark decrypt the file with no other input.
+
 SIGINT and SIGTERM set a flag (no exception in the middle of a device call);
 so does reaching `-c`. Each reader then drains its source (calls until an
 empty batch: whatever the store buffer holds is rotated out) and stops; the
@@ -81,6 +88,10 @@ class Source(Protocol):
 
     def stats(self) -> tuple[int, int]: ...
 
+    def keylog_enable(self) -> None: ...
+
+    def keylog(self) -> bytes: ...
+
     def close(self) -> None: ...
 
 
@@ -95,6 +106,7 @@ class SourceSpec:
     program: list[h.BpfInsn] | None
     immediate: bool
     direction: int
+    keys: bool = False
 
 
 def open_bpf(ifname: str, spec: SourceSpec) -> list[tuple[str, Source]]:
@@ -116,6 +128,8 @@ def open_bpf(ifname: str, spec: SourceSpec) -> list[tuple[str, Source]]:
                 timeout=READ_TIMEOUT,
             )  # fmt: skip
             opened.append((p.parent.name, cap))
+            if spec.keys:
+                cap.keylog_enable()
     except OSError as e:
         for _, s in opened:
             s.close()
@@ -139,10 +153,13 @@ def open_sources(iface: str, spec: SourceSpec) -> list[tuple[str, Source]]:
 class _Reader(threading.Thread):
     """One source's loop: batches (with their watermark) into the shared queue."""
 
-    def __init__(self, index: int, src: Source, out: queue.Queue[_Item], stop: threading.Event):
+    def __init__(
+        self, index: int, src: Source, keys: bool, out: queue.Queue[_Item], stop: threading.Event
+    ) -> None:
         super().__init__(name=f"capture-{index}", daemon=True)
         self.index = index
         self.src = src
+        self.keys = keys
         self.out = out
         self.stop = stop
         self.error: BaseException | None = None
@@ -153,8 +170,9 @@ class _Reader(threading.Thread):
             while True:
                 began = time.time_ns()
                 batch = self.src.next_batch()
+                keys = self.src.keylog() if self.keys else b""  # after the batch: see the head
                 mark = _ts_ns(batch[-1]) if batch else began
-                self.out.put((self.index, batch, mark))
+                self.out.put((self.index, batch, mark, keys))
                 if stopped_at and (not batch or mark >= stopped_at):
                     break
                 if not stopped_at and self.stop.is_set():
@@ -162,10 +180,10 @@ class _Reader(threading.Thread):
         except BaseException as e:  # reported by the main thread
             self.error = e
         finally:
-            self.out.put((self.index, None, 0))
+            self.out.put((self.index, None, 0, b""))
 
 
-_Item = tuple[int, list[Packet] | None, int]
+_Item = tuple[int, list[Packet] | None, int, bytes]
 
 
 def _ts_ns(p: Packet) -> int:
@@ -204,6 +222,10 @@ class _Sink:
         elif self.printer is not None:
             self.text.write(self.printer.line(ts, p.data, p.wirelen) + "\n")
 
+    def secrets(self, keylog: bytes) -> None:
+        if self.pcapng is not None:
+            self.pcapng.write_secrets(keylog)
+
     def batch_done(self) -> None:
         if self.printer is not None:
             self.text.flush()
@@ -220,12 +242,13 @@ class _Sink:
 
 
 def capture_loop(
-    sources: list[tuple[str, Source]], sink: _Sink, count: int, stop: threading.Event
-) -> int:
+    sources: list[tuple[str, Source]], sink: _Sink, count: int, stop: threading.Event,
+    keys: bool = False,
+) -> int:  # fmt: skip
     """Read every source until `stop` (or `count` packets), merging by time; returns
     the number of packets written."""
     q: queue.Queue[_Item] = queue.Queue()
-    readers = [_Reader(i, s, q, stop) for i, (_, s) in enumerate(sources)]
+    readers = [_Reader(i, s, keys, q, stop) for i, (_, s) in enumerate(sources)]
     marks = [0] * len(readers)
     live = len(readers)
     heap: list[tuple[int, int, int, Packet]] = []
@@ -236,9 +259,11 @@ def capture_loop(
     try:
         while live:
             try:
-                i, batch, mark = q.get(timeout=READ_TIMEOUT)
+                i, batch, mark, secrets = q.get(timeout=READ_TIMEOUT)
             except queue.Empty:
                 continue
+            if secrets:  # before any packet of the batch they came after
+                sink.secrets(secrets)
             if batch is None:
                 live -= 1
                 marks[i] = 1 << 63  # finished: holds nothing back
@@ -283,6 +308,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="zbuf", help="zbuf (zero-copy buffers, default) or buffer")
     p.add_argument("--immediate", action="store_true", help="deliver packets as they arrive")
     p.add_argument("--server", help="the instance: its port or device directory")
+    p.add_argument("--keys", action="store_true",
+                   help="WRITE TLS SECRETS into the .pcapng (a DSB, for Wireshark)")  # fmt: skip
     p.add_argument("expression", nargs="*", help="filter expression (tcpdump's syntax)")
 
 
@@ -309,6 +336,8 @@ def run(ns: argparse.Namespace) -> int:
             raise CaptureError(f"--mode {ns.mode}: zbuf or buffer")
         if ns.direction not in DIRECTIONS:
             raise CaptureError(f"-Q {ns.direction}: in, out or inout")
+        if ns.keys and not (ns.file or "").endswith(".pcapng"):
+            raise CaptureError("--keys needs a pcapng file (-w FILE.pcapng)")
         expr = " ".join(ns.expression)
         program = None
         if expr or ns.dump:
@@ -320,7 +349,10 @@ def run(ns: argparse.Namespace) -> int:
             sys.stdout.write(bpf_dump(program or [], min(ns.dump, 3)))
             return 0
         spec = SourceSpec(ns.server, ns.mode, bufsize, snaplen, program, ns.immediate,
-                          DIRECTIONS[ns.direction])  # fmt: skip
+                          DIRECTIONS[ns.direction], ns.keys)  # fmt: skip
+        if ns.keys:  # before anything is asked of the server, so that nobody misses it
+            print(f"{PROG}: WARNING: writing TLS secrets into {ns.file} (--keys)",
+                  file=sys.stderr, flush=True)  # fmt: skip
         sources = open_sources(ns.iface, spec)
     except CaptureError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
@@ -337,7 +369,7 @@ def run(ns: argparse.Namespace) -> int:
                 print(f"{PROG}: listening on {ns.iface} ({len(sources)} worker(s)), "
                       f"link-type EN10MB (Ethernet), snapshot length {snaplen} bytes",
                       file=sys.stderr, flush=True)  # fmt: skip
-            written = capture_loop(sources, sink, ns.count, stop)
+            written = capture_loop(sources, sink, ns.count, stop, ns.keys)
             stats = [s.stats() for _, s in sources]
             sink.close(stats)
         finally:
