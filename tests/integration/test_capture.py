@@ -247,7 +247,10 @@ def test_http_modes_outputs_and_count(http: ServerProcess, tmp_path: pathlib.Pat
     assert exported(ng, tmp_path / "objects") == {NAME: file_bytes(SIZE)}
     lines = tshark("-r", str(ng), "-Y", "http").splitlines()
     assert any(f"GET /{NAME}" in x for x in lines) and any("200 OK" in x for x in lines)
-    tcpdump = subprocess.run(["tcpdump", "-nn", "-r", str(zf)], capture_output=True, text=True)
+    env = dict(os.environ, TZ="UTC")  # pktprint prints the time of day in UTC
+    tcpdump = subprocess.run(
+        ["tcpdump", "-nn", "-r", str(zf)], capture_output=True, text=True, env=env
+    )
     assert tcpdump.returncode == 0, tcpdump.stderr
     assert caps[4].out.decode() == tcpdump.stdout
 
