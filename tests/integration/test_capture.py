@@ -31,6 +31,7 @@ import pytest
 from tests.integration.conftest import ServerProcess
 from tests.support.files import file_bytes
 from userland.pcap_file import pcap_read
+from userland.pcapng_file import BT_DSB, BT_EPB, BT_IDB, BT_ISB
 
 SIZE = 300 * 1024 + 7
 NAME = f"f{SIZE}.bin"
@@ -205,6 +206,23 @@ def test_keys_decrypt_http_and_export_the_file(
     shown = tshark("-r", str(f), *hello, "-e", "tls.handshake.extensions.supported_version")
     assert ("0x0304" in shown) == (version == "1.3"), shown
     assert exported(f, tmp_path / "objects") == {NAME: file_bytes(SIZE)}
+    # The file's layout: the secrets come before the session's HTTP records, and
+    # the capture closed with one statistics block per interface.
+    blocks = block_types(f)
+    before_dsb = blocks[: blocks.index(BT_DSB)].count(BT_EPB)
+    http_frames = tshark("-r", str(f), "-Y", "http", "-T", "fields", "-e", "frame.number")
+    assert min(int(n) for n in http_frames.split()) > before_dsb
+    assert blocks.count(BT_ISB) == blocks.count(BT_IDB) == 1 and blocks[-1] == BT_ISB
+
+
+def block_types(f: pathlib.Path) -> list[int]:
+    """The pcapng file's block types in order (host byte order, as it was written)."""
+    data, off, out = f.read_bytes(), 0, []
+    while off < len(data):
+        btype, length = struct.unpack_from("=II", data, off)
+        out.append(btype)
+        off += length
+    return out
 
 
 def test_without_keys_nothing_decrypts(tls: ServerProcess, tmp_path: pathlib.Path) -> None:
