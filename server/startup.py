@@ -9,6 +9,7 @@ imports the other. `server.cli` chooses which one runs.
 from __future__ import annotations
 
 import pathlib
+import secrets
 
 import trio
 
@@ -42,6 +43,7 @@ def announce(
     listening: list[tuple[str, int]],
     admin: tuple[str, int] | None,
     extra: str = "",
+    token: str | None = None,
 ) -> None:
     """The start-up lines (tests and the bench read the ports from them)."""
     if cfg.keylog is not None:  # first, so that nobody misses it
@@ -56,6 +58,9 @@ def announce(
         print(f"nomapd: TLS profile {cfg.tls_profile} (Mozilla server-side TLS)", flush=True)
     if admin:
         print(f"nomapd: counters on http://{admin[0]}:{admin[1]}/stats (nomapd stat)", flush=True)
+        if token is not None:
+            print(f"nomapd: admin control token {token}", flush=True)
+            print(f"nomapd: dashboard http://{admin[0]}:{admin[1]}/#token={token}", flush=True)
     caps = cfg.capenable()
     names = ",".join(f.name.removeprefix("IFCAP_") for f in IfCap if f.name and caps & f.value)
     print(f"nomapd: core: {_core.CORE}", flush=True)
@@ -67,6 +72,11 @@ def announce(
         f"phys-mem {cfg.phys_mem >> 20}M; ktls workers {cfg.ktls_workers}{extra}",
         flush=True,
     )
+
+
+def admin_token(cfg: ServerConfig) -> str | None:
+    """--admin-control: a new random token for this run (None: the listener is read-only)."""
+    return secrets.token_urlsafe(24) if cfg.admin_control else None
 
 
 async def open_admin(cfg: ServerConfig) -> list[trio.SocketListener] | None:
