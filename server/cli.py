@@ -43,13 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cert", help="certificate chain (PEM); default: a generated self-signed one")
     s.add_argument("--key", help="private key (PEM) for --cert")
     s.add_argument("--http", action="store_true", help="plain HTTP, no TLS")
-    _bool(s, "ktls", True, "KTLS: the modeled kernel frames and encrypts (TCP_TXTLS_ENABLE)")
+    _bool(s, "ktls", True, "KTLS: the modeled kernel frames and encrypts (kern.ipc.tls.enable)")
     _bool(s, "nomap", True, "NIC has IFCAP_NOMAP (ifconfig nomap/-nomap)")
     _bool(s, "txcsum", True, "NIC checksum offload (IFCAP_TXCSUM{,_IPV6}); off turns TSO off")
     _bool(s, "tso", True, "NIC TCP segmentation offload (IFCAP_TSO4, TSO6)")
     _bool(s, "sendfile-nomap", True, "sendfile builds unmapped mbufs (kern.ipc.mb_use_ext_pgs)")
     s.add_argument("--phys-mem", default="256M", help="physical memory of the model (256M)")
-    s.add_argument("--sndbuf", default="256K", help="socket send buffer sb_hiwat (256K)")
+    s.add_argument(
+        "--sndbuf", default="256K", help="send buffer sb_hiwat (net.inet.tcp.sendspace; 256K)"
+    )
     s.add_argument("--nsfbufs", type=int, default=0, help="sf_buf pool size; 0 = direct map")
     s.add_argument(
         "--readahead",
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ktls-workers", type=int, default=None, help="encryption threads (0: encrypt inline)"
     )
     s.add_argument(
-        "--loss", default="0", help="probability the model's wire loses a packet; TCP resends (0)"
+        "--loss", default="0", help="probability the wire loses a packet (dev.nm.0.loss_ppm; 0)"
     )
     s.add_argument("--loss-seed", type=int, default=0, help="seed of --loss, for repeatable runs")
     s.add_argument(

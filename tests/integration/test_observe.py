@@ -449,3 +449,35 @@ def test_top_in_a_terminal(ctl: ServerProcess) -> None:
             os.waitpid(pid, 0)
         os.close(fd)
     ctl.assert_no_leaks()
+
+
+# -- a restarted worker gets the changes made since the start ----------------------------------
+
+
+def test_a_restarted_worker_gets_the_changes(ctl: ServerProcess) -> None:
+    token = _token(ctl)
+    assert _admin(ctl, "/ifconfig", "nm0 -nomap", token=token)[0] == 200
+    assert _admin(ctl, "/sysctl", "kern.ipc.mb_use_ext_pgs=0", token=token)[0] == 200
+    victim = ctl.stats()["workers"][1]
+    os.kill(victim["worker.pid"], signal.SIGKILL)
+
+    def back() -> bool:
+        w = ctl.stats()["workers"][1]
+        return bool(w["worker.up"] and w["worker.restarts"] == 1)
+
+    _wait_until("worker 1 restarted", back)
+    w1 = ctl.stats()["workers"][1]
+    assert w1["worker.pid"] != victim["worker.pid"]
+    assert "IFCAP_NOMAP" not in w1["ifnet.capenable"]  # the command line said --nomap
+    assert w1["kern.ipc.mb_use_ext_pgs"] == 0
+    # KTLS needs unmapped mbufs: new connections keep TLS in user space meanwhile
+    ktls = ctl.stats()["ktls.sessions_total"]
+    assert _curl_sha(ctl, "/f16385.bin") == hashlib.sha256(file_bytes(16385)).hexdigest()
+    assert ctl.stats()["ktls.sessions_total"] == ktls
+    assert _admin(ctl, "/ifconfig", "nm0 nomap", token=token)[0] == 200
+    assert _admin(ctl, "/sysctl", "kern.ipc.mb_use_ext_pgs=1", token=token)[0] == 200
+    for w in ctl.stats()["workers"]:
+        assert "IFCAP_NOMAP" in w["ifnet.capenable"] and w["kern.ipc.mb_use_ext_pgs"] == 1
+    assert _curl_sha(ctl, "/f16385.bin") == hashlib.sha256(file_bytes(16385)).hexdigest()
+    assert ctl.stats()["ktls.sessions_total"] > ktls
+    ctl.assert_no_leaks()
