@@ -232,6 +232,8 @@ def _readahead(kern: Kernel, job: SendfileJob, run: PagerRequest, pindex: int) -
     `kern.readahead` pages when set (SF_USER_READAHEAD). The pages go into the
     cache unwired when the read completes; no mbuf holds them."""
     obj = job.obj
+    # kern.ipc.sendfile.readahead, read per read started (a change applies to the
+    # next one; sf_rhpages_requested counted the call's value when it began).
     if kern.readahead is None:
         want = howmany(job.off + job.rem, PAGE_SIZE) - pindex  # the rest of the request
     else:
