@@ -144,10 +144,11 @@ class WorkerSlot:
         it cannot answer now."""
         return await self.request({"get": what})
 
-    async def request(self, msg: dict[str, object]) -> Any:
+    async def request(self, msg: dict[str, object], *, starting: bool = False) -> Any:
         """Send one request (server/worker.py) and return its result; None if the
-        worker cannot answer now."""
-        if not self.ready or self.chan is None:
+        worker cannot answer now (`starting`: it said it is ready, nobody else may
+        ask it yet)."""
+        if not (self.ready or starting) or self.chan is None:
             return None
         what = msg.get("get") or msg.get("set")
         chan = self.chan
@@ -296,9 +297,9 @@ class Supervisor:
             except (trio.BrokenResourceError, OSError, ValueError):
                 hello = None  # as at end of file: it died
         if isinstance(hello, dict) and hello.get("ready"):
+            for msg in self.applied:  # a restarted worker: the changes made since start,
+                await slot.request(msg, starting=True)  # before anyone sees it up
             slot.ready = True
-            for msg in self.applied:  # a restarted worker: the changes made since start
-                await slot.request(msg)
             log.debug("worker %d (pid %d) ready", slot.index, proc.pid)
             if self.stopping.is_set():  # stopped while it started: not told yet
                 proc.send_signal(signal.SIGTERM)
