@@ -164,7 +164,11 @@ class Server:
         return [c.info() for c in self.conns]
 
     def mode(self) -> str:
-        return mode_name(self.cfg)
+        """As set now: kern.ipc.tls.enable (and mb_use_ext_pgs, which KTLS needs)
+        decide what the next connection gets."""
+        if self.cfg.http:
+            return mode_name(self.cfg)
+        return "ktls" if self.kern.ktls_enable and self.kern.mb_use_ext_pgs else "user-tls"
 
     async def admin_stats(self) -> dict[str, Any]:
         return self.statistics()

@@ -469,7 +469,7 @@ def test_a_restarted_worker_gets_the_changes(ctl: ServerProcess) -> None:
     w1 = ctl.stats()["workers"][1]
     assert w1["worker.pid"] != victim["worker.pid"]
     assert "IFCAP_NOMAP" not in w1["ifnet.capenable"]  # the command line said --nomap
-    assert w1["kern.ipc.mb_use_ext_pgs"] == 0
+    assert w1["kern.ipc.mb_use_ext_pgs"] == 0 and w1["server.mode"] == "user-tls"
     # KTLS needs unmapped mbufs: new connections keep TLS in user space meanwhile
     ktls = ctl.stats()["ktls.sessions_total"]
     assert _curl_sha(ctl, "/f16385.bin") == hashlib.sha256(file_bytes(16385)).hexdigest()
@@ -478,6 +478,7 @@ def test_a_restarted_worker_gets_the_changes(ctl: ServerProcess) -> None:
     assert _admin(ctl, "/sysctl", "kern.ipc.mb_use_ext_pgs=1", token=token)[0] == 200
     for w in ctl.stats()["workers"]:
         assert "IFCAP_NOMAP" in w["ifnet.capenable"] and w["kern.ipc.mb_use_ext_pgs"] == 1
+        assert w["server.mode"] == "ktls"
     assert _curl_sha(ctl, "/f16385.bin") == hashlib.sha256(file_bytes(16385)).hexdigest()
     assert ctl.stats()["ktls.sessions_total"] > ktls
     ctl.assert_no_leaks()
