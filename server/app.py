@@ -98,6 +98,10 @@ class Server:
         self.bif = bpfattach(self.bpf, self.kern.ifnet.if_xname, DLT_EN10MB, ETHER_HDR_LEN)
         self.kern.ifnet.if_bpf = self.bif
         bpf_sysctl_init(self.kern.sysctl, self.bpf)  # net.bpf.*
+        self.kern.sysctl.add_int(
+            "kern.ipc.tls.maxthreads", "KTLS worker threads (--ktls-workers; 0: encrypt inline; "
+            "set at start)", lambda: cfg.ktls_workers,
+        )  # fmt: skip
         self.kern.sysctl.describe(counter_descriptions())
         self.admin_token: str | None = None  # --admin-control: what POSTs must present
         self.stats = ServerStat()

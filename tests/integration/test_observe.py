@@ -151,6 +151,10 @@ def test_sysctl_and_ifconfig_read_only(default_server: ServerProcess) -> None:
         assert tree[name]["writable"] is True, name
     assert tree["net.inet.tcp.sendspace"]["value"] == 256 * 1024  # --sndbuf's default
     assert tree["kern.ipc.maxsockbuf"]["writable"] is False
+    assert tree["kern.ipc.tls.maxthreads"] == {
+        "value": 0, "type": "int", "writable": False,
+        "description": "KTLS worker threads (--ktls-workers; 0: encrypt inline; set at start)",
+    }  # fmt: skip
     rx = tree["kern.ipc.tls.stats.rx_records"]
     assert rx["type"] == "counter" and rx["writable"] is False
     assert rx["description"] == "client records decrypted (KTLS RX)"  # the field's comment
