@@ -32,7 +32,7 @@ import io
 import os
 import pathlib
 import tokenize
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bpf.bpfdesc import BpfStat
@@ -52,7 +52,6 @@ class Result:
     message: str = ""
     old: object = None
     new: object = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
         return {"errno": self.errno, "message": self.message, "old": self.old, "new": self.new}
