@@ -48,7 +48,7 @@ check: $(CORE)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider -m "not integration and not slow" \
-		tests/mbuf tests/ktls tests/bpf tests/server $(ARGS)
+		tests/mbuf tests/ktls tests/bpf tests/userland tests/server $(ARGS)
 
 lint: $(CORE)
 	$(VENV)/bin/ruff check $(LINT_PATHS)

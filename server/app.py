@@ -53,6 +53,8 @@ from server.config import ConfigError, ServerConfig
 from server.connection import Connection
 from server.control import Result, counter_descriptions, ifconfig_all, ifconfig_set, sysctl_set
 from server.counters import ServerStat
+from server.devices.bpfdev import bpf_device
+from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
 from server.http.responses import DateCache
 from server.http.static import OpenFileCache, Site
 from server.listen import listeners_from_fds, serve_listeners
@@ -60,6 +62,7 @@ from server.shutdown import drain
 from server.startup import admin_token, announce, certificate, mode_name, open_admin
 from server.txpath import VmWaitQueue
 from server.worker import serve_control
+from userland.devdir import instance_dir
 
 if TYPE_CHECKING:
     import h11
@@ -95,6 +98,7 @@ class Server:
         # Packet capture: the worker's bpf subsystem and nm0's tap point (the
         # driver taps only while a descriptor is attached to it).
         self.bpf = Bpf()
+        self.bpf.sysctl.zerocopy_enable = cfg.bpf_zerocopy
         self.bif = bpfattach(self.bpf, self.kern.ifnet.if_xname, DLT_EN10MB, ETHER_HDR_LEN)
         self.kern.ifnet.if_bpf = self.bif
         bpf_sysctl_init(self.kern.sysctl, self.bpf)  # net.bpf.*
@@ -104,6 +108,7 @@ class Server:
         )  # fmt: skip
         self.kern.sysctl.describe(counter_descriptions())
         self.admin_token: str | None = None  # --admin-control: what POSTs must present
+        self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf
         self.stats = ServerStat()
         self.date = DateCache()
         self.ssl_ctx: SSL.Context | None = None
@@ -156,6 +161,7 @@ class Server:
         snap = dict(self.kern.statistics())
         snap.update(self.stats.snapshot())
         snap.update(self.bpf.stats.items())
+        snap.update(self.devstat.items())
         # netstat -B's rows (net.bpf.stats): one per descriptor attached to nm0.
         snap["bpf.descriptors"] = [asdict(x) for x in bpf_stats(self.bpf)]
         snap["server.connections_active"] = self.active
@@ -323,8 +329,10 @@ async def _serve(server: Server) -> None:
 async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> None:
     cfg = server.cfg
     admin = None
+    instance = None  # the device directory this process owns (alone: the instance)
     if cfg.worker_index is not None:  # sockets from the supervisor, counters over the channel
         listeners = listeners_from_fds(list(cfg.worker_fds[1:]))
+        wdir = instance_dir(_addr(listeners[0])[1]) / f"w{cfg.worker_index}"
     else:
         try:
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
@@ -332,28 +340,50 @@ async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> N
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from e
         admin = await open_admin(cfg)
         server.admin_token = admin_token(cfg)
-        announce(
-            cfg, server.fingerprint, [_addr(lst) for lst in listeners],
-            _addr(admin[0]) if admin else None, token=server.admin_token,
-        )  # fmt: skip
+        instance = open_instance(_addr(listeners[0])[1])
+        wdir = instance / "w0"
+    devfs = DevFs(wdir, [bpf_device(server.bpf)], server.devstat)
+    try:
+        async with trio.open_nursery() as services:
+            await services.start(devfs.serve)
+            if instance is not None:
+                announce(
+                    cfg, server.fingerprint, [_addr(lst) for lst in listeners],
+                    _addr(admin[0]) if admin else None, devices=instance,
+                    token=server.admin_token,
+                )  # fmt: skip
+            await _serve_services(server, signals, services, listeners, admin)
+    finally:
+        if instance is not None:
+            remove_instance(instance)
+
+
+async def _serve_services(
+    server: Server,
+    signals: AsyncIterator[int],
+    services: trio.Nursery,
+    listeners: list[trio.SocketListener],
+    admin: list[trio.SocketListener] | None,
+) -> None:
+    """Serve until stopped and the last connection is gone; then end `services`."""
+    cfg = server.cfg
     log.debug("pid %d listening on %s", os.getpid(), [_addr(lst) for lst in listeners])
-    async with trio.open_nursery() as services:  # until the last connection is gone
-        services.start_soon(_on_signals, server, signals)
-        services.start_soon(server.access.run_flusher)
-        if cfg.worker_index is not None:
-            services.start_soon(serve_control, server, cfg.worker_fds[0])
-        async with trio.open_nursery() as conns:
-            async with trio.open_nursery() as front:  # accepting and admin: until stopping
-                server._accepting = front.cancel_scope
-                front.start_soon(serve_listeners, server.handle, listeners, conns)
-                if admin is not None:
-                    front.start_soon(serve_admin, server, admin, server.admin_token)
-                await server.stopping.wait()
-                front.cancel_scope.cancel()
-            for lst in [*listeners, *(admin or [])]:
-                await trio.aclose_forcefully(lst)
-            await drain(server, cfg.shutdown_timeout)
-        services.cancel_scope.cancel()
+    services.start_soon(_on_signals, server, signals)
+    services.start_soon(server.access.run_flusher)
+    if cfg.worker_index is not None:
+        services.start_soon(serve_control, server, cfg.worker_fds[0])
+    async with trio.open_nursery() as conns:
+        async with trio.open_nursery() as front:  # accepting and admin: until stopping
+            server._accepting = front.cancel_scope
+            front.start_soon(serve_listeners, server.handle, listeners, conns)
+            if admin is not None:
+                front.start_soon(serve_admin, server, admin, server.admin_token)
+            await server.stopping.wait()
+            front.cancel_scope.cancel()
+        for lst in [*listeners, *(admin or [])]:
+            await trio.aclose_forcefully(lst)
+        await drain(server, cfg.shutdown_timeout)
+    services.cancel_scope.cancel()
 
 
 async def _on_signals(server: Server, signals: AsyncIterator[int]) -> None:

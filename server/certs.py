@@ -48,6 +48,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from userland.devdir import state_dir  # shared with userland (the devices' runtime root)
+
 __all__ = [
     "CertificateError",
     "CertificateFiles",
@@ -76,19 +78,6 @@ class CertificateFiles:
     cert: pathlib.Path
     key: pathlib.Path
     fingerprint_sha256: str
-
-
-def state_dir() -> pathlib.Path:
-    """Where nomapd keeps state: $NOMAPD_STATE_DIR, else $XDG_STATE_HOME/nomapd,
-    else ~/.local/state/nomapd.  An empty or relative $XDG_STATE_HOME is ignored,
-    as the XDG Base Directory specification requires."""
-    explicit = os.environ.get("NOMAPD_STATE_DIR")
-    if explicit:
-        return pathlib.Path(explicit)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return pathlib.Path(xdg) / "nomapd"
-    return pathlib.Path.home() / ".local" / "state" / "nomapd"
 
 
 def _q(path: pathlib.Path) -> str:

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bool(s, "txcsum", True, "NIC checksum offload (IFCAP_TXCSUM{,_IPV6}); off turns TSO off")
     _bool(s, "tso", True, "NIC TCP segmentation offload (IFCAP_TSO4, TSO6)")
     _bool(s, "sendfile-nomap", True, "sendfile builds unmapped mbufs (kern.ipc.mb_use_ext_pgs)")
+    _bool(s, "bpf-zerocopy", True, "/dev/bpf accepts zero-copy buffers (net.bpf.zerocopy_enable)")
     s.add_argument("--phys-mem", default="256M", help="physical memory of the model (256M)")
     s.add_argument(
         "--sndbuf", default="256K", help="send buffer sb_hiwat (net.inet.tcp.sendspace; 256K)"
@@ -174,6 +175,7 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.txcsum = ns.txcsum
     cfg.tso = ns.tso
     cfg.sendfile_nomap = ns.sendfile_nomap
+    cfg.bpf_zerocopy = ns.bpf_zerocopy
     cfg.phys_mem = parse_size(ns.phys_mem, "--phys-mem")
     cfg.sndbuf = parse_size(ns.sndbuf, "--sndbuf")
     cfg.nsfbufs = ns.nsfbufs

@@ -88,6 +88,7 @@ class ServerConfig:
     txcsum: bool = True
     tso: bool = True
     sendfile_nomap: bool = True
+    bpf_zerocopy: bool = True  # net.bpf.zerocopy_enable (FreeBSD's default is 0)
     phys_mem: int = 256 << 20
     sndbuf: int = SB_SNDBUF_DEFAULT
     nsfbufs: int = 0

@@ -43,6 +43,7 @@ def announce(
     listening: list[tuple[str, int]],
     admin: tuple[str, int] | None,
     extra: str = "",
+    devices: pathlib.Path | None = None,
     token: str | None = None,
 ) -> None:
     """The start-up lines (tests and the bench read the ports from them)."""
@@ -61,6 +62,8 @@ def announce(
         if token is not None:
             print(f"nomapd: admin control token {token}", flush=True)
             print(f"nomapd: dashboard http://{admin[0]}:{admin[1]}/#token={token}", flush=True)
+    if devices is not None:
+        print(f"nomapd: devices in {devices} (w<N>/bpf; README Devices)", flush=True)
     caps = cfg.capenable()
     names = ",".join(f.name.removeprefix("IFCAP_") for f in IfCap if f.name and caps & f.value)
     print(f"nomapd: core: {_core.CORE}", flush=True)

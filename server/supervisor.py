@@ -57,6 +57,7 @@ import collections
 import errno
 import logging
 import os
+import pathlib
 import signal
 import socket
 import sys
@@ -69,6 +70,7 @@ from server import errorlog
 from server.admin import serve_admin
 from server.config import ServerConfig
 from server.control import Result, combine_sysctl
+from server.devices.devfs import open_instance, remove_instance
 from server.http.responses import DateCache
 from server.listen import reuseport_sockets
 from server.startup import admin_token, announce, certificate, open_admin
@@ -177,6 +179,7 @@ class Supervisor:
         self.date = DateCache()
         self.fingerprint = ""
         self.slots: list[WorkerSlot] = []
+        self.instance: pathlib.Path | None = None  # the device directory (workers add w<N>)
         self.exit_status = 0
         self.stopping = trio.Event()
         self._admin_scope = trio.CancelScope()
@@ -444,7 +447,8 @@ class Supervisor:
                         announce(
                             cfg, self.fingerprint, listening,
                             admin[0].socket.getsockname()[:2] if admin else None,
-                            f"; workers {len(self.slots)} (pids {pids})", self.admin_token,
+                            f"; workers {len(self.slots)} (pids {pids})", devices=self.instance,
+                            token=self.admin_token,
                         )  # fmt: skip
                         if admin is not None:
                             services.start_soon(self._serve_admin, admin)
@@ -465,9 +469,11 @@ def run_supervisor(cfg: ServerConfig) -> int:
         sup.fingerprint = certificate(cfg)[2]  # made once here, not raced by N workers
     sets = reuseport_sockets(cfg.host, cfg.port, cfg.workers)
     sup.slots = [WorkerSlot(i, socks) for i, socks in enumerate(sets)]
+    sup.instance = open_instance(sets[0][0].getsockname()[1])  # each worker adds its w<N>
     try:
         trio.run(sup.main)
     finally:
+        remove_instance(sup.instance)
         for slot in sup.slots:
             for sock in slot.socks:
                 sock.close()

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from bpf.bpf import BpfIf, bpfattach
+from bpf.bpf import BpfIf, bpfattach, bpfopen
 from bpf.bpf_h import DLT_EN10MB, ETHER_HDR_LEN
-from bpf.bpfdesc import Bpf
+from bpf.bpf_ioctl import bpf_ioctl_sblen, bpf_ioctl_setif
+from bpf.bpfdesc import Bpf, BpfD
 from mbuf.kern import Kernel
 from mbuf.mbuf import Mbuf, m_freem, m_get, m_getcl
 from mbuf.param import MCLBYTES, MLEN, PAGE_SIZE
@@ -40,6 +41,18 @@ class FakeClock:
     def __call__(self) -> int:
         self.now += 1_500_000
         return self.now
+
+
+def nm0_descriptor(kern: Kernel) -> tuple[Bpf, BpfIf, BpfD]:
+    """A BPF subsystem on a fake clock attached to `kern`'s nm0 (its if_bpf) and
+    one descriptor on it with a 512 KiB buffer: what a capture sees of nm0."""
+    bpf = Bpf(clock=FakeClock())
+    bif = bpfattach(bpf, "nm0", DLT_EN10MB, ETHER_HDR_LEN)
+    kern.ifnet.if_bpf = bif
+    d = bpfopen(bpf, pid=1)
+    bpf_ioctl_sblen(d, 0x80000)
+    bpf_ioctl_setif(d, "nm0")
+    return bpf, bif, d
 
 
 @dataclass(frozen=True)

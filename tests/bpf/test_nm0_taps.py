@@ -7,25 +7,17 @@ import struct
 
 import pytest
 
-from bpf.bpf import BpfIf, bpf_close, bpfattach, bpfdetach, bpfopen, bpfread
+from bpf.bpf import bpf_close, bpfattach, bpfdetach, bpfread
 from bpf.bpf_h import DLT_EN10MB
-from bpf.bpf_ioctl import bpf_ioctl_sblen, bpf_ioctl_setif
 from bpf.bpfdesc import Bpf
 from mbuf.if_tap import ETHER_HDR_LEN, ETHERTYPE_IP, ETHERTYPE_IPV6, IF_LLADDR, PEER_LLADDR
 from mbuf.kern import Kernel
-from tests.bpf.conftest import FakeClock
+from tests.bpf.conftest import nm0_descriptor
 from tests.support.pair import ConnectionPair, new_socket
 from userland.zbuf import bpf_records
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 BODY = bytes(range(256)) * 400  # 100 KiB: TSO bursts
-
-
-def _attach(kern: Kernel) -> tuple[Bpf, BpfIf]:
-    bpf = Bpf(clock=FakeClock())
-    bif = bpfattach(bpf, "nm0", DLT_EN10MB, ETHER_HDR_LEN)
-    kern.ifnet.if_bpf = bif
-    return bpf, bif
 
 
 def _parse(f: bytes, ipv6: bool) -> tuple[bytes, bytes, int, int, int, int, int]:
@@ -48,10 +40,7 @@ def _parse(f: bytes, ipv6: bool) -> tuple[bytes, bytes, int, int, int, int, int]
 @pytest.mark.parametrize("ipv6", [False, True])
 def test_descriptor_on_nm0_sees_both_directions(ipv6: bool) -> None:
     kern = Kernel()
-    bpf, bif = _attach(kern)
-    d = bpfopen(bpf, pid=1)
-    bpf_ioctl_sblen(d, 0x80000)
-    bpf_ioctl_setif(d, "nm0")
+    bpf, bif, d = nm0_descriptor(kern)
     pair = ConnectionPair(new_socket(kern, isipv6=ipv6))
     assert pair.to_server(REQUEST) == REQUEST
     assert pair.send(BODY) == BODY

@@ -35,7 +35,14 @@ BPF_LEAK_KEYS: Final = (
     "bpf.buffers_in_use",
     "bpf.buffer_bytes",
 )
-SERVER_LEAK_KEYS: Final = (*KERNEL_LEAK_KEYS, "ktls.sessions_active", *BPF_LEAK_KEYS)
+# The device layer's open files and the shared memory they mapped (server/devices/).
+DEVFS_LEAK_KEYS: Final = ("devfs.open_files", "devfs.shm_mapped", "devfs.shm_mapped_bytes")
+SERVER_LEAK_KEYS: Final = (
+    *KERNEL_LEAK_KEYS,
+    "ktls.sessions_active",
+    *BPF_LEAK_KEYS,
+    *DEVFS_LEAK_KEYS,
+)
 
 
 def leaked(stats: dict[str, object]) -> dict[str, object]:

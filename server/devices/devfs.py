@@ -1,0 +1,376 @@
+"""The device framework: a worker's devices as Unix sockets, one connection per open file.
+
+Theory of operation. The worker is the kernel; other processes reach it
+through device files (DESIGN.md "The kernel boundary"). `DevFs(wdir)` owns
+a worker's directory `<instance>/w<N>/` (userland/devdir.py has the layout)
+and serves each registered `Device` there as a listening Unix socket. An
+accepted connection is one open file:
+
+  1. open: the peer's credentials (SO_PEERCRED). Only the server's own uid or
+     root is admitted; anyone else is answered EPERM and closed (logged). The
+     device's `open(handle)` then makes the `DevFile`, and the first message
+     on the connection is open's reply (errno 0, or the open's errno).
+  2. system calls: each request (mbuf/sys_devio.py: ioctl, read, write, poll,
+     close) is answered by one reply carrying an errno and bytes; an OSError
+     raised by the device becomes its errno and one-line message. Descriptors
+     passed with a request (SCM_RIGHTS) are handed to the call and closed after
+     it: a device keeps what it needs by mapping or dup'ing them.
+  3. readiness: the device calls `handle.wakeup()` (from its kernel's wakeup
+     hook, sync, on the event loop); the framework writes one DEVMSG_WAKEUP
+     frame unless one is outstanding since the peer's last request. A blocking
+     call sleeps with `await handle.sleep(timeout)` (True: woken, False: timed
+     out), and ends early (PeerGone) when the process closes its end.
+  4. close: the connection's end (close(2), exit, SIGKILL) runs the device's
+     `close()`: everything the open file held is released there.
+
+Every message is written by the connection's own tasks under one lock, so a
+reply and a wakeup never interleave on the stream.
+
+Instance directories: `open_instance(port)` replaces a stale directory from a
+killed server and makes a fresh one (mode 0700); `remove_instance` removes it
+at a clean shutdown. The single-process server and the supervisor own the
+instance; each worker's DevFs owns its `w<N>`.
+
+Models: devfs and the system-call layer (kern/kern_conf.c's cdevsw, make_dev;
+sys_generic.c). Differences: Unix sockets instead of character devices,
+messages instead of system calls, SO_PEERCRED instead of the node's mode bits.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import logging
+import os
+import pathlib
+import shutil
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Final
+
+import trio
+
+from mbuf.sys_devio import (
+    DEV_MAXFDS,
+    DEV_MAXPAYLOAD,
+    DEV_POLL,
+    DEV_REQ,
+    DEVF_NONBLOCK,
+    DEVOP_CLOSE,
+    DEVOP_IOCTL,
+    DEVOP_POLL,
+    DEVOP_READ,
+    DEVOP_WRITE,
+    dev_reply,
+    dev_wakeup,
+)
+from userland.devdir import instance_dir
+
+log = logging.getLogger("nomapd.devfs")
+
+UCRED: Final = struct.Struct("=iII")  # struct ucred {pid_t pid; uid_t uid; gid_t gid}
+
+
+@dataclass(slots=True)
+class DevStat:
+    """The device layer's counters (`devfs.*` in /stats): open files and shared
+    mappings in use (leak keys), refused opens."""
+
+    open_files: int = 0
+    opens_total: int = 0
+    refused: int = 0
+    shm_mapped: int = 0  # shared-memory files a device has mapped (bpf's zero-copy buffers)
+    shm_mapped_bytes: int = 0
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(f"devfs.{f.name}", getattr(self, f.name)) for f in fields(self)]
+
+
+class PeerGone(Exception):
+    """The process closed its end while a call slept."""
+
+
+class DevFile:
+    """One open file of a device. A device overrides the calls it supports; the
+    defaults answer as a character device without them does."""
+
+    async def ioctl(self, cmd: int, arg: bytes, fds: list[int]) -> bytes:
+        raise OSError(errno.ENOTTY, f"ioctl {cmd:#x}: not a device that takes it")
+
+    async def read(self, count: int, nonblock: bool) -> bytes:
+        raise OSError(errno.EOPNOTSUPP, "read: not supported by this device")
+
+    async def write(self, data: bytes) -> int:
+        raise OSError(errno.EOPNOTSUPP, "write: not supported by this device")
+
+    def poll(self) -> int:
+        """POLLIN bits: readable now (may arm a timer that wakes the file later)."""
+        return 0
+
+    def close(self) -> None:
+        """The last close: release everything the file holds."""
+
+
+class OpenFile:
+    """The framework's half of an open file, given to the device at open: the
+    peer's credentials, `wakeup()`, `sleep()`, `start_soon()` (a task that lives
+    as long as the file) and the device layer's counters."""
+
+    def __init__(
+        self, sock: trio.socket.SocketType, cred: tuple[int, int, int], nursery: trio.Nursery,
+        stats: DevStat,
+    ) -> None:  # fmt: skip
+        self.sock = sock
+        self.pid, self.uid, self.gid = cred
+        self.stats = stats
+        self._nursery = nursery
+        self._wlock = trio.Lock()
+        self._wakeup_sent = False  # a DEVMSG_WAKEUP outstanding since the last request
+        self._want_wakeup = trio.Event()
+        self._sleeping: trio.Event | None = None
+
+    def wakeup(self) -> None:
+        """selwakeup: the file may be readable (sync; safe from the data path)."""
+        if self._sleeping is not None:
+            self._sleeping.set()
+        if not self._wakeup_sent:
+            self._wakeup_sent = True
+            self._want_wakeup.set()
+
+    def start_soon(self, fn: Callable[[], object]) -> None:
+        self._nursery.start_soon(fn)  # type: ignore[arg-type]
+
+    async def sleep(self, timeout: float | None) -> bool:
+        """Sleep until wakeup() (True) or `timeout` seconds (False; None: no timeout).
+        Raises PeerGone if the process closes its end meanwhile."""
+        ev = trio.Event()
+        self._sleeping = ev
+        gone = False
+        try:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                async with trio.open_nursery() as n:
+
+                    async def watch_peer() -> None:
+                        nonlocal gone
+                        try:  # readable with no request outstanding: EOF (or a stray byte)
+                            peek = await self.sock.recv(1, socket.MSG_PEEK)
+                        except OSError:
+                            peek = b""
+                        if peek == b"":
+                            gone = True
+                            n.cancel_scope.cancel()
+                        else:
+                            await trio.sleep_forever()
+
+                    async def wait_event() -> None:
+                        await ev.wait()
+                        n.cancel_scope.cancel()
+
+                    n.start_soon(watch_peer)
+                    n.start_soon(wait_event)
+        finally:
+            self._sleeping = None
+        if gone:
+            raise PeerGone()
+        return ev.is_set()
+
+    async def send(self, data: bytes) -> None:
+        async with self._wlock:
+            await _sendall(self.sock, data)
+
+    async def _wakeup_writer(self) -> None:
+        while True:
+            await self._want_wakeup.wait()
+            self._want_wakeup = trio.Event()
+            with contextlib.suppress(OSError):
+                await self.send(dev_wakeup())
+
+    def _request_seen(self) -> None:
+        self._wakeup_sent = False
+
+
+async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = await sock.send(view)
+        view = view[n:]
+
+
+@dataclass
+class Device:
+    """A device node: its file name in the worker's directory and its open
+    routine (`open(handle) -> DevFile`; an OSError refuses the open)."""
+
+    name: str
+    open: Callable[[OpenFile], DevFile]
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+async def _recv_exact(sock: trio.socket.SocketType, n: int, fds: list[int] | None) -> bytes | None:
+    """n bytes (None at EOF before the first); descriptors that come with them are
+    appended to `fds` (closed if `fds` is None)."""
+    buf = bytearray()
+    anc = socket.CMSG_SPACE(DEV_MAXFDS * 4)
+    while len(buf) < n:
+        data, ancdata, _flags, _addr = await sock.recvmsg(n - len(buf), anc)
+        for level, kind, cdata in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(cdata[: len(cdata) - len(cdata) % 4])
+                if fds is None:
+                    _close_fds(list(got))
+                else:
+                    fds.extend(got)
+        if not data:
+            if buf:
+                raise PeerGone()
+            return None
+        buf += data
+    return bytes(buf)
+
+
+class DevFs:
+    """A worker's device directory and its listeners (see the module head)."""
+
+    def __init__(self, wdir: pathlib.Path, devices: list[Device], stats: DevStat) -> None:
+        self.wdir = wdir
+        self.devices = devices
+        self.stats = stats
+        self.uid = os.getuid()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Create the directory and the sockets, serve until cancelled, then remove them."""
+        _mkdir_private(self.wdir)
+        listeners: list[tuple[Device, trio.socket.SocketType]] = []
+        try:
+            for dev in self.devices:
+                path = self.wdir / dev.name
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                s = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                await s.bind(str(path))
+                os.chmod(path, 0o600)
+                s.listen(64)
+                listeners.append((dev, s))
+            async with trio.open_nursery() as n:
+                for dev, s in listeners:
+                    n.start_soon(self._accept_loop, dev, s, n)
+                task_status.started()
+        finally:
+            for _dev, s in listeners:
+                s.close()
+            shutil.rmtree(self.wdir, ignore_errors=True)
+
+    async def _accept_loop(
+        self, dev: Device, lsock: trio.socket.SocketType, nursery: trio.Nursery
+    ) -> None:
+        while True:
+            sock, _ = await lsock.accept()
+            nursery.start_soon(self._serve_file, dev, sock)
+
+    async def _serve_file(self, dev: Device, sock: trio.socket.SocketType) -> None:
+        with sock:
+            pid, uid, gid = UCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+            )
+            if uid not in (0, self.uid):
+                self.stats.refused += 1
+                log.warning("%s: open by pid %d uid %d refused (EPERM)", dev.name, pid, uid)
+                with contextlib.suppress(OSError):
+                    await _sendall(sock, dev_reply(errno.EPERM, b"only the server's user or root"))
+                return
+            async with trio.open_nursery() as n:
+                handle = OpenFile(sock, (pid, uid, gid), n, self.stats)
+                try:
+                    f = dev.open(handle)
+                except OSError as e:
+                    await handle.send(dev_reply(e.errno or errno.EIO, str(e).encode()))
+                    return
+                self.stats.open_files += 1
+                self.stats.opens_total += 1
+                try:
+                    n.start_soon(handle._wakeup_writer)
+                    await handle.send(dev_reply(0))
+                    await self._syscalls(handle, f)
+                except (PeerGone, OSError):
+                    pass  # the process went away: its file closes below
+                except Exception:  # a kernel bug must not take the worker down: close the file
+                    log.exception("%s: pid %d: a call failed; its file is closed", dev.name, pid)
+                finally:
+                    f.close()
+                    self.stats.open_files -= 1
+                    n.cancel_scope.cancel()
+
+    async def _syscalls(self, handle: OpenFile, f: DevFile) -> None:
+        sock = handle.sock
+        while True:
+            fds: list[int] = []
+            try:
+                head = await _recv_exact(sock, DEV_REQ.size, fds)
+                if head is None:
+                    return
+                op, cmd, flags, count, length = DEV_REQ.unpack(head)
+                if length > DEV_MAXPAYLOAD:
+                    return  # not a process speaking the ABI: close the file
+                payload = await _recv_exact(sock, length, fds) if length else b""
+                if payload is None:
+                    return
+                handle._request_seen()
+                if op == DEVOP_CLOSE:
+                    await handle.send(dev_reply(0))
+                    return
+                try:
+                    out = await self._call(f, op, cmd, flags, count, payload, fds)
+                    reply = dev_reply(0, out)
+                except OSError as e:
+                    reply = dev_reply(e.errno or errno.EIO, (e.strerror or str(e)).encode())
+            finally:
+                _close_fds(fds)
+            await handle.send(reply)
+
+    @staticmethod
+    async def _call(
+        f: DevFile, op: int, cmd: int, flags: int, count: int, payload: bytes, fds: list[int]
+    ) -> bytes:
+        if op == DEVOP_IOCTL:
+            return await f.ioctl(cmd, payload, fds)
+        if fds:
+            raise OSError(errno.EINVAL, "descriptors are passed with an ioctl only")
+        if op == DEVOP_READ:
+            return await f.read(count, bool(flags & DEVF_NONBLOCK))
+        if op == DEVOP_WRITE:
+            return struct.pack("=I", await f.write(payload))
+        if op == DEVOP_POLL:
+            return DEV_POLL.pack(f.poll())
+        raise OSError(errno.ENOSYS, f"unknown operation {op}")
+
+
+def _mkdir_private(path: pathlib.Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # parents too: a root just removed
+    os.chmod(path, 0o700)
+
+
+def open_instance(port: int) -> pathlib.Path:
+    """A fresh instance directory for the server on `port` (a stale one, left by a
+    killed server, is replaced: the port is ours now)."""
+    path = instance_dir(port)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+    _mkdir_private(path)
+    return path
+
+
+def remove_instance(path: pathlib.Path) -> None:
+    """Remove the instance, and the runtime root with it when no other instance is left."""
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
