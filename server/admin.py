@@ -2,12 +2,15 @@
 
 Read-only, always there:
 
-  GET /stats        the JSON snapshot (`Server.statistics()`)
-  GET /connections  each open connection with its TLS sessions' own counters
-  GET /sysctl       every sysctl node: value, type, writable, description (JSON)
-  GET /ifconfig     each interface: flags, mtu, options, ifconfig's text (JSON)
-  GET /metrics      the counters in Prometheus' text format (server/metrics.py)
-  GET /             a short text index
+  GET /stats          the JSON snapshot (`Server.statistics()`)
+  GET /connections    each open connection with its TLS sessions' own counters
+  GET /stats/history  the last minutes of the counters the dashboard draws
+  GET /sysctl         every sysctl node: value, type, writable, description (JSON)
+  GET /ifconfig       each interface: flags, mtu, options, ifconfig's text (JSON)
+  GET /metrics        the counters in Prometheus' text format (server/metrics.py)
+  GET /               the dashboard for a browser (server/admin_web.py, files in
+                      server/admin_ui/), a short text index for anything else
+                      (always at /index.txt)
 
 With `--admin-control` the process prints a one-time random token at start,
 and these change the kernel of every worker (server/control.py):
@@ -38,6 +41,7 @@ from typing import Any, Protocol
 import h11
 import trio
 
+from server.admin_web import StatsHistory, asset, asset_headers
 from server.control import Result
 from server.http.responses import DateCache, simple_response
 from server.listen import serve_listeners
@@ -67,8 +71,10 @@ class AdminSource(Protocol):
 _INDEX = (
     b"nomapd admin: GET /stats for the kernel counters (JSON),\n"
     b"GET /connections for each open connection and its TLS sessions (JSON),\n"
+    b"GET /stats/history for the last minutes of the dashboard's counters (JSON),\n"
     b"GET /sysctl and /ifconfig for the knobs (JSON), GET /metrics for Prometheus;\n"
-    b"with --admin-control, POST /sysctl (name=value) and POST /ifconfig (nm0 -nomap)\n"
+    b"with --admin-control, POST /sysctl (name=value) and POST /ifconfig (nm0 -nomap);\n"
+    b"GET / in a browser for the live dashboard\n"
 )
 _JSON_GETS = (b"/stats", b"/connections", b"/sysctl", b"/ifconfig")
 _STATUS = {0: 200, errno.ENOENT: 404, errno.ENXIO: 404, errno.EINVAL: 400, errno.EPERM: 403}
@@ -132,7 +138,9 @@ async def _read_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes |
             return None
 
 
-async def _admin_conn(server: AdminSource, stream: trio.SocketStream, token: str | None) -> None:
+async def _admin_conn(
+    server: AdminSource, history: StatsHistory, stream: trio.SocketStream, token: str | None
+) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         with trio.fail_after(10):
@@ -180,10 +188,23 @@ async def _admin_conn(server: AdminSource, stream: trio.SocketStream, token: str
                         extra=[(b"Cache-Control", b"no-store")],
                         head_only=event.method == b"HEAD",
                     )  # fmt: skip
-                elif path == b"/":
+                elif path == b"/stats/history":
+                    body = json.dumps(history.as_json(), separators=(",", ":")).encode()
                     out = simple_response(
-                        conn, 200, date, body=_INDEX, content_type=b"text/plain; charset=utf-8"
-                    )
+                        conn, 200, date, body=body, content_type=b"application/json",
+                        extra=[(b"Cache-Control", b"no-store")],
+                        head_only=event.method == b"HEAD",
+                    )  # fmt: skip
+                elif ui := asset(path, _header(event, b"accept")):
+                    out = simple_response(
+                        conn, 200, date, body=ui[0], content_type=ui[1], extra=asset_headers(),
+                        head_only=event.method == b"HEAD",
+                    )  # fmt: skip
+                elif path in (b"/", b"/index.txt"):
+                    out = simple_response(
+                        conn, 200, date, body=_INDEX, content_type=b"text/plain; charset=utf-8",
+                        extra=[(b"Vary", b"Accept")] if path == b"/" else None,
+                    )  # fmt: skip
                 else:
                     out = simple_response(conn, 404, date, body=b"not found\n")
                 await stream.send_all(out)
@@ -199,13 +220,19 @@ async def _admin_conn(server: AdminSource, stream: trio.SocketStream, token: str
         await stream.aclose()
 
 
+def _header(req: h11.Request, name: bytes) -> bytes:
+    return b", ".join(v for n, v in req.headers if n == name)
+
+
 async def serve_admin(
     server: AdminSource, listeners: list[trio.SocketListener], token: str | None = None
 ) -> None:
     """Serve the admin listener; `token`: --admin-control's, None for read-only."""
+    history = StatsHistory()
 
     async def handler(stream: trio.SocketStream) -> None:
-        await _admin_conn(server, stream, token)
+        await _admin_conn(server, history, stream, token)
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(history.run, server.admin_stats)
         await serve_listeners(handler, listeners, nursery)

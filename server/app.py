@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -58,6 +59,7 @@ from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
 from server.http.responses import DateCache
 from server.http.static import OpenFileCache, Site
 from server.listen import listeners_from_fds, serve_listeners
+from server.reqstat import RequestRecords
 from server.shutdown import drain
 from server.startup import admin_token, announce, certificate, mode_name, open_admin
 from server.txpath import VmWaitQueue
@@ -110,6 +112,8 @@ class Server:
         self.admin_token: str | None = None  # --admin-control: what POSTs must present
         self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf
         self.stats = ServerStat()
+        # Finished page responses a page may ask about (server/reqstat.py).
+        self.request_records = RequestRecords(cfg.worker_index or 0)
         self.date = DateCache()
         self.ssl_ctx: SSL.Context | None = None
         self.fingerprint = ""
@@ -167,6 +171,10 @@ class Server:
         snap["server.connections_active"] = self.active
         snap["server.mode"] = self.mode()
         snap["server.core"] = CORE  # "compiled (mypyc X.Y)" or "pure" (mbuf/_core.py)
+        # CPU seconds this process used (user + system, every thread): the
+        # supervisor sums the workers', as the dashboard's server CPU.
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        snap["server.cpu_seconds"] = round(ru.ru_utime + ru.ru_stime, 3)
         return snap
 
     def connections(self) -> list[dict[str, object]]:

@@ -69,6 +69,7 @@ from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
 from mbuf.tcp_timer import tcp_timer_rexmt
 from mbuf.vm_object import PagerRequest, VmObject
+from server.reqstat import ConnTxStat, tx_account, tx_sample
 from server.transport.errors import client_gone
 
 log = logging.getLogger("nomapd")
@@ -168,6 +169,10 @@ class KernelTx:
         self._fds: list[int] = []
         self._progress_at = trio.current_time()
         self.bytes_written = 0
+        # Set while a response's figures are wanted (server/reqstat.py): this
+        # connection's share of the transmit counters. None otherwise, so that
+        # other responses pay nothing for it.
+        self.stat: ConnTxStat | None = None
         so.so_upcall = self.wake
 
     def wake(self) -> None:
@@ -266,10 +271,14 @@ class KernelTx:
     async def _step(self) -> None:
         """Make progress on the wire, or wait until there is some to make."""
         so = self.so
+        stat = self.stat
+        before = tx_sample(self.kern) if stat is not None else ()
         tcp_output(so)
         txq = so.so_txq
         if tcp_timer_rexmt(so):  # the lossy wire (--loss) lost the next packet
             tcp_output(so)
+        if stat is not None:
+            tx_account(stat, self.kern, before)
         if not txq.empty():
             iov = txq.pending_iov()
             if not iov:  # the retransmission was lost too: go back again next step
@@ -318,7 +327,11 @@ class KernelTx:
             with client_gone:
                 while True:
                     io: list[PagerRequest] = []
+                    stat = self.stat
+                    before = tx_sample(self.kern) if stat is not None else ()
                     status = sendfile_step(job, io)
+                    if stat is not None:
+                        tx_account(stat, self.kern, before)
                     for req in io:
                         self.nursery.start_soon(self._pagein, req)
                     if status is SendfileStatus.DONE:
@@ -334,10 +347,14 @@ class KernelTx:
         self._progress_at = trio.current_time()
         with client_gone:
             while view:
+                stat = self.stat
+                before = tx_sample(self.kern) if stat is not None else ()
                 try:
                     n = sosend(self.so, view, record_type)
                 except NoMemory:
                     n = 0
+                if stat is not None:
+                    tx_account(stat, self.kern, before)
                 view = view[n:]
                 if view:
                     await self._step()
