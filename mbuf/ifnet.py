@@ -346,6 +346,7 @@ class IfTxQueue:
             st.tx_defrag += 1
         st.tx_unmapped_mbufs += unmapped
         # Loss is per wire segment: a TSO burst is lost if any of its segments is.
+        # if_loss is read per packet (sysctl dev.nm.0.loss_ppm applies at once).
         lost = ifp.if_loss > 0.0 and ifp.if_loss_rng.random() < 1.0 - (1.0 - ifp.if_loss) ** nsegs
         if lost:
             st.tx_lost += 1
