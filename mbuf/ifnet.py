@@ -62,7 +62,16 @@ from mbuf.if_tap import (
     if_tap_ether,
 )
 from mbuf.kassert import kassert
-from mbuf.mbuf import EXT_SFBUF, M_EXT, M_NOMAP, Mbuf, m_freem, mtod
+from mbuf.mbuf import (
+    EXT_SFBUF,
+    M_EXT,
+    M_NOMAP,
+    Mbuf,
+    dmamap_addseg,
+    m_freem,
+    mtod,
+    pages_load,
+)
 from mbuf.param import (
     IF_MTU,
     IP_MAXPACKET,
@@ -222,18 +231,6 @@ class Ifnet:
         return [f.name for f in IfCap if f.name and self.if_capenable & f.value]
 
 
-def _addseg(segs: list[memoryview], addrs: list[int], dmap: memoryview, addr: int, n: int) -> None:
-    """_bus_dmamap_addseg: append a piece at arena offset `addr`, merged with the
-    previous one when it follows it physically."""
-    if addrs and addrs[-1] >= 0:
-        prev = addrs[-1]
-        if prev + len(segs[-1]) == addr:
-            segs[-1] = dmap[prev : addr + n]
-            return
-    segs.append(dmap[addr : addr + n])
-    addrs.append(addr)
-
-
 def _load_mapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: list[int]) -> None:
     """A mapped mbuf, by virtual address. An sf_buf mbuf's address is its page's,
     read from the mapping (on a direct map, what pmap_kextract returns); clusters
@@ -243,7 +240,7 @@ def _load_mapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: list[
         owner = ext.ext_mref.m_ext  # duplicates carry no ext_arg1; the owner's sf_buf
         assert owner is not None
         pa: int = owner.ext_arg1.page.phys_addr
-        _addseg(segs, addrs, dmap, pa - PHYS_BASE + m.m_data, m.m_len)
+        dmamap_addseg(segs, addrs, dmap, pa - PHYS_BASE + m.m_data, m.m_len)
         return
     segs.append(mtod(m))
     addrs.append(-1)
@@ -264,10 +261,9 @@ def _load_unmapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: lis
         off = 0
     else:
         off -= hdr_len
-    pa = pgs.pa
-    for i, pgoff, n in pgs.page_ranges(off, rem):
-        _addseg(segs, addrs, dmap, pa[i] - PHYS_BASE + pgoff, n)
-        rem -= n
+    # The pages, by physical address: adjacent ones are one run (merged with the
+    # previous segment if it ends where the run begins), one view per run.
+    rem -= pages_load(dmap, pgs, pgs.pa, off, rem, segs, addrs)
     off = max(0, off - pgs.page_bytes())
     if rem:
         kassert(off + rem <= pgs.trail_len, "busdma: %s bytes beyond the trailer", rem)
