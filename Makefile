@@ -8,12 +8,12 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 ARGS   ?=
 # What ruff checks and formats (mypy's list is `files` in pyproject.toml; tests/test_lint.py reads this line).
-LINT_PATHS = server mbuf ktls bpf userland bench tools tests setup.py
+LINT_PATHS = server mbuf ktls bpf netmap userland bench tools tests setup.py
 
 # The packages of CORE_PACKAGES in mbuf/_core.py (tests/test_core.py holds them equal).
 CORE_SOURCES = $(wildcard mbuf/*.py ktls/*.py bpf/*.py netmap/*.py)
 CORE = $(VENV)/.core
-PURE_TESTS = tests/mbuf tests/ktls tests/bpf tests/server/http
+PURE_TESTS = tests/mbuf tests/ktls tests/bpf tests/netmap tests/server/http
 
 .PHONY: serve test check lint bench stat clean core
 
@@ -48,7 +48,7 @@ check: $(CORE)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider -m "not integration and not slow" \
-		tests/mbuf tests/ktls tests/bpf tests/userland tests/server $(ARGS)
+		tests/mbuf tests/ktls tests/bpf tests/netmap tests/userland tests/server $(ARGS)
 
 lint: $(CORE)
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -116,7 +116,7 @@ def bpf_ioctl_setf(d: BpfD, prog: list[BpfInsn] | None, flush: bool = True) -> N
     bpf = d.bd_bpf
     jit = None
     if prog is not None:
-        if not bpf_validate(prog, bpf.sysctl.maxinsns):
+        if not bpf_validate(prog, bpf.sysctl.maxinsns):  # read per BIOCSETF
             bpf.stats.filters_rejected += 1
             raise OSError(errno.EINVAL, f"BIOCSETF: invalid filter program ({len(prog)} insns)")
         prog = list(prog)
@@ -203,7 +203,7 @@ def bpf_ioctl_setbufmode(d: BpfD, mode: int) -> None:
     """BIOCSETBUFMODE: ZBUF only with net.bpf.zerocopy_enable (else EINVAL, as the
     kernel answers); EBUSY once buffers exist or an interface is attached."""
     if mode == BPF_BUFMODE_ZBUF:
-        if not d.bd_bpf.sysctl.zerocopy_enable:
+        if not d.bd_bpf.sysctl.zerocopy_enable:  # read per BIOCSETBUFMODE
             raise OSError(errno.EINVAL, "BIOCSETBUFMODE: net.bpf.zerocopy_enable is 0")
     elif mode != BPF_BUFMODE_BUFFER:
         raise OSError(errno.EINVAL, f"BIOCSETBUFMODE: unknown mode {mode}")

@@ -165,7 +165,9 @@ class BpfD:
         self.bd_fbuf: BpfBuf | None = None  # free: the spare (None while the reader has one)
         self.bd_slen = 0
         self.bd_hlen = 0
-        self.bd_bufsize = bpf.sysctl.bufsize  # usable bytes of each buffer
+        self.bd_bufsize = (
+            bpf.sysctl.bufsize
+        )  # usable bytes of each buffer (net.bpf.bufsize at open)
         self.bd_bufmode = BPF_BUFMODE_BUFFER
         self.bd_rfilter: list[BpfInsn] | None = None  # read filter (None: accept all)
         self.bd_jit: BpfJitFilter | None = None  # its compiled form

@@ -18,6 +18,12 @@ the received frame with its own Ethernet header, PFIL_IN). Each checks
 `if_bpf is not None and if_bpf.bif_dlist` first, bpf_peers_present: with no
 listener a packet costs that check and nothing else.
 
+The second hook is netmap's: `Ifnet.if_netmap`, a `FrameTap` (netmap's
+NetmapIfTap) that netmap sets only while a copy monitor watches the interface
+and puts back to None when the last one leaves, so without a monitor a packet
+costs one `is not None` test. Netmap's monitors copy at the ring's sync; here
+they copy where BPF taps, the same frames (netmap/netmap_monitor.py).
+
 Models: the BPF_MTAP / bpf_peers_present macros of sys/net/bpf.h, the
 direction words PFIL_IN / PFIL_OUT of sys/net/pfil.h, struct ether_header of
 sys/net/ethernet.h.
@@ -42,6 +48,14 @@ ETHERTYPE_IPV6 = 0x86DD
 # The interface's MAC and its peer's (the far end of the wire), fixed per interface.
 IF_LLADDR: Final = bytes.fromhex("020000000001")
 PEER_LLADDR: Final = bytes.fromhex("020000000002")
+
+
+class FrameTap(Protocol):
+    """Anything that takes a copy of the interface's frames (if_tap_ether's target)."""
+
+    def tap(self, m: Mbuf, direction: int) -> None:
+        """See frame m (not consumed, not modified) travelling `direction`."""
+        ...
 
 
 class IfTap(Protocol):
@@ -72,7 +86,7 @@ def ether_header_mbuf(kern: Kernel, dst: bytes, src: bytes, ethertype: int) -> M
 
 
 def if_tap_ether(
-    tap: IfTap, m: Mbuf, dst: bytes, src: bytes, ethertype: int, direction: int
+    tap: FrameTap, m: Mbuf, dst: bytes, src: bytes, ethertype: int, direction: int
 ) -> None:
     """Tap IP packet m as the Ethernet frame the wire carries: a header mbuf goes in
     front for the tap and is freed after; m is left as it was."""

@@ -64,11 +64,21 @@ from mbuf.if_tap import (
     IF_LLADDR,
     PEER_LLADDR,
     PFIL_OUT,
+    FrameTap,
     IfTap,
     if_tap_ether,
 )
 from mbuf.kassert import kassert
-from mbuf.mbuf import EXT_SFBUF, M_EXT, M_NOMAP, Mbuf, m_freem, mtod
+from mbuf.mbuf import (
+    EXT_SFBUF,
+    M_EXT,
+    M_NOMAP,
+    Mbuf,
+    dmamap_addseg,
+    m_freem,
+    mtod,
+    pages_load,
+)
 from mbuf.param import (
     IF_MTU,
     IP6_HDR_LEN,
@@ -154,6 +164,7 @@ class Ifnet:
         "if_loss",
         "if_loss_rng",
         "if_mtu",
+        "if_netmap",
         "if_xname",
         "stats",
     )
@@ -171,6 +182,9 @@ class Ifnet:
         # The bpf tap point (bpf.BpfIf), set by whoever attaches packet capture
         # (server/app.py); None: no capture, one `is not None` check per packet.
         self.if_bpf: IfTap | None = None
+        # netmap's monitors (netmap.netmap_monitor.NetmapIfTap): set only while
+        # a monitor watches this interface, None otherwise (one test per packet).
+        self.if_netmap: FrameTap | None = None
         self.if_capabilities = (
             IFCAP_TXCSUM | IFCAP_RXCSUM | IFCAP_TSO4 | IFCAP_NOMAP
             | IFCAP_TXCSUM_IPV6 | IFCAP_RXCSUM_IPV6 | IFCAP_TSO6
@@ -242,18 +256,6 @@ def _tso_pseudo(hdr: Mbuf, isipv6: bool) -> None:
     struct.pack_into("!H", buf, off, tcp_pseudo(isipv6, src, dst, 0))
 
 
-def _addseg(segs: list[memoryview], addrs: list[int], dmap: memoryview, addr: int, n: int) -> None:
-    """_bus_dmamap_addseg: append a piece at arena offset `addr`, merged with the
-    previous one when it follows it physically."""
-    if addrs and addrs[-1] >= 0:
-        prev = addrs[-1]
-        if prev + len(segs[-1]) == addr:
-            segs[-1] = dmap[prev : addr + n]
-            return
-    segs.append(dmap[addr : addr + n])
-    addrs.append(addr)
-
-
 def _load_mapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: list[int]) -> None:
     """A mapped mbuf, by virtual address. An sf_buf mbuf's address is its page's,
     read from the mapping (on a direct map, what pmap_kextract returns); clusters
@@ -263,7 +265,7 @@ def _load_mapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: list[
         owner = ext.ext_mref.m_ext  # duplicates carry no ext_arg1; the owner's sf_buf
         assert owner is not None
         pa: int = owner.ext_arg1.page.phys_addr
-        _addseg(segs, addrs, dmap, pa - PHYS_BASE + m.m_data, m.m_len)
+        dmamap_addseg(segs, addrs, dmap, pa - PHYS_BASE + m.m_data, m.m_len)
         return
     segs.append(mtod(m))
     addrs.append(-1)
@@ -284,10 +286,9 @@ def _load_unmapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: lis
         off = 0
     else:
         off -= hdr_len
-    pa = pgs.pa
-    for i, pgoff, n in pgs.page_ranges(off, rem):
-        _addseg(segs, addrs, dmap, pa[i] - PHYS_BASE + pgoff, n)
-        rem -= n
+    # The pages, by physical address: adjacent ones are one run (merged with the
+    # previous segment if it ends where the run begins), one view per run.
+    rem -= pages_load(dmap, pgs, pgs.pa, off, rem, segs, addrs)
     off = max(0, off - pgs.page_bytes())
     if rem:
         kassert(off + rem <= pgs.trail_len, "busdma: %s bytes beyond the trailer", rem)
@@ -337,6 +338,10 @@ class IfTxQueue:
         if bif is not None and bif.bif_dlist:  # BPF_MTAP: the chain the NIC is given
             etype = ETHERTYPE_IPV6 if hdrlen == TCPIP6_HDR_LEN else ETHERTYPE_IP
             if_tap_ether(bif, m, PEER_LLADDR, IF_LLADDR, etype, PFIL_OUT)
+        nmt = ifp.if_netmap
+        if nmt is not None:  # a netmap copy monitor of the TX ring
+            etype = ETHERTYPE_IPV6 if hdrlen == TCPIP6_HDR_LEN else ETHERTYPE_IP
+            if_tap_ether(nmt, m, PEER_LLADDR, IF_LLADDR, etype, PFIL_OUT)
         segs: list[memoryview] = []
         addrs: list[int] = []
         payload = 0
@@ -364,6 +369,7 @@ class IfTxQueue:
             st.tx_defrag += 1
         st.tx_unmapped_mbufs += unmapped
         # Loss is per wire segment: a TSO burst is lost if any of its segments is.
+        # if_loss is read per packet (sysctl dev.nm.0.loss_ppm applies at once).
         lost = ifp.if_loss > 0.0 and ifp.if_loss_rng.random() < 1.0 - (1.0 - ifp.if_loss) ** nsegs
         if lost:
             st.tx_lost += 1

@@ -168,9 +168,13 @@ def ether_input(so: Socket, m: Mbuf) -> None:
         so.so_kern.stats.ifnet.rx_errors += 1
         m_freem(m)
         return
-    bif = so.so_kern.ifnet.if_bpf
+    ifp = so.so_kern.ifnet
+    bif = ifp.if_bpf
     if bif is not None and bif.bif_dlist:  # BPF_MTAP: the frame as it came off the wire
         bif.tap(m, PFIL_IN)
+    nmt = ifp.if_netmap
+    if nmt is not None:  # a netmap copy monitor of the RX ring
+        nmt.tap(m, PFIL_IN)
     etype = struct.unpack_from("!H", mtod(m), 12)[0]
     m_adj(m, ETHER_HDR_LEN)
     if etype == ETHERTYPE_IP:
@@ -202,7 +206,7 @@ def ip_input(so: Socket, m: Mbuf) -> None:
         st.badhlen += 1
         m_freem(m)
         return
-    if kern.ifnet.if_capenable & IFCAP_RXCSUM:
+    if kern.ifnet.if_capenable & IFCAP_RXCSUM:  # per frame received
         m.m_pkthdr_csum_flags |= CSUM_IP_CHECKED | CSUM_IP_VALID  # the NIC checked it
     if m.m_pkthdr_csum_flags & CSUM_IP_CHECKED:
         bad = not m.m_pkthdr_csum_flags & CSUM_IP_VALID

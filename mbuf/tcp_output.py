@@ -192,6 +192,8 @@ def tcp_output(so: Socket) -> int:
     ifp = kern.ifnet
     isipv6 = tp.isipv6
     hdrlen = tcpip_hdrlen(isipv6)
+    # Per burst: `ifconfig nm0 -tso` applies from the next one (ip_output sees the
+    # same if_hwassist within this call).
     tso = bool(ifp.if_capenable & (IFCAP_TSO6 if isipv6 else IFCAP_TSO4))
     maxlen = ifp.if_hw_tsomax - hdrlen - MAX_LINKHDR if tso else tp.t_maxseg
     sent = 0

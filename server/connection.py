@@ -35,6 +35,7 @@ is the loop only: timeouts, keep-alive, pipelining, shutdown, logging.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 from typing import TYPE_CHECKING, cast
 
@@ -52,6 +53,7 @@ from server.http.framing import (
 from server.http.request import Answer, check_request, http10_keepalive, protocol_error_status
 from server.http.responses import error_body, simple_response
 from server.http.static import FileReply, Listing, Simple, plan
+from server.reqstat import WELL_KNOWN, ConnTxStat
 from server.transport import Transport
 from server.transport.errors import ClientGone
 from server.transport.handshake import tls_accept
@@ -64,6 +66,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("nomapd")
 
 
+def _is_page(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.startswith(b"text/html")
+    return False
+
+
 class Connection:
     def __init__(self, server: Server, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
         self.server = server
@@ -71,7 +80,9 @@ class Connection:
         self.sock = stream.socket
         kern = server.kern
         # OSError: reset before we looked (the caller's)
-        self.so, self.peer = so_accept(kern, self.sock, self.cfg.sndbuf)
+        # net.inet.tcp.sendspace and recvspace are read here: a change applies to
+        # new connections (tcp_usr_attach's soreserve).
+        self.so, self.peer = so_accept(kern, self.sock, kern.sendspace, kern.recvspace)
         self.tx = KernelTx(kern, self.so, self.sock, nursery, server.vmq, self.cfg.send_timeout)
         # Plain until a TLS handshake establishes its own.
         self.transport: Transport = PlainTransport(self.tx, kern, server.stats)
@@ -313,6 +324,9 @@ class Connection:
                 close=checked.close,
             )  # fmt: skip
             return
+        if checked.target.startswith(WELL_KNOWN):
+            await self._send_request_record(checked.target, head_only)
+            return
         reply = plan(checked, self.server.site, self.server.file_cache)
         if isinstance(reply, Listing):
             reply = await trio.to_thread.run_sync(reply.render, self.server.site)
@@ -331,6 +345,17 @@ class Connection:
         finally:
             reply.close()
 
+    async def _send_request_record(self, target: bytes, head_only: bool) -> None:
+        """GET /.well-known/nomapd/request/ID: a finished page response's own
+        figures, for the page it delivered (server/reqstat.py)."""
+        rid = target[len(WELL_KNOWN) :].split(b"?", 1)[0].decode("ascii", "replace")
+        status, record = self.server.request_records.lookup(rid)
+        await self._send_simple(
+            status, body=json.dumps(record, sort_keys=True).encode() + b"\n",
+            content_type=b"application/json", head_only=head_only,
+            extra=[(b"Cache-Control", b"no-store"), (b"X-Content-Type-Options", b"nosniff")],
+        )  # fmt: skip
+
     def _last_request(self) -> bool:
         """--max-requests-per-connection reached: this response closes (keepalive_requests)."""
         return self.requests >= self.cfg.max_requests
@@ -340,6 +365,13 @@ class Connection:
         self._status = reply.status
         self._sent = 0
         connection = connection_field(last=self._last_request(), keep10=self._keep10)
+        rid = ""
+        if reply.status == 200 and reply.length and not head_only and _is_page(reply.headers):
+            # A page, sent: it may ask about itself.
+            rid = server.request_records.new_id()
+            # A copy: the open-file cache may share the list with later requests.
+            reply.headers = [*reply.headers, (b"Server-Timing", b'nomapd;desc="%s"' % rid.encode())]
+            self.tx.stat = ConnTxStat()  # KernelTx counts this response's share
         head = file_head(self.h11, reply, server.date.now(), connection)
         self._head_len = len(head)
         self._length = reply.length
@@ -366,6 +398,17 @@ class Connection:
         await self._flush_response()
         self._sent = reply.length
         server.stats.body_bytes += sent
+        if rid:
+            record: dict[str, object] = {
+                "id": rid, "status": reply.status, "content_length": reply.length,
+                "head_bytes": len(head), "body_bytes": sent,
+            }  # fmt: skip
+            stat, self.tx.stat = self.tx.stat, None
+            record.update(stat.figures() if stat is not None else {})
+            tls = self.transport.info()
+            record["tls"] = tls.get("tls", "none")  # plain HTTP has no TLS
+            record["suite"] = tls.get("suite", "")
+            server.request_records.add(rid, record)
 
     # -- the connection ------------------------------------------------------
 

@@ -61,6 +61,7 @@ import trio
 
 from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory
+from mbuf.param import SB_RCVBUF_DEFAULT
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
 from mbuf.sockbuf import SBS_CANTRCVMORE
 from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, soreceive, sosend
@@ -68,6 +69,7 @@ from mbuf.tcp_input import if_rx
 from mbuf.tcp_output import TcpCb, tcp_acked, tcp_output
 from mbuf.tcp_timer import tcp_timer_rexmt
 from mbuf.vm_object import PagerRequest, VmObject
+from server.reqstat import ConnTxStat, tx_account, tx_sample
 from server.transport.errors import client_gone
 
 log = logging.getLogger("nomapd")
@@ -108,7 +110,9 @@ def _peer(addr: object) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def so_accept(kern: Kernel, sock: trio.socket.SocketType, sndbuf: int) -> tuple[Socket, str]:
+def so_accept(
+    kern: Kernel, sock: trio.socket.SocketType, sndbuf: int, rcvbuf: int = SB_RCVBUF_DEFAULT
+) -> tuple[Socket, str]:
     """The model's socket for an accepted host socket (its addresses in the TCP
     control block, a random initial sequence number), and the peer as the logs
     write it. OSError if the client reset before we looked (getpeername)."""
@@ -121,7 +125,7 @@ def so_accept(kern: Kernel, sock: trio.socket.SocketType, sndbuf: int) -> tuple[
     dst, dport, _ = _inaddr(peer)
     iss, irs = struct.unpack("!II", os.urandom(8))  # ours, and the peer's: random per connection
     tp = TcpCb(src, dst, sport, dport, iss, irs=irs, isipv6=isipv6)
-    return Socket(kern, tp, sndbuf), _peer(peer)
+    return Socket(kern, tp, sndbuf, rcvbuf), _peer(peer)
 
 
 class VmWaitQueue:
@@ -165,6 +169,10 @@ class KernelTx:
         self._fds: list[int] = []
         self._progress_at = trio.current_time()
         self.bytes_written = 0
+        # Set while a response's figures are wanted (server/reqstat.py): this
+        # connection's share of the transmit counters. None otherwise, so that
+        # other responses pay nothing for it.
+        self.stat: ConnTxStat | None = None
         so.so_upcall = self.wake
 
     def wake(self) -> None:
@@ -263,10 +271,14 @@ class KernelTx:
     async def _step(self) -> None:
         """Make progress on the wire, or wait until there is some to make."""
         so = self.so
+        stat = self.stat
+        before = tx_sample(self.kern) if stat is not None else ()
         tcp_output(so)
         txq = so.so_txq
         if tcp_timer_rexmt(so):  # the lossy wire (--loss) lost the next packet
             tcp_output(so)
+        if stat is not None:
+            tx_account(stat, self.kern, before)
         if not txq.empty():
             iov = txq.pending_iov()
             if not iov:  # the retransmission was lost too: go back again next step
@@ -315,7 +327,11 @@ class KernelTx:
             with client_gone:
                 while True:
                     io: list[PagerRequest] = []
+                    stat = self.stat
+                    before = tx_sample(self.kern) if stat is not None else ()
                     status = sendfile_step(job, io)
+                    if stat is not None:
+                        tx_account(stat, self.kern, before)
                     for req in io:
                         self.nursery.start_soon(self._pagein, req)
                     if status is SendfileStatus.DONE:
@@ -331,10 +347,14 @@ class KernelTx:
         self._progress_at = trio.current_time()
         with client_gone:
             while view:
+                stat = self.stat
+                before = tx_sample(self.kern) if stat is not None else ()
                 try:
                     n = sosend(self.so, view, record_type)
                 except NoMemory:
                     n = 0
+                if stat is not None:
+                    tx_account(stat, self.kern, before)
                 view = view[n:]
                 if view:
                     await self._step()

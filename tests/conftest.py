@@ -24,6 +24,7 @@ SLOW: Final = frozenset(
     {
         TESTS / "bench" / "test_smoke.py",  # runs the real bench against a real server
         INTEGRATION / "test_pressure.py",  # 5 MiB files through 4 MiB, several times
+        INTEGRATION / "test_browser.py",  # starts chromium, waits on the dashboard's polls
     }
 )
 

@@ -80,7 +80,11 @@ async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
             if not tickets:
                 await tx.flush()
         transport: Transport
-        if cfg.ktls:
+        # kern.ipc.tls.enable and kern.ipc.mb_use_ext_pgs are read here, once per
+        # connection after its handshake: a change applies to new connections.
+        # ktls_enable_tx fails (ENXIO) without unmapped mbufs, and the server
+        # then keeps TLS in user space, as OpenSSL does when the setsockopt fails.
+        if server.kern.ktls_enable and server.kern.mb_use_ext_pgs:
             est = hs.established()
             kern = server.kern
             session = KtlsSession(kern, server.workers, est.suite, est.tx.key, est.tx.iv)

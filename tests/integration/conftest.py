@@ -142,6 +142,16 @@ class ServerProcess:
         self.proc.stderr.close()
 
 
+def serve(root: pathlib.Path, args: list[str], state: pathlib.Path) -> Iterator[ServerProcess]:
+    """A server for a fixture to yield from: stopped afterwards, and it must
+    have exited cleanly (status 0, no traceback)."""
+    srv = ServerProcess(root, args, state)
+    yield srv
+    srv.stop()
+    assert srv.proc.returncode == 0, srv.stderr
+    assert "Traceback" not in srv.stderr, srv.stderr
+
+
 @pytest.fixture(scope="module")
 def default_server(corpus: pathlib.Path, state_dir: pathlib.Path) -> Iterator[ServerProcess]:
     srv = ServerProcess(corpus, [], state_dir)

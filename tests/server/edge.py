@@ -32,8 +32,9 @@ class Edge:
         self.stats = ServerStat()
 
     def server(self, ctx: SSL.Context, *, ktls: bool) -> Server:
-        """What `tls_accept` reads of a `Server`."""
-        cfg = types.SimpleNamespace(handshake_timeout=5.0, ktls=ktls, send_timeout=5.0)
+        """What `tls_accept` reads of a `Server`; `ktls`: kern.ipc.tls.enable."""
+        self.kern.ktls_enable = ktls
+        cfg = types.SimpleNamespace(handshake_timeout=5.0, send_timeout=5.0)
         return cast(
             "Server",
             types.SimpleNamespace(
