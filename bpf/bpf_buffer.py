@@ -81,7 +81,7 @@ def bpf_buffer_ioctl_sblen(d: BpfD, size: int) -> int:
     size set (the ioctl writes it back)."""
     if d.bd_bif is not None:
         raise OSError(errno.EINVAL, "BIOCSBLEN: descriptor already attached (set the size first)")
-    maxbuf = d.bd_bpf.sysctl.maxbufsize
+    maxbuf = d.bd_bpf.sysctl.maxbufsize  # net.bpf.maxbufsize: read per BIOCSBLEN
     size = min(max(size, BPF_MINBUFSIZE), maxbuf)
     bpf_buffer_free(d)
     d.bd_bufsize = size

@@ -45,8 +45,7 @@ def _page_views(phys: PhysMem, pgs: MbufExtPgs, pas: list[int]) -> list[memoryvi
     """The record's payload in pages `pas` (its own or its destination pages, laid
     out alike): one view per physically contiguous run."""
     out: list[memoryview] = []
-    pages_iov(phys.dmap, pas, pgs.npgs, pgs.first_pg_off, pgs.last_pg_len, 0,
-              pgs.page_bytes(), out)  # fmt: skip
+    pages_iov(phys.dmap, pgs, pas, 0, pgs.page_bytes(), out)
     return out
 
 

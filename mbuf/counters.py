@@ -232,6 +232,42 @@ PREFIXES: dict[type[_Group], str] = {
 }
 
 
+# Each group's sysctl node, so that every counter is a read-only sysctl
+# (mbuf/kern_sysctl.py) and a Prometheus metric named after it (server/metrics.py):
+# "ktls.records_framed" is kern.ipc.tls.stats.records_framed. FreeBSD's names where
+# the kernel has the structure (kern.ipc.tls.stats, net.inet.ip.stats,
+# net.inet.tcp.stats, vm.stats, kern.ipc.sfstat); nomapd's own below the nearest
+# FreeBSD node otherwise (mbuf zones, sf_buf pool, socket-buffer peaks, nm0's
+# if_data, the bpf package's BpfStat).
+SYSCTL_PREFIXES: dict[str, str] = {
+    "mbuf": "kern.ipc.mbstat",
+    "sendfile": "kern.ipc.sfstat",
+    "sfbuf": "kern.ipc.sfbuf",
+    "vm": "vm.stats",
+    "ip": "net.inet.ip.stats",
+    "ip6": "net.inet6.ip6.stats",
+    "ifnet": "dev.nm.0.stats",
+    "ktls": "kern.ipc.tls.stats",
+    "sockbuf": "kern.ipc.sockbuf.snd",
+    "sockbuf_rcv": "kern.ipc.sockbuf.rcv",
+    "tcp": "net.inet.tcp.stats",
+    "bpf": "net.bpf.counters",
+}
+
+# Counters that are levels (in use now, peaks, sizes), not counts of events: the
+# names ending in in_use, _active or peak, and these.
+_LEVELS: frozenset[str] = frozenset({
+    "sfbuf.max", "vm.pages_total", "vm.pages_free", "vm.pages_wired", "vm.pages_cached",
+    "vm.pages_anon", "vm.pages_reserved", "bpf.attached", "bpf.buffer_bytes",
+})  # fmt: skip
+
+
+def is_level(key: str) -> bool:
+    """Whether the /stats counter `key` is a level (a gauge) rather than a count."""
+    field = key.rpartition(".")[2]
+    return key in _LEVELS or field.endswith(("in_use", "_active", "peak"))
+
+
 class Counters:
     """All counter groups of one modeled kernel."""
 

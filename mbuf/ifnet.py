@@ -36,6 +36,12 @@ NIC sent it, and a packet (a TSO burst) with a lost segment is lost. Its
 bytes never reach the host socket, nor do those of the packets behind it
 until TCP has sent the lost bytes again (`stalled`, then mbuf/tcp_timer.py).
 
+Checksums in a capture: the driver taps the chain after its encapsulation
+(iflib_txq_drain: iflib_encap, then ETHER_BPF_MTAP), and for a TSO burst
+iflib_parse_header has rewritten th_sum to the pseudo-header sum without the
+length, so a capture shows that; other offloaded segments show tcp_output's
+pseudo-header sum over their length; with no offload, the full checksum.
+
 Deliberate differences: a real NIC has a few hardware rings shared by all
 flows; the model gives each connection its own transmit queue, as a
 multi-queue NIC that hashes flows to queues would, so each host socket can
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import enum
 import random
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -62,9 +69,20 @@ from mbuf.if_tap import (
     if_tap_ether,
 )
 from mbuf.kassert import kassert
-from mbuf.mbuf import EXT_SFBUF, M_EXT, M_NOMAP, Mbuf, m_freem, mtod
+from mbuf.mbuf import (
+    EXT_SFBUF,
+    M_EXT,
+    M_NOMAP,
+    Mbuf,
+    dmamap_addseg,
+    m_freem,
+    mtod,
+    pages_load,
+)
 from mbuf.param import (
     IF_MTU,
+    IP6_HDR_LEN,
+    IP_HDR_LEN,
     IP_MAXPACKET,
     MCLBYTES,
     PHYS_BASE,
@@ -72,6 +90,7 @@ from mbuf.param import (
     TCPIP_HDR_LEN,
     howmany,
 )
+from mbuf.tcpip_hdr import TH_SUM_OFF, tcp_pseudo
 
 if TYPE_CHECKING:
     from mbuf.counters import IfStat
@@ -222,16 +241,19 @@ class Ifnet:
         return [f.name for f in IfCap if f.name and self.if_capenable & f.value]
 
 
-def _addseg(segs: list[memoryview], addrs: list[int], dmap: memoryview, addr: int, n: int) -> None:
-    """_bus_dmamap_addseg: append a piece at arena offset `addr`, merged with the
-    previous one when it follows it physically."""
-    if addrs and addrs[-1] >= 0:
-        prev = addrs[-1]
-        if prev + len(segs[-1]) == addr:
-            segs[-1] = dmap[prev : addr + n]
-            return
-    segs.append(dmap[addr : addr + n])
-    addrs.append(addr)
+def _tso_pseudo(hdr: Mbuf, isipv6: bool) -> None:
+    """iflib_parse_header for a TSO burst: th_sum becomes the pseudo-header sum
+    without the length (each segment's length is the NIC's to add), before the tap."""
+    buf = mtod(hdr)
+    if isipv6:
+        src = int.from_bytes(buf[8:24], "big")
+        dst = int.from_bytes(buf[24:40], "big")
+        off = IP6_HDR_LEN + TH_SUM_OFF
+    else:
+        src = int.from_bytes(buf[12:16], "big")
+        dst = int.from_bytes(buf[16:20], "big")
+        off = IP_HDR_LEN + TH_SUM_OFF
+    struct.pack_into("!H", buf, off, tcp_pseudo(isipv6, src, dst, 0))
 
 
 def _load_mapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: list[int]) -> None:
@@ -243,7 +265,7 @@ def _load_mapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: list[
         owner = ext.ext_mref.m_ext  # duplicates carry no ext_arg1; the owner's sf_buf
         assert owner is not None
         pa: int = owner.ext_arg1.page.phys_addr
-        _addseg(segs, addrs, dmap, pa - PHYS_BASE + m.m_data, m.m_len)
+        dmamap_addseg(segs, addrs, dmap, pa - PHYS_BASE + m.m_data, m.m_len)
         return
     segs.append(mtod(m))
     addrs.append(-1)
@@ -264,10 +286,9 @@ def _load_unmapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: lis
         off = 0
     else:
         off -= hdr_len
-    pa = pgs.pa
-    for i, pgoff, n in pgs.page_ranges(off, rem):
-        _addseg(segs, addrs, dmap, pa[i] - PHYS_BASE + pgoff, n)
-        rem -= n
+    # The pages, by physical address: adjacent ones are one run (merged with the
+    # previous segment if it ends where the run begins), one view per run.
+    rem -= pages_load(dmap, pgs, pgs.pa, off, rem, segs, addrs)
     off = max(0, off - pgs.page_bytes())
     if rem:
         kassert(off + rem <= pgs.trail_len, "busdma: %s bytes beyond the trailer", rem)
@@ -311,6 +332,8 @@ class IfTxQueue:
             hdrlen in (TCPIP_HDR_LEN, TCPIP6_HDR_LEN) and not hdr.m_flags & M_NOMAP,
             "if_transmit: packet must start with its mapped TCP/IP header",
         )
+        if hdr.m_pkthdr_csum_flags & CSUM_TSO:
+            _tso_pseudo(hdr, hdrlen == TCPIP6_HDR_LEN)
         bif = ifp.if_bpf
         if bif is not None and bif.bif_dlist:  # BPF_MTAP: the chain the NIC is given
             etype = ETHERTYPE_IPV6 if hdrlen == TCPIP6_HDR_LEN else ETHERTYPE_IP
@@ -346,6 +369,7 @@ class IfTxQueue:
             st.tx_defrag += 1
         st.tx_unmapped_mbufs += unmapped
         # Loss is per wire segment: a TSO burst is lost if any of its segments is.
+        # if_loss is read per packet (sysctl dev.nm.0.loss_ppm applies at once).
         lost = ifp.if_loss > 0.0 and ifp.if_loss_rng.random() < 1.0 - (1.0 - ifp.if_loss) ** nsegs
         if lost:
             st.tx_lost += 1

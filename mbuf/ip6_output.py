@@ -56,7 +56,7 @@ def ip6_output(kern: Kernel, m: Mbuf, txq: IfTxQueue, src: int, dst: int, nsegs:
     ifp = kern.ifnet
     st = kern.stats.ip6
     sw_csum = m.m_pkthdr_csum_flags & ~ifp.if_hwassist & CSUM_DELAY_DATA_IPV6
-    if sw_csum or not ifp.if_capenable & IFCAP_NOMAP:
+    if sw_csum or not ifp.if_capenable & IFCAP_NOMAP:  # per packet, as ip_output
         conv = ip_unmapped_to_ext(kern, m)
         if conv is None:
             st.odropped += 1

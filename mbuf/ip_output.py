@@ -79,6 +79,9 @@ def ip_output(kern: Kernel, m: Mbuf, txq: IfTxQueue, src: int, dst: int, nsegs: 
     ifp = kern.ifnet
     st = kern.stats.ip
     sw_csum = m.m_pkthdr_csum_flags & ~ifp.if_hwassist
+    # if_capenable and if_hwassist are read here per packet: `ifconfig nm0 -nomap`
+    # (or -txcsum) at run time applies from the next packet on; packets already
+    # queued to the NIC were loaded for DMA as they were.
     if sw_csum & CSUM_DELAY_DATA or not ifp.if_capenable & IFCAP_NOMAP:
         conv = ip_unmapped_to_ext(kern, m)
         if conv is None:

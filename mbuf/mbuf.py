@@ -465,29 +465,65 @@ def mtod(m: Mbuf) -> memoryview:
 
 
 def pages_iov(
-    dmap: memoryview,
-    pa: list[int],
-    npgs: int,
-    first_pg_off: int,
-    last_pg_len: int,
-    off: int,
-    length: int,
-    out: list[memoryview],
+    dmap: memoryview, pgs: MbufExtPgs, pa: list[int], off: int, length: int, out: list[memoryview]
 ) -> None:
-    """Views of bytes [off, off+length) of a page vector through the direct map,
+    """Views of bytes [off, off+length) of a page vector `pa` laid out as `pgs`'s
+    (its own pages, or destination pages laid out alike) through the direct map,
     appended to `out`. Physically contiguous pages come back as one view, as
     busdma coalesces adjacent segments; the caller has checked the bounds."""
-    last = npgs - 1
+    last = pgs.npgs - 1
+    first_pg_off = pgs.first_pg_off
     if last > 0 and pages_contiguous(pa):
         # One run: byte b of the vector is at pa[0] + first_pg_off + b.
-        if off + length > last * PAGE_SIZE - first_pg_off + last_pg_len:
+        if off + length > last * PAGE_SIZE - first_pg_off + pgs.last_pg_len:
             kpanic("pages_iov: %s+%s beyond the pages", off, length)
         base = pa[0] - PHYS_BASE + first_pg_off + off
         if length:
             out.append(dmap[base : base + length])
         return
+    segs: list[memoryview] = []
+    addrs: list[int] = []
+    got = pages_load(dmap, pgs, pa, off, length, segs, addrs)
+    if got != length:
+        kpanic("pages_iov: %s bytes beyond the pages", length - got)
+    out.extend(segs)
+
+
+def dmamap_addseg(
+    segs: list[memoryview], addrs: list[int], dmap: memoryview, addr: int, n: int
+) -> None:
+    """_bus_dmamap_addseg: append the piece at arena offset `addr` (its offset in
+    `addrs`; -1 for bytes outside the arena), merged with the previous segment
+    when it follows it physically."""
+    if addrs and addrs[-1] >= 0:
+        prev = addrs[-1]
+        if prev + len(segs[-1]) == addr:
+            segs[-1] = dmap[prev : addr + n]
+            return
+    segs.append(dmap[addr : addr + n])
+    addrs.append(addr)
+
+
+def pages_load(
+    dmap: memoryview,
+    pgs: MbufExtPgs,
+    pa: list[int],
+    off: int,
+    length: int,
+    segs: list[memoryview],
+    addrs: list[int],
+) -> int:
+    """Bytes [off, off+length) of a page vector `pa` laid out as `pgs`'s, by
+    physical address, appended to `segs` (`dmamap_addseg`): adjacent pages are
+    one run, built in integers, and one view per run. Stops at the last page;
+    returns the bytes loaded."""
+    npgs = pgs.npgs
+    first_pg_off = pgs.first_pg_off
+    last_pg_len = pgs.last_pg_len
+    last = npgs - 1
     run = -1  # arena offset of the run being built
     run_len = 0
+    got = 0
     for i in range(npgs):
         if i == 0:
             pgoff = first_pg_off
@@ -506,17 +542,17 @@ def pages_iov(
             run_len += take
         else:
             if run_len:
-                out.append(dmap[run : run + run_len])
+                dmamap_addseg(segs, addrs, dmap, run, run_len)
             run = addr
             run_len = take
         length -= take
+        got += take
         off = 0
         if not length:
             break
     if run_len:
-        out.append(dmap[run : run + run_len])
-    if length:
-        kpanic("pages_iov: %s bytes beyond the pages", length)
+        dmamap_addseg(segs, addrs, dmap, run, run_len)
+    return got
 
 
 def m_unmapped_iov(m: Mbuf, off: int, length: int) -> list[memoryview]:
@@ -543,9 +579,7 @@ def m_unmapped_iov(m: Mbuf, off: int, length: int) -> list[memoryview]:
         in_pages = pgs.page_bytes() - off
         if in_pages > 0:
             n = min(in_pages, rem)
-            pages_iov(
-                m.m_kern.phys.dmap, pgs.pa, pgs.npgs, pgs.first_pg_off, pgs.last_pg_len, off, n, out
-            )
+            pages_iov(m.m_kern.phys.dmap, pgs, pgs.pa, off, n, out)
             rem -= n
             off = 0
         else:

@@ -232,6 +232,8 @@ def _readahead(kern: Kernel, job: SendfileJob, run: PagerRequest, pindex: int) -
     `kern.readahead` pages when set (SF_USER_READAHEAD). The pages go into the
     cache unwired when the read completes; no mbuf holds them."""
     obj = job.obj
+    # kern.ipc.sendfile.readahead, read per read started (a change applies to the
+    # next one; sf_rhpages_requested counted the call's value when it began).
     if kern.readahead is None:
         want = howmany(job.off + job.rem, PAGE_SIZE) - pindex  # the rest of the request
     else:
@@ -336,8 +338,13 @@ def sendfile_step(job: SendfileJob, new_io: list[PagerRequest]) -> SendfileStatu
     sb = so.so_snd
     kern = so.so_kern
     tls = sb.sb_tls_info
-    kassert(tls is None or kern.mb_use_ext_pgs, "sendfile: TLS socket without ext_pgs (ENXIO)")
-    unmapped = kern.mb_use_ext_pgs
+    # kern.ipc.mb_use_ext_pgs is read here, once per call (a job resumed after a
+    # wait is a new call): a change takes effect with the next sendfile call; the
+    # mbufs already in socket buffers keep their kind and are freed by their own
+    # ext_free. A KTLS socket keeps unmapped mbufs whatever the knob says now:
+    # ktls_enable_tx checked it when the session was made, and records are framed
+    # only on EXT_PGS mbufs.
+    unmapped = kern.mb_use_ext_pgs or tls is not None
     max_pgs = howmany(tls.max_frame_len, PAGE_SIZE) if tls is not None else MBUF_PEXT_MAX_PGS
     lowat = max(sb.sb_lowat, sb.sb_hiwat // 2, PAGE_SIZE)
     while not job.done:

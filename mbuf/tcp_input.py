@@ -206,7 +206,7 @@ def ip_input(so: Socket, m: Mbuf) -> None:
         st.badhlen += 1
         m_freem(m)
         return
-    if kern.ifnet.if_capenable & IFCAP_RXCSUM:
+    if kern.ifnet.if_capenable & IFCAP_RXCSUM:  # per frame received
         m.m_pkthdr_csum_flags |= CSUM_IP_CHECKED | CSUM_IP_VALID  # the NIC checked it
     if m.m_pkthdr_csum_flags & CSUM_IP_CHECKED:
         bad = not m.m_pkthdr_csum_flags & CSUM_IP_VALID

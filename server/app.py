@@ -32,7 +32,7 @@ import logging
 import os
 import resource
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from OpenSSL import SSL
 
 from bpf import Bpf, bpf_stats, bpfattach
 from bpf.bpf_h import DLT_EN10MB
+from bpf.bpf_sysctl import bpf_sysctl_init
 from ktls.handshake import make_server_context
 from ktls.workers import KtlsWorkers
 from mbuf import CORE
@@ -52,8 +53,10 @@ from server.accesslog import AccessLog
 from server.admin import serve_admin
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
+from server.control import Result, counter_descriptions, ifconfig_all, ifconfig_set, sysctl_set
 from server.counters import ServerStat
 from server.devices.bpfdev import bpf_device
+from server.devices.bpfkeys import KeyExport
 from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
 from server.devices.netmapdev import NetmapDev, netmap_device, netmap_rows, netmap_sysctls
 from server.http.responses import DateCache
@@ -61,7 +64,7 @@ from server.http.static import OpenFileCache, Site
 from server.listen import listeners_from_fds, serve_listeners
 from server.reqstat import RequestRecords
 from server.shutdown import drain
-from server.startup import announce, certificate, mode_name, open_admin
+from server.startup import admin_token, announce, certificate, mode_name, open_admin
 from server.txpath import VmWaitQueue
 from server.worker import serve_control
 from userland.devdir import instance_dir
@@ -94,13 +97,23 @@ class Server:
             readahead=cfg.readahead,
             loss=cfg.loss,
             loss_seed=cfg.loss_seed + (cfg.worker_index or 0),
+            ktls_enable=cfg.ktls and not cfg.http,
+            sendspace=cfg.sndbuf,
         )
         # Packet capture: the worker's bpf subsystem and nm0's tap point (the
         # driver taps only while a descriptor is attached to it).
         self.bpf = Bpf()
         self.bpf.sysctl.zerocopy_enable = cfg.bpf_zerocopy
         self.bif = bpfattach(self.bpf, self.kern.ifnet.if_xname, DLT_EN10MB, ETHER_HDR_LEN)
+        self.keys = KeyExport(self.bpf)  # TLS key log lines for captures that ask (--keys)
         self.kern.ifnet.if_bpf = self.bif
+        bpf_sysctl_init(self.kern.sysctl, self.bpf)  # net.bpf.*
+        self.kern.sysctl.add_int(
+            "kern.ipc.tls.maxthreads", "KTLS worker threads (--ktls-workers; 0: encrypt inline; "
+            "set at start)", lambda: cfg.ktls_workers,
+        )  # fmt: skip
+        self.kern.sysctl.describe(counter_descriptions())
+        self.admin_token: str | None = None  # --admin-control: what POSTs must present
         self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf, /dev/netmap
         # netmap: the worker's subsystem; its monitors may watch nm0; its regions
         # are memfds the device passes to the processes that register.
@@ -142,7 +155,8 @@ class Server:
         if cfg.http:
             return
         cert, key, self.fingerprint = certificate(cfg)
-        sink = None
+        export = self.keys.line
+        sink: Callable[[bytes], None] = export
         if cfg.keylog is not None:
             try:
                 fd = os.open(cfg.keylog, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -151,8 +165,11 @@ class Server:
             self._keylog = os.fdopen(fd, "ab", buffering=0)
             keylog = self._keylog
 
-            def sink(line: bytes) -> None:
+            def to_file(line: bytes) -> None:
                 keylog.write(line.rstrip(b"\r\n") + b"\n")
+                export(line)
+
+            sink = to_file
 
         try:
             self.ssl_ctx = make_server_context(
@@ -165,6 +182,7 @@ class Server:
         snap = dict(self.kern.statistics())
         snap.update(self.stats.snapshot())
         snap.update(self.bpf.stats.items())
+        snap["bpf.keylog_sessions_pending"] = len(self.keys.pending)
         snap.update(self.devstat.items())
         snap.update(self.netmap.stats.items())
         snap.update(netmap_sysctls(self.netmap))
@@ -185,13 +203,32 @@ class Server:
         return [c.info() for c in self.conns]
 
     def mode(self) -> str:
-        return mode_name(self.cfg)
+        """As set now: kern.ipc.tls.enable (and mb_use_ext_pgs, which KTLS needs)
+        decide what the next connection gets."""
+        if self.cfg.http:
+            return mode_name(self.cfg)
+        return "ktls" if self.kern.ktls_enable and self.kern.mb_use_ext_pgs else "user-tls"
 
     async def admin_stats(self) -> dict[str, Any]:
         return self.statistics()
 
     async def admin_connections(self) -> list[dict[str, object]]:
         return self.connections()
+
+    async def admin_snapshots(self) -> list[tuple[str, dict[str, Any]]]:
+        return [("0", self.statistics())]
+
+    async def admin_sysctl(self) -> dict[str, dict[str, object]]:
+        return self.kern.sysctl.snapshot()
+
+    async def admin_sysctl_set(self, name: str, value: str) -> Result:
+        return sysctl_set(self, name, value)
+
+    async def admin_ifconfig(self) -> dict[str, dict[str, object]]:
+        return ifconfig_all(self)
+
+    async def admin_ifconfig_set(self, words: list[str]) -> Result:
+        return ifconfig_set(self, words)
 
     def log_access(
         self, peer: str, request: h11.Request | None, status: int, body_bytes: int, started: float
@@ -331,6 +368,7 @@ async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> N
         except OSError as e:
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from e
         admin = await open_admin(cfg)
+        server.admin_token = admin_token(cfg)
         instance = open_instance(_addr(listeners[0])[1])
         wdir = instance / "w0"
     devices = [bpf_device(server.bpf), netmap_device(server.netmapdev)]
@@ -342,6 +380,7 @@ async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> N
                 announce(
                     cfg, server.fingerprint, [_addr(lst) for lst in listeners],
                     _addr(admin[0]) if admin else None, devices=instance,
+                    token=server.admin_token,
                 )  # fmt: skip
             await _serve_services(server, signals, services, listeners, admin)
     finally:
@@ -368,7 +407,7 @@ async def _serve_services(
             server._accepting = front.cancel_scope
             front.start_soon(serve_listeners, server.handle, listeners, conns)
             if admin is not None:
-                front.start_soon(serve_admin, server, admin)
+                front.start_soon(serve_admin, server, admin, server.admin_token)
             await server.stopping.wait()
             front.cancel_scope.cancel()
         for lst in [*listeners, *(admin or [])]:

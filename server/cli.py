@@ -1,7 +1,9 @@
-"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat`, `nomapd pkt-gen`.
+"""The command line: `nomapd serve [ROOT] ...`, `stat`, `top`, `capture`, `pkt-gen`.
 
-Bad flags and bad configuration print one line to stderr and exit with code 2,
-as argparse does for syntax errors.
+`nomapd capture` (a tcpdump for nm0) is userland/capture.py and `nomapd
+pkt-gen` (netmap's) userland/pktgen.py; this file only adds their
+subcommands. Bad flags and bad configuration print one line to stderr and
+exit with code 2, as argparse does for syntax errors.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cert", help="certificate chain (PEM); default: a generated self-signed one")
     s.add_argument("--key", help="private key (PEM) for --cert")
     s.add_argument("--http", action="store_true", help="plain HTTP, no TLS")
-    _bool(s, "ktls", True, "KTLS: the modeled kernel frames and encrypts (TCP_TXTLS_ENABLE)")
+    _bool(s, "ktls", True, "KTLS: the modeled kernel frames and encrypts (kern.ipc.tls.enable)")
     _bool(s, "nomap", True, "NIC has IFCAP_NOMAP (ifconfig nomap/-nomap)")
     _bool(s, "txcsum", True, "NIC checksum offload (IFCAP_TXCSUM{,_IPV6}); off turns TSO off")
     _bool(s, "tso", True, "NIC TCP segmentation offload (IFCAP_TSO4, TSO6)")
@@ -61,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{what} (dev.netmap.{knob}, {default})",
         )  # fmt: skip
     s.add_argument("--phys-mem", default="256M", help="physical memory of the model (256M)")
-    s.add_argument("--sndbuf", default="256K", help="socket send buffer sb_hiwat (256K)")
+    s.add_argument(
+        "--sndbuf", default="256K", help="send buffer sb_hiwat (net.inet.tcp.sendspace; 256K)"
+    )
     s.add_argument("--nsfbufs", type=int, default=0, help="sf_buf pool size; 0 = direct map")
     s.add_argument(
         "--readahead",
@@ -72,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ktls-workers", type=int, default=None, help="encryption threads (0: encrypt inline)"
     )
     s.add_argument(
-        "--loss", default="0", help="probability the model's wire loses a packet; TCP resends (0)"
+        "--loss", default="0", help="probability the wire loses a packet (dev.nm.0.loss_ppm; 0)"
     )
     s.add_argument("--loss-seed", type=int, default=0, help="seed of --loss, for repeatable runs")
     s.add_argument(
@@ -81,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="admin listener HOST:PORT for /stats, or 'off'",
     )
     s.add_argument("--admin-public", action="store_true", help="allow a non-loopback --admin")
+    s.add_argument(
+        "--admin-control", action="store_true",
+        help="admin accepts POST /sysctl and /ifconfig with a token printed at start",
+    )  # fmt: skip
     s.add_argument("--keylog", help="WRITE TLS SECRETS to this file (for Wireshark); off")
     s.add_argument(
         "--tls-profile",
@@ -128,10 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "-B", dest="bpf", action="store_true", help="the bpf descriptors, netstat -B style"
     )
-    g = sub.add_parser("pkt-gen", help="netmap's pkt-gen on a port of the server's /dev/netmap")
-    from userland.pktgen import add_arguments
+    t.add_argument("-w", dest="wait", type=float, help="a line of deltas every WAIT seconds")
+    t.add_argument("-c", dest="count", type=int, help="with -w: stop after COUNT lines")
+    p = sub.add_parser("top", help="the data path's rates per worker, live (q quits)")
+    p.add_argument("--admin", default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}", help="HOST:PORT")
+    p.add_argument("-s", dest="delay", type=float, default=1.0, help="seconds between updates")
+    c = sub.add_parser("capture", help="capture nm0's packets, tcpdump style (pcap, pcapng)")
+    from userland.capture import add_arguments
 
-    add_arguments(g)
+    add_arguments(c)
+    g = sub.add_parser("pkt-gen", help="netmap's pkt-gen on a port of the server's /dev/netmap")
+    from userland.pktgen import add_arguments as pktgen_arguments
+
+    pktgen_arguments(g)
     return top
 
 
@@ -200,6 +217,7 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.loss_seed = ns.loss_seed
     cfg.admin = None if ns.admin == "off" else parse_hostport(ns.admin, "--admin")
     cfg.admin_public = ns.admin_public
+    cfg.admin_control = ns.admin_control
     cfg.keylog = pathlib.Path(ns.keylog) if ns.keylog else None
     cfg.tls_profile = ns.tls_profile
     cfg.max_connections = ns.max_connections
@@ -229,9 +247,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_pktgen(ns)
         if ns.command == "stat":
-            from server.stat import run_stat
+            from server.stat import run_stat, run_watch
 
-            return run_stat(parse_hostport(ns.admin, "--admin"), as_json=ns.json, bpf=ns.bpf)
+            admin = parse_hostport(ns.admin, "--admin")
+            if ns.wait is not None:
+                if not 0 < ns.wait <= 3600 or (ns.count is not None and ns.count < 1):
+                    raise ConfigError("-w takes 0 < WAIT <= 3600 seconds, -c a count >= 1")
+                return run_watch(admin, ns.wait, ns.count)
+            if ns.count is not None:
+                raise ConfigError("-c goes with -w")
+            return run_stat(admin, as_json=ns.json, bpf=ns.bpf)
+        if ns.command == "top":
+            from server.top import run_top
+
+            if not 0.1 <= ns.delay <= 3600:
+                raise ConfigError("-s takes 0.1 to 3600 seconds")
+            return run_top(parse_hostport(ns.admin, "--admin"), ns.delay)
+        if ns.command == "capture":
+            from userland.capture import run
+
+            return run(ns)
         cfg = config_from_args(ns)
         cfg.argv = tuple(argv)  # --workers: the supervisor runs it again for each worker
         if cfg.workers > 1 and cfg.worker_index is None:

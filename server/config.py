@@ -112,6 +112,7 @@ class ServerConfig:
     ktls_workers: int = 0
     admin: tuple[str, int] | None = DEFAULT_ADMIN
     admin_public: bool = False
+    admin_control: bool = False  # POST /sysctl and /ifconfig with a one-time token
     keylog: pathlib.Path | None = None
     tls_profile: str = "intermediate"  # Mozilla's: intermediate or modern (TLS 1.3 only)
     follow_symlinks: bool = False
@@ -205,6 +206,8 @@ class ServerConfig:
             raise ConfigError(
                 f"--admin {self.admin[0]} is not a loopback address (add --admin-public to allow)"
             )
+        if self.admin_control and self.admin is None:
+            raise ConfigError("--admin-control needs the admin listener (not --admin off)")
         if not 0 <= self.max_ranges <= 1024:
             raise ConfigError("--max-ranges must be between 0 and 1024")
         if self.cache_control is not None and not _FIELD_VALUE.fullmatch(self.cache_control):

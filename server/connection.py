@@ -80,7 +80,9 @@ class Connection:
         self.sock = stream.socket
         kern = server.kern
         # OSError: reset before we looked (the caller's)
-        self.so, self.peer = so_accept(kern, self.sock, self.cfg.sndbuf)
+        # net.inet.tcp.sendspace and recvspace are read here: a change applies to
+        # new connections (tcp_usr_attach's soreserve).
+        self.so, self.peer = so_accept(kern, self.sock, kern.sendspace, kern.recvspace)
         self.tx = KernelTx(kern, self.so, self.sock, nursery, server.vmq, self.cfg.send_timeout)
         # Plain until a TLS handshake establishes its own.
         self.transport: Transport = PlainTransport(self.tx, kern, server.stats)

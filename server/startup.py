@@ -9,6 +9,7 @@ imports the other. `server.cli` chooses which one runs.
 from __future__ import annotations
 
 import pathlib
+import secrets
 
 import trio
 
@@ -43,6 +44,7 @@ def announce(
     admin: tuple[str, int] | None,
     extra: str = "",
     devices: pathlib.Path | None = None,
+    token: str | None = None,
 ) -> None:
     """The start-up lines (tests and the bench read the ports from them)."""
     if cfg.keylog is not None:  # first, so that nobody misses it
@@ -57,6 +59,9 @@ def announce(
         print(f"nomapd: TLS profile {cfg.tls_profile} (Mozilla server-side TLS)", flush=True)
     if admin:
         print(f"nomapd: counters on http://{admin[0]}:{admin[1]}/stats (nomapd stat)", flush=True)
+        if token is not None:
+            print(f"nomapd: admin control token {token}", flush=True)
+            print(f"nomapd: dashboard http://{admin[0]}:{admin[1]}/#token={token}", flush=True)
     if devices is not None:
         print(f"nomapd: devices in {devices} (w<N>/bpf, w<N>/netmap; README Devices)", flush=True)
     caps = cfg.capenable()
@@ -70,6 +75,11 @@ def announce(
         f"phys-mem {cfg.phys_mem >> 20}M; ktls workers {cfg.ktls_workers}{extra}",
         flush=True,
     )
+
+
+def admin_token(cfg: ServerConfig) -> str | None:
+    """--admin-control: a new random token for this run (None: the listener is read-only)."""
+    return secrets.token_urlsafe(24) if cfg.admin_control else None
 
 
 async def open_admin(cfg: ServerConfig) -> list[trio.SocketListener] | None:

@@ -6,7 +6,14 @@ requests, sf_bufs and the sfstat counters); the following blocks are the KTLS
 (`kern.ipc.tls.stats`), ip_output conversion, interface, socket-buffer and VM
 counters.
 
-Models: usr.bin/netstat/mbuf.c (the `netstat -m` report).
+`nomapd stat -w 1` prints one line of deltas per interval as `netstat -w 1`
+does (usr.bin/netstat/if.c, sidewaysintpr): a header, then a line per
+interval, the header again every HEADER_EVERY lines; the first line counts
+from the server's start (netstat's first line counts from boot). Columns: the
+stages of the data path (`WATCH_COLUMNS`). A restarted worker's counters
+start again at zero; a delta never shows below zero.
+
+Models: usr.bin/netstat/mbuf.c (the `netstat -m` report), usr.bin/netstat/if.c.
 """
 
 from __future__ import annotations
@@ -14,22 +21,23 @@ from __future__ import annotations
 import http.client
 import json
 import sys
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from bpf.bpfdesc import Xbpfd
 from server.config import ConfigError
 
 
-def fetch(admin: tuple[str, int], timeout: float = 5.0) -> dict[str, Any]:
+def fetch(admin: tuple[str, int], timeout: float = 5.0, path: str = "/stats") -> Any:
     host, port = admin
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", "/stats")
+        conn.request("GET", path)
         resp = conn.getresponse()
         if resp.status != 200:
             raise ConfigError(f"admin {host}:{port} answered {resp.status}")
-        data: dict[str, Any] = json.loads(resp.read())
-        return data
+        return json.loads(resp.read())
     except OSError as e:
         raise ConfigError(f"cannot reach admin {host}:{port}: {e.strerror or e}") from e
     finally:
@@ -123,4 +131,57 @@ def run_stat(admin: tuple[str, int], *, as_json: bool = False, bpf: bool = False
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_stat(stats))
+    return 0
+
+
+def _sum(*keys: str) -> Callable[[dict[str, Any]], int]:
+    return lambda s: sum(int(s.get(k, 0)) for k in keys)
+
+
+def _mapped(s: dict[str, Any]) -> int:
+    return int(s.get("mbuf.mbufs_total", 0)) - int(s.get("mbuf.ext_pgs_total", 0))
+
+
+# (heading, width, what it counts): the transmit path from the page cache to the wire.
+WATCH_COLUMNS: list[tuple[str, int, Callable[[dict[str, Any]], int]]] = [
+    ("records", 8, _sum("ktls.records_encrypted")),  # KTLS records encrypted
+    ("extpgs", 8, _sum("mbuf.ext_pgs_total")),  # unmapped (EXT_PGS) mbufs allocated
+    ("mapped", 8, _mapped),  # other mbufs allocated
+    ("conv", 7, _sum("ip.unmapped_converted")),  # chains ip_output converted to mapped
+    ("sfbufs", 8, _sum("sfbuf.total")),  # sf_buf mappings
+    ("csum-bytes", 11, _sum("ip.sw_csum_bytes")),  # bytes checksummed in software
+    ("packets", 8, _sum("ifnet.tx_segments")),  # wire segments
+    ("wire-bytes", 11, _sum("ifnet.tx_bytes")),  # bytes on the wire, headers included
+    ("drops", 6, _sum("ip.odropped", "ip6.odropped", "ifnet.tx_lost")),
+]
+HEADER_EVERY = 21  # netstat -w: the header again after 21 lines
+
+
+def watch_header() -> str:
+    return " ".join(f"{h:>{w}}" for h, w, _ in WATCH_COLUMNS)
+
+
+def watch_line(prev: dict[str, Any], cur: dict[str, Any]) -> str:
+    return " ".join(f"{max(0, f(cur) - f(prev)):>{w}}" for _, w, f in WATCH_COLUMNS)
+
+
+def run_watch(
+    admin: tuple[str, int], interval: float, count: int | None, out: TextIO = sys.stdout
+) -> int:
+    """`nomapd stat -w INTERVAL [-c COUNT]`: until COUNT lines (or interrupted)."""
+    prev: dict[str, Any] = {}
+    lines = 0
+    next_at = time.monotonic()
+    while count is None or lines < count:
+        cur = fetch(admin)
+        if lines % HEADER_EVERY == 0:
+            out.write(watch_header() + "\n")
+        out.write(watch_line(prev, cur) + "\n")
+        out.flush()
+        prev = cur
+        lines += 1
+        if count is not None and lines >= count:
+            break
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
     return 0

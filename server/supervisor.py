@@ -54,6 +54,7 @@ behind one address.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import pathlib
@@ -68,10 +69,11 @@ import trio
 from server import errorlog
 from server.admin import serve_admin
 from server.config import ServerConfig
+from server.control import Result, combine_sysctl
 from server.devices.devfs import open_instance, remove_instance
 from server.http.responses import DateCache
 from server.listen import reuseport_sockets
-from server.startup import announce, certificate, open_admin
+from server.startup import admin_token, announce, certificate, open_admin
 from server.worker import LineChannel
 
 log = logging.getLogger("nomapd")
@@ -140,16 +142,24 @@ class WorkerSlot:
         return self.proc.pid if self.proc is not None and self.ready else None
 
     async def query(self, what: str) -> Any:
-        """Ask the worker for "stats" or "connections"; None if it cannot answer now."""
-        if not self.ready or self.chan is None:
+        """Ask the worker for "stats", "connections", "sysctl" or "ifconfig"; None if
+        it cannot answer now."""
+        return await self.request({"get": what})
+
+    async def request(self, msg: dict[str, object], *, starting: bool = False) -> Any:
+        """Send one request (server/worker.py) and return its result; None if the
+        worker cannot answer now (`starting`: it said it is ready, nobody else may
+        ask it yet)."""
+        if not (self.ready or starting) or self.chan is None:
             return None
+        what = msg.get("get") or msg.get("set")
         chan = self.chan
         async with self.lock:
             self.next_id += 1
             ident = self.next_id
             with trio.move_on_after(QUERY_TIMEOUT):
                 try:
-                    await chan.send({"id": ident, "get": what})
+                    await chan.send({**msg, "id": ident})
                     while True:
                         reply = await chan.receive()
                         if reply is None:
@@ -173,6 +183,10 @@ class Supervisor:
         self.exit_status = 0
         self.stopping = trio.Event()
         self._admin_scope = trio.CancelScope()
+        self.admin_token: str | None = None  # --admin-control: what POSTs must present
+        # Run-time changes every worker took, in order: replayed to a restarted worker.
+        self.applied: list[dict[str, object]] = []
+        self._apply_lock = trio.Lock()
 
     # -- admin ---------------------------------------------------------------
 
@@ -205,6 +219,49 @@ class Supervisor:
         total["server.worker_restarts"] = sum(slot.restarts for slot in self.slots)
         total["workers"] = per
         return total
+
+    async def admin_snapshots(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each worker's own counters, labelled by its index (/metrics)."""
+        answers = await self._ask_all("stats")
+        return [(str(slot.index), a) for slot, a in zip(self.slots, answers, strict=True)
+                if isinstance(a, dict)]  # fmt: skip
+
+    async def admin_sysctl(self) -> dict[str, dict[str, object]]:
+        answers = await self._ask_all("sysctl")
+        return combine_sysctl([a for a in answers if isinstance(a, dict)])
+
+    async def admin_ifconfig(self) -> dict[str, dict[str, object]]:
+        for a in await self._ask_all("ifconfig"):  # every worker's is set alike
+            if isinstance(a, dict):
+                return a
+        return {}
+
+    async def admin_sysctl_set(self, name: str, value: str) -> Result:
+        return await self.apply_all({"set": "sysctl", "name": name, "value": value})
+
+    async def admin_ifconfig_set(self, words: list[str]) -> Result:
+        return await self.apply_all({"set": "ifconfig", "words": words})
+
+    async def apply_all(self, msg: dict[str, object]) -> Result:
+        """One change on every worker, answered when all have answered. The workers'
+        trees are alike, so they all take it or all refuse it (nothing changed); a
+        worker down now gets it when it is started again (`applied`)."""
+        async with self._apply_lock:
+            results: list[Result] = [Result()] * len(self.slots)
+
+            async def one(i: int) -> None:
+                results[i] = Result.from_json(await self.slots[i].request(msg))
+
+            async with trio.open_nursery() as n:
+                for i in range(len(self.slots)):
+                    n.start_soon(one, i)
+            ok = [r for r in results if r.errno == 0]
+            if ok:
+                self.applied.append(msg)
+            refused = [r for r in results if r.errno not in (0, errno.EAGAIN)]
+            if refused:
+                return refused[0]
+            return ok[0] if ok else results[0]
 
     async def admin_connections(self) -> list[dict[str, object]]:
         answers = await self._ask_all("connections")
@@ -243,6 +300,8 @@ class Supervisor:
             except (trio.BrokenResourceError, OSError, ValueError):
                 hello = None  # as at end of file: it died
         if isinstance(hello, dict) and hello.get("ready"):
+            for msg in self.applied:  # a restarted worker: the changes made since start,
+                await slot.request(msg, starting=True)  # before anyone sees it up
             slot.ready = True
             log.debug("worker %d (pid %d) ready", slot.index, proc.pid)
             if self.stopping.is_set():  # stopped while it started: not told yet
@@ -371,6 +430,7 @@ class Supervisor:
     async def main(self) -> None:
         cfg = self.cfg
         admin = await open_admin(cfg)  # before any worker: a busy port is a ConfigError
+        self.admin_token = admin_token(cfg)
         sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         with trio.open_signal_receiver(*sigs) as signals:
             async with trio.open_nursery() as services:
@@ -388,6 +448,7 @@ class Supervisor:
                             cfg, self.fingerprint, listening,
                             admin[0].socket.getsockname()[:2] if admin else None,
                             f"; workers {len(self.slots)} (pids {pids})", devices=self.instance,
+                            token=self.admin_token,
                         )  # fmt: skip
                         if admin is not None:
                             services.start_soon(self._serve_admin, admin)
@@ -397,7 +458,7 @@ class Supervisor:
 
     async def _serve_admin(self, admin: list[trio.SocketListener]) -> None:
         with self._admin_scope:
-            await serve_admin(self, admin)
+            await serve_admin(self, admin, self.admin_token)
 
 
 def run_supervisor(cfg: ServerConfig) -> int:

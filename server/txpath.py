@@ -61,6 +61,7 @@ import trio
 
 from mbuf.kern import Kernel
 from mbuf.mb_unmapped import NoMemory
+from mbuf.param import SB_RCVBUF_DEFAULT
 from mbuf.sendfile import SendfileJob, SendfileStatus, sendfile_step, vm_pager_iodone
 from mbuf.sockbuf import SBS_CANTRCVMORE
 from mbuf.socket import TLS_RLTYPE_APP, Socket, soclose, soreceive, sosend
@@ -109,7 +110,9 @@ def _peer(addr: object) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def so_accept(kern: Kernel, sock: trio.socket.SocketType, sndbuf: int) -> tuple[Socket, str]:
+def so_accept(
+    kern: Kernel, sock: trio.socket.SocketType, sndbuf: int, rcvbuf: int = SB_RCVBUF_DEFAULT
+) -> tuple[Socket, str]:
     """The model's socket for an accepted host socket (its addresses in the TCP
     control block, a random initial sequence number), and the peer as the logs
     write it. OSError if the client reset before we looked (getpeername)."""
@@ -122,7 +125,7 @@ def so_accept(kern: Kernel, sock: trio.socket.SocketType, sndbuf: int) -> tuple[
     dst, dport, _ = _inaddr(peer)
     iss, irs = struct.unpack("!II", os.urandom(8))  # ours, and the peer's: random per connection
     tp = TcpCb(src, dst, sport, dport, iss, irs=irs, isipv6=isipv6)
-    return Socket(kern, tp, sndbuf), _peer(peer)
+    return Socket(kern, tp, sndbuf, rcvbuf), _peer(peer)
 
 
 class VmWaitQueue:

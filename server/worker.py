@@ -9,7 +9,9 @@ private socketpair, the control channel, as inherited descriptors. The
 channel carries newline-delimited JSON:
 
     worker -> supervisor   {"ready": true, "pid": PID}             once listening
-    supervisor -> worker   {"id": N, "get": "stats"|"connections"}  a request
+    supervisor -> worker   {"id": N, "get": "stats"|"connections"|"sysctl"|"ifconfig"}
+    supervisor -> worker   {"id": N, "set": "sysctl", "name": NAME, "value": TEXT}
+    supervisor -> worker   {"id": N, "set": "ifconfig", "words": ["nm0", "-nomap"]}
     worker -> supervisor   {"id": N, "result": ...}                its answer
 
 So a worker has no admin listener of its own: nothing but its supervisor can
@@ -26,6 +28,8 @@ import socket
 from typing import TYPE_CHECKING
 
 import trio
+
+from server.control import ifconfig_all, ifconfig_set, sysctl_set
 
 if TYPE_CHECKING:
     from server.app import Server
@@ -61,6 +65,27 @@ class LineChannel:
         await self.stream.aclose()
 
 
+def answer(server: Server, req: object) -> object:
+    """The result of one request from the supervisor (None for one it does not know)."""
+    if not isinstance(req, dict):
+        return None
+    what, change = req.get("get"), req.get("set")
+    if what == "stats":
+        return server.statistics()
+    if what == "connections":
+        return server.connections()
+    if what == "sysctl":
+        return server.kern.sysctl.snapshot()
+    if what == "ifconfig":
+        return ifconfig_all(server)
+    if change == "sysctl":
+        return sysctl_set(server, str(req.get("name")), str(req.get("value"))).as_json()
+    if change == "ifconfig":
+        words = req.get("words")
+        return ifconfig_set(server, [str(w) for w in words or []]).as_json()
+    return None
+
+
 async def serve_control(server: Server, fd: int) -> None:
     """Announce readiness, answer the supervisor's queries, stop when it is gone."""
     chan = LineChannel(socket.socket(fileno=fd))
@@ -74,12 +99,7 @@ async def serve_control(server: Server, fd: int) -> None:
             if req is None:
                 server.stop("supervisor gone")
                 return
-            what = req.get("get") if isinstance(req, dict) else None
-            result: object = None
-            if what == "stats":
-                result = server.statistics()
-            elif what == "connections":
-                result = server.connections()
+            result = answer(server, req)
             ident = req.get("id") if isinstance(req, dict) else None
             await chan.send({"id": ident, "result": result})
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

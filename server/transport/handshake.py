@@ -72,6 +72,7 @@ async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
                     return None
                 first = first or data
                 hs.receive_data(data)
+        server.keys.handshake_done(hs.conn.client_random())  # to captures with --keys
         out = hs.data_to_send()
         tickets = bool(out) and hs.conn.get_protocol_version_name() == "TLSv1.3"
         if out:  # TLS 1.2: our Finished (flushed: the client waits); TLS 1.3: tickets
@@ -79,7 +80,11 @@ async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
             if not tickets:
                 await tx.flush()
         transport: Transport
-        if cfg.ktls:
+        # kern.ipc.tls.enable and kern.ipc.mb_use_ext_pgs are read here, once per
+        # connection after its handshake: a change applies to new connections.
+        # ktls_enable_tx fails (ENXIO) without unmapped mbufs, and the server
+        # then keeps TLS in user space, as OpenSSL does when the setsockopt fails.
+        if server.kern.ktls_enable and server.kern.mb_use_ext_pgs:
             est = hs.established()
             kern = server.kern
             session = KtlsSession(kern, server.workers, est.suite, est.tx.key, est.tx.iv)
@@ -118,3 +123,5 @@ async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
     except trio.TooSlowError:
         server.stats.timeouts += 1
         return None
+    finally:
+        server.keys.forget(hs.conn.client_random())  # a session cut off mid-handshake

@@ -197,7 +197,6 @@ def test_demo_page_shows_its_own_request(
     assert errors == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs branch observe")
 def test_dashboard_flips_nomap(state_dir: pathlib.Path, browser: Browser) -> None:
     """With --admin-control, the page opened at the printed URL (#token=...) has
     buttons; turning nomap off under load makes conversions/s non-zero."""

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, cast
 import trio
 from OpenSSL import SSL
 
+from bpf import Bpf
 from ktls.workers import KtlsWorkers
 from mbuf.kern import Kernel
 from server.counters import ServerStat
+from server.devices.bpfkeys import KeyExport
 from server.txpath import KernelTx, VmWaitQueue, so_accept
 
 if TYPE_CHECKING:
@@ -30,12 +32,18 @@ class Edge:
         self.stats = ServerStat()
 
     def server(self, ctx: SSL.Context, *, ktls: bool) -> Server:
-        """What `tls_accept` reads of a `Server`."""
-        cfg = types.SimpleNamespace(handshake_timeout=5.0, ktls=ktls, send_timeout=5.0)
+        """What `tls_accept` reads of a `Server`; `ktls`: kern.ipc.tls.enable."""
+        self.kern.ktls_enable = ktls
+        cfg = types.SimpleNamespace(handshake_timeout=5.0, send_timeout=5.0)
         return cast(
             "Server",
             types.SimpleNamespace(
-                ssl_ctx=ctx, cfg=cfg, kern=self.kern, workers=KtlsWorkers(0), stats=self.stats
+                ssl_ctx=ctx,
+                cfg=cfg,
+                kern=self.kern,
+                workers=KtlsWorkers(0),
+                stats=self.stats,
+                keys=KeyExport(Bpf()),  # no capture asks: handshakes hand nothing over
             ),
         )
 

@@ -53,6 +53,13 @@ def _one_line_error(res: subprocess.CompletedProcess[str], needle: str) -> None:
         (["serve", "--no-sendfile-nomap"], "ENXIO"),  # --ktls is the default
         (["serve", "--ktls", "--no-sendfile-nomap"], "ENXIO"),
         (["stat", "--admin", "127.0.0.1:1"], "cannot reach admin"),
+        (["stat", "--admin", "127.0.0.1:1", "-w", "1"], "cannot reach admin"),
+        (["stat", "-w", "0"], "-w takes 0 < WAIT"),
+        (["stat", "-w", "1", "-c", "0"], "-c a count >= 1"),
+        (["stat", "-c", "3"], "-c goes with -w"),
+        (["top", "--admin", "127.0.0.1:1"], "cannot reach admin"),
+        (["top", "-s", "0"], "-s takes"),
+        (["serve", "--admin-control", "--admin", "off"], "--admin-control needs the admin"),
         ([], "required"),
     ],
 )
