@@ -36,10 +36,12 @@ from netmap.netmap_h import (
 )
 from tests.integration.conftest import ServerProcess
 from tests.integration.test_bpfdev import devices_dir, fetch, wait_closed
+from tests.integration.test_capture import Capture
 from tests.privdrop import as_unprivileged
 from userland.bpfdev import BpfCapture
 from userland.dev import DevFile
 from userland.netmap_user import NmPort, nmport_open, nmreq_msg
+from userland.pcap_file import pcap_read
 from userland.pktgen import SEQ_OFF, build_frame
 
 COUNT = 5000
@@ -296,4 +298,44 @@ def test_bad_port_names_exit_2(server: ServerProcess) -> None:
         assert p.returncode == 2, (name, err)
         assert err.count("\n") == 1 and err.startswith("nomapd pkt-gen: -i "), err
     assert os.path.exists(netmap_path(server))
+    server.assert_no_leaks()
+
+
+@pytest.mark.parametrize(("suffix", "direction"), [("/tr", "inout"), ("/t", "out"), ("/r", "in")])
+def test_capture_from_a_monitor_writes_bpfs_frames(
+    server: ServerProcess, corpus: pathlib.Path, tmp_path: pathlib.Path, suffix: str, direction: str
+) -> None:
+    """`nomapd capture -i netmap:nm0/t` (/r, /tr) beside `-i nm0 -Q out` (in,
+    inout) during one curl fetch: pcap files holding the same frames (both cut
+    at 2048 bytes, the monitor's buffer size)."""
+    mon_file, bpf_file = tmp_path / "mon.pcap", tmp_path / "bpf.pcap"
+    mon = Capture(server, ["-i", f"netmap:nm0{suffix}", "-s", "2048", "-w", str(mon_file)])
+    bpf = Capture(server, ["-i", "nm0", "-Q", direction, "-s", "2048", "-w", str(bpf_file)])
+    try:
+        assert fetch(server, "/f16385.bin") == (corpus / "f16385.bin").read_bytes()
+        wait_closed(server)
+    finally:
+        got_mon = mon.stop()
+        got_bpf = bpf.stop()
+    _lt, _snap, mon_recs = pcap_read(mon_file.read_bytes())
+    _lt, _snap, bpf_recs = pcap_read(bpf_file.read_bytes())
+    frames = [data for _ts, data, _wl in mon_recs]
+    assert frames and frames == [data for _ts, data, _wl in bpf_recs]
+    assert got_mon[0] == got_bpf[0] == len(frames)
+    if direction != "in":
+        assert any(b"HTTP/1.1 200" in f for f in frames)
+    if direction != "out":
+        assert any(b"GET /f16385.bin" in f for f in frames)
+    server.assert_no_leaks()
+
+
+def test_capture_from_a_monitor_refuses_what_it_cannot_do(server: ServerProcess) -> None:
+    for args in (["-i", "netmap:nm0"], ["-i", "netmap:nm0/t", "tcp"], ["-i", "netmap:zz/t"]):
+        cap = Capture(server, args, ready=False)
+        rc = cap.proc.wait(timeout=30)
+        cap._t_err.join(timeout=10)
+        assert rc == 2, (args, cap.err)
+        assert len(cap.err) == 1 and cap.err[0].startswith("nomapd capture: "), cap.err
+        cap.proc.stdout.close()  # type: ignore[union-attr]
+        cap.proc.stderr.close()  # type: ignore[union-attr]
     server.assert_no_leaks()
