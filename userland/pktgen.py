@@ -93,6 +93,7 @@ class Counts:
     packets: int = 0
     batches: int = 0
     bad: int = 0  # --check: packets whose content was wrong
+    t_first: float = 0.0  # rx: when the first packets came (pkt-gen counts from there)
     first_bad: str = ""
 
 
@@ -177,6 +178,8 @@ def rx_body(
             _wait(port, POLLIN, port.kloop)
             report.tick(c)
             continue
+        if not c.packets:
+            c.t_first = time.monotonic()
         if tmpl is not None:
             got = 0
             for a, b in ring.span(head, n):
@@ -307,7 +310,7 @@ def _run(ns: argparse.Namespace, port: NmPort, stop: Stop) -> int:
         c = tx_body(port, ring, frame, ns.batch, ns.count, report, stop)
     else:
         c = rx_body(port, ring, frame if ns.check else None, ns.count, report, stop)
-    dt = max(time.monotonic() - t0, 1e-9)
+    dt = max(time.monotonic() - (c.t_first or t0), 1e-9)
     if port.kloop:
         port.kloop_stop()
     what = "Sent" if ns.function == "tx" else "Received"
