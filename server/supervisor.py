@@ -216,6 +216,8 @@ class Supervisor:
             })  # fmt: skip
             per.append(entry)
         total = sum_stats([s for s in answers if isinstance(s, dict)])
+        for key, v in self.devstat.items():  # the instance's ctl, beside the workers' devices
+            total[key] = int(total.get(key, 0)) + v
         total["server.workers"] = len(self.slots)
         total["server.workers_up"] = sum(1 for s in answers if isinstance(s, dict))
         total["server.worker_restarts"] = sum(slot.restarts for slot in self.slots)

@@ -290,3 +290,14 @@ def test_another_user_is_refused(one: ServerProcess) -> None:
     assert ok(one, "sysctl", "-n", "kern.ipc.mb_use_ext_pgs") == "1\n"
     assert os.stat(inst).st_mode & 0o777 == 0o700
     one.assert_no_leaks()
+
+
+def test_an_open_ctl_is_counted_and_released(srv: ServerProcess) -> None:
+    base = srv.idle_stats()["devfs.open_files"]
+    ctl = CtlDev.open(str(devices_dir(srv)))
+    try:
+        assert srv.stats()["devfs.open_files"] == base + 1  # the supervisor's, with workers
+        assert [n.value for n in ctl.sysctl_get("kern.ipc.mb_use_ext_pgs")] == ["1"]
+    finally:
+        ctl.close()
+    srv.assert_no_leaks()  # devfs.open_files back to zero
