@@ -96,3 +96,18 @@ def test_ctl_ioctls_on_a_kernel() -> None:
     assert IFREQ_INT.unpack(_ioctl(f, SIOCGIFFLAGS, IFREQ_INT.pack(nm0, 0)))[1] == 0x8843
     assert IFREQ_INT.unpack(_ioctl(f, SIOCGIFMTU, IFREQ_INT.pack(nm0, 0)))[1] == ifp.if_mtu
     assert _errno(f, 0x1234) == errno.ENOTTY
+
+
+def test_command_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from server.cli import build_parser, main
+
+    helptext = build_parser().format_help()
+    assert "sysctl" in helptext and "ifconfig" in helptext
+    assert main(["sysctl"]) == 2  # no name and no -a: the usage line, before any device
+    assert capsys.readouterr().err == (
+        "usage: nomapd sysctl [-adn] [--server DIR|PORT] name[=value] ...\n"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["ifconfig", "-z"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "ifconfig: unrecognized arguments: -z\n"
