@@ -52,9 +52,17 @@ from server.accesslog import AccessLog
 from server.admin import serve_admin
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
-from server.control import Result, counter_descriptions, ifconfig_all, ifconfig_set, sysctl_set
+from server.control import (
+    Result,
+    counter_descriptions,
+    ifcap_set,
+    ifconfig_all,
+    ifconfig_set,
+    sysctl_set,
+)
 from server.counters import ServerStat
 from server.devices.bpfdev import bpf_device
+from server.devices.ctldev import ctl_device
 from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
 from server.http.responses import DateCache
 from server.http.static import OpenFileCache, Site
@@ -209,6 +217,9 @@ class Server:
     async def admin_ifconfig_set(self, words: list[str]) -> Result:
         return ifconfig_set(self, words)
 
+    async def admin_ifcap_set(self, ifname: str, reqcap: int) -> Result:
+        return ifcap_set(self, ifname, reqcap)
+
     def log_access(
         self, peer: str, request: h11.Request | None, status: int, body_bytes: int, started: float
     ) -> None:
@@ -354,6 +365,9 @@ async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> N
     try:
         async with trio.open_nursery() as services:
             await services.start(devfs.serve)
+            if instance is not None:  # alone: this process serves the instance's ctl
+                ctl = DevFs(instance, [ctl_device(server)], server.devstat, own_dir=False)
+                await services.start(ctl.serve)
             if instance is not None:
                 announce(
                     cfg, server.fingerprint, [_addr(lst) for lst in listeners],

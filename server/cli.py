@@ -1,4 +1,5 @@
-"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat` and `nomapd top`.
+"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat`, `nomapd top`, `nomapd sysctl`
+and `nomapd ifconfig` (userland programs on the control device: their own flags).
 
 Bad flags and bad configuration print one line to stderr and exit with code 2,
 as argparse does for syntax errors.
@@ -128,7 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("top", help="the data path's rates per worker, live (q quits)")
     p.add_argument("--admin", default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}", help="HOST:PORT")
     p.add_argument("-s", dest="delay", type=float, default=1.0, help="seconds between updates")
+    # Userland programs with their own command lines (userland/sysctl.py, ifconfig.py):
+    # main() hands them the rest of argv; listed here for `nomapd --help`.
+    sub.add_parser("sysctl", help="get or set kernel state: -a, NAME, NAME=VALUE", add_help=False)
+    sub.add_parser("ifconfig", help="print nm0 or change its options: nm0 -nomap", add_help=False)
     return top
+
+
+USERLAND_COMMANDS = ("sysctl", "ifconfig")
 
 
 def _operations_flags(s: argparse.ArgumentParser) -> None:
@@ -215,6 +223,14 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in USERLAND_COMMANDS:
+        if argv[0] == "sysctl":
+            from userland.sysctl import main as sysctl_main
+
+            return sysctl_main(argv[1:])
+        from userland.ifconfig import main as ifconfig_main
+
+        return ifconfig_main(argv[1:])
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "stat":

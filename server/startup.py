@@ -63,7 +63,7 @@ def announce(
             print(f"nomapd: admin control token {token}", flush=True)
             print(f"nomapd: dashboard http://{admin[0]}:{admin[1]}/#token={token}", flush=True)
     if devices is not None:
-        print(f"nomapd: devices in {devices} (w<N>/bpf; README Devices)", flush=True)
+        print(f"nomapd: devices in {devices} (ctl, w<N>/bpf; README Devices)", flush=True)
     caps = cfg.capenable()
     names = ",".join(f.name.removeprefix("IFCAP_") for f in IfCap if f.name and caps & f.value)
     print(f"nomapd: core: {_core.CORE}", flush=True)
