@@ -171,7 +171,6 @@ class Server:
         snap = dict(self.kern.statistics())
         snap.update(self.stats.snapshot())
         snap.update(self.bpf.stats.items())
-        snap["bpf.keylog_sessions_pending"] = len(self.keys.pending)
         snap.update(self.devstat.items())
         # netstat -B's rows (net.bpf.stats): one per descriptor attached to nm0.
         snap["bpf.descriptors"] = [asdict(x) for x in bpf_stats(self.bpf)]
