@@ -32,7 +32,7 @@ import logging
 import os
 import resource
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,7 @@ from server.control import (
 )
 from server.counters import ServerStat
 from server.devices.bpfdev import bpf_device
+from server.devices.bpfkeys import KeyExport
 from server.devices.ctldev import ctl_device
 from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
 from server.http.responses import DateCache
@@ -110,6 +111,7 @@ class Server:
         self.bpf = Bpf()
         self.bpf.sysctl.zerocopy_enable = cfg.bpf_zerocopy
         self.bif = bpfattach(self.bpf, self.kern.ifnet.if_xname, DLT_EN10MB, ETHER_HDR_LEN)
+        self.keys = KeyExport(self.bpf)  # TLS key log lines for captures that ask (--keys)
         self.kern.ifnet.if_bpf = self.bif
         bpf_sysctl_init(self.kern.sysctl, self.bpf)  # net.bpf.*
         self.kern.sysctl.add_int(
@@ -150,7 +152,8 @@ class Server:
         if cfg.http:
             return
         cert, key, self.fingerprint = certificate(cfg)
-        sink = None
+        export = self.keys.line
+        sink: Callable[[bytes], None] = export
         if cfg.keylog is not None:
             try:
                 fd = os.open(cfg.keylog, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -159,8 +162,11 @@ class Server:
             self._keylog = os.fdopen(fd, "ab", buffering=0)
             keylog = self._keylog
 
-            def sink(line: bytes) -> None:
+            def to_file(line: bytes) -> None:
                 keylog.write(line.rstrip(b"\r\n") + b"\n")
+                export(line)
+
+            sink = to_file
 
         try:
             self.ssl_ctx = make_server_context(

@@ -1,8 +1,9 @@
-"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat`, `nomapd top`, `nomapd sysctl`
-and `nomapd ifconfig` (userland programs on the control device: their own flags).
+"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat`, `nomapd top`, `nomapd capture`,
+`nomapd sysctl` and `nomapd ifconfig` (userland programs on the devices: their own flags).
 
-Bad flags and bad configuration print one line to stderr and exit with code 2,
-as argparse does for syntax errors.
+`nomapd capture` (a tcpdump for nm0) is userland/capture.py; this file only
+adds its subcommand. Bad flags and bad configuration print one line to stderr
+and exit with code 2, as argparse does for syntax errors.
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("top", help="the data path's rates per worker, live (q quits)")
     p.add_argument("--admin", default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}", help="HOST:PORT")
     p.add_argument("-s", dest="delay", type=float, default=1.0, help="seconds between updates")
+    c = sub.add_parser("capture", help="capture nm0's packets, tcpdump style (pcap, pcapng)")
+    from userland.capture import add_arguments
+
+    add_arguments(c)
     # Userland programs with their own command lines (userland/sysctl.py, ifconfig.py):
     # main() hands them the rest of argv; listed here for `nomapd --help`.
     sub.add_parser("sysctl", help="get or set kernel state: -a, NAME, NAME=VALUE", add_help=False)
@@ -250,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not 0.1 <= ns.delay <= 3600:
                 raise ConfigError("-s takes 0.1 to 3600 seconds")
             return run_top(parse_hostport(ns.admin, "--admin"), ns.delay)
+        if ns.command == "capture":
+            from userland.capture import run
+
+            return run(ns)
         cfg = config_from_args(ns)
         cfg.argv = tuple(argv)  # --workers: the supervisor runs it again for each worker
         if cfg.workers > 1 and cfg.worker_index is None:
