@@ -58,6 +58,12 @@ def test_charts_from_results_json(tmp_path: pathlib.Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     names = res.stdout.split()
-    assert names == ["throughput.png", "cpu_per_gb.png", "sweep.png", "mbufs_per_gb.png"]
+    assert names == [
+        "throughput.png",
+        "cpu_per_gb.png",
+        "sweep.png",
+        "mbufs_per_gb.png",
+        "capture.png",
+    ]
     for name in names:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
