@@ -19,8 +19,11 @@ sys_ioctl (sys/kern/sys_generic.c).
 
 Deliberate differences: an argument of the wrong length answers EINVAL (a
 real ioctl always copies the length its number encodes, EFAULT if it cannot).
-BIOCPROMISC, BIOCSETWF, BIOCLOCK, BIOCFEEDBACK, signals and the DLT list are
-not modeled: EINVAL, as the kernel answers an unknown ioctl.
+BIOCSKEYLOG and BIOCGKEYLOG are nomapd's (bpf/bpf_keylog.py): TLS key export,
+which FreeBSD does not have. BIOCSKEYLOG copies out whether this call turned
+it on (the device logs that once). BIOCPROMISC, BIOCSETWF, BIOCLOCK,
+BIOCFEEDBACK, signals and the DLT list are not modeled: EINVAL, as the kernel
+answers an unknown ioctl.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from bpf.bpf_h import (
     BIOCGETBUFMODE,
     BIOCGETIF,
     BIOCGETZMAX,
+    BIOCGKEYLOG,
     BIOCGRTIMEOUT,
     BIOCGSTATS,
     BIOCGTSTAMP,
@@ -51,6 +55,7 @@ from bpf.bpf_h import (
     BIOCSETFNR,
     BIOCSETIF,
     BIOCSETZBUF,
+    BIOCSKEYLOG,
     BIOCSRTIMEOUT,
     BIOCSTSTAMP,
     BIOCVERSION,
@@ -78,6 +83,7 @@ from bpf.bpf_h import (
     bpf_program_unpack,
 )
 from bpf.bpf_jit import bpf_jit_compile
+from bpf.bpf_keylog import bpf_keylog_attach, bpf_keylog_detach, bpf_keylog_take
 from bpf.bpf_zerocopy import Uvm
 from bpf.bpfdesc import BpfD
 
@@ -318,4 +324,11 @@ def bpfioctl(d: BpfD, cmd: int, arg: bytes = b"", uvm: Uvm | None = None) -> byt
     if cmd == BIOCSTSTAMP:
         bpf_ioctl_ststamp(d, _u_int("BIOCSTSTAMP", arg))
         return b""
+    if cmd == BIOCSKEYLOG:  # nomapd's own (bpf/bpf_keylog.py)
+        if _u_int("BIOCSKEYLOG", arg):
+            return U_INT.pack(1 if bpf_keylog_attach(d) else 0)
+        bpf_keylog_detach(d)
+        return U_INT.pack(0)
+    if cmd == BIOCGKEYLOG:
+        return bpf_keylog_take(d, _u_int("BIOCGKEYLOG", arg))
     raise OSError(errno.EINVAL, f"bpfioctl: unsupported ioctl {cmd:#x}")

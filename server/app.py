@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ from server.config import ConfigError, ServerConfig
 from server.connection import Connection
 from server.counters import ServerStat
 from server.devices.bpfdev import bpf_device
+from server.devices.bpfkeys import KeyExport
 from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
 from server.http.responses import DateCache
 from server.http.static import OpenFileCache, Site
@@ -96,6 +97,7 @@ class Server:
         self.bpf = Bpf()
         self.bpf.sysctl.zerocopy_enable = cfg.bpf_zerocopy
         self.bif = bpfattach(self.bpf, self.kern.ifnet.if_xname, DLT_EN10MB, ETHER_HDR_LEN)
+        self.keys = KeyExport(self.bpf)  # TLS key log lines for captures that ask (--keys)
         self.kern.ifnet.if_bpf = self.bif
         self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf
         self.stats = ServerStat()
@@ -127,7 +129,8 @@ class Server:
         if cfg.http:
             return
         cert, key, self.fingerprint = certificate(cfg)
-        sink = None
+        export = self.keys.line
+        sink: Callable[[bytes], None] = export
         if cfg.keylog is not None:
             try:
                 fd = os.open(cfg.keylog, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -136,8 +139,11 @@ class Server:
             self._keylog = os.fdopen(fd, "ab", buffering=0)
             keylog = self._keylog
 
-            def sink(line: bytes) -> None:
+            def to_file(line: bytes) -> None:
                 keylog.write(line.rstrip(b"\r\n") + b"\n")
+                export(line)
+
+            sink = to_file
 
         try:
             self.ssl_ctx = make_server_context(
@@ -150,6 +156,7 @@ class Server:
         snap = dict(self.kern.statistics())
         snap.update(self.stats.snapshot())
         snap.update(self.bpf.stats.items())
+        snap["bpf.keylog_sessions_pending"] = len(self.keys.pending)
         snap.update(self.devstat.items())
         # netstat -B's rows (net.bpf.stats): one per descriptor attached to nm0.
         snap["bpf.descriptors"] = [asdict(x) for x in bpf_stats(self.bpf)]

@@ -1,7 +1,8 @@
-"""The command line: `nomapd serve [ROOT] ...` and `nomapd stat`.
+"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat`, `nomapd capture`.
 
-Bad flags and bad configuration print one line to stderr and exit with code 2,
-as argparse does for syntax errors.
+`nomapd capture` (a tcpdump for nm0) is userland/capture.py; this file only
+adds its subcommand. Bad flags and bad configuration print one line to stderr
+and exit with code 2, as argparse does for syntax errors.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "-B", dest="bpf", action="store_true", help="the bpf descriptors, netstat -B style"
     )
+    c = sub.add_parser("capture", help="capture nm0's packets, tcpdump style (pcap, pcapng)")
+    from userland.capture import add_arguments
+
+    add_arguments(c)
     return top
 
 
@@ -209,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from server.stat import run_stat
 
             return run_stat(parse_hostport(ns.admin, "--admin"), as_json=ns.json, bpf=ns.bpf)
+        if ns.command == "capture":
+            from userland.capture import run
+
+            return run(ns)
         cfg = config_from_args(ns)
         cfg.argv = tuple(argv)  # --workers: the supervisor runs it again for each worker
         if cfg.workers > 1 and cfg.worker_index is None:

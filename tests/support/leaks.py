@@ -34,6 +34,11 @@ BPF_LEAK_KEYS: Final = (
     "bpf.attached",
     "bpf.buffers_in_use",
     "bpf.buffer_bytes",
+    # nomapd's TLS key export (bpf/bpf_keylog.py, server/devices/bpfkeys.py): no
+    # descriptor left asking, no secret left pending in one or in the worker.
+    "bpf.keylog_descriptors",
+    "bpf.keylog_bytes",
+    "bpf.keylog_sessions_pending",
 )
 # The device layer's open files and the shared memory they mapped (server/devices/).
 DEVFS_LEAK_KEYS: Final = ("devfs.open_files", "devfs.shm_mapped", "devfs.shm_mapped_bytes")
