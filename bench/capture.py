@@ -26,8 +26,9 @@ on stderr, tcpdump's three lines:
     N packets dropped by kernel
 
 The stderr figures are the record's; the `/stats` row (bd_rcount,
-bd_dcount) stands in when stderr has none (the process died or printed
-nothing). Drops are a fraction of the packets the descriptor received.
+bd_dcount) stands in when stderr has none (the process died, or did not exit
+within STOP_TIMEOUT of the SIGINT and was killed: the record says so).
+Drops are a fraction of the packets the descriptor received.
 
 Capture rows run on the workloads of `WORKLOADS` only (1 MiB at 8
 connections, and at 64 for drops) and with wrk only (`runs_on`).
@@ -127,7 +128,7 @@ class CaptureRun:
     received: int | None = None
     dropped: int | None = None
     source: str = ""  # "stderr" or "/stats" (bpf.descriptors)
-    error: str = ""
+    error: str = ""  # what went wrong with the capture itself (the run's figures stand)
 
     @property
     def drop_fraction(self) -> float | None:
@@ -167,7 +168,7 @@ class CaptureRun:
 def command(c: Capture, port: int, python: str = sys.executable) -> list[str]:
     """The argv of a capture of the instance on `port`, written to /dev/null."""
     argv = [python, "-m", "server", "capture", "--server", str(port), "-i", "nm0"]
-    argv += ["-w", os.devnull, "-s", str(c.snaplen), "--mode", c.mode]
+    argv += ["-w", os.devnull, "-s", str(c.snaplen), "--mode", c.mode, "-q"]
     if c.bufsize_kib is not None:
         argv += ["-B", str(c.bufsize_kib)]
     return argv
@@ -209,8 +210,10 @@ class CaptureProcess:
         self.kill()
         raise CaptureError(f"capture not attached after {timeout:.0f}s: {self._tail()}")
 
-    def stop(self) -> CaptureCounts:
-        """SIGINT (Ctrl-C), wait, and its closing figures; SIGKILL if it does not exit."""
+    def stop(self) -> tuple[CaptureCounts, str]:
+        """SIGINT (Ctrl-C), wait, and its closing figures; SIGKILL if it does not exit
+        within STOP_TIMEOUT, said in the second item (else "")."""
+        note = ""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGINT)
@@ -218,7 +221,8 @@ class CaptureProcess:
                 self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.kill()
-        return parse_stderr(self.stderr())
+                note = f"did not exit within {STOP_TIMEOUT:.0f}s of SIGINT (killed)"
+        return parse_stderr(self.stderr()), note
 
     def kill(self) -> None:
         if self.proc.poll() is None:

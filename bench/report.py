@@ -362,6 +362,12 @@ def _capture_md(s: Summary) -> list[str]:
         "",
         *_md_table(CAPTURE_HEAD, [_capture_cells(c) for c in lines]),
         "",
+        *(
+            f"- {c['workload']}:{c['row']}: {note}"
+            for c in lines
+            for note in c.get("capture_notes", [])
+        ),
+        "",
         "BPF counters per GB served (`/stats`, see `bench.counters`): "
         + ", ".join(f"{k} (`{v}`)" for k, v in CAPTURE_PER_GB.items())
         + ".",

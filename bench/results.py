@@ -112,6 +112,7 @@ class Figures:
     received: float | None = None
     dropped: float | None = None
     drop_fraction: float | None = None
+    capture_notes: list[str] = field(default_factory=list)  # CaptureRun.error, distinct
 
     def metric(self, name: str) -> float | None:
         value: float | None = getattr(self, name)
@@ -161,6 +162,7 @@ def aggregate(records: list[RunRecord]) -> list[Figures]:
                 f.received = _median([_float(c.received) for c in caps])
                 f.dropped = _median([_float(c.dropped) for c in caps])
                 f.drop_fraction = _median([c.drop_fraction for c in caps])
+                f.capture_notes = sorted({c.error for c in caps if c.error})
             keys = sorted({k for r in good for k in r.counters})
             for k in keys:
                 vals = [r.counters.get(k) for r in good]

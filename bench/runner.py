@@ -204,9 +204,12 @@ class Runner:
             run = capture.CaptureRun(s.row.capture.mode, s.row.capture.snaplen)
             run.cpu_s = procfs.cpu_seconds([cap.pid]) - cap_cpu0
             descriptor = capture.descriptor_of(after, cap.pid) if after else None
-            run.settle(cap.stop(), descriptor)
+            counts, note = cap.stop()
+            run.settle(counts, descriptor)
             if not run.source:
-                run.error = f"no capture figures: {cap.stderr().strip()[-200:] or 'no output'}"
+                note = f"{note}; " if note else ""
+                note += f"no capture figures: {cap.stderr().strip()[-200:] or 'no output'}"
+            run.error = note
             rec.capture = run
         if not server.alive():
             rec.error = f"{s.row.name} died during the run: {server.log_tail(3)}"

@@ -84,6 +84,7 @@ class Summary:
                         "received": f.received,
                         "dropped": f.dropped,
                         "drop_fraction": f.drop_fraction,
+                        "capture_notes": f.capture_notes,
                         "bpf_per_gb": {k: v for k, v in f.counters.items() if k.startswith("bpf_")},
                     }
                 )

@@ -68,9 +68,10 @@ def test_command_writes_to_dev_null_with_the_rows_mode_and_snap_length() -> None
         "96",
         "--mode",
         "zbuf",
+        "-q",
     ]
     with_b = capture.command(Capture("buffer", 262144, bufsize_kib=2048), 1, "python3")
-    assert with_b[-5:] == ["262144", "--mode", "buffer", "-B", "2048"]
+    assert with_b[-6:] == ["262144", "--mode", "buffer", "-q", "-B", "2048"]
 
 
 @pytest.mark.parametrize(
@@ -122,6 +123,7 @@ def test_aggregate_takes_medians_of_capture_figures() -> None:
     recs = [record(sweep_point(64), "nomapd-capture-buffer-full", rep=i) for i in range(3)]
     assert recs[0].capture is not None
     recs[1].capture = CaptureRun("buffer", 262144, cpu_s=0.0, captured=1, received=2, dropped=1)
+    recs[2].capture = CaptureRun("buffer", 262144, 3.0 * 1.2, 9_600, 10_000, 400, "/stats", "k")
     recs.append(record(sweep_point(64), "nomapd-capture-buffer-full", rep=3, error="capture died"))
     (f,) = aggregate(recs)
     assert (f.runs, f.runs_ok) == (4, 3)
@@ -129,6 +131,7 @@ def test_aggregate_takes_medians_of_capture_figures() -> None:
     assert f.drop_fraction == pytest.approx(0.04)
     assert f.capture_cpu_s_per_gb == pytest.approx(3.0)  # median of 3, 0, 3
     assert f.cpu_s_per_gb == pytest.approx(12.0)  # the server's own
+    assert f.capture_notes == ["k"]
     (g,) = aggregate([record(ONE_MIB, "nomapd-default")])
     assert g.capture_cpu_s_per_gb is None and g.drop_fraction is None
     doc = recs[0].to_json()
@@ -178,6 +181,13 @@ def test_report_capture_section_and_block() -> None:
     assert "== capture: nomapd capture -w /dev/null on nm0 beside the load (wrk)" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("sweep-64  nomapd-capture-zbuf-96"))
     assert line.split()[-4:] == ["9,900", "10,000", "100", "1.0%"]
+    killed = records()
+    for r in killed:
+        if r.capture is not None and r.row.endswith("zbuf-full") and r.workload == "sweep-64":
+            r.capture.error = "did not exit within 10s of SIGINT (killed)"
+            r.capture.source = "/stats"
+    note = "- sweep-64:nomapd-capture-zbuf-full: did not exit within 10s of SIGINT (killed)"
+    assert note in markdown(summary(killed)).splitlines()
     failed = [r for r in records() if r.row != "nomapd-capture-zbuf-96"]
     failed.append(record(ONE_MIB, "nomapd-capture-zbuf-96", error="capture exited with 2: bad"))
     md = markdown(summary(failed))
