@@ -202,13 +202,13 @@ def capture(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
         ax.barh(ys, server, 0.8, label="server", color="tab:blue")
         ax.barh(ys, cap, 0.8, left=server, label="capture process", color="tab:orange")
         for y, (a, b) in enumerate(zip(server, cap, strict=True)):
-            ax.text(a + b, y, f" {a:.3g} + {b:.3g}", va="center", fontsize=7)
+            ax.text(a + b, y, f" {a:.3g} + {b:.2g}", va="center", fontsize=7)
         ax.set_yticks(ys)
         ax.set_yticklabels(names, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("CPU seconds per GB served")
         ax.set_title(f"{w}: {mine[0]['connections']} connections", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
     ax = axes[-1]
     rows = list(dict.fromkeys(c["row"] for c in lines if c["mode"] != "none"))
     height = 0.8 / len(workloads)
