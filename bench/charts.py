@@ -208,7 +208,8 @@ def capture(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
         ax.invert_yaxis()
         ax.set_xlabel("CPU seconds per GB served")
         ax.set_title(f"{w}: {mine[0]['connections']} connections", fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlim(0, max(s + c for s, c in zip(server, cap, strict=True)) * 1.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     ax = axes[-1]
     rows = list(dict.fromkeys(c["row"] for c in lines if c["mode"] != "none"))
     height = 0.8 / len(workloads)
