@@ -84,6 +84,7 @@ class BpfStat:
     keylog_bytes: int = 0  # key log bytes pending in descriptors
     keylog_lines: int = 0  # lines handed to descriptors
     keylog_dropped: int = 0  # lines not handed: the descriptor had BPF_KEYLOG_MAX pending
+    keylog_sessions_pending: int = 0  # handshakes whose lines the worker holds (bpfkeys.py)
 
     def items(self) -> list[tuple[str, int]]:
         return [(f"bpf.{f.name}", getattr(self, f.name)) for f in fields(self)]
@@ -92,7 +93,7 @@ class BpfStat:
         """The counters that must be zero once every descriptor is closed, when not zero."""
         out: dict[str, int] = {}
         for name in ("descriptors_in_use", "attached", "buffers_in_use", "buffer_bytes",
-                     "keylog_descriptors", "keylog_bytes"):  # fmt: skip
+                     "keylog_descriptors", "keylog_bytes", "keylog_sessions_pending"):  # fmt: skip
             v = int(getattr(self, name))
             if v:
                 out[f"bpf.{name}"] = v

@@ -47,18 +47,26 @@ from ktls.workers import KtlsWorkers
 from mbuf import CORE
 from mbuf.if_tap import ETHER_HDR_LEN
 from mbuf.kern import Kernel
-from netmap import Netmap, netmap_attach_ifnet
+from netmap import Netmap, netmap_attach_ifnet, netmap_sysctl_init
 from server import errorlog
 from server.accesslog import AccessLog
 from server.admin import serve_admin
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
-from server.control import Result, counter_descriptions, ifconfig_all, ifconfig_set, sysctl_set
+from server.control import (
+    Result,
+    counter_descriptions,
+    ifcap_set,
+    ifconfig_all,
+    ifconfig_set,
+    sysctl_set,
+)
 from server.counters import ServerStat
 from server.devices.bpfdev import bpf_device
 from server.devices.bpfkeys import KeyExport
+from server.devices.ctldev import ctl_device
 from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
-from server.devices.netmapdev import NetmapDev, netmap_device, netmap_rows, netmap_sysctls
+from server.devices.netmapdev import NetmapDev, netmap_device, netmap_rows
 from server.http.responses import DateCache
 from server.http.static import OpenFileCache, Site
 from server.listen import listeners_from_fds, serve_listeners
@@ -123,6 +131,7 @@ class Server:
         self.netmap.sysctl.ring_num = cfg.netmap_ring_num
         self.netmap.sysctl.if_num = cfg.netmap_if_num
         netmap_attach_ifnet(self.netmap, self.kern.ifnet)
+        netmap_sysctl_init(self.kern.sysctl, self.netmap)  # dev.netmap.* (nomapd sysctl)
         self.netmapdev = NetmapDev(self.netmap, self.devstat)
         self.stats = ServerStat()
         # Finished page responses a page may ask about (server/reqstat.py).
@@ -182,10 +191,8 @@ class Server:
         snap = dict(self.kern.statistics())
         snap.update(self.stats.snapshot())
         snap.update(self.bpf.stats.items())
-        snap["bpf.keylog_sessions_pending"] = len(self.keys.pending)
         snap.update(self.devstat.items())
         snap.update(self.netmap.stats.items())
-        snap.update(netmap_sysctls(self.netmap))
         snap["netmap.ports"] = netmap_rows(self.netmapdev)  # one row per bound ring
         # netstat -B's rows (net.bpf.stats): one per descriptor attached to nm0.
         snap["bpf.descriptors"] = [asdict(x) for x in bpf_stats(self.bpf)]
@@ -229,6 +236,9 @@ class Server:
 
     async def admin_ifconfig_set(self, words: list[str]) -> Result:
         return ifconfig_set(self, words)
+
+    async def admin_ifcap_set(self, ifname: str, reqcap: int) -> Result:
+        return ifcap_set(self, ifname, reqcap)
 
     def log_access(
         self, peer: str, request: h11.Request | None, status: int, body_bytes: int, started: float
@@ -376,6 +386,9 @@ async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> N
     try:
         async with trio.open_nursery() as services:
             await services.start(devfs.serve)
+            if instance is not None:  # alone: this process serves the instance's ctl
+                ctl = DevFs(instance, [ctl_device(server)], server.devstat, own_dir=False)
+                await services.start(ctl.serve)
             if instance is not None:
                 announce(
                     cfg, server.fingerprint, [_addr(lst) for lst in listeners],

@@ -1,4 +1,6 @@
-"""The command line: `nomapd serve [ROOT] ...`, `stat`, `top`, `capture`, `pkt-gen`.
+"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat`, `nomapd top`, `nomapd capture`,
+`nomapd pkt-gen`, `nomapd sysctl` and `nomapd ifconfig` (userland programs on the devices:
+their own flags).
 
 `nomapd capture` (a tcpdump for nm0) is userland/capture.py and `nomapd
 pkt-gen` (netmap's) userland/pktgen.py; this file only adds their
@@ -149,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     from userland.pktgen import add_arguments as pktgen_arguments
 
     pktgen_arguments(g)
+    # Userland programs with their own command lines (userland/sysctl.py, ifconfig.py):
+    # main() hands them the rest of argv; listed here for `nomapd --help`.
+    sub.add_parser("sysctl", help="get or set kernel state: -a, NAME, NAME=VALUE", add_help=False)
+    sub.add_parser("ifconfig", help="print nm0 or change its options: nm0 -nomap", add_help=False)
     return top
+
+
+USERLAND_COMMANDS = ("sysctl", "ifconfig")
 
 
 def _operations_flags(s: argparse.ArgumentParser) -> None:
@@ -240,6 +249,14 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in USERLAND_COMMANDS:
+        if argv[0] == "sysctl":
+            from userland.sysctl import main as sysctl_main
+
+            return sysctl_main(argv[1:])
+        from userland.ifconfig import main as ifconfig_main
+
+        return ifconfig_main(argv[1:])
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "pkt-gen":

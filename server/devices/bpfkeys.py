@@ -11,6 +11,7 @@ descriptor that asked (`bpf_keylog`); `forget(client_random)` drops a session
 that failed or was cut off. Only sessions that complete their handshake while
 a capture asks are handed over; lines already held when the last capture
 leaves are dropped (and zeroed) at the next call. Nothing is written to disk.
+`bpf.keylog_sessions_pending` counts the sessions held (a leak key).
 
 Models: nothing in FreeBSD, whose TLS secrets stay in the process that ran
 the handshake (see bpf/bpf_keylog.py).
@@ -42,6 +43,7 @@ class KeyExport:
         if len(fields) != 3 or line.startswith(b"#") or not _CLIENT_RANDOM.fullmatch(fields[1]):
             return  # a comment, or not the NSS format: nothing Wireshark reads
         self.pending.setdefault(fields[1].lower(), []).append(bytearray(b" ".join(fields)))
+        self.bpf.stats.keylog_sessions_pending = len(self.pending)
 
     def handshake_done(self, client_random: bytes | None) -> None:
         """The session with this ClientHello.random completed its handshake."""
@@ -57,12 +59,15 @@ class KeyExport:
     def _pop(self, client_random: bytes | None) -> list[bytearray]:
         if client_random is None or not self.pending:
             return []
-        return self.pending.pop(client_random.hex().encode(), [])
+        lines = self.pending.pop(client_random.hex().encode(), [])
+        self.bpf.stats.keylog_sessions_pending = len(self.pending)
+        return lines
 
     def clear(self) -> None:
         for lines in self.pending.values():
             _wipe(lines)
         self.pending.clear()
+        self.bpf.stats.keylog_sessions_pending = 0
 
 
 def _wipe(lines: list[bytearray]) -> None:

@@ -32,6 +32,10 @@ accepted connection is one open file:
 Every message is written by the connection's own tasks under one lock, so a
 reply and a wakeup never interleave on the stream.
 
+The instance's own devices (`ctl`, server/devices/ctldev.py) are served by a
+DevFs on the instance directory itself (`own_dir=False`: it removes only its
+sockets), by the single-process server or the supervisor.
+
 Instance directories: `open_instance(port)` replaces a stale directory from a
 killed server and makes a fresh one (mode 0700); `remove_instance` removes it
 at a clean shutdown. The single-process server and the supervisor own the
@@ -255,8 +259,11 @@ async def _recv_exact(sock: trio.socket.SocketType, n: int, fds: list[int] | Non
 class DevFs:
     """A worker's device directory and its listeners (see the module head)."""
 
-    def __init__(self, wdir: pathlib.Path, devices: list[Device], stats: DevStat) -> None:
+    def __init__(
+        self, wdir: pathlib.Path, devices: list[Device], stats: DevStat, *, own_dir: bool = True
+    ) -> None:
         self.wdir = wdir
+        self.own_dir = own_dir  # False: the instance's own devices (ctl); remove only them
         self.devices = devices
         self.stats = stats
         self.uid = os.getuid()
@@ -282,7 +289,12 @@ class DevFs:
         finally:
             for _dev, s in listeners:
                 s.close()
-            shutil.rmtree(self.wdir, ignore_errors=True)
+            if self.own_dir:
+                shutil.rmtree(self.wdir, ignore_errors=True)
+            else:
+                for dev in self.devices:
+                    with contextlib.suppress(OSError):
+                        (self.wdir / dev.name).unlink()
 
     async def _accept_loop(
         self, dev: Device, lsock: trio.socket.SocketType, nursery: trio.Nursery

@@ -277,16 +277,3 @@ def netmap_device(dev: NetmapDev) -> Device:
 def netmap_rows(dev: NetmapDev) -> list[dict[str, Any]]:
     """The per-ring rows of the open files (/stats netmap.ports)."""
     return [asdict(x) for x in netmap_ports(dev.privs())]
-
-
-def netmap_sysctls(nm: Netmap) -> dict[str, int]:
-    """The dev.netmap.* knobs, as sysctl names them."""
-    k = nm.sysctl
-    return {
-        "dev.netmap.buf_size": k.buf_size,
-        "dev.netmap.buf_num": k.buf_num,
-        "dev.netmap.ring_size": k.ring_size,
-        "dev.netmap.ring_num": k.ring_num,
-        "dev.netmap.if_size": k.if_size,
-        "dev.netmap.if_num": k.if_num,
-    }

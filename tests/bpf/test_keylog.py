@@ -99,6 +99,7 @@ def test_worker_hands_over_only_completed_handshakes() -> None:
     ex.line(nss("CLIENT_RANDOM", CR2, b"\x55" * 48))
     ex.line(b"# a comment")
     assert bpfioctl(d, BIOCGKEYLOG, U_INT.pack(4096)) == b""  # none complete yet
+    assert bpf.stats.keylog_sessions_pending == 2 and bpf.stats.leaks() != {}
     ex.handshake_done(CR1)
     assert bpfioctl(d, BIOCGKEYLOG, U_INT.pack(4096)) == b"".join(x + b"\n" for x in one)
     ex.forget(CR2)  # failed: never handed over
