@@ -339,3 +339,15 @@ def test_capture_from_a_monitor_refuses_what_it_cannot_do(server: ServerProcess)
         cap.proc.stdout.close()  # type: ignore[union-attr]
         cap.proc.stderr.close()  # type: ignore[union-attr]
     server.assert_no_leaks()
+
+
+def test_knobs_are_sysctl_nodes(server: ServerProcess) -> None:
+    """--netmap-ring-num / --netmap-if-num set dev.netmap.* (`nomapd sysctl`)."""
+    cmd = [sys.executable, "-m", "server", "sysctl", "-n", "--server", str(devices_dir(server))]
+    out = subprocess.run(
+        [*cmd, "dev.netmap.ring_num", "dev.netmap.if_num", "dev.netmap.buf_size"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["300", "160", "2048"]
+    server.assert_no_leaks()
