@@ -47,6 +47,7 @@ from ktls.workers import KtlsWorkers
 from mbuf import CORE
 from mbuf.if_tap import ETHER_HDR_LEN
 from mbuf.kern import Kernel
+from netmap import Netmap, netmap_attach_ifnet, netmap_sysctl_init
 from server import errorlog
 from server.accesslog import AccessLog
 from server.admin import serve_admin
@@ -65,6 +66,7 @@ from server.devices.bpfdev import bpf_device
 from server.devices.bpfkeys import KeyExport
 from server.devices.ctldev import ctl_device
 from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
+from server.devices.netmapdev import NetmapDev, netmap_device, netmap_rows
 from server.http.responses import DateCache
 from server.http.static import OpenFileCache, Site
 from server.listen import listeners_from_fds, serve_listeners
@@ -120,7 +122,17 @@ class Server:
         )  # fmt: skip
         self.kern.sysctl.describe(counter_descriptions())
         self.admin_token: str | None = None  # --admin-control: what POSTs must present
-        self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf
+        self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf, /dev/netmap
+        # netmap: the worker's subsystem; its monitors may watch nm0; its regions
+        # are memfds the device passes to the processes that register.
+        self.netmap = Netmap()
+        self.netmap.sysctl.buf_num = cfg.netmap_buf_num
+        self.netmap.sysctl.buf_size = cfg.netmap_buf_size
+        self.netmap.sysctl.ring_num = cfg.netmap_ring_num
+        self.netmap.sysctl.if_num = cfg.netmap_if_num
+        netmap_attach_ifnet(self.netmap, self.kern.ifnet)
+        netmap_sysctl_init(self.kern.sysctl, self.netmap)  # dev.netmap.* (nomapd sysctl)
+        self.netmapdev = NetmapDev(self.netmap, self.devstat)
         self.stats = ServerStat()
         # Finished page responses a page may ask about (server/reqstat.py).
         self.request_records = RequestRecords(cfg.worker_index or 0)
@@ -180,6 +192,8 @@ class Server:
         snap.update(self.stats.snapshot())
         snap.update(self.bpf.stats.items())
         snap.update(self.devstat.items())
+        snap.update(self.netmap.stats.items())
+        snap["netmap.ports"] = netmap_rows(self.netmapdev)  # one row per bound ring
         # netstat -B's rows (net.bpf.stats): one per descriptor attached to nm0.
         snap["bpf.descriptors"] = [asdict(x) for x in bpf_stats(self.bpf)]
         snap["server.connections_active"] = self.active
@@ -367,7 +381,8 @@ async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> N
         server.admin_token = admin_token(cfg)
         instance = open_instance(_addr(listeners[0])[1])
         wdir = instance / "w0"
-    devfs = DevFs(wdir, [bpf_device(server.bpf)], server.devstat)
+    devices = [bpf_device(server.bpf), netmap_device(server.netmapdev)]
+    devfs = DevFs(wdir, devices, server.devstat)
     try:
         async with trio.open_nursery() as services:
             await services.start(devfs.serve)

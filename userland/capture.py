@@ -9,7 +9,9 @@ the remaining arguments) plus nomapd's (`--mode zbuf|buffer`, `--immediate`,
      length (userland/pcap_compile.py; -d/-dd/-ddd print it and exit);
   2. opens the capture sources for `-i`: `nm0` is every worker's /dev/bpf of
      the chosen instance (userland/devdir.py), each a `BpfCapture` set up as
-     pcap_activate_bpf does (userland/bpfdev.py). `SOURCES` maps an
+     pcap_activate_bpf does (userland/bpfdev.py); `netmap:nm0/t` (`/r`,
+     `/tr`) is a netmap copy monitor of nm0 on every worker's /dev/netmap
+     (userland/netmap_capture.py, through `PREFIX_SOURCES`). `SOURCES` maps an
      interface name to its opener, so another kind of source (netmap) plugs
      in beside it without touching the loop;
   3. runs one reader thread per source (`_Reader`): it calls `next_batch()`
@@ -67,6 +69,7 @@ from typing import BinaryIO, Protocol, TextIO
 from bpf import bpf_h as h
 from userland.bpfdev import DEFAULT_BUFSIZE, DEFAULT_SNAPLEN, BpfCapture, Packet
 from userland.devdir import device_paths, find_instance
+from userland.netmap_capture import open_monitors
 from userland.pcap_compile import PcapCompileError, bpf_dump, pcap_compile_expr
 from userland.pcap_file import PcapWriter
 from userland.pcapng_file import PcapngInterface, PcapngWriter
@@ -142,8 +145,33 @@ def open_bpf(ifname: str, spec: SourceSpec) -> list[tuple[str, Source]]:
 SOURCES: dict[str, Callable[[str, SourceSpec], list[tuple[str, Source]]]] = {"nm0": open_bpf}
 
 
+def open_netmap(name: str, spec: SourceSpec) -> list[tuple[str, Source]]:
+    """A copy monitor of nm0 (`netmap:nm0/t`, `/r`, `/tr`) on every worker's
+    /dev/netmap (userland/netmap_capture.py)."""
+    if spec.program is not None:
+        raise CaptureError(f"-i {name}: a filter expression needs /dev/bpf (use -i nm0)")
+    if spec.keys:
+        raise CaptureError(f"-i {name}: --keys needs /dev/bpf (use -i nm0)")
+    try:
+        found = open_monitors(name, spec.server, spec.snaplen, READ_TIMEOUT)
+    except (ValueError, LookupError) as e:
+        raise CaptureError(str(e)) from None
+    except OSError as e:
+        raise CaptureError(f"-i {name}: {e.strerror or e}") from None
+    return [(label, src) for label, src in found]
+
+
+# Name prefix -> opener, for names that are not interfaces: netmap ports.
+PREFIX_SOURCES: dict[str, Callable[[str, SourceSpec], list[tuple[str, Source]]]] = {
+    "netmap:": open_netmap
+}
+
+
 def open_sources(iface: str, spec: SourceSpec) -> list[tuple[str, Source]]:
     opener = SOURCES.get(iface)
+    for prefix, fn in PREFIX_SOURCES.items():
+        if opener is None and iface.startswith(prefix):
+            opener = fn
     if opener is None:
         known = ", ".join(sorted(SOURCES))
         raise CaptureError(f"-i {iface}: no such interface (the model has {known})")
@@ -292,7 +320,10 @@ def capture_loop(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", dest="iface", default="nm0", help="interface: nm0 (default)")
+    p.add_argument(
+        "-i", dest="iface", default="nm0",
+        help="nm0 (default: /dev/bpf) or a monitor of it: netmap:nm0/t, /r, /tr",
+    )  # fmt: skip
     p.add_argument("-w", dest="file", help="write packets to FILE (.pcapng, else pcap; - stdout)")
     p.add_argument("-c", dest="count", type=int, default=0, help="stop after COUNT packets")
     p.add_argument("-s", dest="snaplen", default=str(DEFAULT_SNAPLEN),

@@ -118,7 +118,7 @@ class BpfFile(DevFile):
             with contextlib.suppress(BlockingIOError):
                 return bpfread(d, count, False)
 
-    def poll(self) -> int:
+    def poll(self, events: int) -> int:
         if bpfpoll(self.d):
             return POLLIN | POLLRDNORM
         if self.d.bd_rtout > 0 and not self.timer_armed:

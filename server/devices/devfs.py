@@ -11,10 +11,16 @@ accepted connection is one open file:
      device's `open(handle)` then makes the `DevFile`, and the first message
      on the connection is open's reply (errno 0, or the open's errno).
   2. system calls: each request (mbuf/sys_devio.py: ioctl, read, write, poll,
-     close) is answered by one reply carrying an errno and bytes; an OSError
+     close) is answered by one reply carrying an errno and bytes (poll passes
+     the events it asks for in the request's count, 0 meaning POLLIN); an OSError
      raised by the device becomes its errno and one-line message. Descriptors
      passed with a request (SCM_RIGHTS) are handed to the call and closed after
-     it: a device keeps what it needs by mapping or dup'ing them.
+     it: a device keeps what it needs by mapping or dup'ing them. A call may
+     hand descriptors back (`handle.reply_fds`: netmap's region at REGISTER);
+     they travel with its reply, and stay the device's. A call that must not
+     answer yet (netmap's SYNC_KLOOP_START, which returns only when its loop
+     stops) sets `handle.reply_deferred` and sends its reply itself later with
+     `handle.send`; the file's next requests are served meanwhile.
   3. readiness: the device calls `handle.wakeup()` (from its kernel's wakeup
      hook, sync, on the event loop); the framework writes one DEVMSG_WAKEUP
      frame unless one is outstanding since the peer's last request. A blocking
@@ -68,6 +74,7 @@ from mbuf.sys_devio import (
     DEVOP_POLL,
     DEVOP_READ,
     DEVOP_WRITE,
+    POLLIN,
     dev_reply,
     dev_wakeup,
 )
@@ -110,8 +117,9 @@ class DevFile:
     async def write(self, data: bytes) -> int:
         raise OSError(errno.EOPNOTSUPP, "write: not supported by this device")
 
-    def poll(self) -> int:
-        """POLLIN bits: readable now (may arm a timer that wakes the file later)."""
+    def poll(self, events: int) -> int:
+        """The ready bits of `events` (POLLIN, POLLOUT...) now (may arm a timer
+        that wakes the file later)."""
         return 0
 
     def close(self) -> None:
@@ -135,6 +143,8 @@ class OpenFile:
         self._wakeup_sent = False  # a DEVMSG_WAKEUP outstanding since the last request
         self._want_wakeup = trio.Event()
         self._sleeping: trio.Event | None = None
+        self.reply_fds: list[int] = []  # descriptors for the current call's reply
+        self.reply_deferred = False  # the current call answers later, by itself
 
     def wakeup(self) -> None:
         """selwakeup: the file may be readable (sync; safe from the data path)."""
@@ -181,8 +191,13 @@ class OpenFile:
             raise PeerGone()
         return ev.is_set()
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, fds: list[int] | None = None) -> None:
+        """One message (and descriptors with its first byte, SCM_RIGHTS)."""
         async with self._wlock:
+            if fds:
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+                n = await self.sock.sendmsg([data], anc)
+                data = data[n:]
             await _sendall(self.sock, data)
 
     async def _wakeup_writer(self) -> None:
@@ -339,14 +354,19 @@ class DevFs:
                 if op == DEVOP_CLOSE:
                     await handle.send(dev_reply(0))
                     return
+                handle.reply_fds = []
+                handle.reply_deferred = False
                 try:
                     out = await self._call(f, op, cmd, flags, count, payload, fds)
                     reply = dev_reply(0, out)
                 except OSError as e:
+                    handle.reply_fds = []
                     reply = dev_reply(e.errno or errno.EIO, (e.strerror or str(e)).encode())
             finally:
                 _close_fds(fds)
-            await handle.send(reply)
+            if handle.reply_deferred:
+                continue
+            await handle.send(reply, handle.reply_fds)
 
     @staticmethod
     async def _call(
@@ -361,7 +381,7 @@ class DevFs:
         if op == DEVOP_WRITE:
             return struct.pack("=I", await f.write(payload))
         if op == DEVOP_POLL:
-            return DEV_POLL.pack(f.poll())
+            return DEV_POLL.pack(f.poll(count or POLLIN))
         raise OSError(errno.ENOSYS, f"unknown operation {op}")
 
 
