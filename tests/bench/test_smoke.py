@@ -77,6 +77,32 @@ def test_quick_bench_with_captures(tmp_path: pathlib.Path) -> None:
     assert "== capture: nomapd capture -w /dev/null on nm0" in res.stdout
 
 
+def test_quick_bench_with_the_netmap_monitor(tmp_path: pathlib.Path) -> None:
+    """A real `nomapd capture -i netmap:nm0/tr` beside nomapd: the bench sees it attach by
+    its rings' pid, it captures the run's frames, and its drops come from the server."""
+    assert shutil.which("wrk"), "wrk is not installed (apt-get install wrk; .ci/run does)"
+    argv = [sys.executable, "-m", "bench", "--quick", "--only", "^1m:nomapd-capture-netmap:"]
+    argv += ["--duration", "2", "--tools", "wrk", "--no-install", "--no-charts"]
+    argv += ["--results", str(tmp_path)]
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (out,) = tmp_path.iterdir()
+    doc = json.loads((out / "results.json").read_text())
+    (run,) = doc["runs"]
+    assert run["ok"], run["error"]
+    cap = run["capture"]
+    assert cap["mode"] == "netmap"
+    assert cap["source"] == "stderr" or cap["error"].startswith("did not exit"), cap
+    assert cap["captured"] > 0 and cap["dropped"] >= 0
+    assert cap["captured"] + cap["dropped"] == cap["received"]
+    assert run["capture_cpu_s_per_gb"] > 0
+    # no BPF descriptor did the work: the monitor copied the frames
+    assert run["nomapd_counters_per_gb"]["bpf_captured"] == 0
+    (line,) = doc["capture"]
+    assert line["row"] == "nomapd-capture-netmap" and line["runs_ok"] == 1
+    assert "| 1m | nomapd-capture-netmap |" in (out / "report.md").read_text()
+
+
 def test_charts_from_results_json(tmp_path: pathlib.Path) -> None:
     """The chart step, run as the bench runs it, with the test environment's
     matplotlib (a test dependency) instead of the peers venv's."""
