@@ -226,7 +226,7 @@ def capture(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
     ax.set_yticklabels([r.removeprefix("nomapd-") for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("packets dropped, % of received")
-    ax.set_title("drops (default buffer size)", fontsize=9)
+    ax.set_title("drops (BPF: default buffers; monitor: 1024 slots)", fontsize=9)
     ax.legend(fontsize=8)
     return _save(
         fig,
