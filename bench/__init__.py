@@ -5,7 +5,8 @@ itself, one process each on 127.0.0.1, on the same files and certificate, and
 drives them with the real C load generators wrk and h2load through its
 workloads: 1 MiB and 16 KiB files over kept-alive connections, a new TLS
 connection per small request, four 100 MiB files (memory), and a concurrency
-sweep; and what a packet capture (zero-copy or buffered BPF) costs on 1 MiB.
+sweep; and what a packet capture (zero-copy or buffered BPF, or a netmap
+monitor) costs on 1 MiB.
 For every run it records the tool's requests/s, MB/s and latency, the
 server's CPU seconds per GB and peak RSS (from /proc), and nomapd's
 modeled-kernel counters per GB (from its /stats). It prints a table with the

@@ -9,13 +9,18 @@ costs the capturing process, in each of BPF's buffer modes:
   the process by a read(2) (one round trip and one copy per buffer);
 - `--mode zbuf`: the process loans two buffers of its own shared memory;
   the kernel writes records straight into them and hands a full one over by
-  bumping a generation number (no system call while buffers keep coming).
+  bumping a generation number (no system call while buffers keep coming);
+- the netmap monitor `netmap:nm0/tr` (`NETMAP`): every frame nm0 sends or
+  receives copied into a slot of the monitor's ring (cut at the netmap buffer
+  size, 2048 bytes by default), read after one NIOCRXSYNC per batch; both
+  directions, as BPF's default direction (inout) in the BPF rows.
 
 The capture writes to /dev/null (`-w /dev/null`), so the figure is the
 capture path, not a disk, and runs with the default buffer size (`-B` only if
 a row sets one). The runner (`bench.runner`) starts it after the server is up
 and before the load (`start`: it is ready when its descriptor appears among
-the server's `/stats` `bpf.descriptors` rows, with its pid), reads its CPU
+the server's `/stats` `bpf.descriptors` rows, with its pid, or for the
+monitor its rings among `netmap.ports`), reads its CPU
 seconds from /proc around the load, reads its descriptor's received and
 dropped counts from `/stats` once the server is idle, then stops it with
 SIGINT as a person would (`CaptureProcess.stop`) and parses what it prints
@@ -29,6 +34,12 @@ The stderr figures are the record's; the `/stats` row (bd_rcount,
 bd_dcount) stands in when stderr has none (the process died, or did not exit
 within STOP_TIMEOUT of the SIGINT and was killed: the record says so).
 Drops are a fraction of the packets the descriptor received.
+
+A monitor's capture prints 0 dropped (netmap has no BIOCGSTATS): its drops
+are the server's `netmap.monitor_drops` over the run (frames that found the
+monitor's ring full), its received count what it captured plus those
+(`settle_monitor`); without stderr, the slots its RX rings moved
+(`netmap.ports`) stand in for the captured count.
 
 Capture rows run on the workloads of `WORKLOADS` only (1 MiB at 8
 connections, and at 64 for drops) and with wrk only (`runs_on`).
@@ -50,7 +61,9 @@ from typing import Any
 
 ZBUF = "zbuf"
 BUFFER = "buffer"
-MODES = (ZBUF, BUFFER)
+NETMAP = "netmap"  # a netmap copy monitor, not a BPF buffer mode
+MODES = (ZBUF, BUFFER, NETMAP)
+MONITOR = "netmap:nm0/tr"  # both directions, as the BPF rows' default (-Q inout)
 SNAP_HEADERS = 96  # tcpdump's old default: Ethernet, IP and TCP headers and a little more
 SNAP_FULL = 262144  # libpcap's MAXIMUM_SNAPLEN: whole frames (a TSO burst is up to 64 KiB)
 WORKLOADS = ("1m", "sweep-64")  # 1 MiB at 8 connections; at 64 for the drops
@@ -72,13 +85,17 @@ class CaptureError(Exception):
 class Capture:
     """What a capture row runs beside the server."""
 
-    mode: str  # ZBUF or BUFFER
+    mode: str  # ZBUF, BUFFER or NETMAP
     snaplen: int
     bufsize_kib: int | None = None  # -B; None: the capture's default
 
     @property
     def snap_label(self) -> str:
         return "full" if self.snaplen == SNAP_FULL else str(self.snaplen)
+
+    @property
+    def iface(self) -> str:
+        return MONITOR if self.mode == NETMAP else "nm0"
 
 
 def runs_on(workload: str, tool: str) -> bool:
@@ -115,6 +132,24 @@ def descriptor_of(stats: Mapping[str, Any], pid: int) -> dict[str, Any] | None:
         if isinstance(row, dict) and row.get("bd_pid") == pid:
             return row
     return None
+
+
+def monitor_rx_slots(stats: Mapping[str, Any], pid: int) -> int | None:
+    """The slots the RX rings of the process `pid` moved (`/stats` `netmap.ports`);
+    None: it has no ring bound."""
+    rows = [
+        r
+        for r in stats.get("netmap.ports", []) or []
+        if isinstance(r, dict) and r.get("pid") == pid
+    ]
+    if not rows:
+        return None
+    return sum(int(r["slots"]) for r in rows if str(r.get("ring", "")).startswith("RX"))
+
+
+def attached(stats: Mapping[str, Any], pid: int) -> bool:
+    """Whether the process `pid` has a BPF descriptor or a netmap ring in the server."""
+    return descriptor_of(stats, pid) is not None or monitor_rx_slots(stats, pid) is not None
 
 
 @dataclass
@@ -164,11 +199,22 @@ class CaptureRun:
             self.captured = self.received - self.dropped
             self.source = "/stats"
 
+    def settle_monitor(self, counts: CaptureCounts, drops: int, rx_slots: int | None) -> None:
+        """A monitor's: captured from stderr (else its RX rings' slots), dropped the
+        server's `netmap.monitor_drops` over the run, received the two together."""
+        captured = counts.captured if counts.captured is not None else rx_slots
+        if captured is None:
+            return
+        self.captured, self.dropped = captured, drops
+        self.received = captured + drops
+        self.source = "stderr" if counts.captured is not None else "/stats"
+
 
 def command(c: Capture, port: int, python: str = sys.executable) -> list[str]:
     """The argv of a capture of the instance on `port`, written to /dev/null."""
-    argv = [python, "-m", "server", "capture", "--server", str(port), "-i", "nm0"]
-    argv += ["-w", os.devnull, "-s", str(c.snaplen), "--mode", c.mode, "-q"]
+    argv = [python, "-m", "server", "capture", "--server", str(port), "-i", c.iface]
+    argv += ["-w", os.devnull, "-s", str(c.snaplen)]
+    argv += ([] if c.mode == NETMAP else ["--mode", c.mode]) + ["-q"]
     if c.bufsize_kib is not None:
         argv += ["-B", str(c.bufsize_kib)]
     return argv
@@ -198,13 +244,14 @@ class CaptureProcess:
     def wait_attached(
         self, stats: Callable[[], Mapping[str, Any] | None], timeout: float = ATTACH_TIMEOUT
     ) -> None:
-        """Until the server lists this process's descriptor; CaptureError if it exits first."""
+        """Until the server lists this process's BPF descriptor or netmap ring;
+        CaptureError if it exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise CaptureError(f"capture exited with {self.proc.returncode}: {self._tail()}")
             s = stats()
-            if s is not None and descriptor_of(s, self.pid) is not None:
+            if s is not None and attached(s, self.pid):
                 return
             time.sleep(0.05)
         self.kill()

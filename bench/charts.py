@@ -16,7 +16,8 @@ wrote, one per line.
 - mbufs_per_gb.png: nomapd's modes, mbufs, EXT_PGS mbufs and sf_bufs
   allocated per GB, per keep-alive workload.
 - capture.png: the capture rows beside their no-capture baseline (results.json's
-  `capture`): server and capture CPU seconds per GB per mode and snap length,
+  `capture`): server and capture CPU seconds per GB per mode and snap length
+  (BPF zbuf and buffer, the netmap monitor),
   per workload; and the packets dropped, as a percentage of those received,
   per workload (8 and 64 connections).
 """
@@ -225,12 +226,13 @@ def capture(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
     ax.set_yticklabels([r.removeprefix("nomapd-") for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("packets dropped, % of received")
-    ax.set_title("drops (default buffer size)", fontsize=9)
+    ax.set_title("drops (BPF: default buffers; monitor: 1024 slots)", fontsize=9)
     ax.legend(fontsize=8)
     return _save(
         fig,
         out / "capture.png",
-        "Packet capture on nm0: zero-copy (zbuf) and buffered BPF, 1 MiB over HTTPS",
+        "Packet capture on nm0: zero-copy (zbuf) and buffered BPF, netmap monitor, "
+        "1 MiB over HTTPS",
     )
 
 

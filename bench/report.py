@@ -12,14 +12,15 @@ and drops per capture row beside the baseline), the performance targets
 report.md says how the figures were obtained, then gives the targets, every
 figure of both tools per workload, CPU per GB per mode, what unmapped mbufs
 save (in the counters' terms), what packet capture costs in each BPF buffer
-mode, nomapd's counters per GB, the concurrency sweep, the TLS each server
-negotiated, and the charts.
+mode and through a netmap monitor, nomapd's counters per GB, the concurrency
+sweep, the TLS each server negotiated, and the charts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from bench.capture import MONITOR, NETMAP
 from bench.counters import CAPTURE_PER_GB, LEVELS, PER_GB
 from bench.results import Figures, find
 from bench.rows import CAPTURE_BASELINE, NOMAPD, Row
@@ -347,17 +348,20 @@ def _capture_md(s: Summary) -> list[str]:
     bpf = [
         [c["workload"], c["row"], *(num(c["bpf_per_gb"].get(k)) for k in CAPTURE_PER_GB)]
         for c in lines
-        if c["mode"] != "none" and c["runs_ok"]
+        if c["mode"] not in ("none", NETMAP) and c["runs_ok"]
     ]
     return [
-        "## Packet capture: zero-copy and buffered BPF",
+        "## Packet capture: zero-copy and buffered BPF, netmap monitor",
         "",
         "nomapd's default mode with `nomapd capture -i nm0 -w /dev/null -s SNAPLEN --mode "
-        "zbuf|buffer` started after the server and before the load, stopped (SIGINT) after "
+        f"zbuf|buffer` (or `-i {MONITOR}`, the netmap monitor) started after the server and "
+        "before the load, stopped (SIGINT) after "
         f"it; `{CAPTURE_BASELINE}` is the same server with no capture. Server CPU is the "
         "server's seconds per GB served, capture CPU the capture process's (/proc, over the "
         "load, read once the server is idle); captured, received and dropped are the "
         "capture's closing lines (tcpdump's; else its descriptor's `/stats` row), per run; "
+        "the monitor's dropped are the server's `netmap.monitor_drops` over the run (frames "
+        "that found its ring full) and its received captured + dropped; "
         "dropped % is of the packets received.",
         "",
         *_md_table(CAPTURE_HEAD, [_capture_cells(c) for c in lines]),

@@ -1,7 +1,7 @@
 """The rows of the benchmark: each server in each mode it is measured in.
 
 Theory of operation. A row is one server process configuration. nomapd has
-sixteen rows, one per mode measured, four of them capture rows (the flags are
+seventeen rows, one per mode measured, five of them capture rows (the flags are
 passed to `nomapd serve` as they are); nginx and hypercorn have two each,
 HTTPS and plain HTTP, so that every nomapd row has a peer speaking the same
 protocol: the HTTPS rows of nomapd are compared with `nginx` and
@@ -10,7 +10,8 @@ protocol: the HTTPS rows of nomapd are compared with `nginx` and
 
 A capture row (`capture` set) is nomapd's default mode with `nomapd capture`
 running beside it during each run (`bench.capture`): zero-copy or buffered
-BPF, at snap length 96 or full. It runs on the 1 MiB workloads only, with
+BPF, at snap length 96 or full, or a netmap monitor of nm0 (both
+directions, frames cut at the netmap buffer size). It runs on the 1 MiB workloads only, with
 wrk; `nomapd-default` is its no-capture baseline.
 
 Row names are what `--only` matches (with the workload and the tool, see
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.capture import BUFFER, SNAP_FULL, SNAP_HEADERS, ZBUF, Capture
+from bench.capture import BUFFER, MONITOR, NETMAP, SNAP_FULL, SNAP_HEADERS, ZBUF, Capture
 
 NOMAPD = "nomapd"
 NGINX = "nginx"
@@ -125,6 +126,14 @@ ROWS: tuple[Row, ...] = (
         for snaplen in (SNAP_HEADERS, SNAP_FULL)
         for mode in (ZBUF, BUFFER)
         for cap in (Capture(mode, snaplen),)
+    ),
+    Row(
+        "nomapd-capture-netmap",
+        NOMAPD,
+        True,
+        (),
+        f"KTLS, NOMAP, capture through the netmap monitor {MONITOR}",
+        capture=Capture(NETMAP, SNAP_FULL),
     ),
     Row(NGINX, NGINX, True, (), "nginx, 1 worker, sendfile on, HTTPS"),
     Row(f"{NGINX}-http", NGINX, False, (), "nginx, 1 worker, sendfile on, plain HTTP"),

@@ -19,8 +19,9 @@ A capture row (`bench.capture`) has its capture started before step 2 and
 waited for until its descriptor is attached (a capture that does not attach
 fails the step); its CPU seconds are read with the server's before the load,
 and again after step 5 (once the server is idle, so that it has drained what
-was captured); the descriptor's row of `/stats` is kept; then it is stopped
-with SIGINT and its closing figures parsed.
+was captured); the descriptor's row of `/stats` is kept (a netmap
+monitor's: its rings' rows and `netmap.monitor_drops` over the run); then it
+is stopped with SIGINT and its closing figures parsed.
 
 h2load runs a request count (see `bench.h2load`): the byte rate last
 measured for that workload and row (by wrk, just before, in plan order) times
@@ -50,6 +51,7 @@ from bench.tlsprobe import probe
 from bench.workloads import FILES
 
 TOOL_LIMIT = 30.0  # seconds a tool may overrun duration x 3
+DROPS = "netmap.monitor_drops"  # a monitor's drops: the server counts them
 RESPONSE_HEAD = 250  # bytes of status line and headers, about, to size h2load's request count
 
 
@@ -204,8 +206,13 @@ class Runner:
             run = capture.CaptureRun(s.row.capture.mode, s.row.capture.snaplen)
             run.cpu_s = procfs.cpu_seconds([cap.pid]) - cap_cpu0
             descriptor = capture.descriptor_of(after, cap.pid) if after else None
+            rx_slots = capture.monitor_rx_slots(after, cap.pid) if after else None
             counts, note = cap.stop()
-            run.settle(counts, descriptor)
+            if s.row.capture.mode != capture.NETMAP:
+                run.settle(counts, descriptor)
+            elif before is not None and after is not None:
+                drops = after.get(DROPS, 0) - before.get(DROPS, 0)
+                run.settle_monitor(counts, int(drops), rx_slots)
             if not run.source:
                 note = f"{note}; " if note else ""
                 note += f"no capture figures: {cap.stderr().strip()[-200:] or 'no output'}"

@@ -38,6 +38,7 @@ SPEED = {
     "nomapd-capture-buffer-96": 760.0,
     "nomapd-capture-zbuf-full": 700.0,
     "nomapd-capture-buffer-full": 600.0,
+    "nomapd-capture-netmap": 650.0,
     "nginx": 1000.0,
     "nginx-http": 2000.0,
     "hypercorn": 100.0,
@@ -50,10 +51,11 @@ CPU_PER_GB = {
     "nomapd-capture-buffer-96": 9.0,
     "nomapd-capture-zbuf-full": 10.0,
     "nomapd-capture-buffer-full": 12.0,
+    "nomapd-capture-netmap": 11.0,
 }
 # the capture process's CPU seconds per GB, and its drops per 10,000 packets at 64 connections
-CAPTURE_CPU_PER_GB = {"zbuf": 2.0, "buffer": 3.0}
-DROPS_AT_64 = {"zbuf": 100, "buffer": 400}
+CAPTURE_CPU_PER_GB = {"zbuf": 2.0, "buffer": 3.0, "netmap": 5.0}
+DROPS_AT_64 = {"zbuf": 100, "buffer": 400, "netmap": 2_500}
 PACKETS = 10_000
 
 
@@ -103,7 +105,7 @@ def record(
             run.dropped = DROPS_AT_64[cap.mode] if workload.connections == 64 else 0
             run.captured = PACKETS - run.dropped
             rec.capture = run
-            rec.counters["bpf_read_bytes"] = 0.0 if cap.mode == "zbuf" else 5e8
+            rec.counters["bpf_read_bytes"] = 5e8 if cap.mode == "buffer" else 0.0
     return rec
 
 

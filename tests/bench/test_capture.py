@@ -8,7 +8,15 @@ import json
 import pytest
 
 from bench import capture
-from bench.capture import Capture, CaptureCounts, CaptureRun, descriptor_of, parse_stderr
+from bench.capture import (
+    Capture,
+    CaptureCounts,
+    CaptureRun,
+    attached,
+    descriptor_of,
+    monitor_rx_slots,
+    parse_stderr,
+)
 from bench.plan import make_plan
 from bench.report import markdown, terminal_table
 from bench.results import aggregate, find
@@ -21,13 +29,18 @@ CAPTURE_ROWS = [r.name for r in ROWS if r.capture is not None]
 CLOSING = "4321 packets captured\n4400 packets received by filter\n79 packets dropped by kernel\n"
 
 
-def test_rows_are_both_modes_at_both_snap_lengths() -> None:
+def test_rows_are_both_modes_at_both_snap_lengths_and_the_monitor() -> None:
     assert CAPTURE_ROWS == [
         "nomapd-capture-zbuf-96",
         "nomapd-capture-buffer-96",
         "nomapd-capture-zbuf-full",
         "nomapd-capture-buffer-full",
+        "nomapd-capture-netmap",
     ]
+    monitor = BY_NAME["nomapd-capture-netmap"]
+    assert monitor.capture == Capture("netmap", 262144)
+    assert monitor.capture.iface == "netmap:nm0/tr"  # both directions, as BPF's inout
+    assert monitor.flags == () and monitor.tls
     full = BY_NAME["nomapd-capture-buffer-full"]
     assert full.capture == Capture("buffer", 262144)
     assert full.flags == () and full.tls  # the default mode, HTTPS
@@ -44,8 +57,8 @@ def test_capture_rows_run_on_1m_and_64_connections_with_wrk_only() -> None:
     readme = make_plan(
         workloads(False), list(ROWS), ["wrk", "h2load"], 2, 1.0, "capture|^1m:nomapd-default:wrk"
     )
-    assert [s.row.name for s in readme[:5]] == ["nomapd-default", *CAPTURE_ROWS]
-    assert len(readme) == 2 * 5 + 2 * 4
+    assert [s.row.name for s in readme[:6]] == ["nomapd-default", *CAPTURE_ROWS]
+    assert len(readme) == 2 * 6 + 2 * 5
     # --quick: every capture row on 1m (sweep point 64 is not in the quick set).
     quick = make_plan(workloads(True), list(ROWS), ["wrk", "h2load"], 1, 1.0, "capture", True)
     assert [s.label for s in quick] == [f"1m:{r}:wrk" for r in CAPTURE_ROWS]
@@ -72,6 +85,10 @@ def test_command_writes_to_dev_null_with_the_rows_mode_and_snap_length() -> None
     ]
     with_b = capture.command(Capture("buffer", 262144, bufsize_kib=2048), 1, "python3")
     assert with_b[-6:] == ["262144", "--mode", "buffer", "-q", "-B", "2048"]
+    # the monitor: its port name for the interface, no BPF buffer mode
+    mon = capture.command(Capture("netmap", 262144), 8443, "python3")
+    assert mon[4:8] == ["--server", "8443", "-i", "netmap:nm0/tr"]
+    assert mon[8:] == ["-w", "/dev/null", "-s", "262144", "-q"]
 
 
 @pytest.mark.parametrize(
@@ -102,6 +119,19 @@ def test_descriptor_of_finds_the_capture_by_pid() -> None:
     assert descriptor_of({}, 10) is None
 
 
+def test_monitor_found_by_its_rings_pid() -> None:
+    ports = [
+        {"pid": 77, "port": "nm0/tr", "ring": "TX0", "slots": 4},
+        {"pid": 77, "port": "nm0/tr", "ring": "RX0", "slots": 900},
+        {"pid": 10, "port": "p{1", "ring": "RX0", "slots": 5},
+    ]
+    stats = {"netmap.ports": ports, "bpf.descriptors": [{"bd_pid": 10}]}
+    assert monitor_rx_slots(stats, 77) == 900  # its RX rings only
+    assert monitor_rx_slots(stats, 11) is None
+    assert attached(stats, 77) and attached(stats, 10)
+    assert not attached(stats, 11) and not attached({}, 77)
+
+
 def test_settle_prefers_stderr_then_the_descriptor() -> None:
     desc = {"bd_pid": 5, "bd_rcount": 1000, "bd_dcount": 250}
     run = CaptureRun("zbuf", 96)
@@ -117,6 +147,21 @@ def test_settle_prefers_stderr_then_the_descriptor() -> None:
     assert run.source == "" and run.drop_fraction is None
     empty = CaptureRun("zbuf", 96, received=0, dropped=0)
     assert empty.drop_fraction is None  # nothing received: no fraction
+
+
+def test_settle_monitor_takes_drops_from_the_server() -> None:
+    # the capture prints 0 dropped: the server's netmap.monitor_drops are the drops
+    run = CaptureRun("netmap", 262144)
+    run.settle_monitor(parse_stderr("900 packets captured\n900 packets received by filter\n"
+                                    "0 packets dropped by kernel\n"), 100, 850)  # fmt: skip
+    assert (run.captured, run.received, run.dropped, run.source) == (900, 1000, 100, "stderr")
+    assert run.drop_fraction == pytest.approx(0.1)
+    run = CaptureRun("netmap", 262144)
+    run.settle_monitor(CaptureCounts(), 5, 850)  # killed: its RX rings' slots
+    assert (run.captured, run.received, run.dropped, run.source) == (850, 855, 5, "/stats")
+    run = CaptureRun("netmap", 262144)
+    run.settle_monitor(CaptureCounts(), 5, None)
+    assert run.source == "" and run.received is None
 
 
 def test_aggregate_takes_medians_of_capture_figures() -> None:
@@ -144,7 +189,7 @@ def test_summary_lays_capture_rows_beside_the_baseline() -> None:
     lines = s.capture()
     one = [c for c in lines if c["workload"] == "1m"]
     assert [c["row"] for c in one] == ["nomapd-default", *CAPTURE_ROWS]
-    assert [c["mode"] for c in one] == ["none", "zbuf", "buffer", "zbuf", "buffer"]
+    assert [c["mode"] for c in one] == ["none", "zbuf", "buffer", "zbuf", "buffer", "netmap"]
     assert one[0]["capture_cpu_s_per_gb"] is None
     assert one[4]["cpu_s_per_gb"] == pytest.approx(12.0)
     assert one[4]["capture_cpu_s_per_gb"] == pytest.approx(3.0)
@@ -153,11 +198,15 @@ def test_summary_lays_capture_rows_beside_the_baseline() -> None:
     assert at64["nomapd-capture-zbuf-96"]["drop_fraction"] == pytest.approx(0.01)
     assert at64["nomapd-capture-buffer-96"]["drop_fraction"] == pytest.approx(0.04)
     assert at64["nomapd-capture-zbuf-96"]["connections"] == 64
+    assert at64["nomapd-capture-netmap"]["drop_fraction"] == pytest.approx(0.25)
+    assert at64["nomapd-capture-netmap"]["capture_cpu_s_per_gb"] == pytest.approx(5.0)
     assert {c["workload"] for c in lines} == {"1m", "sweep-64"}  # none on other workloads
     doc = json.loads(json.dumps(s.to_json()))
     assert doc["capture"] == lines
     row = next(r for r in doc["rows"] if r["name"] == "nomapd-capture-zbuf-full")
     assert row["capture"] == {"mode": "zbuf", "snaplen": 262144}
+    row = next(r for r in doc["rows"] if r["name"] == "nomapd-capture-netmap")
+    assert row["capture"] == {"mode": "netmap", "snaplen": 262144}
     f = next(x for x in doc["figures"] if x["row"] == "nomapd-capture-zbuf-96")
     assert f["capture_cpu_s_per_gb"] == pytest.approx(2.0)
     # without capture rows in the run there is no capture block
@@ -167,7 +216,16 @@ def test_summary_lays_capture_rows_beside_the_baseline() -> None:
 def test_report_capture_section_and_block() -> None:
     s = summary(records())
     md = markdown(s)
-    assert "## Packet capture: zero-copy and buffered BPF" in md
+    assert "## Packet capture: zero-copy and buffered BPF, netmap monitor" in md
+    assert "`-i netmap:nm0/tr`" in md and "`netmap.monitor_drops`" in md
+    assert (
+        "| sweep-64 | nomapd-capture-netmap | 650 | 11.0 | 5.00 | 7,500 | 10,000 | 2,500 | 25.0% |"
+        in md
+    )
+    # BPF's counters table: BPF rows only (the monitor has no BPF descriptor)
+    bpf_table = md.split("bpf_read_bytes (`bpf.read_bytes`)", 1)[1].split("\n\n", 2)[1]
+    assert "| 1m | nomapd-capture-buffer-full |" in bpf_table
+    assert "nomapd-capture-netmap" not in bpf_table
     assert (
         "| 1m | nomapd-capture-buffer-full | 600 | 12.0 | 3.00 | 10,000 | 10,000 | 0 | 0.0% |" in md
     )

@@ -19,14 +19,21 @@ from tests.bench.synthetic import records, summary
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_quick_bench_against_nomapd_alone(tmp_path: pathlib.Path) -> None:
+def _quick(only: str, results: pathlib.Path, timeout: float) -> tuple[pathlib.Path, str]:
+    """`python -m bench --quick` with wrk alone, 2 s runs: its results directory and stdout."""
     assert shutil.which("wrk"), "wrk is not installed (apt-get install wrk; .ci/run does)"
-    argv = [sys.executable, "-m", "bench", "--quick", "--only", ":nomapd-default:"]
-    argv += ["--duration", "2", "--tools", "wrk", "--no-install", "--no-charts"]
-    argv += ["--results", str(tmp_path)]
-    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    argv = [sys.executable, "-m", "bench", "--quick", "--only", only, "--duration", "2"]
+    argv += ["--tools", "wrk", "--no-install", "--no-charts", "--results", str(results)]
+    res = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    (out,) = tmp_path.iterdir()
+    (out,) = results.iterdir()
+    return out, res.stdout
+
+
+def test_quick_bench_against_nomapd_alone(tmp_path: pathlib.Path) -> None:
+    out, stdout = _quick(":nomapd-default:", tmp_path, 120)
     doc = json.loads((out / "results.json").read_text())
     assert {f["row"] for f in doc["figures"]} == {"nomapd-default"}
     ok = [f for f in doc["figures"] if f["runs_ok"]]
@@ -38,20 +45,15 @@ def test_quick_bench_against_nomapd_alone(tmp_path: pathlib.Path) -> None:
     assert doc["machine"]["cores"] >= 1
     report = (out / "report.md").read_text()
     assert "nomapd-default" in report and "## Targets" in report
-    assert "nomapd-default" in res.stdout  # the table
-    assert "100m-rss" in res.stdout
+    assert "nomapd-default" in stdout  # the table
+    assert "100m-rss" in stdout
 
 
 def test_quick_bench_with_captures(tmp_path: pathlib.Path) -> None:
     """Both buffer modes of a real `nomapd capture` beside nomapd: the capture attaches,
     sees the run's packets, is stopped with SIGINT and its figures land in the results."""
-    assert shutil.which("wrk"), "wrk is not installed (apt-get install wrk; .ci/run does)"
     only = "^1m:nomapd-capture-zbuf-96:|^1m:nomapd-capture-buffer-full:"
-    argv = [sys.executable, "-m", "bench", "--quick", "--only", only, "--duration", "2"]
-    argv += ["--tools", "wrk", "--no-install", "--no-charts", "--results", str(tmp_path)]
-    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    (out,) = tmp_path.iterdir()
+    out, stdout = _quick(only, tmp_path, 180)
     doc = json.loads((out / "results.json").read_text())
     runs = {r["row"]: r for r in doc["runs"]}
     assert set(runs) == {"nomapd-capture-zbuf-96", "nomapd-capture-buffer-full"}
@@ -74,7 +76,27 @@ def test_quick_bench_with_captures(tmp_path: pathlib.Path) -> None:
     assert [c["row"] for c in doc["capture"]] == list(runs)
     report = (out / "report.md").read_text()
     assert "## Packet capture: zero-copy and buffered BPF" in report
-    assert "== capture: nomapd capture -w /dev/null on nm0" in res.stdout
+    assert "== capture: nomapd capture -w /dev/null on nm0" in stdout
+
+
+def test_quick_bench_with_the_netmap_monitor(tmp_path: pathlib.Path) -> None:
+    """A real `nomapd capture -i netmap:nm0/tr` beside nomapd: the bench sees it attach by
+    its rings' pid, it captures the run's frames, and its drops come from the server."""
+    out, _ = _quick("^1m:nomapd-capture-netmap:", tmp_path, 180)
+    doc = json.loads((out / "results.json").read_text())
+    (run,) = doc["runs"]
+    assert run["ok"], run["error"]
+    cap = run["capture"]
+    assert cap["mode"] == "netmap"
+    assert cap["source"] == "stderr" or cap["error"].startswith("did not exit"), cap
+    assert cap["captured"] > 0 and cap["dropped"] >= 0
+    assert cap["captured"] + cap["dropped"] == cap["received"]
+    assert run["capture_cpu_s_per_gb"] > 0
+    # no BPF descriptor did the work: the monitor copied the frames
+    assert run["nomapd_counters_per_gb"]["bpf_captured"] == 0
+    (line,) = doc["capture"]
+    assert line["row"] == "nomapd-capture-netmap" and line["runs_ok"] == 1
+    assert "| 1m | nomapd-capture-netmap |" in (out / "report.md").read_text()
 
 
 def test_charts_from_results_json(tmp_path: pathlib.Path) -> None:
