@@ -13,9 +13,10 @@ is done here, at the edge:
   poll     `bpfpoll` arms the read timeout; a timer task of bd_rtout then calls
            `bpf_timed_out` (which wakes the file if packets are stored).
   wakeup   `d.bd_wakeup` (bpf_wakeup) becomes the framework's wakeup frame.
-  BIOCSETZBUF  the process passes its shared-memory file (a memfd) with the
-           ioctl and the address it mapped it at (DEV_SHM); the kernel maps the
-           file (mmap, MAP_SHARED) and gives the descriptor a `Uvm` of it. The
+  BIOCSETZBUF  the process passes its shared-memory file (a memfd sealed
+           against shrinking: server/devices/shm.py) with the ioctl and the
+           address it mapped it at (DEV_SHM); the kernel maps the file
+           (mmap, MAP_SHARED) and gives the descriptor a `Uvm` of it. The
            mapping is unmapped and the file closed when the descriptor closes
            (or at once if the ioctl fails).
 
@@ -31,7 +32,6 @@ import contextlib
 import errno
 import logging
 import mmap
-import os
 
 import trio
 
@@ -50,6 +50,7 @@ from bpf import (
 from bpf.bpf_h import BIOCSETZBUF, BPF_MAX_PAGES, BPF_ZBUF
 from mbuf.sys_devio import DEV_SHM, POLLIN, POLLRDNORM
 from server.devices.devfs import DevFile, Device, OpenFile
+from server.devices.shm import shm_map
 
 log = logging.getLogger("nomapd.devfs")
 
@@ -82,10 +83,8 @@ class BpfFile(DevFile):
         if self.shm is not None:
             raise OSError(errno.EINVAL, "BIOCSETZBUF: buffers already set")
         (base,) = DEV_SHM.unpack_from(arg, BPF_ZBUF.size)
-        size = os.fstat(fds[0]).st_size
-        if not 0 < size <= SHM_MAX:
-            raise OSError(errno.EINVAL, f"BIOCSETZBUF: a shared-memory file of {size} bytes")
-        shm = mmap.mmap(fds[0], size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        shm = shm_map(fds[0], SHM_MAX, "BIOCSETZBUF")
+        size = len(shm)
         view = memoryview(shm)
         try:
             out = bpfioctl(self.d, cmd, arg[: BPF_ZBUF.size], Uvm(base, view))

@@ -171,6 +171,37 @@ def test_bad_requests_answer_einval(server: ServerProcess) -> None:
     server.assert_no_leaks()
 
 
+def test_zbuf_file_must_be_sealed_against_shrinking(server: ServerProcess) -> None:
+    """A process that could shrink its shared file after BIOCSETZBUF would make the
+    server's next store into it fault (SIGBUS): only a sealed memfd is mapped."""
+    path = bpf_path(server)
+    page = mmap.PAGESIZE
+    unsealed = os.memfd_create("unsealed", os.MFD_CLOEXEC)
+    os.ftruncate(unsealed, 2 * page)
+    rfd, wfd = os.pipe()
+    fd, shm, base = shm_create(2 * page)
+    try:
+        with DevFile.open(path) as f:
+            f.ioctl(BIOCSETBUFMODE, U_INT.pack(BPF_BUFMODE_ZBUF))
+            arg = BPF_ZBUF.pack(base, base + page, page)
+            for bad, why in ((unsealed, "F_SEAL_SHRINK"), (rfd, "regular file")):
+                with pytest.raises(OSError) as e:
+                    f.ioctl_shm(BIOCSETZBUF, arg, bad, base)
+                assert e.value.errno == errno.EINVAL and why in str(e.value), e.value
+            assert server.stats()["devfs.shm_mapped"] == 0
+            f.ioctl_shm(BIOCSETZBUF, arg, fd, base)  # shm_create seals its memfd
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 0)  # the seal holds for the process too
+            f.ioctl(BIOCSETIF, ifreq("nm0"))
+            fetch(server, "/")  # the server stores into the buffers: still alive
+            assert server.proc.poll() is None
+    finally:
+        shm.close()
+        for x in (fd, unsealed, rfd, wfd):
+            os.close(x)
+    server.assert_no_leaks()
+
+
 def test_reader_that_never_acknowledges(server: ServerProcess, corpus: pathlib.Path) -> None:
     with BpfCapture.open(bpf_path(server), mode="zbuf", bufsize=2 * mmap.PAGESIZE) as cap:
         for _ in range(3):  # the server keeps serving while the descriptor drops
