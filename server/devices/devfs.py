@@ -67,6 +67,7 @@ from mbuf.sys_devio import (
     dev_reply,
     dev_wakeup,
 )
+from server.listen import accept_backoff
 from userland.devdir import instance_dir
 
 log = logging.getLogger("nomapd.devfs")
@@ -273,8 +274,12 @@ class DevFs:
         self, dev: Device, lsock: trio.socket.SocketType, nursery: trio.Nursery
     ) -> None:
         while True:
-            sock, _ = await lsock.accept()
-            nursery.start_soon(self._serve_file, dev, sock)
+            try:
+                sock, _ = await lsock.accept()
+            except OSError as e:  # out of descriptors: the listener waits, as the HTTP one does
+                await accept_backoff(e)
+            else:
+                nursery.start_soon(self._serve_file, dev, sock)
 
     async def _serve_file(self, dev: Device, sock: trio.socket.SocketType) -> None:
         with sock:
@@ -292,7 +297,8 @@ class DevFs:
                 try:
                     f = dev.open(handle)
                 except OSError as e:
-                    await handle.send(dev_reply(e.errno or errno.EIO, str(e).encode()))
+                    with contextlib.suppress(OSError):  # the process may be gone already
+                        await handle.send(dev_reply(e.errno or errno.EIO, str(e).encode()))
                     return
                 self.stats.open_files += 1
                 self.stats.opens_total += 1

@@ -7,8 +7,10 @@ framework serves on the test's trio loop.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import pathlib
+import resource
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -177,6 +179,59 @@ async def test_process_gone_while_sleeping_releases_its_file(world: World) -> No
         await world.closed_ev.wait()
     f.sock.close()
     assert world.closed == 1 and world.files == [] and len(failed) == 1
+
+
+async def test_out_of_descriptors_at_accept_waits(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EMFILE from accept(2) is the process's state, not the listener's: logged, waited
+    out, and the opens that queued meanwhile are served once descriptors are free."""
+    queued = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        for s in queued:
+            s.connect(str(world.path / "toy"))  # in the backlog; the server has not run yet
+        lowest = os.dup(0)
+        os.close(lowest)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))  # no new descriptor
+        try:
+            with trio.fail_after(30):
+                while "accept returned EMFILE" not in caplog.text:
+                    await trio.sleep(0.01)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for s in queued:  # each gets its open's reply: errno 0
+            head = await call(functools.partial(s.recv, DEV_MSG.size, socket.MSG_WAITALL))
+            assert DEV_MSG.unpack(head) == (DEVMSG_REPLY, 0, 0)
+    finally:
+        for s in queued:
+            s.close()
+    with trio.fail_after(30):
+        while world.closed < 3:
+            await world.closed_ev.wait()
+            world.closed_ev = trio.Event()
+    assert world.stats.open_files == 0 and world.stats.opens_total == 3
+
+
+async def test_refused_open_of_a_process_already_gone(world_tmp: str) -> None:  # noqa: F811
+    """The reply to a failed open may meet a closed connection (EPIPE): the device
+    keeps serving."""
+
+    def refuse(of: OpenFile) -> DevFile:
+        raise OSError(errno.ENXIO, "refuser: no such unit")
+
+    path = pathlib.Path(world_tmp) / "inst" / "w0"
+    fs = DevFs(path, [Device("refuser", refuse)], DevStat())
+    async with trio.open_nursery() as n:
+        await n.start(fs.serve)
+        for _ in range(3):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path / "refuser"))
+            s.close()  # before the server answers: its reply gets EPIPE
+        with pytest.raises(OSError) as e:
+            await call(lambda: UserFile.open(path / "refuser"))
+        assert e.value.errno == errno.ENXIO and "no such unit" in str(e.value)
+        n.cancel_scope.cancel()
 
 
 async def test_another_uid_gets_eperm(world: World) -> None:
