@@ -26,10 +26,12 @@ accepted connection is one open file:
 Every message is written by the connection's own tasks under one lock, so a
 reply and a wakeup never interleave on the stream.
 
-Instance directories: `open_instance(port)` replaces a stale directory from a
-killed server and makes a fresh one (mode 0700); `remove_instance` removes it
-at a clean shutdown. The single-process server and the supervisor own the
-instance; each worker's DevFs owns its `w<N>`.
+Instance directories: `open_instance(port)` makes the directory (mode 0700)
+and holds its lock (flock on `<instance>/lock`) for the server's lifetime: a
+stale directory from a killed server (lock free) is emptied and reused, one
+of a running server (lock held) makes the new server refuse to start;
+`remove_instance` removes it at a clean shutdown. The single-process server
+and the supervisor own the instance; each worker's DevFs owns its `w<N>`.
 
 Models: devfs and the system-call layer (kern/kern_conf.c's cdevsw, make_dev;
 sys_generic.c). Differences: Unix sockets instead of character devices,
@@ -41,6 +43,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import pathlib
@@ -67,6 +70,7 @@ from mbuf.sys_devio import (
     dev_reply,
     dev_wakeup,
 )
+from server.config import ConfigError
 from server.listen import accept_backoff
 from userland.devdir import instance_dir
 
@@ -364,19 +368,46 @@ def _mkdir_private(path: pathlib.Path) -> None:
     os.chmod(path, 0o700)
 
 
+# The lock of each instance this process owns (held from open_instance to remove_instance).
+_instance_locks: dict[pathlib.Path, int] = {}
+
+
 def open_instance(port: int) -> pathlib.Path:
-    """A fresh instance directory for the server on `port` (a stale one, left by a
-    killed server, is replaced: the port is ours now)."""
+    """A fresh instance directory for the server on `port`, locked (flock on
+    `<instance>/lock`, holding the owner's pid) for as long as this process
+    serves it. A directory left by a killed server (its lock free) is emptied:
+    the port is ours now. One whose lock is held belongs to a running server:
+    ConfigError, and nothing of it is touched."""
     path = instance_dir(port)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
-    _mkdir_private(path)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(f"devices for port {port} are in use by pid {owner} ({path})") from None
+    for entry in path.iterdir():  # a stale instance's workers
+        if entry.name != "lock":
+            shutil.rmtree(entry, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.chmod(path, 0o700)
+    _instance_locks[path] = fd
     return path
 
 
 def remove_instance(path: pathlib.Path) -> None:
-    """Remove the instance, and the runtime root with it when no other instance is left."""
+    """Remove the instance (and its lock), and the runtime root with it when no
+    other instance is left."""
     shutil.rmtree(path, ignore_errors=True)
+    fd = _instance_locks.pop(path, None)
+    if fd is not None:
+        os.close(fd)
     with contextlib.suppress(OSError):
         path.parent.rmdir()

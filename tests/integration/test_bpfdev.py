@@ -252,6 +252,40 @@ def test_another_user_is_refused(server: ServerProcess) -> None:
     server.assert_no_leaks()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_server_on_the_port_leaves_the_devices_alone(
+    corpus: pathlib.Path, state_dir: pathlib.Path, workers: str
+) -> None:
+    """Devices are keyed by the port; a second server on it (another address, or the
+    same one through the workers' SO_REUSEPORT) must neither take them over nor
+    remove them: it refuses to start."""
+    srv = ServerProcess(corpus, ["--http", "--workers", workers], state_dir)
+    try:
+        inst = devices_dir(srv)
+        bpf = inst / "w0" / "bpf"
+        ino = bpf.stat().st_ino
+        host = "127.0.0.2" if workers == "1" else "127.0.0.1"  # both bind: only the devices clash
+        second = subprocess.run(
+            [sys.executable, "-m", "server", "serve", str(corpus), "--http", "--workers", workers,
+             "--host", host, "--port", str(srv.port), "--admin", "127.0.0.1:0"],
+            env=dict(os.environ, NOMAPD_STATE_DIR=str(state_dir)), capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.splitlines() == [
+            f"nomapd: devices for port {srv.port} are in use by pid {srv.proc.pid} ({inst})"
+        ]
+        assert bpf.stat().st_ino == ino  # the running server's device, untouched
+        with BpfCapture.open(bpf, mode="zbuf", timeout=0.2) as cap:
+            fetch(srv, "/")
+            assert drain(cap)
+        srv.assert_no_leaks()
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0, srv.stderr
+    assert not inst.exists()
+
+
 def test_every_worker_has_its_device(corpus: pathlib.Path, state_dir: pathlib.Path) -> None:
     srv = ServerProcess(corpus, ["--http", "--workers", "2"], state_dir)
     try:

@@ -12,6 +12,8 @@ import os
 import pathlib
 import resource
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -29,6 +31,7 @@ from mbuf.sys_devio import (
     dev_wakeup,
     errno_text,
 )
+from server.config import ConfigError
 from server.devices.devfs import (
     DevFile,
     DevFs,
@@ -259,11 +262,25 @@ def test_runtime_directory_and_discovery(
     assert runtime_root() == tmp_path / "xdg" / "nomapd"
     with pytest.raises(LookupError, match="no running nomapd server"):
         find_instance()
-    a = open_instance(8443)
+    killed = (  # a server killed while it served port 8443: its directory stays, its lock goes
+        "import os, signal\n"
+        "from server.devices.devfs import open_instance\n"
+        "d = open_instance(8443)\n"
+        "(d / 'w0').mkdir()\n"
+        "(d / 'w0' / 'stale').write_text('left by a killed server')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", killed], cwd=pathlib.Path(__file__).parents[2])
+    assert (runtime_root() / "8443" / "w0" / "stale").exists()
+    a = open_instance(8443)  # the stale instance is emptied and taken over
+    assert [p.name for p in a.iterdir()] == ["lock"] and a.stat().st_mode & 0o777 == 0o700
+    assert (a / "lock").read_text() == f"{os.getpid()}\n"
     (a / "w0").mkdir()
-    (a / "w0" / "stale").write_text("left by a killed server")
-    a = open_instance(8443)  # the stale instance is replaced
-    assert list(a.iterdir()) == [] and a.stat().st_mode & 0o777 == 0o700
+    with pytest.raises(ConfigError) as e:  # a second server on the port: refused, nothing touched
+        open_instance(8443)
+    assert str(e.value) == f"devices for port 8443 are in use by pid {os.getpid()} ({a})"
+    assert (a / "w0").is_dir()
+    (a / "w0").rmdir()
     (a / "w0").mkdir()
     (a / "w1").mkdir()
     (a / "w1" / "bpf").touch()
