@@ -47,6 +47,7 @@ import fcntl
 import logging
 import os
 import pathlib
+import select
 import shutil
 import socket
 import struct
@@ -164,11 +165,10 @@ class OpenFile:
                             peek = await self.sock.recv(1, socket.MSG_PEEK)
                         except OSError:
                             peek = b""
-                        if peek == b"":
-                            gone = True
-                            n.cancel_scope.cancel()
-                        else:
-                            await trio.sleep_forever()
+                        if peek:  # readable says nothing more now: ask for the hang-up itself
+                            await _wait_hangup(self.sock)
+                        gone = True
+                        n.cancel_scope.cancel()
 
                     async def wait_event() -> None:
                         await ev.wait()
@@ -195,6 +195,20 @@ class OpenFile:
 
     def _request_seen(self) -> None:
         self._wakeup_sent = False
+
+
+# How often a sleeping call whose process sent a byte ahead of time checks for its hang-up.
+HANGUP_POLL = 0.1  # seconds
+
+
+async def _wait_hangup(sock: trio.socket.SocketType) -> None:
+    """Return once the process has closed its end (POLLRDHUP/POLLHUP/POLLERR),
+    even with unread bytes queued, which keep the socket readable: no wakeup on
+    the event loop tells this, so poll(2) it, without consuming anything."""
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLRDHUP)
+    while not p.poll(0):
+        await trio.sleep(HANGUP_POLL)
 
 
 async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:

@@ -165,15 +165,18 @@ async def test_blocking_read_woken_by_another_file(world: World) -> None:
     await call(b.close)
 
 
+def _blocked_read(f: UserFile, failed: list[BaseException]) -> None:
+    """A read that sleeps until the process's end goes (its error kept in `failed`)."""
+    try:
+        f.read(600_000)
+    except OSError as e:
+        failed.append(e)
+
+
 async def test_process_gone_while_sleeping_releases_its_file(world: World) -> None:
     f = await call(lambda: UserFile.open(world.path / "toy"))
     failed: list[BaseException] = []
-
-    def blocked_read() -> None:
-        try:
-            f.read(600_000)
-        except OSError as e:
-            failed.append(e)
+    blocked_read = functools.partial(_blocked_read, f, failed)
 
     async with trio.open_nursery() as n:
         n.start_soon(call, blocked_read)
@@ -235,6 +238,24 @@ async def test_refused_open_of_a_process_already_gone(world_tmp: str) -> None:  
             await call(lambda: UserFile.open(path / "refuser"))
         assert e.value.errno == errno.ENXIO and "no such unit" in str(e.value)
         n.cancel_scope.cancel()
+
+
+async def test_process_gone_after_a_stray_byte_releases_its_file(world: World) -> None:
+    """A byte sent while a call sleeps keeps the socket readable; the process's exit
+    must still end the call and close its file."""
+    f = await call(lambda: UserFile.open(world.path / "toy"))
+    failed: list[BaseException] = []
+    blocked_read = functools.partial(_blocked_read, f, failed)
+
+    with trio.fail_after(30):  # a file kept open forever would hang here
+        async with trio.open_nursery() as n:
+            n.start_soon(call, blocked_read)
+            await world.sleeping.wait()
+            f.sock.send(b"x")  # ahead of any request
+            f.sock.shutdown(socket.SHUT_RDWR)  # as the process's exit closes it
+            await world.closed_ev.wait()
+    f.sock.close()
+    assert world.closed == 1 and world.files == [] and len(failed) == 1
 
 
 async def test_another_uid_gets_eperm(world: World) -> None:
