@@ -242,6 +242,10 @@ def test_capture_killed_releases_everything(server: ServerProcess, corpus: pathl
 
 
 def test_another_user_is_refused(server: ServerProcess) -> None:
+    assert os.geteuid() == 0, (
+        "this test needs root (CI runs as root): it becomes nobody to be another user; "
+        "tests/server/test_devfs.py checks the credentials without root"
+    )
     path = bpf_path(server)
 
     def check() -> None:
