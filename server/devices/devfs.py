@@ -30,7 +30,9 @@ Instance directories: `open_instance(port)` makes the directory (mode 0700)
 and holds its lock (flock on `<instance>/lock`) for the server's lifetime: a
 stale directory from a killed server (lock free) is emptied and reused, one
 of a running server (lock held) makes the new server refuse to start;
-`remove_instance` removes it at a clean shutdown. The single-process server
+`remove_instance` removes it at a clean shutdown. The runtime root and the
+instance directory are used only if they are this user's own directories
+(lstat: no symlink, no one else's), as the state directory may be shared. The single-process server
 and the supervisor own the instance; each worker's DevFs owns its `w<N>`.
 
 Models: devfs and the system-call layer (kern/kern_conf.c's cdevsw, make_dev;
@@ -50,6 +52,7 @@ import pathlib
 import select
 import shutil
 import socket
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -382,6 +385,24 @@ def _mkdir_private(path: pathlib.Path) -> None:
     os.chmod(path, 0o700)
 
 
+def _own_private_dir(path: pathlib.Path) -> None:
+    """Make `path` (mode 0700), or take an existing one only if it is a directory of
+    this user's, not a symlink: a directory someone else made (or a link planted in
+    a shared state directory) would otherwise get our chmod, rmtree and sockets."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):  # a symlink's lstat is the link's
+        raise ConfigError(f"{path} is not a directory (a symlink?): not used for devices")
+    if st.st_uid != os.getuid():
+        raise ConfigError(f"{path} belongs to uid {st.st_uid}, not this user: not used for devices")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 # The lock of each instance this process owns (held from open_instance to remove_instance).
 _instance_locks: dict[pathlib.Path, int] = {}
 
@@ -393,10 +414,9 @@ def open_instance(port: int) -> pathlib.Path:
     the port is ours now. One whose lock is held belongs to a running server:
     ConfigError, and nothing of it is touched."""
     path = instance_dir(port)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
+    path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _own_private_dir(path.parent)  # the runtime root
+    _own_private_dir(path)
     fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -411,7 +431,6 @@ def open_instance(port: int) -> pathlib.Path:
                 entry.unlink()
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    os.chmod(path, 0o700)
     _instance_locks[path] = fd
     return path
 

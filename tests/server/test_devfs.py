@@ -41,7 +41,7 @@ from server.devices.devfs import (
     open_instance,
     remove_instance,
 )
-from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401 (a fixture)
+from tests.privdrop import NOBODY, as_unprivileged, world_tmp  # noqa: F401 (a fixture)
 from userland.dev import DevFile as UserFile
 from userland.devdir import device_paths, find_instance, runtime_root
 
@@ -321,3 +321,32 @@ def test_runtime_directory_and_discovery(
     assert find_instance() == b and runtime_root().exists()
     remove_instance(b)
     assert not runtime_root().exists()  # the last instance takes the empty root with it
+
+
+def test_runtime_root_must_be_this_user_s_own_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback root sits in a state directory that may be shared: a symlink or
+    someone else's directory there is refused, not chmod'ed or filled with sockets."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    (tmp_path / "state").mkdir()
+    monkeypatch.setenv("NOMAPD_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state" / "run").symlink_to(victim)
+    with pytest.raises(ConfigError, match="is not a directory"):
+        open_instance(8443)
+    assert victim.stat().st_mode & 0o777 == 0o755 and list(victim.iterdir()) == []
+    (tmp_path / "state" / "run").unlink()
+    (tmp_path / "state" / "run").mkdir()
+    (tmp_path / "state" / "run" / "8443").symlink_to(victim)  # the instance itself
+    with pytest.raises(ConfigError, match="is not a directory"):
+        open_instance(8443)
+    assert list(victim.iterdir()) == []
+    if os.geteuid() == 0:  # someone else's directory: made so here
+        (tmp_path / "state" / "run" / "8443").unlink()
+        os.chown(tmp_path / "state" / "run", NOBODY, NOBODY)
+    else:  # one this user cannot own: / holds root's run
+        monkeypatch.setenv("NOMAPD_STATE_DIR", "/")
+    with pytest.raises(ConfigError, match="belongs to uid"):
+        open_instance(8443)
