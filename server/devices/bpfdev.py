@@ -59,6 +59,11 @@ log = logging.getLogger("nomapd.devfs")
 SHM_MAX = 2 * BPF_MAX_PAGES * mmap.PAGESIZE
 
 
+# The largest request /dev/bpf takes: a BIOCSETF program of BPF_MAXINSNS (8 bytes
+# each) is 4 KiB; 64 KiB leaves room and buffers nothing large.
+BPF_MAXREQUEST = 64 * 1024
+
+
 class BpfFile(DevFile):
     """One open /dev/bpf: a descriptor and the shared mapping it may hold."""
 
@@ -144,4 +149,4 @@ class BpfFile(DevFile):
 
 def bpf_device(bpf: Bpf) -> Device:
     """The worker's /dev/bpf."""
-    return Device("bpf", lambda of: BpfFile(bpf, of))
+    return Device("bpf", lambda of: BpfFile(bpf, of), max_request=BPF_MAXREQUEST)

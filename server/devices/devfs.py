@@ -221,13 +221,20 @@ async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
         view = view[n:]
 
 
+# A device's default request limit: ioctl arguments and writes of a few pages.
+DEV_MAXREQUEST: Final = 64 * 1024
+
+
 @dataclass
 class Device:
-    """A device node: its file name in the worker's directory and its open
-    routine (`open(handle) -> DevFile`; an OSError refuses the open)."""
+    """A device node: its file name in the worker's directory, its open routine
+    (`open(handle) -> DevFile`; an OSError refuses the open) and the largest
+    request payload it takes (a larger one is answered EINVAL, unread, and the
+    file closed: nothing buffers megabytes for a device that takes a few bytes)."""
 
     name: str
     open: Callable[[OpenFile], DevFile]
+    max_request: int = DEV_MAXREQUEST
 
 
 def _close_fds(fds: list[int]) -> None:
@@ -326,7 +333,7 @@ class DevFs:
                 try:
                     n.start_soon(handle._wakeup_writer)
                     await handle.send(dev_reply(0))
-                    await self._syscalls(handle, f)
+                    await self._syscalls(handle, f, dev.max_request)
                 except (PeerGone, OSError):
                     pass  # the process went away: its file closes below
                 except Exception:  # a kernel bug must not take the worker down: close the file
@@ -336,7 +343,7 @@ class DevFs:
                     self.stats.open_files -= 1
                     n.cancel_scope.cancel()
 
-    async def _syscalls(self, handle: OpenFile, f: DevFile) -> None:
+    async def _syscalls(self, handle: OpenFile, f: DevFile, max_request: int) -> None:
         sock = handle.sock
         while True:
             fds: list[int] = []
@@ -345,8 +352,11 @@ class DevFs:
                 if head is None:
                     return
                 op, cmd, flags, count, length = DEV_REQ.unpack(head)
-                if length > DEV_MAXPAYLOAD:
-                    return  # not a process speaking the ABI: close the file
+                if length > min(max_request, DEV_MAXPAYLOAD):  # unread: say why, then close
+                    why = f"a request of {length} bytes; this device takes {max_request} at most"
+                    with contextlib.suppress(OSError):
+                        await handle.send(dev_reply(errno.EINVAL, why.encode()))
+                    return
                 payload = await _recv_exact(sock, length, fds) if length else b""
                 if payload is None:
                     return

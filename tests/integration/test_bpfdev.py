@@ -33,7 +33,7 @@ from bpf.bpf_h import (
     SIZE_T,
     U_INT,
 )
-from server.devices.bpfdev import SHM_MAX
+from server.devices.bpfdev import BPF_MAXREQUEST, SHM_MAX
 from tests.integration.conftest import ServerProcess
 from tests.privdrop import as_unprivileged
 from userland.bpfdev import BpfCapture, Packet, bpf_program, ifreq, shm_create
@@ -165,6 +165,9 @@ def test_bad_requests_answer_einval(server: ServerProcess) -> None:
                     f.ioctl(BIOCSETF, bpf_program(prog))
                 assert e.value.errno == errno.EINVAL
             assert server.stats()["devfs.shm_mapped"] == 1  # the refused calls mapped nothing
+        with DevFile.open(path) as f, pytest.raises(OSError) as e:
+            f.ioctl(BIOCSETF, b"\0" * (BPF_MAXREQUEST + 8))  # answered, not a silent close
+        assert e.value.errno == errno.EINVAL and f"takes {BPF_MAXREQUEST} at most" in str(e.value)
     finally:
         shm.close()
         os.close(fd)

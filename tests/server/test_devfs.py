@@ -33,6 +33,7 @@ from mbuf.sys_devio import (
 )
 from server.config import ConfigError
 from server.devices.devfs import (
+    DEV_MAXREQUEST,
     DevFile,
     DevFs,
     Device,
@@ -142,6 +143,19 @@ async def test_calls_errors_and_descriptors(world: World) -> None:
         os.close(memfd)
     await call(f.close)
     assert world.closed == 1 and world.stats.open_files == 0 and world.stats.opens_total == 1
+
+
+async def test_a_request_larger_than_the_device_takes_is_einval(world: World) -> None:
+    f = await call(lambda: UserFile.open(world.path / "toy"))
+    most = DEV_MAXREQUEST
+    assert await call(lambda: f.ioctl(1, b"ab" * (most // 2))) == b"ba" * (most // 2)
+    with pytest.raises(OSError) as e:
+        await call(lambda: f.ioctl(1, b"x" * (most + 1)))  # fits the socket's buffer: replied
+    assert e.value.errno == errno.EINVAL
+    assert f"a request of {most + 1} bytes; this device takes {most} at most" in str(e.value)
+    await world.closed_ev.wait()  # and the file closed: nothing of it was read
+    assert world.closed == 1 and world.stats.open_files == 0
+    f.sock.close()
 
 
 async def test_wakeups_are_not_replies(world: World) -> None:
