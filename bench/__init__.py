@@ -5,7 +5,8 @@ itself, one process each on 127.0.0.1, on the same files and certificate, and
 drives them with the real C load generators wrk and h2load through its
 workloads: 1 MiB and 16 KiB files over kept-alive connections, a new TLS
 connection per small request, four 100 MiB files (memory), and a concurrency
-sweep. For every run it records the tool's requests/s, MB/s and latency, the
+sweep; and what a packet capture (zero-copy or buffered BPF) costs on 1 MiB.
+For every run it records the tool's requests/s, MB/s and latency, the
 server's CPU seconds per GB and peak RSS (from /proc), and nomapd's
 modeled-kernel counters per GB (from its /stats). It prints a table with the
 ratios to nginx and hypercorn and whether its performance targets are met, and
@@ -25,7 +26,8 @@ Modules, each named for what it models:
   server negotiates;
 - `wrk`, `h2load`: command lines and output parsers, into `load.LoadResult`;
   `procfs`: CPU and RSS of a process tree; `counters`: nomapd's counters per GB;
-  `runner`: one run measured; `progress`: the progress line;
+  `capture`: the capture rows' `nomapd capture` beside the server (its CPU,
+  packets and drops); `runner`: one run measured; `progress`: the progress line;
 - `results`: records and their aggregation; `compare`: ratios; `targets`:
   the performance targets; `summary`: results.json; `report`: the table and
   report.md; `charts`: the PNGs (run in the peers venv);

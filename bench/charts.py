@@ -15,6 +15,10 @@ wrote, one per line.
   line per row, log-2 axis, log MB/s.
 - mbufs_per_gb.png: nomapd's modes, mbufs, EXT_PGS mbufs and sf_bufs
   allocated per GB, per keep-alive workload.
+- capture.png: the capture rows beside their no-capture baseline (results.json's
+  `capture`): server and capture CPU seconds per GB per mode and snap length,
+  per workload; and the packets dropped, as a percentage of those received,
+  per workload (8 and 64 connections).
 """
 
 from __future__ import annotations
@@ -52,6 +56,16 @@ def _grid(n: int) -> tuple[Any, list[Any]]:
     return fig, flat[:n]
 
 
+def _save(fig: Any, path: pathlib.Path, title: str | None = None) -> pathlib.Path:
+    """Title, lay out, write `path` at 100 dpi and close the figure."""
+    if title is not None:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def throughput(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
     idx = _index(doc)
     rows = [r["name"] for r in doc["rows"]]
@@ -79,12 +93,7 @@ def throughput(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
         ax.set_xlabel(LABEL[w["metric"]] + " (log scale)")
         ax.set_title(f"{w['name']}: {w['title']}", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle("Throughput per server and mode")
-    fig.tight_layout()
-    path = out / "throughput.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "throughput.png", "Throughput per server and mode")
 
 
 def cpu_per_gb(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
@@ -113,12 +122,7 @@ def cpu_per_gb(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
         ax.invert_yaxis()
         ax.set_xlabel("server CPU seconds per GB")
         ax.set_title(f"{w['name']}: {w['title']} ({tool})", fontsize=9)
-    fig.suptitle("Server CPU per GB served (lower is better)")
-    fig.tight_layout()
-    path = out / "cpu_per_gb.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "cpu_per_gb.png", "Server CPU per GB served (lower is better)")
 
 
 def sweep(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
@@ -150,11 +154,7 @@ def sweep(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
     ax.set_title(f"Concurrency sweep, 1 MiB, keep-alive ({tool})")
     ax.legend(fontsize=7)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = out / "sweep.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "sweep.png")
 
 
 def mbufs_per_gb(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
@@ -184,18 +184,60 @@ def mbufs_per_gb(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
         ax.set_xlabel("allocated per GB")
         ax.set_title(f"{w['name']}: {w['title']} ({tool})", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle("nomapd: mbufs, EXT_PGS mbufs and sf_bufs per GB")
-    fig.tight_layout()
-    path = out / "mbufs_per_gb.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "mbufs_per_gb.png", "nomapd: mbufs, EXT_PGS mbufs and sf_bufs per GB")
+
+
+def capture(doc: dict[str, Any], out: pathlib.Path) -> pathlib.Path | None:
+    lines = [c for c in doc.get("capture", []) if c["runs_ok"]]
+    if not lines:
+        return None
+    workloads = list(dict.fromkeys(c["workload"] for c in lines))
+    fig, axes = plt.subplots(1, len(workloads) + 1, figsize=(6 * (len(workloads) + 1), 4.5))
+    for ax, w in zip(axes, workloads, strict=False):
+        mine = [c for c in lines if c["workload"] == w]
+        names = [c["row"].removeprefix("nomapd-") for c in mine]
+        server = [c["cpu_s_per_gb"] or 0 for c in mine]
+        cap = [c["capture_cpu_s_per_gb"] or 0 for c in mine]
+        ys = list(range(len(mine)))
+        ax.barh(ys, server, 0.8, label="server", color="tab:blue")
+        ax.barh(ys, cap, 0.8, left=server, label="capture process", color="tab:orange")
+        for y, (a, b) in enumerate(zip(server, cap, strict=True)):
+            ax.text(a + b, y, f" {a:.3g} + {b:.2g}", va="center", fontsize=7)
+        ax.set_yticks(ys)
+        ax.set_yticklabels(names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("CPU seconds per GB served")
+        ax.set_title(f"{w}: {mine[0]['connections']} connections", fontsize=9)
+        ax.set_xlim(0, max(s + c for s, c in zip(server, cap, strict=True)) * 1.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    ax = axes[-1]
+    rows = list(dict.fromkeys(c["row"] for c in lines if c["mode"] != "none"))
+    height = 0.8 / len(workloads)
+    for i, w in enumerate(workloads):
+        by_row = {c["row"]: c for c in lines if c["workload"] == w}
+        values = [100 * (by_row.get(r, {}).get("drop_fraction") or 0) for r in rows]
+        yy = [y + i * height for y in range(len(rows))]
+        conns = next(c["connections"] for c in lines if c["workload"] == w)
+        ax.barh(yy, values, height, label=f"{conns} connections")
+        for yv, v in zip(yy, values, strict=True):
+            ax.text(v, yv, f" {v:.2g}%", va="center", fontsize=7)
+    ax.set_yticks([y + height * (len(workloads) - 1) / 2 for y in range(len(rows))])
+    ax.set_yticklabels([r.removeprefix("nomapd-") for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("packets dropped, % of received")
+    ax.set_title("drops (default buffer size)", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(
+        fig,
+        out / "capture.png",
+        "Packet capture on nm0: zero-copy (zbuf) and buffered BPF, 1 MiB over HTTPS",
+    )
 
 
 def main(argv: list[str]) -> int:
     doc = json.loads(pathlib.Path(argv[0]).read_text())
     out = pathlib.Path(argv[1])
-    for draw in (throughput, cpu_per_gb, sweep, mbufs_per_gb):
+    for draw in (throughput, cpu_per_gb, sweep, mbufs_per_gb, capture):
         path = draw(doc, out)
         if path is not None:
             print(path.name)

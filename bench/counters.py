@@ -17,6 +17,19 @@ per GB (10^9 bytes) the client received:
 | walked | tcp.sndptr_walked | mbufs tcp_output walked from its cached pointer to snd_nxt |
 | rexmit_bytes | tcp.sndrexmitbyte | bytes TCP sent again after the wire lost them (`--loss`) |
 
+the capture rows' BPF counters (`CAPTURE_PER_GB`, shown in the report's
+capture section only):
+
+| key | counter | what it counts |
+|---|---|---|
+| bpf_captured | bpf.packets_captured | records stored in a descriptor's buffer |
+| bpf_dropped | bpf.packets_dropped | packets dropped (no free buffer) |
+| bpf_bytes | bpf.bytes_captured | packet bytes copied into BPF buffers |
+| bpf_unmapped_mbufs | bpf.unmapped_mbufs_copied | unmapped mbufs copied by m_copydata's page walk |
+| bpf_handovers | bpf.zbuf_handovers | zero-copy buffers handed to the process |
+| bpf_reads | bpf.reads | buffered-mode reads that copied a hold buffer out |
+| bpf_read_bytes | bpf.read_bytes | bytes those reads copied out |
+
 and, as a level rather than a delta, `sockbuf.mbufs_peak`: the most mbufs
 any one socket buffer held since the server started (the servers are started
 fresh for each workload group, see `bench.workloads`).
@@ -38,16 +51,26 @@ PER_GB: dict[str, str] = {
     "walked": "tcp.sndptr_walked",
     "rexmit_bytes": "tcp.sndrexmitbyte",
 }
+CAPTURE_PER_GB: dict[str, str] = {
+    "bpf_captured": "bpf.packets_captured",
+    "bpf_dropped": "bpf.packets_dropped",
+    "bpf_bytes": "bpf.bytes_captured",
+    "bpf_unmapped_mbufs": "bpf.unmapped_mbufs_copied",
+    "bpf_handovers": "bpf.zbuf_handovers",
+    "bpf_reads": "bpf.reads",
+    "bpf_read_bytes": "bpf.read_bytes",
+}
 LEVELS: dict[str, str] = {"sockbuf_mbufs_peak": "sockbuf.mbufs_peak"}
 
 GB = 1e9
 
 
 def per_gb(before: Mapping[str, Any], after: Mapping[str, Any], nbytes: int) -> dict[str, float]:
-    """The PER_GB deltas divided by the GB received, and the LEVELS as they are after."""
+    """The PER_GB and CAPTURE_PER_GB deltas divided by the GB received, and the
+    LEVELS as they are after."""
     out: dict[str, float] = {}
     gb = nbytes / GB
-    for key, counter in PER_GB.items():
+    for key, counter in {**PER_GB, **CAPTURE_PER_GB}.items():
         if counter in after and counter in before and gb > 0:
             out[key] = (float(after[counter]) - float(before[counter])) / gb
     for key, counter in LEVELS.items():

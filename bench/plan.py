@@ -12,6 +12,10 @@ instead of the last ones.
 (`re.search`), e.g. `nomapd-default` (that row, all workloads and tools),
 `^16k:` (one workload), `:wrk$` (one tool), `nginx-http:|nomapd-http:`.
 
+Capture rows (`Row.capture`) have steps only where `bench.capture.runs_on`
+says: the 1 MiB workloads at 8 and 64 connections, with wrk (with `--quick`,
+at 8 only, sweep point 64 being dropped).
+
 With `--quick`, h2load runs only on the workloads of `QUICK_H2LOAD`; wrk
 runs on all.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bench import capture
 from bench.rows import Row
 from bench.workloads import Workload
 
@@ -60,6 +65,8 @@ def make_plan(
             for row in rows:
                 for tool in tools:
                     if quick and tool == "h2load" and w.name not in QUICK_H2LOAD:
+                        continue
+                    if row.capture is not None and not capture.runs_on(w.name, tool):
                         continue
                     step = Step(w, row, tool, rep, duration)
                     if pattern is None or pattern.search(step.label):

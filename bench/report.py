@@ -5,19 +5,24 @@ Theory of operation. The table has one block per workload and one line per row
 CPU seconds per GB and peak RSS, the ratios of the workload's headline figure
 to nginx and to hypercorn (same protocol, same tool), then h2load's headline
 figure and its ratios, and the errors or the reason a row has no figures. Then
-the performance targets (`bench.targets`) and what was missing.
+the capture block (`Summary.capture`: server and capture CPU per GB, packets
+and drops per capture row beside the baseline), the performance targets
+(`bench.targets`) and what was missing.
 
 report.md says how the figures were obtained, then gives the targets, every
 figure of both tools per workload, CPU per GB per mode, what unmapped mbufs
-save (in the counters' terms), nomapd's counters per GB, the concurrency
-sweep, the TLS each server negotiated, and the charts.
+save (in the counters' terms), what packet capture costs in each BPF buffer
+mode, nomapd's counters per GB, the concurrency sweep, the TLS each server
+negotiated, and the charts.
 """
 
 from __future__ import annotations
 
-from bench.counters import LEVELS, PER_GB
+from typing import Any
+
+from bench.counters import CAPTURE_PER_GB, LEVELS, PER_GB
 from bench.results import Figures, find
-from bench.rows import NOMAPD, Row
+from bench.rows import CAPTURE_BASELINE, NOMAPD, Row
 from bench.summary import Summary
 from bench.workloads import MB_S, MIB, ONE_MIB, Workload, sweep_names
 
@@ -41,6 +46,10 @@ def num(v: float | None) -> str:
     if a >= 0.01:
         return f"{v:.2f}"
     return f"{v:.1e}"
+
+
+def pct(v: float | None) -> str:
+    return DASH if v is None else f"{v * 100:.1f}%"
 
 
 def times(v: float | None) -> str:
@@ -120,6 +129,7 @@ def terminal_table(s: Summary) -> str:
                     notes.append(f"{second}: {_status(g)}")
             note = "; ".join(n for n in notes if n)
             out.append(line + (f"  {note}" if note else ""))
+    out += _capture_terminal(s)
     out.append("")
     out.append("targets (computed from this run, not asserted):")
     for t in s.targets:
@@ -128,6 +138,50 @@ def terminal_table(s: Summary) -> str:
     for what, why in {**s.missing, **s.server_errors}.items():
         out.append(f"missing: {what}: {why.splitlines()[0] if why else ''}")
     return "\n".join(out)
+
+
+CAPTURE_HEAD = ["workload", "server/mode", "MB/s", "server CPU s/GB", "capture CPU s/GB"]
+CAPTURE_HEAD += ["captured", "received", "dropped", "dropped %"]
+
+
+def _capture_cells(c: dict[str, Any]) -> list[str]:
+    if not c["runs_ok"]:
+        failed = "failed: " + "; ".join(e.splitlines()[0] for e in c["failures"])[:60]
+        return [c["workload"], c["row"], failed, *([""] * (len(CAPTURE_HEAD) - 3))]
+    return [
+        c["workload"],
+        c["row"],
+        num(c["mb_s"]),
+        num(c["cpu_s_per_gb"]),
+        num(c["capture_cpu_s_per_gb"]),
+        num(c["captured"]),
+        num(c["received"]),
+        num(c["dropped"]),
+        pct(c["drop_fraction"]),
+    ]
+
+
+def _capture_terminal(s: Summary) -> list[str]:
+    lines = s.capture()
+    if not lines:
+        return []
+    widths = [10, 30, 9, 17, 18, 10, 10, 10, 10]
+    out = ["", "== capture: nomapd capture -w /dev/null on nm0 beside the load (wrk)"]
+    out.append(
+        "".join(
+            h.rjust(w) if i > 1 else h.ljust(w)
+            for i, (h, w) in enumerate(zip(CAPTURE_HEAD, widths, strict=True))
+        )
+    )
+    for c in lines:
+        cells = _capture_cells(c)
+        out.append(
+            "".join(
+                x.rjust(w) if i > 1 else x.ljust(w)
+                for i, (x, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- markdown
@@ -286,6 +340,43 @@ def _nomap_md(s: Summary, tool: str) -> list[str]:
     ]
 
 
+def _capture_md(s: Summary) -> list[str]:
+    lines = s.capture()
+    if not lines:
+        return []
+    bpf = [
+        [c["workload"], c["row"], *(num(c["bpf_per_gb"].get(k)) for k in CAPTURE_PER_GB)]
+        for c in lines
+        if c["mode"] != "none" and c["runs_ok"]
+    ]
+    return [
+        "## Packet capture: zero-copy and buffered BPF",
+        "",
+        "nomapd's default mode with `nomapd capture -i nm0 -w /dev/null -s SNAPLEN --mode "
+        "zbuf|buffer` started after the server and before the load, stopped (SIGINT) after "
+        f"it; `{CAPTURE_BASELINE}` is the same server with no capture. Server CPU is the "
+        "server's seconds per GB served, capture CPU the capture process's (/proc, over the "
+        "load, read once the server is idle); captured, received and dropped are the "
+        "capture's closing lines (tcpdump's; else its descriptor's `/stats` row), per run; "
+        "dropped % is of the packets received.",
+        "",
+        *_md_table(CAPTURE_HEAD, [_capture_cells(c) for c in lines]),
+        "",
+        *(
+            f"- {c['workload']}:{c['row']}: {note}"
+            for c in lines
+            for note in c.get("capture_notes", [])
+        ),
+        "",
+        "BPF counters per GB served (`/stats`, see `bench.counters`): "
+        + ", ".join(f"{k} (`{v}`)" for k, v in CAPTURE_PER_GB.items())
+        + ".",
+        "",
+        *_md_table(["workload", "server/mode", *CAPTURE_PER_GB], bpf),
+        "",
+    ]
+
+
 def _counters_md(s: Summary, tool: str) -> list[str]:
     out: list[str] = []
     keys = [*PER_GB, *LEVELS]
@@ -400,6 +491,7 @@ def markdown(s: Summary) -> str:
             out += _workload_md(s, w)
     out += _cpu_md(s, first)
     out += _nomap_md(s, first)
+    out += _capture_md(s)
     out += _counters_md(s, first)
     out += _sweep_md(s, first)
     out += _tls_md(s)

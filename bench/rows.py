@@ -1,11 +1,17 @@
 """The rows of the benchmark: each server in each mode it is measured in.
 
-Theory of operation. A row is one server process configuration. nomapd has twelve
-rows, one per mode measured (the flags are passed to `nomapd serve` as they
-are); nginx and hypercorn have two each, HTTPS and plain HTTP, so that every
-nomapd row has a peer speaking the same protocol: the HTTPS rows of nomapd are
-compared with `nginx` and `hypercorn`, the `--http` rows with `nginx-http` and
-`hypercorn-http` (`peer_of`).
+Theory of operation. A row is one server process configuration. nomapd has
+sixteen rows, one per mode measured, four of them capture rows (the flags are
+passed to `nomapd serve` as they are); nginx and hypercorn have two each,
+HTTPS and plain HTTP, so that every nomapd row has a peer speaking the same
+protocol: the HTTPS rows of nomapd are compared with `nginx` and
+`hypercorn`, the `--http` rows with `nginx-http` and `hypercorn-http`
+(`peer_of`).
+
+A capture row (`capture` set) is nomapd's default mode with `nomapd capture`
+running beside it during each run (`bench.capture`): zero-copy or buffered
+BPF, at snap length 96 or full. It runs on the 1 MiB workloads only, with
+wrk; `nomapd-default` is its no-capture baseline.
 
 Row names are what `--only` matches (with the workload and the tool, see
 `bench.plan`), so they are short and stable: renaming one changes the command
@@ -15,6 +21,8 @@ lines people have written down.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from bench.capture import BUFFER, SNAP_FULL, SNAP_HEADERS, ZBUF, Capture
 
 NOMAPD = "nomapd"
 NGINX = "nginx"
@@ -32,6 +40,7 @@ class Row:
     flags: tuple[str, ...] = ()
     title: str = ""
     env: tuple[tuple[str, str], ...] = ()  # added to the server's environment
+    capture: Capture | None = None  # a capture beside the server during each run
 
     @property
     def scheme(self) -> str:
@@ -102,6 +111,21 @@ ROWS: tuple[Row, ...] = (
         "plain HTTP, one sf_buf mbuf per page, pure core (NOMAPD_PURE=1)",
         env=(("NOMAPD_PURE", "1"),),
     ),
+    # What capture costs (bench.capture): the default mode with a capture on nm0.
+    *(
+        Row(
+            f"nomapd-capture-{mode}-{cap.snap_label}",
+            NOMAPD,
+            True,
+            (),
+            f"KTLS, NOMAP, {'zero-copy' if mode == ZBUF else 'buffered'} capture, "
+            f"snap length {cap.snaplen}",
+            capture=cap,
+        )
+        for snaplen in (SNAP_HEADERS, SNAP_FULL)
+        for mode in (ZBUF, BUFFER)
+        for cap in (Capture(mode, snaplen),)
+    ),
     Row(NGINX, NGINX, True, (), "nginx, 1 worker, sendfile on, HTTPS"),
     Row(f"{NGINX}-http", NGINX, False, (), "nginx, 1 worker, sendfile on, plain HTTP"),
     Row(HYPERCORN, HYPERCORN, True, (), "hypercorn -k trio, Starlette StaticFiles, HTTPS"),
@@ -113,6 +137,8 @@ ROWS: tuple[Row, ...] = (
         "hypercorn -k trio, Starlette StaticFiles, plain HTTP",
     ),
 )
+
+CAPTURE_BASELINE = "nomapd-default"  # the capture rows without the capture
 
 BY_NAME: dict[str, Row] = {r.name: r for r in ROWS}
 

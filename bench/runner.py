@@ -15,6 +15,13 @@ log's tail. Then each step, in plan order (rows alternated), is measured:
 5. nomapd: once its connections are closed, its counters are read again and
    the deltas per GB recorded.
 
+A capture row (`bench.capture`) has its capture started before step 2 and
+waited for until its descriptor is attached (a capture that does not attach
+fails the step); its CPU seconds are read with the server's before the load,
+and again after step 5 (once the server is idle, so that it has drained what
+was captured); the descriptor's row of `/stats` is kept; then it is stopped
+with SIGINT and its closing figures parsed.
+
 h2load runs a request count (see `bench.h2load`): the byte rate last
 measured for that workload and row (by wrk, just before, in plan order) times
 the duration, over the response size.
@@ -28,16 +35,17 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import counters, h2load, procfs, wrk
+from bench import capture, counters, h2load, procfs, wrk
 from bench.load import LoadResult, ParseError
 from bench.plan import Step, groups
 from bench.progress import Progress
 from bench.results import RunRecord
 from bench.rows import NOMAPD, Row
-from bench.servers import Server, Setting, StartError, start_all, stop_all
+from bench.servers import REPO, Server, Setting, StartError, start_all, stop_all
 from bench.tlsprobe import probe
 from bench.workloads import FILES
 
@@ -128,12 +136,38 @@ class Runner:
             rec.error = f"{s.row.name} died: {server.log_tail(3)}"
             return rec
         rec.command, expected = self.command(s, server, binary)
+        cap: capture.CaptureProcess | None = None
+        if s.row.capture is not None:
+            log = self.setting.work / f"{s.row.name}-{s.workload.name}-{s.rep}.capture.log"
+            cap = capture.start(s.row.capture, server.port, server.env, REPO, log)
+            try:
+                cap.wait_attached(lambda: _stats(server))
+            except capture.CaptureError as e:
+                rec.error = str(e)
+                return rec
+        try:
+            self.measure(s, server, rec, expected, cap)
+        finally:
+            if cap is not None:
+                cap.kill()
+        return rec
+
+    def measure(
+        self,
+        s: Step,
+        server: Server,
+        rec: RunRecord,
+        expected: float,
+        cap: capture.CaptureProcess | None,
+    ) -> None:
+        """Steps 2 to 5 of the module head for one run, into `rec`."""
         pids = server.pids()
         before = _stats(server) if s.row.server == NOMAPD else None
         if before is not None:
             self.cores[s.row.name] = str(before.get("server.core", "unknown"))
         hwm = procfs.reset_hwm(pids)
         cpu0 = procfs.cpu_seconds(pids)
+        cap_cpu0 = procfs.cpu_seconds([cap.pid]) if cap is not None else 0.0
         sampling = contextlib.nullcontext(None) if hwm else procfs.RssSampler(server.pid)
         with sampling as sampler:
             try:
@@ -153,21 +187,32 @@ class Runner:
         rec.peak_rss = sampler.peak if sampler is not None else procfs.hwm_bytes(pids)
         rec.rss_method = "VmHWM after reset" if hwm else "VmRSS sampled every 20 ms"
         if rec.error:
-            return rec
+            return
         try:
             load: LoadResult = (wrk.parse if s.tool == "wrk" else h2load.parse)(output)
         except ParseError as e:
             rec.error = str(e)
-            return rec
+            return
         rec.load = load
         if load.bytes and load.seconds:
             self.rates[(s.workload.name, s.row.name)] = load.bytes / load.seconds
+        after: Mapping[str, Any] | None = None
         if before is not None and server.alive():
             after = counters.wait_idle(lambda: _stats(server) or {})
             rec.counters = counters.per_gb(before, after, load.bytes)
+        if cap is not None and s.row.capture is not None:
+            run = capture.CaptureRun(s.row.capture.mode, s.row.capture.snaplen)
+            run.cpu_s = procfs.cpu_seconds([cap.pid]) - cap_cpu0
+            descriptor = capture.descriptor_of(after, cap.pid) if after else None
+            counts, note = cap.stop()
+            run.settle(counts, descriptor)
+            if not run.source:
+                note = f"{note}; " if note else ""
+                note += f"no capture figures: {cap.stderr().strip()[-200:] or 'no output'}"
+            run.error = note
+            rec.capture = run
         if not server.alive():
             rec.error = f"{s.row.name} died during the run: {server.log_tail(3)}"
-        return rec
 
     def command(self, s: Step, server: Server, binary: str) -> tuple[list[str], float]:
         """The tool's argv and how long it should run (h2load: its requests at the known rate)."""

@@ -183,6 +183,7 @@ class Server:
     log: pathlib.Path
     proc: subprocess.Popen[bytes]
     argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # what it was started with
 
     @property
     def pid(self) -> int:
@@ -252,7 +253,7 @@ def launch(row: Row, s: Setting) -> Server:
             env=env,
             start_new_session=True,
         )
-    return Server(row, port, admin, log, proc, argv)
+    return Server(row, port, admin, log, proc, argv, env)
 
 
 def wait_ready(server: Server, timeout: float = START_TIMEOUT) -> None:

@@ -4,6 +4,8 @@ Theory of operation. `Summary` gathers the run's settings and machine, the
 workloads and rows that were selected, what was missing (tools, peers, servers
 that did not start), the TLS each server negotiated, every run's record, the
 aggregated figures with their ratios to nginx and hypercorn, and the targets.
+`capture` lays the capture rows' figures (`bench.capture`) beside their
+no-capture baseline, per workload, for the report, the charts and results.json.
 `to_json` is the whole of results.json; `bench.report` renders the table and
 report.md from it, and `bench.charts` (in the peers venv) draws from
 results.json alone.
@@ -14,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.capture import TOOLS as CAPTURE_TOOLS
 from bench.compare import Ratios, all_ratios
-from bench.results import Figures, RunRecord, aggregate
-from bench.rows import Row
+from bench.results import Figures, RunRecord, aggregate, find
+from bench.rows import CAPTURE_BASELINE, Row
 from bench.targets import Target, evaluate
 from bench.workloads import Workload
 
@@ -48,6 +51,45 @@ class Summary:
                 return w
         raise KeyError(name)
 
+    def capture(self) -> list[dict[str, Any]]:
+        """Per workload with capture figures: the baseline (mode "none") and each capture
+        row, with server and capture CPU per GB, packets, drops and the BPF counters."""
+        tool = CAPTURE_TOOLS[0]
+        out: list[dict[str, Any]] = []
+        for w in self.workloads:
+            rows = [
+                r
+                for r in self.rows
+                if r.capture is not None and find(self.figures, w.name, r.name, tool)
+            ]
+            if not rows:
+                continue
+            for r in [*(x for x in self.rows if x.name == CAPTURE_BASELINE), *rows]:
+                f = find(self.figures, w.name, r.name, tool)
+                if f is None:
+                    continue
+                out.append(
+                    {
+                        "workload": w.name,
+                        "connections": w.connections,
+                        "row": r.name,
+                        "mode": r.capture.mode if r.capture else "none",
+                        "snaplen": r.capture.snaplen if r.capture else None,
+                        "runs_ok": f.runs_ok,
+                        "failures": f.failures,
+                        "mb_s": f.mb_s,
+                        "cpu_s_per_gb": f.cpu_s_per_gb,
+                        "capture_cpu_s_per_gb": f.capture_cpu_s_per_gb,
+                        "captured": f.captured,
+                        "received": f.received,
+                        "dropped": f.dropped,
+                        "drop_fraction": f.drop_fraction,
+                        "capture_notes": f.capture_notes,
+                        "bpf_per_gb": {k: v for k, v in f.counters.items() if k.startswith("bpf_")},
+                    }
+                )
+        return out
+
     def to_json(self) -> dict[str, Any]:
         figures = []
         for f in self.figures:
@@ -78,6 +120,11 @@ class Summary:
                     "tls": r.tls,
                     "flags": list(r.flags),
                     "title": r.title,
+                    "capture": (
+                        {"mode": r.capture.mode, "snaplen": r.capture.snaplen}
+                        if r.capture
+                        else None
+                    ),
                 }
                 for r in self.rows
             ],
@@ -87,6 +134,7 @@ class Summary:
             "tls": self.tls,
             "figures": figures,
             "targets": [t.to_json() for t in self.targets],
+            "capture": self.capture(),
             "charts": self.charts,
             "runs": [r.to_json() for r in self.records],
         }

@@ -19,6 +19,9 @@ module's own names, `bpf_filter` among them, are imported from the module):
   bpf_jit.py      beyond the kernel's bpf_jitter: a program compiled to Python
   bpf_ioctl.py    net/bpf.c's bpfioctl: one typed function per ioctl, and bpfioctl
                   (ioctl number and argument bytes in, bytes out)
+  bpf_keylog.py   beyond FreeBSD: TLS key log lines handed to a descriptor that
+                  asked (BIOCSKEYLOG/BIOCGKEYLOG, nomapd's ioctls), for
+                  `nomapd capture --keys`
 
 How the other layers use it:
 
@@ -30,6 +33,8 @@ How the other layers use it:
     bpfread(d, resid, nonblock) -> bytes          # BlockingIOError: sleep, call again
     bpfpoll(d) -> bool; bpf_timed_out(d)          # the read timeout's two halves
     bpf_close(d); bpf_stats(bpf) -> [Xbpfd]; bpf.stats.items()
+  TLS handshakes (server/devices/bpfkeys.py): bpf_keylog_wanted(bpf),
+    bpf_keylog(bpf, lines)
   driver (mbuf's IfTap): bif.tap(m, PFIL_OUT | PFIL_IN), or
     mbuf.if_tap.if_tap_ether(bif, m, dst, src, ethertype, direction)
 """

@@ -75,6 +75,7 @@ from bpf.bpf_h import (
     BPF_XHDR,
     SIZEOF_BPF_HDR,
 )
+from bpf.bpf_keylog import bpf_keylog_detach
 from bpf.bpfdesc import BPF_IDLE, BPF_TIMED_OUT, BPF_WAITING, Bpf, BpfBuf, BpfD, Xbpfd
 from mbuf.if_tap import PFIL_IN
 from mbuf.kassert import kassert
@@ -140,6 +141,7 @@ def bpf_close(d: BpfD) -> None:
     bpf = d.bd_bpf
     if d.bd_bif is not None:
         bpf_detachd(d)
+    bpf_keylog_detach(d)  # nomapd's key export: pending lines wiped
     bpf_free(d)
     d.bd_rfilter = None
     d.bd_jit = None

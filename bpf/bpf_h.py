@@ -14,7 +14,9 @@ bpf_stat / bpf_insn / bpf_program / bpf_zbuf / bpf_version, BPF_WORDALIGN, the
 instruction classes, DLT_EN10MB), sys/sys/ioccom.h (_IOC), sys/net/bpf_zerocopy.c
 (BPF_MAX_PAGES).
 
-Deliberate differences: FreeBSD has no BIOCSSNAPLEN (the snap length is the
+Deliberate differences: BIOCSKEYLOG and BIOCGKEYLOG (TLS key export for
+`nomapd capture --keys`) are nomapd's own, numbered 200 and up in group 'B'
+where FreeBSD has nothing. FreeBSD has no BIOCSSNAPLEN (the snap length is the
 filter's return value, A.9); it is not invented here. `BPF_MOD` and `BPF_XOR`
 are defined (modern bpf.h has them) but the kernel's validator refuses them, as
 FreeBSD's `bpf_code_map` does. Pointers in `struct bpf_program` and
@@ -109,6 +111,19 @@ BIOCSETZBUF: Final = _IOW("B", 129, BPF_ZBUF.size)
 BIOCSETFNR: Final = _IOW("B", 130, BPF_PROGRAM.size)
 BIOCGTSTAMP: Final = _IOR("B", 131, SIZEOF_U_INT)
 BIOCSTSTAMP: Final = _IOW("B", 132, SIZEOF_U_INT)
+
+# -- nomapd's own ioctls: NOT FreeBSD's --------------------------------------------
+# FreeBSD's group 'B' ends at 133 (BIOCSETVLANPCP); nomapd's numbers start at 200 so
+# that no FreeBSD number is ever reused. They export TLS secrets (bpf/bpf_keylog.py):
+#   BIOCSKEYLOG (u_int): 1 = hand this descriptor the NSS key log lines of the TLS
+#       sessions that complete their handshake while it is attached; 0 = stop and
+#       discard what is pending.
+#   BIOCGKEYLOG (u_int in: room in bytes; out: the pending lines, whole lines only,
+#       at most that many bytes; b"" when none). The model returns the bytes
+#       themselves where a real ioctl would copy them to a user pointer.
+BIOCSKEYLOG: Final = _IOW("B", 200, SIZEOF_U_INT)
+BIOCGKEYLOG: Final = _IOWR("B", 201, SIZEOF_U_INT)
+BPF_KEYLOG_MAX: Final = 1 << 20  # pending key log bytes one descriptor may hold
 
 BPF_MAJOR_VERSION: Final = 1
 BPF_MINOR_VERSION: Final = 1

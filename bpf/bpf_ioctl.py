@@ -17,10 +17,19 @@ Models: the switch of `bpfioctl` in sys/net/bpf.c with `bpf_setf`,
 `bpf_ioctl_setzbuf` (FreeBSD 12, 2019), and the IOC_IN / IOC_OUT copies of
 sys_ioctl (sys/kern/sys_generic.c).
 
-Deliberate differences: an argument of the wrong length answers EINVAL (a
+Deliberate differences: BIOCROTZBUF first takes back a hold buffer the
+process has acknowledged (the lazy reclaim catchpacket and reset_d do), then
+rotates; FreeBSD's bpf_zerocopy_ioctl_rotzbuf rotates only when no buffer is
+held, which leaves a timed-out store buffer behind an acknowledged hold buffer
+until the next packet while bpfpoll answers readable (bd_state TIMED_OUT,
+bd_slen != 0): libpcap's loop then spins, which two captures at once on the
+model hit after every burst. An argument of the wrong length answers EINVAL (a
 real ioctl always copies the length its number encodes, EFAULT if it cannot).
-BIOCPROMISC, BIOCSETWF, BIOCLOCK, BIOCFEEDBACK, signals and the DLT list are
-not modeled: EINVAL, as the kernel answers an unknown ioctl.
+BIOCSKEYLOG and BIOCGKEYLOG are nomapd's (bpf/bpf_keylog.py): TLS key export,
+which FreeBSD does not have. BIOCSKEYLOG copies out whether this call turned
+it on (the device logs that once). BIOCPROMISC, BIOCSETWF, BIOCLOCK,
+BIOCFEEDBACK, signals and the DLT list are not modeled: EINVAL, as the kernel
+answers an unknown ioctl.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import errno
 
 from bpf import bpf_buffer as _buf
 from bpf import bpf_zerocopy as _zbuf
-from bpf.bpf import ROTATE_BUFFERS, bpf_attachd, reset_d
+from bpf.bpf import ROTATE_BUFFERS, bpf_attachd, bpf_buf_reclaimed, bpf_canfreebuf, reset_d
 from bpf.bpf_filter import bpf_validate
 from bpf.bpf_h import (
     BIOCFLUSH,
@@ -39,6 +48,7 @@ from bpf.bpf_h import (
     BIOCGETBUFMODE,
     BIOCGETIF,
     BIOCGETZMAX,
+    BIOCGKEYLOG,
     BIOCGRTIMEOUT,
     BIOCGSTATS,
     BIOCGTSTAMP,
@@ -51,6 +61,7 @@ from bpf.bpf_h import (
     BIOCSETFNR,
     BIOCSETIF,
     BIOCSETZBUF,
+    BIOCSKEYLOG,
     BIOCSRTIMEOUT,
     BIOCSTSTAMP,
     BIOCVERSION,
@@ -78,6 +89,7 @@ from bpf.bpf_h import (
     bpf_program_unpack,
 )
 from bpf.bpf_jit import bpf_jit_compile
+from bpf.bpf_keylog import bpf_keylog_attach, bpf_keylog_detach, bpf_keylog_take
 from bpf.bpf_zerocopy import Uvm
 from bpf.bpfdesc import BpfD
 
@@ -216,6 +228,14 @@ def bpf_ioctl_rotzbuf(d: BpfD) -> tuple[int, int]:
     (bz_bufa, bz_buflen) of the buffer now held, or (0, 0) if nothing rotated."""
     if d.bd_bufmode != BPF_BUFMODE_ZBUF:
         raise OSError(errno.EOPNOTSUPP, "BIOCROTZBUF: not in zero-copy mode")
+    if d.bd_hbuf is not None and bpf_canfreebuf(d):
+        # The lazy reclaim catchpacket does (see the module head): without it a
+        # timed-out store buffer behind an acknowledged hold buffer stays put while
+        # poll answers readable, and the reader spins until the next packet.
+        d.bd_fbuf = d.bd_hbuf
+        d.bd_hbuf = None
+        d.bd_hlen = 0
+        bpf_buf_reclaimed(d)
     if d.bd_hbuf is None and d.bd_slen != 0:
         # the buffer ROTATE_BUFFERS returns, not d.bd_hbuf: mypy (and so mypyc) still
         # holds that attribute narrowed to None after the call
@@ -318,4 +338,11 @@ def bpfioctl(d: BpfD, cmd: int, arg: bytes = b"", uvm: Uvm | None = None) -> byt
     if cmd == BIOCSTSTAMP:
         bpf_ioctl_ststamp(d, _u_int("BIOCSTSTAMP", arg))
         return b""
+    if cmd == BIOCSKEYLOG:  # nomapd's own (bpf/bpf_keylog.py)
+        if _u_int("BIOCSKEYLOG", arg):
+            return U_INT.pack(1 if bpf_keylog_attach(d) else 0)
+        bpf_keylog_detach(d)
+        return U_INT.pack(0)
+    if cmd == BIOCGKEYLOG:
+        return bpf_keylog_take(d, _u_int("BIOCGKEYLOG", arg))
     raise OSError(errno.EINVAL, f"bpfioctl: unsupported ioctl {cmd:#x}")

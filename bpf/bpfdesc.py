@@ -79,6 +79,12 @@ class BpfStat:
     filters_set: int = 0  # BIOCSETF/BIOCSETFNR accepted
     filters_rejected: int = 0  # ... refused by bpf_validate (EINVAL)
     jit_compiled: int = 0  # programs compiled by bpf_jit_compile
+    # nomapd's TLS key export (bpf/bpf_keylog.py), not FreeBSD's:
+    keylog_descriptors: int = 0  # descriptors that asked for keys (BIOCSKEYLOG)
+    keylog_bytes: int = 0  # key log bytes pending in descriptors
+    keylog_lines: int = 0  # lines handed to descriptors
+    keylog_dropped: int = 0  # lines not handed: the descriptor had BPF_KEYLOG_MAX pending
+    keylog_sessions_pending: int = 0  # handshakes whose lines the worker holds (bpfkeys.py)
 
     def items(self) -> list[tuple[str, int]]:
         return [(f"bpf.{f.name}", getattr(self, f.name)) for f in fields(self)]
@@ -86,7 +92,8 @@ class BpfStat:
     def leaks(self) -> dict[str, int]:
         """The counters that must be zero once every descriptor is closed, when not zero."""
         out: dict[str, int] = {}
-        for name in ("descriptors_in_use", "attached", "buffers_in_use", "buffer_bytes"):
+        for name in ("descriptors_in_use", "attached", "buffers_in_use", "buffer_bytes",
+                     "keylog_descriptors", "keylog_bytes", "keylog_sessions_pending"):  # fmt: skip
             v = int(getattr(self, name))
             if v:
                 out[f"bpf.{name}"] = v
@@ -136,6 +143,8 @@ class BpfD:
         "bd_hlen",
         "bd_immediate",
         "bd_jit",
+        "bd_keylog",
+        "bd_keys",
         "bd_pid",
         "bd_rcount",
         "bd_rfilter",
@@ -172,6 +181,8 @@ class BpfD:
         self.bd_fcount = 0  # packets the filter accepted ("matched")
         self.bd_dcount = 0  # accepted, but no buffer space (bs_drop)
         self.bd_zcopy = 0  # records appended to zero-copy buffers
+        self.bd_keylog = False  # nomapd: asked for TLS key log lines (BIOCSKEYLOG)
+        self.bd_keys = bytearray()  # nomapd: key log lines pending (BIOCGKEYLOG)
         # bpf_wakeup's reach: the device layer sets this to learn that the
         # descriptor became readable (select/poll/kqueue, SIGIO in the kernel).
         self.bd_wakeup: WakeupFn | None = None
@@ -180,10 +191,11 @@ class BpfD:
 class Bpf:
     """The BPF subsystem of one modeled kernel: interfaces, sysctls, clock, counters."""
 
-    __slots__ = ("bpf_iflist", "clock", "stats", "sysctl")
+    __slots__ = ("bpf_iflist", "bpf_keyds", "clock", "stats", "sysctl")
 
     def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
         self.bpf_iflist: dict[str, BpfIf] = {}
+        self.bpf_keyds: list[BpfD] = []  # nomapd: descriptors that asked for TLS keys
         self.sysctl = BpfSysctl()
         self.stats = BpfStat()
         self.clock = clock  # nanoseconds since the epoch; tests pass a fake one

@@ -238,7 +238,7 @@ PREFIXES: dict[type[_Group], str] = {
 # the kernel has the structure (kern.ipc.tls.stats, net.inet.ip.stats,
 # net.inet.tcp.stats, vm.stats, kern.ipc.sfstat); nomapd's own below the nearest
 # FreeBSD node otherwise (mbuf zones, sf_buf pool, socket-buffer peaks, nm0's
-# if_data, the bpf package's BpfStat).
+# if_data, the bpf package's BpfStat, the netmap package's NetmapStat).
 SYSCTL_PREFIXES: dict[str, str] = {
     "mbuf": "kern.ipc.mbstat",
     "sendfile": "kern.ipc.sfstat",
@@ -252,6 +252,7 @@ SYSCTL_PREFIXES: dict[str, str] = {
     "sockbuf_rcv": "kern.ipc.sockbuf.rcv",
     "tcp": "net.inet.tcp.stats",
     "bpf": "net.bpf.counters",
+    "netmap": "dev.netmap.counters",
 }
 
 # Counters that are levels (in use now, peaks, sizes), not counts of events: the
@@ -259,6 +260,7 @@ SYSCTL_PREFIXES: dict[str, str] = {
 _LEVELS: frozenset[str] = frozenset({
     "sfbuf.max", "vm.pages_total", "vm.pages_free", "vm.pages_wired", "vm.pages_cached",
     "vm.pages_anon", "vm.pages_reserved", "bpf.attached", "bpf.buffer_bytes",
+    "netmap.region_bytes",
 })  # fmt: skip
 
 

@@ -36,6 +36,12 @@ NIC sent it, and a packet (a TSO burst) with a lost segment is lost. Its
 bytes never reach the host socket, nor do those of the packets behind it
 until TCP has sent the lost bytes again (`stalled`, then mbuf/tcp_timer.py).
 
+Checksums in a capture: the driver taps the chain after its encapsulation
+(iflib_txq_drain: iflib_encap, then ETHER_BPF_MTAP), and for a TSO burst
+iflib_parse_header has rewritten th_sum to the pseudo-header sum without the
+length, so a capture shows that; other offloaded segments show tcp_output's
+pseudo-header sum over their length; with no offload, the full checksum.
+
 Deliberate differences: a real NIC has a few hardware rings shared by all
 flows; the model gives each connection its own transmit queue, as a
 multi-queue NIC that hashes flows to queues would, so each host socket can
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import enum
 import random
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -74,6 +81,8 @@ from mbuf.mbuf import (
 )
 from mbuf.param import (
     IF_MTU,
+    IP6_HDR_LEN,
+    IP_HDR_LEN,
     IP_MAXPACKET,
     MCLBYTES,
     PHYS_BASE,
@@ -81,6 +90,7 @@ from mbuf.param import (
     TCPIP_HDR_LEN,
     howmany,
 )
+from mbuf.tcpip_hdr import TH_SUM_OFF, tcp_pseudo
 
 if TYPE_CHECKING:
     from mbuf.counters import IfStat
@@ -231,6 +241,21 @@ class Ifnet:
         return [f.name for f in IfCap if f.name and self.if_capenable & f.value]
 
 
+def _tso_pseudo(hdr: Mbuf, isipv6: bool) -> None:
+    """iflib_parse_header for a TSO burst: th_sum becomes the pseudo-header sum
+    without the length (each segment's length is the NIC's to add), before the tap."""
+    buf = mtod(hdr)
+    if isipv6:
+        src = int.from_bytes(buf[8:24], "big")
+        dst = int.from_bytes(buf[24:40], "big")
+        off = IP6_HDR_LEN + TH_SUM_OFF
+    else:
+        src = int.from_bytes(buf[12:16], "big")
+        dst = int.from_bytes(buf[16:20], "big")
+        off = IP_HDR_LEN + TH_SUM_OFF
+    struct.pack_into("!H", buf, off, tcp_pseudo(isipv6, src, dst, 0))
+
+
 def _load_mapped(m: Mbuf, dmap: memoryview, segs: list[memoryview], addrs: list[int]) -> None:
     """A mapped mbuf, by virtual address. An sf_buf mbuf's address is its page's,
     read from the mapping (on a direct map, what pmap_kextract returns); clusters
@@ -307,6 +332,8 @@ class IfTxQueue:
             hdrlen in (TCPIP_HDR_LEN, TCPIP6_HDR_LEN) and not hdr.m_flags & M_NOMAP,
             "if_transmit: packet must start with its mapped TCP/IP header",
         )
+        if hdr.m_pkthdr_csum_flags & CSUM_TSO:
+            _tso_pseudo(hdr, hdrlen == TCPIP6_HDR_LEN)
         bif = ifp.if_bpf
         if bif is not None and bif.bif_dlist:  # BPF_MTAP: the chain the NIC is given
             etype = ETHERTYPE_IPV6 if hdrlen == TCPIP6_HDR_LEN else ETHERTYPE_IP

@@ -12,15 +12,18 @@ A request (process -> kernel) is `DEV_REQ` followed by `length` payload bytes:
 
   op      DEVOP_IOCTL (cmd: the ioctl number, payload: the argument bytes),
           DEVOP_READ (count: the buffer size; flags: DEVF_NONBLOCK),
-          DEVOP_WRITE (payload: the bytes), DEVOP_POLL (answers DEV_POLL: POLLIN
-          bits), DEVOP_CLOSE (optional: closing the socket is close(2) too)
+          DEVOP_WRITE (payload: the bytes), DEVOP_POLL (count: the events asked
+          for, 0 meaning POLLIN; answers DEV_POLL: the ready bits),
+          DEVOP_CLOSE (optional: closing the socket is close(2) too)
   cmd     the ioctl number (0 otherwise)
   flags   DEVF_NONBLOCK: the file's O_NONBLOCK for this call
   count   read's byte count
   length  payload bytes that follow
 
 File descriptors (a shared-memory memfd for BIOCSETZBUF) travel with the
-request's first byte as SCM_RIGHTS ancillary data. An ioctl that passes a
+request's first byte as SCM_RIGHTS ancillary data; a reply may carry
+descriptors the same way (netmap's region, passed at registration: the
+process maps what it receives, as it would mmap /dev/netmap). An ioctl that passes a
 shared-memory file appends `DEV_SHM` to its argument: the address at which the
 process mapped the file's offset 0, so that the kernel can translate the user
 addresses in the argument (bz_bufa, bz_bufb) into offsets of its own mapping.
@@ -30,7 +33,13 @@ tells a reply from a wakeup, so the two cannot be confused on the one stream:
 
   DEVMSG_REPLY   the answer to the one outstanding request: `error` is 0 and
                  the payload what the call copies out, or `error` is an errno
-                 number and the payload the kernel's one-line message (UTF-8)
+                 number and the payload the kernel's one-line message (UTF-8).
+                 One call is deferred: netmap's SYNC_KLOOP_START, which in the
+                 kernel does not return until its loop stops. Its reply comes
+                 when the loop ends (SYNC_KLOOP_STOP or close), and the file's
+                 other requests are answered meanwhile; the reply that ends a
+                 loop (STOP's) always follows the loop's own, so a process
+                 knows whose reply is whose (userland/netmap_user.py)
   DEVMSG_WAKEUP  readiness (selwakeup): the file may be readable; no payload.
                  At most one is outstanding per file: the kernel sends the next
                  only after the process's next request, so a process that polls
@@ -69,7 +78,10 @@ DEVMSG_WAKEUP: Final = 2
 
 DEV_POLL: Final = struct.Struct("<I")  # revents
 POLLIN: Final = 0x1  # sys/poll.h
+POLLOUT: Final = 0x4
+POLLERR: Final = 0x8
 POLLRDNORM: Final = 0x40
+POLLWRNORM: Final = POLLOUT
 
 DEV_MAXPAYLOAD: Final = 16 * 1024 * 1024  # a request or reply larger is EINVAL / a broken peer
 DEV_MAXFDS: Final = 4  # descriptors one request may carry

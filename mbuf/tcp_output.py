@@ -16,7 +16,9 @@ kernel does), behind a fresh mapped mbuf holding the connection's headers
 `ip_output` or `ip6_output` by the connection's family. A burst cut to one
 MSS or less goes without TSO. The headers carry the real acknowledgment
 (`rcv_nxt`, advanced by tcp_input) and window (`sbspace(so_rcv)` scaled by
-`rcv_scale`).
+`rcv_scale`). The TCP checksum field gets the pseudo-header sum over the
+segment's length, as tcp_output.c stores `in_pseudo(...)` / `in6_cksum_pseudo`
+for the NIC (CSUM_TCP) or in_delayed_cksum to complete.
 
 Models: sys/netinet/tcp_output.c (`tcp_output`, `tcp_m_copym`), as of mid
 2019 (the M_NOMAP era, before `tcp_m_copym` took KTLS's `hw_tls` argument).
@@ -37,6 +39,7 @@ read from the interface on every call; the kernel copies them into the tcpcb
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Final
 
 from mbuf.ifnet import (
@@ -57,12 +60,13 @@ from mbuf.param import (
     PAGE_SIZE,
     SB_MAX,
     TCP6_MSS,
+    TCP_HDR_LEN,
     TCP_MAX_WINSHIFT,
     TCP_MAXWIN,
     TCP_MSS,
     howmany,
 )
-from mbuf.tcpip_hdr import TH_ACK, TH_PSH, tcpip_fillheaders, tcpip_hdrlen
+from mbuf.tcpip_hdr import TH_ACK, TH_PSH, TH_SUM_OFF, tcp_pseudo, tcpip_fillheaders, tcpip_hdrlen
 
 if TYPE_CHECKING:
     from mbuf.socket import Socket
@@ -220,6 +224,10 @@ def tcp_output(so: Socket) -> int:
         assert hdr.m_dat is not None
         flags = TH_ACK | (TH_PSH if length == avail else 0)
         hdr.m_len = _tcpip_header(so, hdr.m_dat, length, flags)
+        # th_sum = the pseudo-header sum (in_pseudo / in6_cksum_pseudo over the
+        # segment's TCP length), which the NIC or in_delayed_cksum completes.
+        th_sum = tcp_pseudo(tp.isipv6, tp.src, tp.dst, TCP_HDR_LEN + length)
+        struct.pack_into("!H", hdr.m_dat, hdr.m_len - TCP_HDR_LEN + TH_SUM_OFF, th_sum)
         hdr.m_next = data
         hdr.m_pkthdr_len = hdrlen + length
         if isipv6:

@@ -22,6 +22,7 @@ models:
   netmap_null.py    dev/netmap/netmap_null.c
   netmap_monitor.py dev/netmap/netmap_monitor.c (copy monitors of an Ifnet)
   netmap_kloop.py   dev/netmap/netmap_kloop.c: CSB, SYNC_KLOOP start / step / stop
+  netmap_sysctl.py  the dev.netmap.* sysctl nodes (buf_num, buf_size, ring_*, if_*)
 
 How the other layers use it:
 
@@ -42,6 +43,7 @@ How the other layers use it:
                                                    # return when kloop.stopping
     netmap_close(priv)                             # stops its loop, frees its port
     nm.stats.items() / nm.stats.leaks(); netmap_ports(privs) -> [Xnetmap]
+    netmap_sysctl_init(kern.sysctl, nm)            # dev.netmap.* (netmap_sysctl.py)
   driver (mbuf's FrameTap): Ifnet.if_netmap, set while a monitor watches.
   locking: none inside; one lock held by the device around every call above
   (and around nm0's traffic while a monitor watches), see netmap_kloop.py.
@@ -66,6 +68,7 @@ from netmap.netmap_kloop import SyncKloop, sync_kloop_step
 from netmap.netmap_monitor import netmap_attach_ifnet
 from netmap.netmap_stats import Xnetmap, netmap_ports
 from netmap.netmap_sync import netmap_poll
+from netmap.netmap_sysctl import netmap_sysctl_init
 
 __all__ = [
     "CORE",
@@ -83,5 +86,6 @@ __all__ = [
     "netmap_poll",
     "netmap_port_mem",
     "netmap_ports",
+    "netmap_sysctl_init",
     "sync_kloop_step",
 ]

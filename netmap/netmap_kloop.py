@@ -18,7 +18,7 @@ between, `nm_sync_kloop_appl_write`); the kernel reads head, then cur
 (`sync_kloop_kernel_read`), so it never sees a head newer than cur. The kernel
 writes hwcur, then hwtail (`sync_kloop_kernel_write`); the application reads
 hwtail, then hwcur. Here every field is one aligned 4-byte access to the shared
-mapping made by one `struct.unpack_from` / `pack_into` call, which the GIL
+mapping: one item of a 4-byte `memoryview.cast("I")` of it, which the GIL
 makes atomic against the Python side, and the calls keep their program order;
 a C reader of the memfd on x86-64 (TSO: stores are not reordered with stores,
 nor loads with loads) sees the same order. The fences are therefore the order
@@ -45,7 +45,6 @@ nothing waits on them.
 from __future__ import annotations
 
 import errno
-import struct
 from typing import Final
 
 from netmap.netmap_h import NM_CSB_ATOK, NM_CSB_KTOA, NR_EXCLUSIVE, NR_RX, NR_TX
@@ -53,7 +52,11 @@ from netmap.netmap_kern import NetmapKring, NetmapPrivD
 from netmap.netmap_sync import netmap_sync_kring
 
 SYNC_KLOOP_MAX_SLEEP_US: Final = 1_000_000
-U32: Final = struct.Struct("=I")
+# The CSB's fields are read and written as items of a 4-byte view of the region
+# (`memoryview.cast("I")`): one load or store each. Not `struct.pack_into`,
+# which clears the destination before it packs (s_pack_internal's memset), so a
+# reader on the other side would now and then see a head or an hwtail of 0.
+WORD: Final = 4
 ATOK_CUR: Final = 4
 KTOA_HWTAIL: Final = 4
 KTOA_KICK: Final = 8
@@ -147,7 +150,7 @@ def sync_kloop_step(kl: SyncKloop) -> bool:
     na = priv.np_na
     if kl.stopping or na is None:
         return False
-    view = na.mem.view
+    words = na.mem.view.cast("I")
     st = na.nm.stats
     atok = priv.np_csb_atok
     ktoa = priv.np_csb_ktoa
@@ -158,8 +161,8 @@ def sync_kloop_step(kl: SyncKloop) -> bool:
         a = atok + i * CSB_ENTRY
         k = ktoa + i * CSB_ENTRY
         # sync_kloop_kernel_read: head first, then cur (B.16).
-        head = int(U32.unpack_from(view, a)[0])
-        cur = int(U32.unpack_from(view, a + ATOK_CUR)[0])
+        head = int(words[a // WORD])
+        cur = int(words[(a + ATOK_CUR) // WORD])
         old = (kring.nr_hwcur, kring.nr_hwtail)
         ok = netmap_sync_kring(kring, head, cur, kring.rtail)
         if kring.tx == NR_TX:
@@ -168,12 +171,13 @@ def sync_kloop_step(kl: SyncKloop) -> bool:
             nrx += 1
         kring.kr_kloop_syncs += 1
         if not ok:
-            U32.pack_into(view, k + KTOA_KICK, 1)  # reinit: notifications back on
+            words[(k + KTOA_KICK) // WORD] = 1  # reinit: notifications back on
         # sync_kloop_kernel_write: hwcur first, then hwtail.
-        U32.pack_into(view, k, kring.nr_hwcur)
-        U32.pack_into(view, k + KTOA_HWTAIL, kring.nr_hwtail)
+        words[k // WORD] = kring.nr_hwcur
+        words[(k + KTOA_HWTAIL) // WORD] = kring.nr_hwtail
         if (kring.nr_hwcur, kring.nr_hwtail) != old:
             did = True
+    words.release()
     kl.iterations += 1
     st.kloop_iterations += 1
     st.txsync_kloop += ntx

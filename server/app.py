@@ -32,7 +32,7 @@ import logging
 import os
 import resource
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -47,15 +47,26 @@ from ktls.workers import KtlsWorkers
 from mbuf import CORE
 from mbuf.if_tap import ETHER_HDR_LEN
 from mbuf.kern import Kernel
+from netmap import Netmap, netmap_attach_ifnet, netmap_sysctl_init
 from server import errorlog
 from server.accesslog import AccessLog
 from server.admin import serve_admin
 from server.config import ConfigError, ServerConfig
 from server.connection import Connection
-from server.control import Result, counter_descriptions, ifconfig_all, ifconfig_set, sysctl_set
+from server.control import (
+    Result,
+    counter_descriptions,
+    ifcap_set,
+    ifconfig_all,
+    ifconfig_set,
+    sysctl_set,
+)
 from server.counters import ServerStat
 from server.devices.bpfdev import bpf_device
+from server.devices.bpfkeys import KeyExport
+from server.devices.ctldev import ctl_device
 from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
+from server.devices.netmapdev import NetmapDev, netmap_device, netmap_rows
 from server.http.responses import DateCache
 from server.http.static import OpenFileCache, Site
 from server.listen import listeners_from_fds, serve_listeners
@@ -102,6 +113,7 @@ class Server:
         self.bpf = Bpf()
         self.bpf.sysctl.zerocopy_enable = cfg.bpf_zerocopy
         self.bif = bpfattach(self.bpf, self.kern.ifnet.if_xname, DLT_EN10MB, ETHER_HDR_LEN)
+        self.keys = KeyExport(self.bpf)  # TLS key log lines for captures that ask (--keys)
         self.kern.ifnet.if_bpf = self.bif
         bpf_sysctl_init(self.kern.sysctl, self.bpf)  # net.bpf.*
         self.kern.sysctl.add_int(
@@ -110,7 +122,17 @@ class Server:
         )  # fmt: skip
         self.kern.sysctl.describe(counter_descriptions())
         self.admin_token: str | None = None  # --admin-control: what POSTs must present
-        self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf
+        self.devstat = DevStat()  # the device files (server/devices/): /dev/bpf, /dev/netmap
+        # netmap: the worker's subsystem; its monitors may watch nm0; its regions
+        # are memfds the device passes to the processes that register.
+        self.netmap = Netmap()
+        self.netmap.sysctl.buf_num = cfg.netmap_buf_num
+        self.netmap.sysctl.buf_size = cfg.netmap_buf_size
+        self.netmap.sysctl.ring_num = cfg.netmap_ring_num
+        self.netmap.sysctl.if_num = cfg.netmap_if_num
+        netmap_attach_ifnet(self.netmap, self.kern.ifnet)
+        netmap_sysctl_init(self.kern.sysctl, self.netmap)  # dev.netmap.* (nomapd sysctl)
+        self.netmapdev = NetmapDev(self.netmap, self.devstat)
         self.stats = ServerStat()
         # Finished page responses a page may ask about (server/reqstat.py).
         self.request_records = RequestRecords(cfg.worker_index or 0)
@@ -142,7 +164,8 @@ class Server:
         if cfg.http:
             return
         cert, key, self.fingerprint = certificate(cfg)
-        sink = None
+        export = self.keys.line
+        sink: Callable[[bytes], None] = export
         if cfg.keylog is not None:
             try:
                 fd = os.open(cfg.keylog, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -151,8 +174,11 @@ class Server:
             self._keylog = os.fdopen(fd, "ab", buffering=0)
             keylog = self._keylog
 
-            def sink(line: bytes) -> None:
+            def to_file(line: bytes) -> None:
                 keylog.write(line.rstrip(b"\r\n") + b"\n")
+                export(line)
+
+            sink = to_file
 
         try:
             self.ssl_ctx = make_server_context(
@@ -166,6 +192,8 @@ class Server:
         snap.update(self.stats.snapshot())
         snap.update(self.bpf.stats.items())
         snap.update(self.devstat.items())
+        snap.update(self.netmap.stats.items())
+        snap["netmap.ports"] = netmap_rows(self.netmapdev)  # one row per bound ring
         # netstat -B's rows (net.bpf.stats): one per descriptor attached to nm0.
         snap["bpf.descriptors"] = [asdict(x) for x in bpf_stats(self.bpf)]
         snap["server.connections_active"] = self.active
@@ -208,6 +236,9 @@ class Server:
 
     async def admin_ifconfig_set(self, words: list[str]) -> Result:
         return ifconfig_set(self, words)
+
+    async def admin_ifcap_set(self, ifname: str, reqcap: int) -> Result:
+        return ifcap_set(self, ifname, reqcap)
 
     def log_access(
         self, peer: str, request: h11.Request | None, status: int, body_bytes: int, started: float
@@ -350,10 +381,14 @@ async def _serve_until_stopped(server: Server, signals: AsyncIterator[int]) -> N
         server.admin_token = admin_token(cfg)
         instance = open_instance(_addr(listeners[0])[1])
         wdir = instance / "w0"
-    devfs = DevFs(wdir, [bpf_device(server.bpf)], server.devstat)
+    devices = [bpf_device(server.bpf), netmap_device(server.netmapdev)]
+    devfs = DevFs(wdir, devices, server.devstat)
     try:
         async with trio.open_nursery() as services:
             await services.start(devfs.serve)
+            if instance is not None:  # alone: this process serves the instance's ctl
+                ctl = DevFs(instance, [ctl_device(server)], server.devstat, own_dir=False)
+                await services.start(ctl.serve)
             if instance is not None:
                 announce(
                     cfg, server.fingerprint, [_addr(lst) for lst in listeners],

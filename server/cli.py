@@ -1,7 +1,11 @@
-"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat` and `nomapd top`.
+"""The command line: `nomapd serve [ROOT] ...`, `nomapd stat`, `nomapd top`, `nomapd capture`,
+`nomapd pkt-gen`, `nomapd sysctl` and `nomapd ifconfig` (userland programs on the devices:
+their own flags).
 
-Bad flags and bad configuration print one line to stderr and exit with code 2,
-as argparse does for syntax errors.
+`nomapd capture` (a tcpdump for nm0) is userland/capture.py and `nomapd
+pkt-gen` (netmap's) userland/pktgen.py; this file only adds their
+subcommands. Bad flags and bad configuration print one line to stderr and
+exit with code 2, as argparse does for syntax errors.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from netmap.netmap_mem2 import NETMAP_BUF_NUM, NETMAP_BUF_SIZE, NETMAP_IF_NUM, NETMAP_RING_NUM
 from server.config import (
     DEFAULT_ADMIN,
     DEFAULT_PORT,
@@ -49,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     _bool(s, "tso", True, "NIC TCP segmentation offload (IFCAP_TSO4, TSO6)")
     _bool(s, "sendfile-nomap", True, "sendfile builds unmapped mbufs (kern.ipc.mb_use_ext_pgs)")
     _bool(s, "bpf-zerocopy", True, "/dev/bpf accepts zero-copy buffers (net.bpf.zerocopy_enable)")
+    for knob, default, what in (  # the dev.netmap.* sysctls of each worker's regions
+        ("buf_num", NETMAP_BUF_NUM, "buffers of each netmap region"),
+        ("buf_size", NETMAP_BUF_SIZE, "netmap buffer size"),
+        ("ring_num", NETMAP_RING_NUM, "ring objects of each netmap region"),
+        ("if_num", NETMAP_IF_NUM, "netmap_if objects of each netmap region"),
+    ):
+        s.add_argument(
+            f"--netmap-{knob.replace('_', '-')}", type=int, default=default,
+            help=f"{what} (dev.netmap.{knob}, {default})",
+        )  # fmt: skip
     s.add_argument("--phys-mem", default="256M", help="physical memory of the model (256M)")
     s.add_argument(
         "--sndbuf", default="256K", help="send buffer sb_hiwat (net.inet.tcp.sendspace; 256K)"
@@ -128,7 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("top", help="the data path's rates per worker, live (q quits)")
     p.add_argument("--admin", default=f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}", help="HOST:PORT")
     p.add_argument("-s", dest="delay", type=float, default=1.0, help="seconds between updates")
+    c = sub.add_parser("capture", help="capture nm0's packets, tcpdump style (pcap, pcapng)")
+    from userland.capture import add_arguments
+
+    add_arguments(c)
+    g = sub.add_parser("pkt-gen", help="netmap's pkt-gen on a port of the server's /dev/netmap")
+    from userland.pktgen import add_arguments as pktgen_arguments
+
+    pktgen_arguments(g)
+    # Userland programs with their own command lines (userland/sysctl.py, ifconfig.py):
+    # main() hands them the rest of argv; listed here for `nomapd --help`.
+    sub.add_parser("sysctl", help="get or set kernel state: -a, NAME, NAME=VALUE", add_help=False)
+    sub.add_parser("ifconfig", help="print nm0 or change its options: nm0 -nomap", add_help=False)
     return top
+
+
+USERLAND_COMMANDS = ("sysctl", "ifconfig")
 
 
 def _operations_flags(s: argparse.ArgumentParser) -> None:
@@ -176,6 +206,10 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
     cfg.tso = ns.tso
     cfg.sendfile_nomap = ns.sendfile_nomap
     cfg.bpf_zerocopy = ns.bpf_zerocopy
+    cfg.netmap_buf_num = ns.netmap_buf_num
+    cfg.netmap_buf_size = ns.netmap_buf_size
+    cfg.netmap_ring_num = ns.netmap_ring_num
+    cfg.netmap_if_num = ns.netmap_if_num
     cfg.phys_mem = parse_size(ns.phys_mem, "--phys-mem")
     cfg.sndbuf = parse_size(ns.sndbuf, "--sndbuf")
     cfg.nsfbufs = ns.nsfbufs
@@ -215,8 +249,20 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in USERLAND_COMMANDS:
+        if argv[0] == "sysctl":
+            from userland.sysctl import main as sysctl_main
+
+            return sysctl_main(argv[1:])
+        from userland.ifconfig import main as ifconfig_main
+
+        return ifconfig_main(argv[1:])
     ns = build_parser().parse_args(argv)
     try:
+        if ns.command == "pkt-gen":
+            from userland.pktgen import run as run_pktgen
+
+            return run_pktgen(ns)
         if ns.command == "stat":
             from server.stat import run_stat, run_watch
 
@@ -234,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not 0.1 <= ns.delay <= 3600:
                 raise ConfigError("-s takes 0.1 to 3600 seconds")
             return run_top(parse_hostport(ns.admin, "--admin"), ns.delay)
+        if ns.command == "capture":
+            from userland.capture import run
+
+            return run(ns)
         cfg = config_from_args(ns)
         cfg.argv = tuple(argv)  # --workers: the supervisor runs it again for each worker
         if cfg.workers > 1 and cfg.worker_index is None:

@@ -15,6 +15,13 @@ from dataclasses import dataclass
 from ktls.handshake import TLS_PROFILES
 from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TSO6, IFCAP_TXCSUM, IFCAP_TXCSUM_IPV6
 from mbuf.param import IP_MAXPACKET, PAGE_SIZE, SB_MAX, SB_SNDBUF_DEFAULT, howmany
+from netmap.netmap_mem2 import (
+    NETMAP_BUF_MAX_NUM,
+    NETMAP_BUF_NUM,
+    NETMAP_BUF_SIZE,
+    NETMAP_IF_NUM,
+    NETMAP_RING_NUM,
+)
 
 DEMO_SITE = pathlib.Path(__file__).resolve().parent / "demo_site"
 DEFAULT_PORT = 8443
@@ -89,6 +96,10 @@ class ServerConfig:
     tso: bool = True
     sendfile_nomap: bool = True
     bpf_zerocopy: bool = True  # net.bpf.zerocopy_enable (FreeBSD's default is 0)
+    netmap_buf_num: int = NETMAP_BUF_NUM  # dev.netmap.buf_num: buffers of each region
+    netmap_buf_size: int = NETMAP_BUF_SIZE  # dev.netmap.buf_size
+    netmap_ring_num: int = NETMAP_RING_NUM  # dev.netmap.ring_num
+    netmap_if_num: int = NETMAP_IF_NUM  # dev.netmap.if_num
     phys_mem: int = 256 << 20
     sndbuf: int = SB_SNDBUF_DEFAULT
     nsfbufs: int = 0
@@ -139,6 +150,17 @@ class ServerConfig:
 
     def validate(self) -> None:
         """Raise ConfigError with a one-line message for anything unusable."""
+        if not 64 <= self.netmap_buf_num <= NETMAP_BUF_MAX_NUM:
+            raise ConfigError(
+                f"--netmap-buf-num {self.netmap_buf_num}: 64 to {NETMAP_BUF_MAX_NUM} buffers"
+            )
+        for flag, v in (("ring", self.netmap_ring_num), ("if", self.netmap_if_num)):
+            if not 1 <= v <= 4096:
+                raise ConfigError(f"--netmap-{flag}-num {v}: 1 to 4096")
+        if not 64 <= self.netmap_buf_size <= 65536 or self.netmap_buf_size % 64:
+            raise ConfigError(
+                f"--netmap-buf-size {self.netmap_buf_size}: a multiple of 64 from 64 to 65536"
+            )
         if not self.root.exists():
             raise ConfigError(f"document root {self.root} does not exist")
         if not self.root.is_dir():

@@ -9,6 +9,8 @@ functions here are the one place a change is made, and they return what
   process: a `Result` with errno 0 and the old and new values, or the errno
   (ENOENT "unknown oid", EPERM read-only, EINVAL "Invalid argument" with
   nothing changed, ENXIO no such interface).
+* `ifcap_set(server, ifname, reqcap)`: SIOCSIFCAP, what the control device
+  (server/devices/ctldev.py) asks for on behalf of `nomapd ifconfig`.
 * `Supervisor` (server/supervisor.py) sends the same request to every
   worker over its control channel (server/worker.py) and answers once all
   did; it keeps the successful changes and replays them to a worker it
@@ -16,7 +18,8 @@ functions here are the one place a change is made, and they return what
   values.
 
 The admin listener (server/admin.py) calls them for POST /sysctl and POST
-/ifconfig; a later Unix-socket control device can call the same.
+/ifconfig, the owner-only control device `ctl` (server/devices/ctldev.py)
+for `nomapd sysctl` and `nomapd ifconfig`: one path for both.
 
 Counter descriptions: the kernel's counters are documented by the comment on
 each field (mbuf/counters.py, bpf/bpfdesc.py); `counter_descriptions()` reads
@@ -93,6 +96,21 @@ def ifconfig_set(server: Server, words: list[str]) -> Result:
     if err:
         return Result(err, message)
     return Result(0, "", old, ifconfig_info(ifp)["options"])
+
+
+def ifcap_set(server: Server, ifname: str, reqcap: int) -> Result:
+    """SIOCSIFCAP: enable exactly `reqcap` on `ifname` (ENXIO: no such interface;
+    EINVAL: a capability the NIC lacks, as if.c's ifhwioctl refuses it, nothing
+    changed). The driver reads if_capenable per packet (ip_output, tcp_output):
+    the change applies from the next packet on."""
+    ifp = server.kern.ifnet
+    if ifname != ifp.if_xname:
+        return Result(errno.ENXIO, f"interface {ifname} does not exist")
+    if reqcap & ~ifp.if_capabilities:
+        return Result(errno.EINVAL, "Invalid argument")
+    old = ifp.if_capenable
+    ifp.set_capenable(reqcap)
+    return Result(0, "", old, ifp.if_capenable)
 
 
 def ifconfig_all(server: Server) -> dict[str, dict[str, object]]:

@@ -25,34 +25,8 @@ from __future__ import annotations
 
 import errno
 
-from mbuf.ifnet import IfCap, Ifnet
-
-IFF_UP = 0x1
-IFF_BROADCAST = 0x2
-IFF_RUNNING = 0x40
-IFF_SIMPLEX = 0x800
-IFF_MULTICAST = 0x8000
-IF_FLAGS = IFF_UP | IFF_BROADCAST | IFF_RUNNING | IFF_SIMPLEX | IFF_MULTICAST  # 8843
-_FLAG_NAMES = (
-    (IFF_UP, "UP"), (IFF_BROADCAST, "BROADCAST"), (IFF_RUNNING, "RUNNING"),
-    (IFF_SIMPLEX, "SIMPLEX"), (IFF_MULTICAST, "MULTICAST"),
-)  # fmt: skip
-
-# ifconfig's capability words (the 2019 name nomap for IFCAP_NOMAP, later mextpg).
-CAP_WORDS: dict[str, int] = {
-    "rxcsum": IfCap.IFCAP_RXCSUM,
-    "txcsum": IfCap.IFCAP_TXCSUM,
-    "rxcsum6": IfCap.IFCAP_RXCSUM_IPV6,
-    "txcsum6": IfCap.IFCAP_TXCSUM_IPV6,
-    "tso": IfCap.IFCAP_TSO4 | IfCap.IFCAP_TSO6,
-    "tso4": IfCap.IFCAP_TSO4,
-    "tso6": IfCap.IFCAP_TSO6,
-    "lro": IfCap.IFCAP_LRO,
-    "vlanmtu": IfCap.IFCAP_VLAN_MTU,
-    "nomap": IfCap.IFCAP_NOMAP,
-    "mextpg": IfCap.IFCAP_NOMAP,
-    "txtls": IfCap.IFCAP_TXTLS4 | IfCap.IFCAP_TXTLS6,
-}
+from mbuf.ifnet import Ifnet
+from mbuf.sys_ctlio import CAP_WORDS, IF_FLAGS, IFCAPBITS, IFFBITS, printb
 
 
 def parse_words(words: list[str]) -> list[tuple[int, bool]]:
@@ -84,17 +58,9 @@ def ifconfig_apply(ifp: Ifnet, words: list[str]) -> tuple[int, str]:
     return 0, ""
 
 
-def _bits(value: int, names: list[tuple[int, str]]) -> str:
-    return ",".join(n for bit, n in names if value & bit)
-
-
-def _cap_names() -> list[tuple[int, str]]:
-    return [(int(f.value), (f.name or "").removeprefix("IFCAP_")) for f in IfCap]
-
-
 def ifconfig_info(ifp: Ifnet) -> dict[str, object]:
     """One interface as GET /ifconfig shows it."""
-    names = _cap_names()
+    names = IFCAPBITS
     info: dict[str, object] = {
         "name": ifp.if_xname,
         "flags": IF_FLAGS,
@@ -113,6 +79,6 @@ def ifconfig_text(info: dict[str, object]) -> str:
     cap = info["capenable"]
     assert isinstance(flags, int) and isinstance(cap, int)
     return (
-        f"{info['name']}: flags={flags:x}<{_bits(flags, list(_FLAG_NAMES))}> metric 0 "
-        f"mtu {info['mtu']}\n\toptions={cap:x}<{_bits(cap, _cap_names())}>\n"
+        f"{info['name']}: flags={printb(flags, IFFBITS)} metric 0 mtu {info['mtu']}\n"
+        f"\toptions={printb(cap, IFCAPBITS)}\n"
     )

@@ -64,7 +64,8 @@ def announce(
             print(f"nomapd: admin control token {token}", flush=True)
             print(f"nomapd: dashboard http://{admin[0]}:{admin[1]}/#token={token}", flush=True)
     if devices is not None:
-        print(f"nomapd: devices in {devices} (w<N>/bpf; README Devices)", flush=True)
+        where = "ctl, w<N>/bpf, w<N>/netmap; README Devices"
+        print(f"nomapd: devices in {devices} ({where})", flush=True)
     caps = cfg.capenable()
     names = ",".join(f.name.removeprefix("IFCAP_") for f in IfCap if f.name and caps & f.value)
     print(f"nomapd: core: {_core.CORE}", flush=True)

@@ -95,10 +95,11 @@ def format_stat(s: dict[str, Any]) -> str:
     for key in sorted(k for k in s if k.startswith("ifnet.") and k != "ifnet.capenable"):
         if key != "ifnet.name":
             lines.append(f"  {key.removeprefix('ifnet.')}: {s[key]}")
-    for prefix in ("sockbuf.", "sockbuf_rcv.", "tcp.", "vm.", "server."):
+    for prefix in ("sockbuf.", "sockbuf_rcv.", "tcp.", "vm.", "netmap.", "server."):
         lines.append(prefix.rstrip(".") + ":")
         for key in sorted(k for k in s if k.startswith(prefix)):
-            lines.append(f"  {key.removeprefix(prefix)}: {s[key]}")
+            if not isinstance(s[key], list):  # netmap.ports: the rows, in --json
+                lines.append(f"  {key.removeprefix(prefix)}: {s[key]}")
     return "\n".join(lines) + "\n"
 
 

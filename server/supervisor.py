@@ -70,7 +70,8 @@ from server import errorlog
 from server.admin import serve_admin
 from server.config import ServerConfig
 from server.control import Result, combine_sysctl
-from server.devices.devfs import open_instance, remove_instance
+from server.devices.ctldev import ctl_device
+from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
 from server.http.responses import DateCache
 from server.ifconfig import parse_words
 from server.listen import reuseport_sockets
@@ -214,6 +215,7 @@ class Supervisor:
         # Run-time changes every worker took, in order: replayed to a restarted worker.
         self.applied: list[dict[str, object]] = []
         self._apply_lock = trio.Lock()
+        self.devstat = DevStat()  # the instance's ctl (the workers count their own devices)
 
     # -- admin ---------------------------------------------------------------
 
@@ -241,6 +243,8 @@ class Supervisor:
             })  # fmt: skip
             per.append(entry)
         total = sum_stats([s for s in answers if isinstance(s, dict)])
+        for key, v in self.devstat.items():  # the instance's ctl, beside the workers' devices
+            total[key] = int(total.get(key, 0)) + v
         total["server.workers"] = len(self.slots)
         total["server.workers_up"] = sum(1 for s in answers if isinstance(s, dict))
         total["server.worker_restarts"] = sum(slot.restarts for slot in self.slots)
@@ -268,6 +272,9 @@ class Supervisor:
 
     async def admin_ifconfig_set(self, words: list[str]) -> Result:
         return await self.apply_all({"set": "ifconfig", "words": words})
+
+    async def admin_ifcap_set(self, ifname: str, reqcap: int) -> Result:
+        return await self.apply_all({"set": "ifcap", "ifname": ifname, "reqcap": reqcap})
 
     async def apply_all(self, msg: dict[str, object]) -> Result:
         """One change on every worker, answered when all have answered. The workers'
@@ -487,6 +494,10 @@ class Supervisor:
                         if self.stopping.is_set():
                             break
                         await workers.start(self.run_worker, slot)
+                    if not self.stopping.is_set() and self.instance is not None:
+                        # One ctl for the instance: a change reaches every worker (apply_all).
+                        ctl = DevFs(self.instance, [ctl_device(self)], self.devstat, own_dir=False)
+                        await services.start(ctl.serve)
                     if not self.stopping.is_set():
                         listening = [s.getsockname()[:2] for s in self.slots[0].socks]
                         pids = ",".join(str(s.pid) for s in self.slots)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from server.control import ifconfig_all, ifconfig_set, sysctl_set
+from server.control import ifcap_set, ifconfig_all, ifconfig_set, sysctl_set
 
 if TYPE_CHECKING:
     from server.app import Server
@@ -83,6 +83,11 @@ def answer(server: Server, req: object) -> object:
     if change == "ifconfig":
         words = req.get("words")
         return ifconfig_set(server, [str(w) for w in words or []]).as_json()
+    if change == "ifcap":
+        reqcap = req.get("reqcap")
+        if not isinstance(reqcap, int):
+            return None
+        return ifcap_set(server, str(req.get("ifname")), reqcap).as_json()
     return None
 
 

@@ -16,4 +16,6 @@ headers only (bpf/bpf_h.py, mbuf/sys_devio.py), never the server.
   pcap_compile.py  libpcap's filter compiler (ctypes)
   pktprint.py      tcpdump's line printer
   pktmerge.py      the workers' packet streams merged by time
+  capture.py       `nomapd capture`: the tcpdump for nm0 built from the above
+                   (live merge of every worker's /dev/bpf, --keys)
 """

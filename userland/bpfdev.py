@@ -22,6 +22,8 @@ again; no system call while full buffers keep coming. The packets of a
 zero-copy buffer are copied out before it is acknowledged, so a `Packet`
 stays valid.
 
+`keylog_enable()` and `keylog()` are nomapd's TLS key export
+(BIOCSKEYLOG, BIOCGKEYLOG: bpf/bpf_keylog.py; not FreeBSD's).
 `stats()` is BIOCGSTATS (received, dropped); `close()` closes the file (the
 kernel unmaps the buffers), then unmaps and closes the memfd here.
 
@@ -45,6 +47,7 @@ from userland.zbuf import BpfRecord, ZbufReader, bpf_records
 BPF_RET_K = 0x06  # BPF_RET | BPF_K: accept, keeping k bytes
 DEFAULT_SNAPLEN = 262144  # libpcap's MAXIMUM_SNAPLEN
 DEFAULT_BUFSIZE = 1 << 19  # 512 KiB, net.bpf.maxbufsize
+KEYLOG_CHUNK = 1 << 16  # bytes asked of one BIOCGKEYLOG
 
 Insn = tuple[int, int, int, int]  # struct bpf_insn: code, jt, jf, k
 
@@ -164,6 +167,18 @@ class BpfCapture:
             if recs is None and not woken:
                 return []
         return [Packet.from_record(r) for r in recs]
+
+    def keylog_enable(self) -> None:
+        """BIOCSKEYLOG(1), nomapd's own ioctl: ask the worker for the TLS key log
+        lines of the sessions that complete their handshake from now on."""
+        self.dev.ioctl(h.BIOCSKEYLOG, h.U_INT.pack(1))
+
+    def keylog(self) -> bytes:
+        """BIOCGKEYLOG until empty: the key log lines handed over since the last call."""
+        out = []
+        while chunk := self.dev.ioctl(h.BIOCGKEYLOG, h.U_INT.pack(KEYLOG_CHUNK)):
+            out.append(chunk)
+        return b"".join(out)
 
     def stats(self) -> tuple[int, int]:
         """BIOCGSTATS: (packets received by the descriptor, packets dropped)."""

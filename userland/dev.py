@@ -6,6 +6,8 @@ the kernel's refusal (EPERM for another user) raised as OSError. Each call
 sends one request of mbuf/sys_devio.py and waits for its reply; an errno in
 the reply is raised as OSError(errno, the kernel's one-line message). Wakeup
 frames that arrive meanwhile are noted, not mistaken for replies.
+Descriptors the kernel passes with a reply (SCM_RIGHTS: netmap's region at
+registration) are kept in `received_fds` for the caller to take.
 
 `poll(timeout)` is poll(2) on the file: the DEVOP_POLL request (the kernel
 arms its read timeout), then, if not readable, a wait on the socket for the
@@ -21,6 +23,7 @@ buffer is a memfd passed with SCM_RIGHTS).
 
 from __future__ import annotations
 
+import array
 import os
 import select
 import socket
@@ -38,6 +41,7 @@ from mbuf.sys_devio import (
     DEVOP_POLL,
     DEVOP_READ,
     DEVOP_WRITE,
+    POLLIN,
     dev_req,
     errno_text,
 )
@@ -50,6 +54,8 @@ class DevFile:
         self.sock = sock
         self.path = path
         self.woken = False  # a wakeup frame arrived since the last poll
+        self.received_fds: list[int] = []  # descriptors that came with replies
+        self.woken_now = False  # the last poll_events ended with a wakeup
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> DevFile:
@@ -70,8 +76,14 @@ class DevFile:
 
     def _recv_exact(self, n: int) -> bytes:
         buf = bytearray()
+        anc = socket.CMSG_SPACE(4 * 4)
         while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
+            chunk, ancdata, _flags, _addr = self.sock.recvmsg(n - len(buf), anc)
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    got = array.array("i")
+                    got.frombytes(cdata[: len(cdata) - len(cdata) % 4])
+                    self.received_fds.extend(got)
             if not chunk:
                 raise OSError(f"{self.path}: the kernel closed the file")
             buf += chunk
@@ -80,6 +92,14 @@ class DevFile:
     def _frame(self) -> tuple[int, int, bytes]:
         kind, error, length = DEV_MSG.unpack(self._recv_exact(DEV_MSG.size))
         return kind, error, self._recv_exact(length) if length else b""
+
+    def read_reply(self) -> bytes:
+        """The reply to a request sent with `send_request` (OSError for an errno)."""
+        return self._reply()
+
+    def send_request(self, req: bytes) -> None:
+        """Send one request (mbuf.sys_devio.dev_req) without waiting for its reply."""
+        self.sock.sendall(req)
 
     def _reply(self) -> bytes:
         while True:
@@ -121,18 +141,30 @@ class DevFile:
     def poll(self, timeout: float | None) -> bool:
         """poll(2) for POLLIN: True if readable now or woken within `timeout` seconds
         (None: wait for the wakeup)."""
+        return self.poll_events(POLLIN, timeout) != 0 or self.woken_now
+
+    def poll_events(self, events: int, timeout: float | None) -> int:
+        """poll(2) for `events`: the ready bits now, else 0 once the kernel's wakeup
+        came (`woken_now` True: poll again) or `timeout` seconds passed (None: no
+        limit)."""
+        self.woken_now = False
         woke, self.woken = self.woken, False  # a wakeup read with an earlier reply counts
-        (revents,) = DEV_POLL.unpack(self._call(dev_req(DEVOP_POLL)))
-        if revents or woke or self.woken:
+        (revents,) = DEV_POLL.unpack(self._call(dev_req(DEVOP_POLL, count=events)))
+        if revents:
             self.woken = False
-            return True
+            return int(revents)
+        if woke or self.woken:
+            self.woken = False
+            self.woken_now = True
+            return 0
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
-            return False
+            return 0
         kind, _error, _payload = self._frame()
         if kind != DEVMSG_WAKEUP:
             raise OSError(f"{self.path}: a reply with no request outstanding")
-        return True
+        self.woken_now = True
+        return 0
 
     def close(self) -> None:
         """close(2); closing the socket alone (or exiting) closes the file too."""

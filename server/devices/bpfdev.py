@@ -13,6 +13,9 @@ is done here, at the edge:
   poll     `bpfpoll` arms the read timeout; a timer task of bd_rtout then calls
            `bpf_timed_out` (which wakes the file if packets are stored).
   wakeup   `d.bd_wakeup` (bpf_wakeup) becomes the framework's wakeup frame.
+  BIOCSKEYLOG  nomapd's TLS key export (bpf/bpf_keylog.py): logged once per
+           descriptor that turns it on; the worker hands the lines over
+           (server/devices/bpfkeys.py).
   BIOCSETZBUF  the process passes its shared-memory file (a memfd sealed
            against shrinking: server/devices/shm.py) with the ioctl and the
            address it mapped it at (DEV_SHM); the kernel maps the file
@@ -47,7 +50,7 @@ from bpf import (
     bpfread,
     bpfread_timedout,
 )
-from bpf.bpf_h import BIOCSETZBUF, BPF_MAX_PAGES, BPF_ZBUF
+from bpf.bpf_h import BIOCSETZBUF, BIOCSKEYLOG, BPF_MAX_PAGES, BPF_ZBUF, U_INT
 from mbuf.sys_devio import DEV_SHM, POLLIN, POLLRDNORM
 from server.devices.devfs import DevFile, Device, OpenFile
 from server.devices.shm import shm_map
@@ -82,7 +85,10 @@ class BpfFile(DevFile):
         if cmd != BIOCSETZBUF:
             if fds:
                 raise OSError(errno.EINVAL, "this ioctl takes no descriptor")
-            return bpfioctl(self.d, cmd, arg, None)
+            out = bpfioctl(self.d, cmd, arg, None)
+            if cmd == BIOCSKEYLOG and out == U_INT.pack(1):
+                log.warning("bpf: pid %d's capture asks for TLS secrets (--keys)", self.of.pid)
+            return out
         if len(fds) != 1 or len(arg) != BPF_ZBUF.size + DEV_SHM.size:
             raise OSError(errno.EINVAL, "BIOCSETZBUF: one shared-memory file and its address")
         if self.shm is not None:
@@ -116,7 +122,7 @@ class BpfFile(DevFile):
             with contextlib.suppress(BlockingIOError):
                 return bpfread(d, count, False)
 
-    def poll(self) -> int:
+    def poll(self, events: int) -> int:
         if bpfpoll(self.d):
             return POLLIN | POLLRDNORM
         if self.d.bd_rtout > 0 and not self.timer_armed:

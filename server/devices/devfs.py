@@ -11,10 +11,16 @@ accepted connection is one open file:
      device's `open(handle)` then makes the `DevFile`, and the first message
      on the connection is open's reply (errno 0, or the open's errno).
   2. system calls: each request (mbuf/sys_devio.py: ioctl, read, write, poll,
-     close) is answered by one reply carrying an errno and bytes; an OSError
+     close) is answered by one reply carrying an errno and bytes (poll passes
+     the events it asks for in the request's count, 0 meaning POLLIN); an OSError
      raised by the device becomes its errno and one-line message. Descriptors
      passed with a request (SCM_RIGHTS) are handed to the call and closed after
-     it: a device keeps what it needs by mapping or dup'ing them.
+     it: a device keeps what it needs by mapping or dup'ing them. A call may
+     hand descriptors back (`handle.reply_fds`: netmap's region at REGISTER);
+     they travel with its reply, and stay the device's. A call that must not
+     answer yet (netmap's SYNC_KLOOP_START, which returns only when its loop
+     stops) sets `handle.reply_deferred` and sends its reply itself later with
+     `handle.send`; the file's next requests are served meanwhile.
   3. readiness: the device calls `handle.wakeup()` (from its kernel's wakeup
      hook, sync, on the event loop); the framework writes one DEVMSG_WAKEUP
      frame unless one is outstanding since the peer's last request. A blocking
@@ -26,14 +32,19 @@ accepted connection is one open file:
 Every message is written by the connection's own tasks under one lock, so a
 reply and a wakeup never interleave on the stream.
 
+The instance's own devices (`ctl`, server/devices/ctldev.py) are served by a
+DevFs on the instance directory itself (`own_dir=False`: it removes only its
+sockets), by the single-process server or the supervisor.
+
 Instance directories: `open_instance(port)` makes the directory (mode 0700)
 and holds its lock (flock on `<instance>/lock`) for the server's lifetime: a
 stale directory from a killed server (lock free) is emptied and reused, one
 of a running server (lock held) makes the new server refuse to start;
 `remove_instance` removes it at a clean shutdown. The runtime root and the
 instance directory are used only if they are this user's own directories
-(lstat: no symlink, no one else's), as the state directory may be shared. The single-process server
-and the supervisor own the instance; each worker's DevFs owns its `w<N>`.
+(lstat: no symlink, no one else's), as the state directory may be shared.
+The single-process server and the supervisor own the instance; each
+worker's DevFs owns its `w<N>`.
 
 Models: devfs and the system-call layer (kern/kern_conf.c's cdevsw, make_dev;
 sys_generic.c). Differences: Unix sockets instead of character devices,
@@ -71,6 +82,7 @@ from mbuf.sys_devio import (
     DEVOP_POLL,
     DEVOP_READ,
     DEVOP_WRITE,
+    POLLIN,
     dev_reply,
     dev_wakeup,
 )
@@ -115,8 +127,9 @@ class DevFile:
     async def write(self, data: bytes) -> int:
         raise OSError(errno.EOPNOTSUPP, "write: not supported by this device")
 
-    def poll(self) -> int:
-        """POLLIN bits: readable now (may arm a timer that wakes the file later)."""
+    def poll(self, events: int) -> int:
+        """The ready bits of `events` (POLLIN, POLLOUT...) now (may arm a timer
+        that wakes the file later)."""
         return 0
 
     def close(self) -> None:
@@ -140,6 +153,8 @@ class OpenFile:
         self._wakeup_sent = False  # a DEVMSG_WAKEUP outstanding since the last request
         self._want_wakeup = trio.Event()
         self._sleeping: trio.Event | None = None
+        self.reply_fds: list[int] = []  # descriptors for the current call's reply
+        self.reply_deferred = False  # the current call answers later, by itself
 
     def wakeup(self) -> None:
         """selwakeup: the file may be readable (sync; safe from the data path)."""
@@ -185,8 +200,13 @@ class OpenFile:
             raise PeerGone()
         return ev.is_set()
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, fds: list[int] | None = None) -> None:
+        """One message (and descriptors with its first byte, SCM_RIGHTS)."""
         async with self._wlock:
+            if fds:
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+                n = await self.sock.sendmsg([data], anc)
+                data = data[n:]
             await _sendall(self.sock, data)
 
     async def _wakeup_writer(self) -> None:
@@ -269,8 +289,11 @@ async def _recv_exact(sock: trio.socket.SocketType, n: int, fds: list[int] | Non
 class DevFs:
     """A worker's device directory and its listeners (see the module head)."""
 
-    def __init__(self, wdir: pathlib.Path, devices: list[Device], stats: DevStat) -> None:
+    def __init__(
+        self, wdir: pathlib.Path, devices: list[Device], stats: DevStat, *, own_dir: bool = True
+    ) -> None:
         self.wdir = wdir
+        self.own_dir = own_dir  # False: the instance's own devices (ctl); remove only them
         self.devices = devices
         self.stats = stats
         self.uid = os.getuid()
@@ -296,7 +319,12 @@ class DevFs:
         finally:
             for _dev, s in listeners:
                 s.close()
-            shutil.rmtree(self.wdir, ignore_errors=True)
+            if self.own_dir:
+                shutil.rmtree(self.wdir, ignore_errors=True)
+            else:
+                for dev in self.devices:
+                    with contextlib.suppress(OSError):
+                        (self.wdir / dev.name).unlink()
 
     async def _accept_loop(
         self, dev: Device, lsock: trio.socket.SocketType, nursery: trio.Nursery
@@ -364,14 +392,19 @@ class DevFs:
                 if op == DEVOP_CLOSE:
                     await handle.send(dev_reply(0))
                     return
+                handle.reply_fds = []
+                handle.reply_deferred = False
                 try:
                     out = await self._call(f, op, cmd, flags, count, payload, fds)
                     reply = dev_reply(0, out)
                 except OSError as e:
+                    handle.reply_fds = []
                     reply = dev_reply(e.errno or errno.EIO, (e.strerror or str(e)).encode())
             finally:
                 _close_fds(fds)
-            await handle.send(reply)
+            if handle.reply_deferred:
+                continue
+            await handle.send(reply, handle.reply_fds)
 
     @staticmethod
     async def _call(
@@ -386,7 +419,7 @@ class DevFs:
         if op == DEVOP_WRITE:
             return struct.pack("=I", await f.write(payload))
         if op == DEVOP_POLL:
-            return DEV_POLL.pack(f.poll())
+            return DEV_POLL.pack(f.poll(count or POLLIN))
         raise OSError(errno.ENOSYS, f"unknown operation {op}")
 
 

@@ -72,6 +72,7 @@ async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
                     return None
                 first = first or data
                 hs.receive_data(data)
+        server.keys.handshake_done(hs.conn.client_random())  # to captures with --keys
         out = hs.data_to_send()
         tickets = bool(out) and hs.conn.get_protocol_version_name() == "TLSv1.3"
         if out:  # TLS 1.2: our Finished (flushed: the client waits); TLS 1.3: tickets
@@ -122,3 +123,5 @@ async def tls_accept(server: Server, tx: KernelTx) -> Transport | None:
     except trio.TooSlowError:
         server.stats.timeouts += 1
         return None
+    finally:
+        server.keys.forget(hs.conn.client_random())  # a session cut off mid-handshake

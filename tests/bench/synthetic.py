@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from bench import capture
+from bench.capture import CaptureRun
 from bench.load import LoadResult
 from bench.results import RunRecord
-from bench.rows import ROWS
+from bench.rows import BY_NAME, ROWS
 from bench.summary import Summary
 from bench.workloads import HANDSHAKE, HUGE, MIB, ONE_MIB, SMALL, Workload, sweep_point
 
-WORKLOADS: list[Workload] = [ONE_MIB, sweep_point(1), sweep_point(256), SMALL, HANDSHAKE, HUGE]
+WORKLOADS: list[Workload] = [
+    ONE_MIB,
+    sweep_point(1),
+    sweep_point(64),
+    sweep_point(256),
+    SMALL,
+    HANDSHAKE,
+    HUGE,
+]
 
 # headline figure (MB/s or requests/s) per row, the same for every workload
 SPEED = {
@@ -24,12 +34,27 @@ SPEED = {
     "nomapd-no-nomap-pure": 400.0,
     "nomapd-http-pure": 900.0,
     "nomapd-http-no-sendfile-nomap-pure": 800.0,
+    "nomapd-capture-zbuf-96": 780.0,
+    "nomapd-capture-buffer-96": 760.0,
+    "nomapd-capture-zbuf-full": 700.0,
+    "nomapd-capture-buffer-full": 600.0,
     "nginx": 1000.0,
     "nginx-http": 2000.0,
     "hypercorn": 100.0,
     "hypercorn-http": 200.0,
 }
-CPU_PER_GB = {"nomapd-default": 8.0, "nomapd-no-nomap": 10.0}
+CPU_PER_GB = {
+    "nomapd-default": 8.0,
+    "nomapd-no-nomap": 10.0,
+    "nomapd-capture-zbuf-96": 8.5,
+    "nomapd-capture-buffer-96": 9.0,
+    "nomapd-capture-zbuf-full": 10.0,
+    "nomapd-capture-buffer-full": 12.0,
+}
+# the capture process's CPU seconds per GB, and its drops per 10,000 packets at 64 connections
+CAPTURE_CPU_PER_GB = {"zbuf": 2.0, "buffer": 3.0}
+DROPS_AT_64 = {"zbuf": 100, "buffer": 400}
+PACKETS = 10_000
 
 
 def record(
@@ -70,16 +95,27 @@ def record(
                 "ext_pgs": 300.0,
                 "sockbuf_mbufs_peak": 5.0 + rep,
             }
+        cap = BY_NAME[row].capture
+        if cap is not None:
+            run = CaptureRun(cap.mode, cap.snaplen, source="stderr")
+            run.cpu_s = CAPTURE_CPU_PER_GB[cap.mode] * nbytes / 1e9
+            run.received = PACKETS
+            run.dropped = DROPS_AT_64[cap.mode] if workload.connections == 64 else 0
+            run.captured = PACKETS - run.dropped
+            rec.capture = run
+            rec.counters["bpf_read_bytes"] = 0.0 if cap.mode == "zbuf" else 5e8
     return rec
 
 
 def records(tools: tuple[str, ...] = ("wrk", "h2load"), reps: int = 1) -> list[RunRecord]:
+    """Every row's runs as the plan has them (capture rows on capture.WORKLOADS with wrk)."""
     return [
         record(w, row.name, tool, rep)
         for w in WORKLOADS
         for rep in range(reps)
         for row in ROWS
         for tool in tools
+        if row.capture is None or capture.runs_on(w.name, tool)
     ]
 
 

@@ -28,6 +28,7 @@ from mbuf.ifnet import (
     CSUM_IP,
     CSUM_IP_TCP,
     CSUM_IP_TSO,
+    CSUM_TSO,
     IFCAP_NOMAP,
     IFCAP_TSO4,
     IFCAP_TXCSUM,
@@ -900,8 +901,13 @@ def test_item08_convert_for_checksum_or_missing_nomap(
             assert tcp_checksum_ok(packet)
             assert fold16(packet[:20]) == 0xFFFF  # CSUM_IP not offloaded: in_cksum_hdr
         else:
-            assert th_sum == 0  # left for the NIC
-            assert packet[10:12] == b"\0\0"  # ip_sum too
+            # Left for the NIC: the pseudo-header sum tcp_output stores, over the
+            # segment's length, or (a TSO burst) without it, as iflib_parse_header
+            # rewrites it before the tap; ip_sum is left 0.
+            tso = pkt.m.m_pkthdr_csum_flags & CSUM_TSO
+            tcplen = 0 if tso else len(packet) - 20
+            assert th_sum == fold16(packet[12:20] + struct.pack("!HH", 6, tcplen))
+            assert packet[10:12] == b"\0\0"
     assert st.sw_hdr_csum == (npkts if sw_csum else 0)
     assert drain(so) == tf.data[1:]
     soclose(so)

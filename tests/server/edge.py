@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, cast
 import trio
 from OpenSSL import SSL
 
+from bpf import Bpf
 from ktls.workers import KtlsWorkers
 from mbuf.kern import Kernel
 from server.counters import ServerStat
+from server.devices.bpfkeys import KeyExport
 from server.txpath import KernelTx, VmWaitQueue, so_accept
 
 if TYPE_CHECKING:
@@ -36,7 +38,12 @@ class Edge:
         return cast(
             "Server",
             types.SimpleNamespace(
-                ssl_ctx=ctx, cfg=cfg, kern=self.kern, workers=KtlsWorkers(0), stats=self.stats
+                ssl_ctx=ctx,
+                cfg=cfg,
+                kern=self.kern,
+                workers=KtlsWorkers(0),
+                stats=self.stats,
+                keys=KeyExport(Bpf()),  # no capture asks: handshakes hand nothing over
             ),
         )
 

@@ -13,6 +13,7 @@ from typing import Final
 
 from mbuf.kern import Kernel
 from mbuf.param import PAGE_SIZE
+from netmap import NetmapStat
 
 
 def _kernel_leak_keys() -> tuple[str, ...]:
@@ -34,14 +35,32 @@ BPF_LEAK_KEYS: Final = (
     "bpf.attached",
     "bpf.buffers_in_use",
     "bpf.buffer_bytes",
+    # nomapd's TLS key export (bpf/bpf_keylog.py, server/devices/bpfkeys.py): no
+    # descriptor left asking, no secret left pending in one or in the worker.
+    "bpf.keylog_descriptors",
+    "bpf.keylog_bytes",
+    "bpf.keylog_sessions_pending",
 )
 # The device layer's open files and the shared memory they mapped (server/devices/).
 DEVFS_LEAK_KEYS: Final = ("devfs.open_files", "devfs.shm_mapped", "devfs.shm_mapped_bytes")
+
+
+# Its netmap subsystem (server/devices/netmapdev.py): open files, ports, regions
+# and what they hold, running kernel loops (NetmapStat.leaks).
+def _netmap_leak_keys() -> tuple[str, ...]:
+    st = NetmapStat()
+    for f in fields(st):
+        setattr(st, f.name, 1)
+    return tuple(st.leaks())
+
+
+NETMAP_LEAK_KEYS: Final = _netmap_leak_keys()
 SERVER_LEAK_KEYS: Final = (
     *KERNEL_LEAK_KEYS,
     "ktls.sessions_active",
     *BPF_LEAK_KEYS,
     *DEVFS_LEAK_KEYS,
+    *NETMAP_LEAK_KEYS,
 )
 
 
