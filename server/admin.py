@@ -42,6 +42,7 @@ import h11
 import trio
 
 from server.admin_web import StatsHistory, asset, asset_headers
+from server.config import is_loopback
 from server.control import Result
 from server.http.responses import DateCache, simple_response
 from server.listen import serve_listeners
@@ -142,6 +143,7 @@ async def _admin_conn(
     server: AdminSource, history: StatsHistory, stream: trio.SocketStream, token: str | None
 ) -> None:
     conn = h11.Connection(h11.SERVER)
+    local = stream.socket.getsockname()
     try:
         with trio.fail_after(10):
             while True:
@@ -154,7 +156,12 @@ async def _admin_conn(
                     return
                 path = event.target.split(b"?", 1)[0]
                 date = server.date.now()
-                if event.method == b"POST" and path in (b"/sysctl", b"/ifconfig"):
+                if not host_allowed(_header(event, b"host"), local):
+                    out = simple_response(
+                        conn, 421, date, body=b"not this server's name (Host)\n",
+                        content_type=b"text/plain; charset=utf-8",
+                    )  # fmt: skip
+                elif event.method == b"POST" and path in (b"/sysctl", b"/ifconfig"):
                     status, text = _authorized(token, event.headers)
                     body = await _read_body(conn, stream)
                     if status == 0:
@@ -218,6 +225,28 @@ async def _admin_conn(
         return
     finally:
         await stream.aclose()
+
+
+def host_allowed(host: bytes, local: tuple[object, ...]) -> bool:
+    """DNS rebinding: a page of another site whose name now resolves to this host
+    must not read the admin listener. Its Host is then that site's name, so only
+    a loopback literal, localhost, or the address the connection came in on (with
+    its port) is answered; none (HTTP/1.0) too, as no browser sends none."""
+    if not host:
+        return True
+    name, port = _split_host(host.decode("latin-1"))
+    if name == "localhost" or is_loopback(name):
+        return True
+    return name == str(local[0]) and port in (None, local[1])
+
+
+def _split_host(host: str) -> tuple[str, int | None]:
+    if host.startswith("["):  # [v6]:port
+        name, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        name, _, port = host.partition(":")
+    return name.lower(), int(port) if port.isdigit() and len(port) <= 5 else None
 
 
 def _header(req: h11.Request, name: bytes) -> bytes:

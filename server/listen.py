@@ -93,6 +93,19 @@ def listeners_from_fds(fds: list[int]) -> list[trio.SocketListener]:
     return out
 
 
+async def accept_backoff(e: OSError) -> None:
+    """accept(2) failed with `e`: out of descriptors or memory (the process's
+    fault, not the listener's) is logged, at most once a second, and waited
+    out for ACCEPT_RETRY; any other error is raised again."""
+    if e.errno not in ACCEPT_CAPACITY_ERRNOS:
+        raise e
+    _accept_failed.log(
+        "accept returned %s (%s); retrying every %.1f s",
+        errno.errorcode[e.errno], os.strerror(e.errno), ACCEPT_RETRY,
+    )  # fmt: skip
+    await trio.sleep(ACCEPT_RETRY)
+
+
 async def _accept_loop(
     listener: trio.SocketListener, handler: Handler, nursery: trio.Nursery
 ) -> None:
@@ -100,13 +113,7 @@ async def _accept_loop(
         try:
             stream = await listener.accept()
         except OSError as e:
-            if e.errno not in ACCEPT_CAPACITY_ERRNOS:
-                raise
-            _accept_failed.log(
-                "accept returned %s (%s); retrying every %.1f s",
-                errno.errorcode[e.errno], os.strerror(e.errno), ACCEPT_RETRY,
-            )  # fmt: skip
-            await trio.sleep(ACCEPT_RETRY)
+            await accept_backoff(e)
         else:
             nursery.start_soon(_run_handler, handler, stream)
 

@@ -37,9 +37,11 @@ kept-alive connection when it is idle, which is the same worker.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Final
 
 from mbuf.kern import Kernel
 
@@ -91,6 +93,10 @@ def tx_account(stat: ConnTxStat, kern: Kernel, before: tuple[int, ...]) -> None:
     stat.wire_bytes += now[7] - before[7]
 
 
+# What an id can be: a worker's index and a token (new_id's, or any a client made up).
+RID_FORM: Final = re.compile(r"w(\d{1,6})-[A-Za-z0-9_-]{1,64}")
+
+
 class RequestRecords:
     """The last RECORDS_KEPT finished responses of one worker, by request id."""
 
@@ -116,7 +122,7 @@ class RequestRecords:
         record = self._records.get(rid)
         if record is not None:
             return 200, record
-        worker, _, token = rid.partition("-")
-        if token and worker[:1] == "w" and worker[1:].isdigit() and int(worker[1:]) != self.worker:
-            return 404, {"error": "elsewhere", "worker": int(worker[1:])}
+        m = RID_FORM.fullmatch(rid)  # bounded before int(): a long id is anyone's
+        if m is not None and int(m.group(1)) != self.worker:
+            return 404, {"error": "elsewhere", "worker": int(m.group(1))}
         return 404, {"error": "unknown"}  # never issued, or forgotten (older than `kept`)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pathlib
 import secrets
+import sys
 
 import trio
 
@@ -86,6 +87,12 @@ def admin_token(cfg: ServerConfig) -> str | None:
 async def open_admin(cfg: ServerConfig) -> list[trio.SocketListener] | None:
     if cfg.admin is None:
         return None
+    if cfg.admin_public and cfg.admin_control:
+        print(
+            "nomapd: warning: --admin-control with --admin-public: the token travels "
+            "over plain HTTP",
+            file=sys.stderr,
+        )
     try:
         return await trio.open_tcp_listeners(cfg.admin[1], host=cfg.admin[0])
     except OSError as e:

@@ -73,6 +73,7 @@ from server.control import Result, combine_sysctl
 from server.devices.ctldev import ctl_device
 from server.devices.devfs import DevFs, DevStat, open_instance, remove_instance
 from server.http.responses import DateCache
+from server.ifconfig import parse_words
 from server.listen import reuseport_sockets
 from server.startup import admin_token, announce, certificate, open_admin
 from server.worker import LineChannel
@@ -122,6 +123,32 @@ def describe_exit(status: int) -> str:
             name = f"signal {-status}"
         return f"was killed by {name}"
     return f"exited with status {status}"
+
+
+def applied_after(
+    applied: list[dict[str, object]], msg: dict[str, object]
+) -> list[dict[str, object]]:
+    """The changes to replay after `msg` was taken, bounded: the last value of each
+    sysctl, and one ifconfig carrying the words that still decide the final
+    capabilities (a word whose bits later words all set again is dropped)."""
+    if msg.get("set") == "sysctl":
+        return [m for m in applied if m.get("name") != msg.get("name")] + [msg]
+    if msg.get("set") != "ifconfig":
+        return [*applied, msg]
+    words: list[str] = []
+    ifname = ""
+    for m in [*applied, msg]:
+        if m.get("set") == "ifconfig" and isinstance(ws := m.get("words"), list) and ws:
+            words += [str(w) for w in ws[1:]]
+            ifname = str(ws[0])
+    kept: list[str] = []
+    covered = 0
+    for word, (bits, _on) in reversed(list(zip(words, parse_words(words), strict=True))):
+        if bits & ~covered:
+            kept.insert(0, word)
+            covered |= bits
+    rest = [m for m in applied if m.get("set") != "ifconfig"]
+    return [*rest, {"set": "ifconfig", "words": [ifname, *kept]}]
 
 
 class WorkerSlot:
@@ -259,12 +286,15 @@ class Supervisor:
             async def one(i: int) -> None:
                 results[i] = Result.from_json(await self.slots[i].request(msg))
 
-            async with trio.open_nursery() as n:
-                for i in range(len(self.slots)):
-                    n.start_soon(one, i)
-            ok = [r for r in results if r.errno == 0]
-            if ok:
-                self.applied.append(msg)
+            # Once sent, a change is seen through and recorded even if the caller
+            # gives up (the admin's timeout): each request is bounded by QUERY_TIMEOUT.
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as n:
+                    for i in range(len(self.slots)):
+                        n.start_soon(one, i)
+                ok = [r for r in results if r.errno == 0]
+                if ok:
+                    self.applied = applied_after(self.applied, msg)
             refused = [r for r in results if r.errno not in (0, errno.EAGAIN)]
             if refused:
                 return refused[0]
@@ -306,10 +336,7 @@ class Supervisor:
                 hello = await chan.receive()
             except (trio.BrokenResourceError, OSError, ValueError):
                 hello = None  # as at end of file: it died
-        if isinstance(hello, dict) and hello.get("ready"):
-            for msg in self.applied:  # a restarted worker: the changes made since start,
-                await slot.request(msg, starting=True)  # before anyone sees it up
-            slot.ready = True
+        if isinstance(hello, dict) and hello.get("ready") and await self._replay(slot):
             log.debug("worker %d (pid %d) ready", slot.index, proc.pid)
             if self.stopping.is_set():  # stopped while it started: not told yet
                 proc.send_signal(signal.SIGTERM)
@@ -321,6 +348,25 @@ class Supervisor:
             log.error("worker %d (pid %d) did not start: %r", slot.index, proc.pid, hello)
             proc.kill()
         return await proc.wait()
+
+    async def _replay(self, slot: WorkerSlot) -> bool:
+        """A started worker takes the changes made since start (`applied`), before
+        anyone sees it up; under the apply lock, so that no change goes to the
+        other workers meanwhile and misses this one. Ready only if it took them all
+        (False: it was killed, to be started again)."""
+        async with self._apply_lock:
+            for msg in self.applied:
+                r = Result.from_json(await slot.request(msg, starting=True))
+                if r.errno != 0:
+                    log.error(
+                        "worker %d did not take %r on restart (%s: %s); killed",
+                        slot.index, msg, errno.errorcode.get(r.errno, r.errno), r.message,
+                    )  # fmt: skip
+                    if slot.proc is not None:
+                        slot.proc.kill()
+                    return False
+            slot.ready = True
+            return True
 
     async def _close_channel(self, slot: WorkerSlot) -> None:
         slot.ready = False

@@ -34,6 +34,7 @@ pcap_next_zbuf, pcap_stats_bpf). Imports only the kernel's headers.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 from collections.abc import Sequence
@@ -205,10 +206,14 @@ class BpfCapture:
 
 
 def shm_create(size: int) -> tuple[int, mmap.mmap, int]:
-    """A memfd of `size` bytes mapped shared here: (fd, mapping, its address)."""
-    fd = os.memfd_create("nomapd-bpf-zbuf", os.MFD_CLOEXEC)
+    """A memfd of `size` bytes mapped shared here: (fd, mapping, its address).
+    Its size is sealed (the kernel maps only a file that cannot shrink)."""
+    fd = os.memfd_create("nomapd-bpf-zbuf", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
+        fcntl.fcntl(
+            fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        )
         shm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     except BaseException:
         os.close(fd)

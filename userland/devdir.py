@@ -4,6 +4,7 @@ Theory of operation. Each server instance keeps its device files (Unix
 sockets) in a per-user runtime directory, mode 0700:
 
   <root>/<port>/w<N>/<device>      e.g. .../nomapd/8443/w0/bpf
+  <root>/<port>/lock               flock'ed by the owning server, its pid inside
 
 `<root>` is `$XDG_RUNTIME_DIR/nomapd` when that variable names an absolute,
 existing directory owned by the user (the XDG rule), else `<state>/run`

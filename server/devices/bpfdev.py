@@ -16,9 +16,10 @@ is done here, at the edge:
   BIOCSKEYLOG  nomapd's TLS key export (bpf/bpf_keylog.py): logged once per
            descriptor that turns it on; the worker hands the lines over
            (server/devices/bpfkeys.py).
-  BIOCSETZBUF  the process passes its shared-memory file (a memfd) with the
-           ioctl and the address it mapped it at (DEV_SHM); the kernel maps the
-           file (mmap, MAP_SHARED) and gives the descriptor a `Uvm` of it. The
+  BIOCSETZBUF  the process passes its shared-memory file (a memfd sealed
+           against shrinking: server/devices/shm.py) with the ioctl and the
+           address it mapped it at (DEV_SHM); the kernel maps the file
+           (mmap, MAP_SHARED) and gives the descriptor a `Uvm` of it. The
            mapping is unmapped and the file closed when the descriptor closes
            (or at once if the ioctl fails).
 
@@ -34,7 +35,6 @@ import contextlib
 import errno
 import logging
 import mmap
-import os
 
 import trio
 
@@ -53,12 +53,18 @@ from bpf import (
 from bpf.bpf_h import BIOCSETZBUF, BIOCSKEYLOG, BPF_MAX_PAGES, BPF_ZBUF, U_INT
 from mbuf.sys_devio import DEV_SHM, POLLIN, POLLRDNORM
 from server.devices.devfs import DevFile, Device, OpenFile
+from server.devices.shm import shm_map
 
 log = logging.getLogger("nomapd.devfs")
 
 # The largest shared-memory file BIOCSETZBUF maps: two buffers of zmax (the ABI
 # wants the file to hold just the two buffers; a larger one is EINVAL).
 SHM_MAX = 2 * BPF_MAX_PAGES * mmap.PAGESIZE
+
+
+# The largest request /dev/bpf takes: a BIOCSETF program of BPF_MAXINSNS (8 bytes
+# each) is 4 KiB; 64 KiB leaves room and buffers nothing large.
+BPF_MAXREQUEST = 64 * 1024
 
 
 class BpfFile(DevFile):
@@ -88,10 +94,8 @@ class BpfFile(DevFile):
         if self.shm is not None:
             raise OSError(errno.EINVAL, "BIOCSETZBUF: buffers already set")
         (base,) = DEV_SHM.unpack_from(arg, BPF_ZBUF.size)
-        size = os.fstat(fds[0]).st_size
-        if not 0 < size <= SHM_MAX:
-            raise OSError(errno.EINVAL, f"BIOCSETZBUF: a shared-memory file of {size} bytes")
-        shm = mmap.mmap(fds[0], size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        shm = shm_map(fds[0], SHM_MAX, "BIOCSETZBUF")
+        size = len(shm)
         view = memoryview(shm)
         try:
             out = bpfioctl(self.d, cmd, arg[: BPF_ZBUF.size], Uvm(base, view))
@@ -151,4 +155,4 @@ class BpfFile(DevFile):
 
 def bpf_device(bpf: Bpf) -> Device:
     """The worker's /dev/bpf."""
-    return Device("bpf", lambda of: BpfFile(bpf, of))
+    return Device("bpf", lambda of: BpfFile(bpf, of), max_request=BPF_MAXREQUEST)

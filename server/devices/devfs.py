@@ -36,10 +36,15 @@ The instance's own devices (`ctl`, server/devices/ctldev.py) are served by a
 DevFs on the instance directory itself (`own_dir=False`: it removes only its
 sockets), by the single-process server or the supervisor.
 
-Instance directories: `open_instance(port)` replaces a stale directory from a
-killed server and makes a fresh one (mode 0700); `remove_instance` removes it
-at a clean shutdown. The single-process server and the supervisor own the
-instance; each worker's DevFs owns its `w<N>`.
+Instance directories: `open_instance(port)` makes the directory (mode 0700)
+and holds its lock (flock on `<instance>/lock`) for the server's lifetime: a
+stale directory from a killed server (lock free) is emptied and reused, one
+of a running server (lock held) makes the new server refuse to start;
+`remove_instance` removes it at a clean shutdown. The runtime root and the
+instance directory are used only if they are this user's own directories
+(lstat: no symlink, no one else's), as the state directory may be shared.
+The single-process server and the supervisor own the instance; each
+worker's DevFs owns its `w<N>`.
 
 Models: devfs and the system-call layer (kern/kern_conf.c's cdevsw, make_dev;
 sys_generic.c). Differences: Unix sockets instead of character devices,
@@ -51,11 +56,14 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import pathlib
+import select
 import shutil
 import socket
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -78,6 +86,8 @@ from mbuf.sys_devio import (
     dev_reply,
     dev_wakeup,
 )
+from server.config import ConfigError
+from server.listen import accept_backoff
 from userland.devdir import instance_dir
 
 log = logging.getLogger("nomapd.devfs")
@@ -173,11 +183,10 @@ class OpenFile:
                             peek = await self.sock.recv(1, socket.MSG_PEEK)
                         except OSError:
                             peek = b""
-                        if peek == b"":
-                            gone = True
-                            n.cancel_scope.cancel()
-                        else:
-                            await trio.sleep_forever()
+                        if peek:  # readable says nothing more now: ask for the hang-up itself
+                            await _wait_hangup(self.sock)
+                        gone = True
+                        n.cancel_scope.cancel()
 
                     async def wait_event() -> None:
                         await ev.wait()
@@ -211,6 +220,20 @@ class OpenFile:
         self._wakeup_sent = False
 
 
+# How often a sleeping call whose process sent a byte ahead of time checks for its hang-up.
+HANGUP_POLL = 0.1  # seconds
+
+
+async def _wait_hangup(sock: trio.socket.SocketType) -> None:
+    """Return once the process has closed its end (POLLRDHUP/POLLHUP/POLLERR),
+    even with unread bytes queued, which keep the socket readable: no wakeup on
+    the event loop tells this, so poll(2) it, without consuming anything."""
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLRDHUP)
+    while not p.poll(0):
+        await trio.sleep(HANGUP_POLL)
+
+
 async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -218,13 +241,20 @@ async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
         view = view[n:]
 
 
+# A device's default request limit: ioctl arguments and writes of a few pages.
+DEV_MAXREQUEST: Final = 64 * 1024
+
+
 @dataclass
 class Device:
-    """A device node: its file name in the worker's directory and its open
-    routine (`open(handle) -> DevFile`; an OSError refuses the open)."""
+    """A device node: its file name in the worker's directory, its open routine
+    (`open(handle) -> DevFile`; an OSError refuses the open) and the largest
+    request payload it takes (a larger one is answered EINVAL, unread, and the
+    file closed: nothing buffers megabytes for a device that takes a few bytes)."""
 
     name: str
     open: Callable[[OpenFile], DevFile]
+    max_request: int = DEV_MAXREQUEST
 
 
 def _close_fds(fds: list[int]) -> None:
@@ -300,8 +330,12 @@ class DevFs:
         self, dev: Device, lsock: trio.socket.SocketType, nursery: trio.Nursery
     ) -> None:
         while True:
-            sock, _ = await lsock.accept()
-            nursery.start_soon(self._serve_file, dev, sock)
+            try:
+                sock, _ = await lsock.accept()
+            except OSError as e:  # out of descriptors: the listener waits, as the HTTP one does
+                await accept_backoff(e)
+            else:
+                nursery.start_soon(self._serve_file, dev, sock)
 
     async def _serve_file(self, dev: Device, sock: trio.socket.SocketType) -> None:
         with sock:
@@ -319,14 +353,15 @@ class DevFs:
                 try:
                     f = dev.open(handle)
                 except OSError as e:
-                    await handle.send(dev_reply(e.errno or errno.EIO, str(e).encode()))
+                    with contextlib.suppress(OSError):  # the process may be gone already
+                        await handle.send(dev_reply(e.errno or errno.EIO, str(e).encode()))
                     return
                 self.stats.open_files += 1
                 self.stats.opens_total += 1
                 try:
                     n.start_soon(handle._wakeup_writer)
                     await handle.send(dev_reply(0))
-                    await self._syscalls(handle, f)
+                    await self._syscalls(handle, f, dev.max_request)
                 except (PeerGone, OSError):
                     pass  # the process went away: its file closes below
                 except Exception:  # a kernel bug must not take the worker down: close the file
@@ -336,7 +371,7 @@ class DevFs:
                     self.stats.open_files -= 1
                     n.cancel_scope.cancel()
 
-    async def _syscalls(self, handle: OpenFile, f: DevFile) -> None:
+    async def _syscalls(self, handle: OpenFile, f: DevFile, max_request: int) -> None:
         sock = handle.sock
         while True:
             fds: list[int] = []
@@ -345,8 +380,11 @@ class DevFs:
                 if head is None:
                     return
                 op, cmd, flags, count, length = DEV_REQ.unpack(head)
-                if length > DEV_MAXPAYLOAD:
-                    return  # not a process speaking the ABI: close the file
+                if length > min(max_request, DEV_MAXPAYLOAD):  # unread: say why, then close
+                    why = f"a request of {length} bytes; this device takes {max_request} at most"
+                    with contextlib.suppress(OSError):
+                        await handle.send(dev_reply(errno.EINVAL, why.encode()))
+                    return
                 payload = await _recv_exact(sock, length, fds) if length else b""
                 if payload is None:
                     return
@@ -390,19 +428,62 @@ def _mkdir_private(path: pathlib.Path) -> None:
     os.chmod(path, 0o700)
 
 
+def _own_private_dir(path: pathlib.Path) -> None:
+    """Make `path` (mode 0700), or take an existing one only if it is a directory of
+    this user's, not a symlink: a directory someone else made (or a link planted in
+    a shared state directory) would otherwise get our chmod, rmtree and sockets."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):  # a symlink's lstat is the link's
+        raise ConfigError(f"{path} is not a directory (a symlink?): not used for devices")
+    if st.st_uid != os.getuid():
+        raise ConfigError(f"{path} belongs to uid {st.st_uid}, not this user: not used for devices")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+# The lock of each instance this process owns (held from open_instance to remove_instance).
+_instance_locks: dict[pathlib.Path, int] = {}
+
+
 def open_instance(port: int) -> pathlib.Path:
-    """A fresh instance directory for the server on `port` (a stale one, left by a
-    killed server, is replaced: the port is ours now)."""
+    """A fresh instance directory for the server on `port`, locked (flock on
+    `<instance>/lock`, holding the owner's pid) for as long as this process
+    serves it. A directory left by a killed server (its lock free) is emptied:
+    the port is ours now. One whose lock is held belongs to a running server:
+    ConfigError, and nothing of it is touched."""
     path = instance_dir(port)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
-    _mkdir_private(path)
+    path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _own_private_dir(path.parent)  # the runtime root
+    _own_private_dir(path)
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(f"devices for port {port} are in use by pid {owner} ({path})") from None
+    for entry in path.iterdir():  # a stale instance's workers
+        if entry.name != "lock":
+            shutil.rmtree(entry, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _instance_locks[path] = fd
     return path
 
 
 def remove_instance(path: pathlib.Path) -> None:
-    """Remove the instance, and the runtime root with it when no other instance is left."""
+    """Remove the instance (and its lock), and the runtime root with it when no
+    other instance is left."""
     shutil.rmtree(path, ignore_errors=True)
+    fd = _instance_locks.pop(path, None)
+    if fd is not None:
+        os.close(fd)
     with contextlib.suppress(OSError):
         path.parent.rmdir()

@@ -7,8 +7,10 @@ the last close to `netmap_close`. What the kernel does with its own memory
 and threads is done here, at the edge:
 
   regions  the subsystem's region maker (`Netmap.region_alloc`) creates a
-           memfd of the region's size and maps it shared; the kernel works on
-           that mapping. At a successful REGISTER (NIOCCTRL or the legacy
+           memfd of the region's size, seals its size (server/devices/shm.py:
+           the process that receives it cannot truncate it under the
+           kernel's mapping, a SIGBUS), and maps it shared; the kernel works
+           on that mapping. At a successful REGISTER (NIOCCTRL or the legacy
            NIOCREGIF) the memfd travels with the reply (SCM_RIGHTS): the
            process maps what it receives, which is netmap's mmap(2) of the fd.
            The region is unmapped and its memfd closed here when the kernel
@@ -76,6 +78,7 @@ from netmap.netmap_h import (
 )
 from netmap.netmap_kern import NetmapKring
 from server.devices.devfs import DevFile, Device, DevStat, OpenFile
+from server.devices.shm import shm_seal
 
 log = logging.getLogger("nomapd.devfs")
 
@@ -102,9 +105,10 @@ class Region:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.fd = os.memfd_create("nomapd-netmap", os.MFD_CLOEXEC)
+        self.fd = os.memfd_create("nomapd-netmap", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(self.fd, size)
+            shm_seal(self.fd)  # the process gets this fd: it must not shrink what we map
             self.mapping = mmap.mmap(
                 self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
             )

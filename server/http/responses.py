@@ -34,6 +34,7 @@ _REASONS = {
     413: b"Content Too Large",
     414: b"URI Too Long",
     416: b"Range Not Satisfiable",
+    421: b"Misdirected Request",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     503: b"Service Unavailable",

@@ -33,11 +33,12 @@ from bpf.bpf_h import (
     SIZE_T,
     U_INT,
 )
-from server.devices.bpfdev import SHM_MAX
+from server.devices.bpfdev import BPF_MAXREQUEST, SHM_MAX
 from tests.integration.conftest import ServerProcess
 from tests.privdrop import as_unprivileged
 from userland.bpfdev import BpfCapture, Packet, bpf_program, ifreq, shm_create
 from userland.dev import DevFile
+from userland.devdir import device_paths
 
 SNAP = 128
 BIG = "/f3145745.bin"  # 3 MiB + 17 (the corpus)
@@ -165,9 +166,43 @@ def test_bad_requests_answer_einval(server: ServerProcess) -> None:
                     f.ioctl(BIOCSETF, bpf_program(prog))
                 assert e.value.errno == errno.EINVAL
             assert server.stats()["devfs.shm_mapped"] == 1  # the refused calls mapped nothing
+        with DevFile.open(path) as f, pytest.raises(OSError) as e:
+            f.ioctl(BIOCSETF, b"\0" * (BPF_MAXREQUEST + 8))  # answered, not a silent close
+        assert e.value.errno == errno.EINVAL and f"takes {BPF_MAXREQUEST} at most" in str(e.value)
     finally:
         shm.close()
         os.close(fd)
+    server.assert_no_leaks()
+
+
+def test_zbuf_file_must_be_sealed_against_shrinking(server: ServerProcess) -> None:
+    """A process that could shrink its shared file after BIOCSETZBUF would make the
+    server's next store into it fault (SIGBUS): only a sealed memfd is mapped."""
+    path = bpf_path(server)
+    page = mmap.PAGESIZE
+    unsealed = os.memfd_create("unsealed", os.MFD_CLOEXEC)
+    os.ftruncate(unsealed, 2 * page)
+    rfd, wfd = os.pipe()
+    fd, shm, base = shm_create(2 * page)
+    try:
+        with DevFile.open(path) as f:
+            f.ioctl(BIOCSETBUFMODE, U_INT.pack(BPF_BUFMODE_ZBUF))
+            arg = BPF_ZBUF.pack(base, base + page, page)
+            for bad, why in ((unsealed, "F_SEAL_SHRINK"), (rfd, "regular file")):
+                with pytest.raises(OSError) as e:
+                    f.ioctl_shm(BIOCSETZBUF, arg, bad, base)
+                assert e.value.errno == errno.EINVAL and why in str(e.value), e.value
+            assert server.stats()["devfs.shm_mapped"] == 0
+            f.ioctl_shm(BIOCSETZBUF, arg, fd, base)  # shm_create seals its memfd
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 0)  # the seal holds for the process too
+            f.ioctl(BIOCSETIF, ifreq("nm0"))
+            fetch(server, "/")  # the server stores into the buffers: still alive
+            assert server.proc.poll() is None
+    finally:
+        shm.close()
+        for x in (fd, unsealed, rfd, wfd):
+            os.close(x)
     server.assert_no_leaks()
 
 
@@ -211,6 +246,10 @@ def test_capture_killed_releases_everything(server: ServerProcess, corpus: pathl
 
 
 def test_another_user_is_refused(server: ServerProcess) -> None:
+    assert os.geteuid() == 0, (
+        "this test needs root (CI runs as root): it becomes nobody to be another user; "
+        "tests/server/test_devfs.py checks the credentials without root"
+    )
     path = bpf_path(server)
 
     def check() -> None:
@@ -219,6 +258,44 @@ def test_another_user_is_refused(server: ServerProcess) -> None:
 
     as_unprivileged(check)
     server.assert_no_leaks()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_server_on_the_port_leaves_the_devices_alone(
+    corpus: pathlib.Path, state_dir: pathlib.Path, workers: str
+) -> None:
+    """Devices are keyed by the port; a second server on it (another address, or the
+    same one through the workers' SO_REUSEPORT) must neither take them over nor
+    remove them: it refuses to start."""
+    srv = ServerProcess(corpus, ["--http", "--workers", workers], state_dir)
+    try:
+        inst = devices_dir(srv)
+        bpf = inst / "w0" / "bpf"
+        ino = bpf.stat().st_ino
+        host = "127.0.0.2" if workers == "1" else "127.0.0.1"  # both bind: only the devices clash
+        second = subprocess.run(
+            [sys.executable, "-m", "server", "serve", str(corpus), "--http", "--workers", workers,
+             "--host", host, "--port", str(srv.port), "--admin", "127.0.0.1:0"],
+            env=dict(os.environ, NOMAPD_STATE_DIR=str(state_dir)), capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.splitlines() == [
+            f"nomapd: devices for port {srv.port} are in use by pid {srv.proc.pid} ({inst})"
+        ]
+        assert bpf.stat().st_ino == ino  # the running server's device, untouched
+        caps = [BpfCapture.open(p, mode="zbuf", timeout=0.2) for p in device_paths(inst, "bpf")]
+        try:  # the running server's devices still capture (whichever worker serves)
+            fetch(srv, "/")
+            assert any([drain(cap) for cap in caps])
+        finally:
+            for cap in caps:
+                cap.close()
+        srv.assert_no_leaks()
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0, srv.stderr
+    assert not inst.exists()
 
 
 def test_every_worker_has_its_device(corpus: pathlib.Path, state_dir: pathlib.Path) -> None:

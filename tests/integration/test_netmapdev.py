@@ -11,6 +11,7 @@ and the device layer's shared mappings.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import pathlib
 import signal
@@ -199,6 +200,22 @@ def _errno(fn: object, *args: object) -> int:
     with pytest.raises(OSError) as ei:
         fn(*args)  # type: ignore[operator]
     return int(ei.value.errno or 0)
+
+
+def test_region_passed_to_the_process_cannot_shrink(server: ServerProcess) -> None:
+    """The process gets the region's memfd; truncating it would make the server's
+    next store into its own mapping fault (SIGBUS): the server sealed it first."""
+    with DevFile.open(netmap_path(server)) as dev:
+        _raw_register(dev, "sl{0")
+        (fd,) = dev.received_fds
+        dev.received_fds = []
+        try:
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 0)
+            assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+        finally:
+            os.close(fd)
+    server.assert_no_leaks()
 
 
 def test_bad_input_fails_that_port_only(server: ServerProcess) -> None:

@@ -192,6 +192,39 @@ def test_sysctl_and_ifconfig_read_only(default_server: ServerProcess) -> None:
 # -- bad input --------------------------------------------------------------------
 
 
+def _curl_host(srv: ServerProcess, host: str, path: str, *extra: str) -> str:
+    """The admin's status for `path` asked with Host: `host` (curl, as a browser asks)."""
+    return subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "15",
+         "-H", f"Host: {host}", *extra, f"http://127.0.0.1:{srv.admin_port}{path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def test_admin_answers_its_own_names_only(ctl: ServerProcess) -> None:
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 asks
+    with Host: evil.example; it gets 421, and changes nothing even with the token."""
+    port = ctl.admin_port
+    token = _token(ctl)
+    for path in ("/connections", "/sysctl", "/metrics", "/stats", "/"):
+        assert _curl_host(ctl, f"evil.example:{port}", path) == "421", path
+        assert _curl_host(ctl, "evil.example", path) == "421", path
+    post = ("-X", "POST", "-H", f"Authorization: Bearer {token}", "--data", "nm0 -nomap")
+    assert _curl_host(ctl, f"evil.example:{port}", "/ifconfig", *post) == "421"
+    assert "NOMAP" in _json(ctl, "/ifconfig")["nm0"]["options"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}",
+                 f"127.0.0.1:{port + 1}"):  # fmt: skip
+        assert _curl_host(ctl, host, "/connections") == "200", host
+    ctl.assert_no_leaks()
+
+
+def test_public_admin_control_warns(corpus: pathlib.Path, state_dir: pathlib.Path) -> None:
+    srv = ServerProcess(corpus, ["--http", "--admin-public", "--admin-control"], state_dir)
+    _stopped(srv)
+    assert "nomapd: warning: --admin-control with --admin-public: the token travels over " \
+        "plain HTTP\n" in srv.stderr_lines, srv.stderr  # fmt: skip
+
+
 def test_control_refuses_bad_requests(ctl: ServerProcess) -> None:
     token = _token(ctl)
     assert any(f"http://127.0.0.1:{ctl.admin_port}/#token={token}" in ln for ln in ctl.stdout)

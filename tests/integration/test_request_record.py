@@ -113,6 +113,7 @@ def test_only_pages_carry_an_id_and_unknown_ids_are_404(nonomap: ServerProcess) 
     for rid, answer in [
         ("w0-AAAAAAAAAAAAAAAAAAAAAA", {"error": "unknown"}),
         ("w5-AAAAAAAAAAAAAAAAAAAAAA", {"error": "elsewhere", "worker": 5}),
+        ("w" + "1" * 5000 + "-x", {"error": "unknown"}),  # too long for an index: no int()
     ]:
         r = subprocess.run(
             ["curl", "-sk", "-w", "\n%{http_code} %{content_type}",

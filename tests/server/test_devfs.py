@@ -7,9 +7,13 @@ framework serves on the test's trio loop.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import pathlib
+import resource
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -27,7 +31,9 @@ from mbuf.sys_devio import (
     dev_wakeup,
     errno_text,
 )
+from server.config import ConfigError
 from server.devices.devfs import (
+    DEV_MAXREQUEST,
     DevFile,
     DevFs,
     Device,
@@ -36,7 +42,7 @@ from server.devices.devfs import (
     open_instance,
     remove_instance,
 )
-from tests.privdrop import as_unprivileged, world_tmp  # noqa: F401 (a fixture)
+from tests.privdrop import NOBODY, as_unprivileged, world_tmp  # noqa: F401 (a fixture)
 from userland.dev import DevFile as UserFile
 from userland.devdir import device_paths, find_instance, runtime_root
 
@@ -88,12 +94,13 @@ class World:
         self.closed_ev = trio.Event()
         self.sleeping = trio.Event()
         self.stats = DevStat()
+        self.fs: DevFs | None = None
 
 
 @pytest.fixture
 async def world(world_tmp: str) -> AsyncIterator[World]:  # noqa: F811
     w = World(pathlib.Path(world_tmp) / "inst" / "w0")
-    fs = DevFs(w.path, [Device("toy", lambda of: Toy(w, of))], w.stats)
+    fs = w.fs = DevFs(w.path, [Device("toy", lambda of: Toy(w, of))], w.stats)
     async with trio.open_nursery() as n:
         await n.start(fs.serve)
         yield w
@@ -138,6 +145,19 @@ async def test_calls_errors_and_descriptors(world: World) -> None:
     assert world.closed == 1 and world.stats.open_files == 0 and world.stats.opens_total == 1
 
 
+async def test_a_request_larger_than_the_device_takes_is_einval(world: World) -> None:
+    f = await call(lambda: UserFile.open(world.path / "toy"))
+    most = DEV_MAXREQUEST
+    assert await call(lambda: f.ioctl(1, b"ab" * (most // 2))) == b"ba" * (most // 2)
+    with pytest.raises(OSError) as e:
+        await call(lambda: f.ioctl(1, b"x" * (most + 1)))  # fits the socket's buffer: replied
+    assert e.value.errno == errno.EINVAL
+    assert f"a request of {most + 1} bytes; this device takes {most} at most" in str(e.value)
+    await world.closed_ev.wait()  # and the file closed: nothing of it was read
+    assert world.closed == 1 and world.stats.open_files == 0
+    f.sock.close()
+
+
 async def test_wakeups_are_not_replies(world: World) -> None:
     f = await call(lambda: UserFile.open(world.path / "toy"))
     assert await call(lambda: f.ioctl(4)) == b"woke"  # two wakeups, one frame, one reply
@@ -160,15 +180,18 @@ async def test_blocking_read_woken_by_another_file(world: World) -> None:
     await call(b.close)
 
 
+def _blocked_read(f: UserFile, failed: list[BaseException]) -> None:
+    """A read that sleeps until the process's end goes (its error kept in `failed`)."""
+    try:
+        f.read(600_000)
+    except OSError as e:
+        failed.append(e)
+
+
 async def test_process_gone_while_sleeping_releases_its_file(world: World) -> None:
     f = await call(lambda: UserFile.open(world.path / "toy"))
     failed: list[BaseException] = []
-
-    def blocked_read() -> None:
-        try:
-            f.read(600_000)
-        except OSError as e:
-            failed.append(e)
+    blocked_read = functools.partial(_blocked_read, f, failed)
 
     async with trio.open_nursery() as n:
         n.start_soon(call, blocked_read)
@@ -179,10 +202,84 @@ async def test_process_gone_while_sleeping_releases_its_file(world: World) -> No
     assert world.closed == 1 and world.files == [] and len(failed) == 1
 
 
+async def test_out_of_descriptors_at_accept_waits(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EMFILE from accept(2) is the process's state, not the listener's: logged, waited
+    out, and the opens that queued meanwhile are served once descriptors are free."""
+    queued = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        for s in queued:
+            s.connect(str(world.path / "toy"))  # in the backlog; the server has not run yet
+        lowest = os.dup(0)
+        os.close(lowest)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))  # no new descriptor
+        try:
+            with trio.fail_after(30):
+                while "accept returned EMFILE" not in caplog.text:
+                    await trio.sleep(0.01)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for s in queued:  # each gets its open's reply: errno 0
+            head = await call(functools.partial(s.recv, DEV_MSG.size, socket.MSG_WAITALL))
+            assert DEV_MSG.unpack(head) == (DEVMSG_REPLY, 0, 0)
+    finally:
+        for s in queued:
+            s.close()
+    with trio.fail_after(30):
+        while world.closed < 3:
+            await world.closed_ev.wait()
+            world.closed_ev = trio.Event()
+    assert world.stats.open_files == 0 and world.stats.opens_total == 3
+
+
+async def test_refused_open_of_a_process_already_gone(world_tmp: str) -> None:  # noqa: F811
+    """The reply to a failed open may meet a closed connection (EPIPE): the device
+    keeps serving."""
+
+    def refuse(of: OpenFile) -> DevFile:
+        raise OSError(errno.ENXIO, "refuser: no such unit")
+
+    path = pathlib.Path(world_tmp) / "inst" / "w0"
+    fs = DevFs(path, [Device("refuser", refuse)], DevStat())
+    async with trio.open_nursery() as n:
+        await n.start(fs.serve)
+        for _ in range(3):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path / "refuser"))
+            s.close()  # before the server answers: its reply gets EPIPE
+        with pytest.raises(OSError) as e:
+            await call(lambda: UserFile.open(path / "refuser"))
+        assert e.value.errno == errno.ENXIO and "no such unit" in str(e.value)
+        n.cancel_scope.cancel()
+
+
+async def test_process_gone_after_a_stray_byte_releases_its_file(world: World) -> None:
+    """A byte sent while a call sleeps keeps the socket readable; the process's exit
+    must still end the call and close its file."""
+    f = await call(lambda: UserFile.open(world.path / "toy"))
+    failed: list[BaseException] = []
+    blocked_read = functools.partial(_blocked_read, f, failed)
+
+    with trio.fail_after(30):  # a file kept open forever would hang here
+        async with trio.open_nursery() as n:
+            n.start_soon(call, blocked_read)
+            await world.sleeping.wait()
+            f.sock.send(b"x")  # ahead of any request
+            f.sock.shutdown(socket.SHUT_RDWR)  # as the process's exit closes it
+            await world.closed_ev.wait()
+    f.sock.close()
+    assert world.closed == 1 and world.files == [] and len(failed) == 1
+
+
 async def test_another_uid_gets_eperm(world: World) -> None:
     # Open the modes the framework set, so that the credential check is what refuses.
     for p, mode in ((world.path.parent, 0o755), (world.path, 0o755), (world.path / "toy", 0o777)):
         os.chmod(p, mode)
+    if os.geteuid() != 0:  # no other uid to become: the server's user becomes another one
+        assert world.fs is not None
+        world.fs.uid = os.getuid() + 1
 
     def check() -> None:
         with pytest.raises(OSError) as e:
@@ -204,11 +301,25 @@ def test_runtime_directory_and_discovery(
     assert runtime_root() == tmp_path / "xdg" / "nomapd"
     with pytest.raises(LookupError, match="no running nomapd server"):
         find_instance()
-    a = open_instance(8443)
+    killed = (  # a server killed while it served port 8443: its directory stays, its lock goes
+        "import os, signal\n"
+        "from server.devices.devfs import open_instance\n"
+        "d = open_instance(8443)\n"
+        "(d / 'w0').mkdir()\n"
+        "(d / 'w0' / 'stale').write_text('left by a killed server')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", killed], cwd=pathlib.Path(__file__).parents[2])
+    assert (runtime_root() / "8443" / "w0" / "stale").exists()
+    a = open_instance(8443)  # the stale instance is emptied and taken over
+    assert [p.name for p in a.iterdir()] == ["lock"] and a.stat().st_mode & 0o777 == 0o700
+    assert (a / "lock").read_text() == f"{os.getpid()}\n"
     (a / "w0").mkdir()
-    (a / "w0" / "stale").write_text("left by a killed server")
-    a = open_instance(8443)  # the stale instance is replaced
-    assert list(a.iterdir()) == [] and a.stat().st_mode & 0o777 == 0o700
+    with pytest.raises(ConfigError) as e:  # a second server on the port: refused, nothing touched
+        open_instance(8443)
+    assert str(e.value) == f"devices for port 8443 are in use by pid {os.getpid()} ({a})"
+    assert (a / "w0").is_dir()
+    (a / "w0").rmdir()
     (a / "w0").mkdir()
     (a / "w1").mkdir()
     (a / "w1" / "bpf").touch()
@@ -224,3 +335,32 @@ def test_runtime_directory_and_discovery(
     assert find_instance() == b and runtime_root().exists()
     remove_instance(b)
     assert not runtime_root().exists()  # the last instance takes the empty root with it
+
+
+def test_runtime_root_must_be_this_user_s_own_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback root sits in a state directory that may be shared: a symlink or
+    someone else's directory there is refused, not chmod'ed or filled with sockets."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    (tmp_path / "state").mkdir()
+    monkeypatch.setenv("NOMAPD_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state" / "run").symlink_to(victim)
+    with pytest.raises(ConfigError, match="is not a directory"):
+        open_instance(8443)
+    assert victim.stat().st_mode & 0o777 == 0o755 and list(victim.iterdir()) == []
+    (tmp_path / "state" / "run").unlink()
+    (tmp_path / "state" / "run").mkdir()
+    (tmp_path / "state" / "run" / "8443").symlink_to(victim)  # the instance itself
+    with pytest.raises(ConfigError, match="is not a directory"):
+        open_instance(8443)
+    assert list(victim.iterdir()) == []
+    if os.geteuid() == 0:  # someone else's directory: made so here
+        (tmp_path / "state" / "run" / "8443").unlink()
+        os.chown(tmp_path / "state" / "run", NOBODY, NOBODY)
+    else:  # one this user cannot own: / holds root's run
+        monkeypatch.setenv("NOMAPD_STATE_DIR", "/")
+    with pytest.raises(ConfigError, match="belongs to uid"):
+        open_instance(8443)

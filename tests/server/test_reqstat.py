@@ -27,6 +27,8 @@ def test_a_record_is_answered_by_its_id_only() -> None:
     assert rr.lookup("") == (404, {"error": "unknown"})
     assert rr.lookup("w7-" + rid[3:]) == (404, {"error": "elsewhere", "worker": 7})
     assert rr.lookup("w0-x") == (404, {"error": "unknown"})  # ours, never issued
+    for made_up in ("w" + "1" * 5000 + "-x", "w1-" + "x" * 65, "w1-a/b", "w-x", "x1-y"):
+        assert rr.lookup(made_up) == (404, {"error": "unknown"})  # not an id's form
 
 
 def test_records_are_bounded_oldest_first() -> None:

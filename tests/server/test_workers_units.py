@@ -6,14 +6,18 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 
 from server import listen
+from server.config import ServerConfig
 from server.errorlog import RateLimited, parse_level
-from server.supervisor import describe_exit, sum_stats
+from server.supervisor import Supervisor, WorkerSlot, applied_after, describe_exit, sum_stats
+from server.worker import LineChannel
 
 
 def test_sum_stats_rules() -> None:
@@ -101,3 +105,119 @@ async def test_other_accept_errors_are_fatal() -> None:
     with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="simulated")):
         async with trio.open_nursery() as nursery:
             await listen._accept_loop(lst, handler, nursery)
+
+
+class _FakeWorker:
+    """A worker's end of the supervisor's channel, played by the test: it answers
+    each request when the test says so (`answer`), with the errno it is given."""
+
+    def __init__(self, slot: WorkerSlot) -> None:
+        ours, theirs = socket.socketpair()
+        slot.chan = LineChannel(ours)
+        self.chan = LineChannel(theirs)
+        self.got: list[dict[str, Any]] = []
+
+    async def answer(self, err: int = 0) -> dict[str, Any]:
+        req = await self.chan.receive()
+        assert isinstance(req, dict)
+        self.got.append(req)
+        await self.chan.send({"id": req["id"], "result": {"errno": err, "message": ""}})
+        return req
+
+
+@pytest.fixture
+async def sup() -> AsyncIterator[Supervisor]:
+    """A supervisor of two workers that are up, each a _FakeWorker (`sup.fakes`)."""
+    sup = Supervisor(ServerConfig())
+    sup.slots = [WorkerSlot(i, []) for i in range(2)]
+    fakes = [_FakeWorker(slot) for slot in sup.slots]
+    for slot in sup.slots:
+        slot.ready = True
+    sup.fakes = fakes  # type: ignore[attr-defined]
+    yield sup
+    for slot, fake in zip(sup.slots, fakes, strict=True):
+        assert slot.chan is not None
+        await slot.chan.aclose()
+        await fake.chan.aclose()
+
+
+def _sysctl(value: str) -> dict[str, object]:
+    return {"set": "sysctl", "name": "kern.ipc.mb_use_ext_pgs", "value": value}
+
+
+async def test_a_change_given_up_on_by_its_caller_is_still_recorded(sup: Supervisor) -> None:
+    """The admin's timeout cancels apply_all while a worker has not answered yet:
+    the change is seen through and recorded, or a restarted worker would miss it."""
+    w0, w1 = sup.fakes  # type: ignore[attr-defined]
+    msg = _sysctl("0")
+    async with trio.open_nursery() as n:
+        caller = trio.CancelScope()
+
+        async def admin() -> None:
+            with caller:
+                await sup.apply_all(msg)
+
+        n.start_soon(admin)
+        await w0.answer()
+        caller.cancel()  # gives up while worker 1 still owes its answer
+        await w1.answer()
+    assert sup.applied == [msg]
+
+
+async def test_a_restarted_worker_replays_under_the_apply_lock(sup: Supervisor) -> None:
+    """A change made while a worker restarts reaches it: the replay waits for the
+    change under way, and the worker is ready only once it took every change."""
+    w0, w1 = sup.fakes  # type: ignore[attr-defined]
+    sup.slots[1].ready = False  # restarting: said hello, not up yet
+    msg = _sysctl("0")
+    ready: list[bool] = []
+    with trio.fail_after(30):  # without the lock the replay has nothing to send: no hang
+        await _change_during_replay(sup, msg, w0, w1, ready)
+    assert ready == [True] and sup.slots[1].ready
+
+
+async def _change_during_replay(
+    sup: Supervisor, msg: dict[str, object], w0: _FakeWorker, w1: _FakeWorker, ready: list[bool]
+) -> None:
+    async with trio.open_nursery() as n:
+        n.start_soon(sup.apply_all, msg)
+        await w0.answer()  # the change is under way (worker 1 is skipped: not up)
+
+        async def replay() -> None:
+            ready.append(await sup._replay(sup.slots[1]))
+
+        n.start_soon(replay)
+        assert (await w1.answer()) == {**msg, "id": 1}  # replayed: it waited for the change
+
+
+async def test_a_worker_that_refuses_a_replayed_change_is_not_ready(sup: Supervisor) -> None:
+    _w0, w1 = sup.fakes  # type: ignore[attr-defined]
+    sup.applied = [_sysctl("0"), {"set": "sysctl", "name": "kern.x", "value": "1"}]
+    sup.slots[1].ready = False
+    ready: list[bool] = []
+
+    async def replay() -> None:
+        ready.append(await sup._replay(sup.slots[1]))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(replay)
+        await w1.answer()
+        await w1.answer(errno.EINVAL)
+    assert ready == [False] and not sup.slots[1].ready
+
+
+def test_applied_keeps_the_last_sysctl_and_the_deciding_ifconfig_words() -> None:
+    applied: list[dict[str, object]] = []
+    for v in range(1000):
+        applied = applied_after(applied, _sysctl(str(v % 2)))
+    assert applied == [_sysctl("1")]
+    other: dict[str, object] = {"set": "sysctl", "name": "kern.ipc.other", "value": "7"}
+    applied = applied_after(applied, other)
+    for words in (["-nomap"], ["nomap"], ["-tso"], ["tso4"], ["-txtls", "nomap"]) * 100:
+        applied = applied_after(applied, {"set": "ifconfig", "words": ["nm0", *words]})
+    # nomap decided last by the final "nomap"; tso6 still off from "-tso", tso4 on.
+    assert applied == [
+        _sysctl("1"),
+        other,
+        {"set": "ifconfig", "words": ["nm0", "-tso", "tso4", "-txtls", "nomap"]},
+    ]
