@@ -261,8 +261,13 @@ def wait_ready(server: Server, timeout: float = START_TIMEOUT) -> None:
     last = ""
     while time.monotonic() < deadline:
         if not server.alive():
+            # The log's last line on the first line: the run's record and the
+            # progress line keep only that one (a start error's reason, e.g. a port
+            # or a device directory in use).
+            tail = server.log_tail()
+            last = tail.splitlines()[-1] if tail else "no output"
             raise StartError(
-                f"{server.row.name} exited with {server.proc.returncode}:\n{server.log_tail()}"
+                f"{server.row.name} exited with {server.proc.returncode}: {last}\n{tail}"
             )
         try:
             status = fetch_status(server.row, server.port, READY_PATH, timeout=2.0)
