@@ -30,7 +30,9 @@ class FakeSource:
         return self.keys.pop(self.calls, b"")
 
     def keylog_enable(self) -> None:
-        pass
+        # BIOCSKEYLOG is the opener's (open_bpf), once per descriptor: the loop only
+        # collects what keylog() hands over, and must never ask again.
+        raise AssertionError("capture_loop asked for key export itself")
 
     def stats(self) -> tuple[int, int]:
         return (0, 0)
@@ -41,7 +43,8 @@ class FakeSource:
 
 class RecordingSink:
     def __init__(self) -> None:
-        self.events: list[tuple[str, int, int]] = []  # ("pkt", ifid, seconds) / ("keys", n, 0)
+        # ("pkt", ifid, seconds) / ("keys", n, 0) / ("done", 0, 0): a batch written (-U flushes)
+        self.events: list[tuple[str, int, int]] = []
 
     def write(self, ifid: int, p: Packet) -> None:
         self.events.append(("pkt", ifid, p.ts_sec))
@@ -50,7 +53,7 @@ class RecordingSink:
         self.events.append(("keys", len(keylog), 0))
 
     def batch_done(self) -> None:
-        pass
+        self.events.append(("done", 0, 0))
 
 
 def run(sources: list[FakeSource], count: int = 0, keys: bool = False) -> RecordingSink:
@@ -67,6 +70,7 @@ def run(sources: list[FakeSource], count: int = 0, keys: bool = False) -> Record
     labelled = [(f"w{i}", cast(Source, s)) for i, s in enumerate(sources)]
     written = capture_loop(labelled, cast(_Sink, sink), count, stop, keys)
     assert written == sum(e[0] == "pkt" for e in sink.events)
+    assert sink.events[-1][0] == "done"  # nothing written after the last flush point
     return sink
 
 
@@ -82,7 +86,7 @@ def test_two_sources_merge_by_time_ties_in_worker_order() -> None:
 def test_secrets_come_before_the_batch_they_came_with() -> None:
     a = FakeSource([[1, 2], [3, 4]], keys={2: b"CLIENT_RANDOM x y\n"})
     sink = run([a], keys=True)
-    assert sink.events == [
+    assert [e for e in sink.events if e[0] != "done"] == [
         ("pkt", 0, 1), ("pkt", 0, 2), ("keys", 18, 0), ("pkt", 0, 3), ("pkt", 0, 4),
     ]  # fmt: skip
 
