@@ -11,7 +11,8 @@ run:
 | 1m-vs-nginx | 1 MiB, HTTPS, keep-alive: MB/s >= 0.75 x nginx |
 | 16k-vs-nginx | 16 KiB, HTTPS, keep-alive: requests/s >= 0.25 x nginx |
 | handshake-vs-nginx | new TLS connection per request: requests/s >= 0.5 x nginx |
-| 5x-hypercorn | every workload run: headline figure >= 5 x hypercorn (the smallest ratio counts) |
+| 16k-vs-hypercorn | 16 KiB, HTTPS, keep-alive: requests/s >= 5 x hypercorn |
+| 2x-hypercorn | every other workload run: headline figure >= 2 x hypercorn (the smallest counts) |
 | cpu-nomap | 1 MiB: CPU s/GB at least 10% below `--no-nomap` (saving = 1 - default / no-nomap) |
 | 100m-rss | 4 x 100 MiB: peak RSS <= --phys-mem + 128 MiB |
 
@@ -86,9 +87,15 @@ def _ratio_target(
 
 
 def _hypercorn_target(
-    figures: list[Figures], workloads: list[Workload], tools: list[str]
+    key: str,
+    text: str,
+    threshold: float,
+    figures: list[Figures],
+    workloads: list[Workload],
+    tools: list[str],
 ) -> Target:
-    t = Target("5x-hypercorn", "every workload: >= 5x hypercorn (HTTPS, headline figure)")
+    """The smallest ratio to hypercorn over `workloads` (its headline figure) counts."""
+    t = Target(key, text)
     for tool in tools:
         found: list[tuple[str, float]] = []
         for w in workloads:
@@ -103,7 +110,7 @@ def _hypercorn_target(
         if found:
             worst = min(v for _, v in found)
             detail = ", ".join(f"{name} {v:.2f}x" for name, v in found)
-            t.by_tool[tool] = Check(worst, worst >= 5.0, detail)
+            t.by_tool[tool] = Check(worst, worst >= threshold, detail)
     return t
 
 
@@ -162,7 +169,22 @@ def evaluate(
             figures,
             tools,
         ),
-        _hypercorn_target(figures, workloads, tools),
+        _hypercorn_target(
+            "16k-vs-hypercorn",
+            "16 KiB, HTTPS, keep-alive: >= 5x hypercorn requests/s",
+            5.0,
+            figures,
+            [w for w in workloads if w.name == SMALL.name],
+            tools,
+        ),
+        _hypercorn_target(
+            "2x-hypercorn",
+            "every other workload: >= 2x hypercorn (HTTPS, headline figure)",
+            2.0,
+            figures,
+            [w for w in workloads if w.name != SMALL.name],
+            tools,
+        ),
         _cpu_target(figures, tools),
         _rss_target(figures, tools, phys_mem),
     ]
