@@ -51,9 +51,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
+import socket
 import struct
 from typing import cast
 
@@ -84,21 +84,25 @@ LINGER_TIME = 1.0  # seconds of lingering close
 LINGER_BYTES = 1 << 20  # ... or this much input, whichever comes first
 
 
+_V4MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+
+
 def _inaddr(addr: object) -> tuple[int, int, bool]:
     """(address as an integer, port, is IPv6) of a socket address. An IPv4-mapped
     IPv6 address (a v4 client of a dual-stack `::` socket) is IPv4, as the kernel
-    marks such a connection INP_IPV4; (0, 0, False) if it is not an address."""
+    marks such a connection INP_IPV4; (0, 0, False) if it is not an address.
+    (inet_pton, not `ipaddress`: this runs twice per accepted connection.)"""
     try:
         host, port = cast(tuple[str, int], addr)[:2]
-        ip = ipaddress.ip_address(host.partition("%")[0])  # drop a scope id
-    except (ValueError, TypeError):
+        host = host.partition("%")[0]  # drop a scope id
+        if ":" not in host:
+            return int.from_bytes(socket.inet_pton(socket.AF_INET, host), "big"), port, False
+        raw = socket.inet_pton(socket.AF_INET6, host)
+    except (ValueError, TypeError, OSError):
         return 0, 0, False
-    if isinstance(ip, ipaddress.IPv6Address):
-        mapped = ip.ipv4_mapped
-        if mapped is None:
-            return int(ip), port, True
-        ip = mapped
-    return int(ip), port, False
+    if raw[:12] == _V4MAPPED:
+        return int.from_bytes(raw[12:], "big"), port, False
+    return int.from_bytes(raw, "big"), port, True
 
 
 def _peer(addr: object) -> str:
