@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mbuf.param import TCP6_MSS
 from tests.integration.conftest import ServerProcess
 from tests.integration.test_capture import (
     NAME,
@@ -161,8 +162,18 @@ def test_filters_see_ipv6(http6: ServerProcess, tmp_path: pathlib.Path) -> None:
 # -- TLS with --keys: tshark decrypts the IPv6 connection ------------------------------------
 
 
+@pytest.fixture(scope="module")
+def tls6_nonomap(docroot: pathlib.Path, state_dir: pathlib.Path) -> Iterator[ServerProcess]:  # noqa: F811
+    with running(docroot, state_dir, ["--host", "::1", "--no-nomap"]) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("server", ["tls6", "tls6_nonomap"])
 @pytest.mark.parametrize("version", ["1.3", "1.2"])
-def test_keys_decrypt_over_ipv6(tls6: ServerProcess, version: str, tmp_path: pathlib.Path) -> None:
+def test_keys_decrypt_over_ipv6(
+    request: pytest.FixtureRequest, server: str, version: str, tmp_path: pathlib.Path
+) -> None:
+    tls6: ServerProcess = request.getfixturevalue(server)
     f = tmp_path / "f.pcapng"
     cap = Capture(tls6, ["-w", str(f), "--keys"])
     tls = ["--tlsv1.3"] if version == "1.3" else ["--tlsv1.2", "--tls-max", "1.2"]
@@ -239,5 +250,7 @@ def test_checksums_offloaded_and_not(
         assert curl(soft, f"/{NAME}") == file_bytes(SIZE)
         n, _, _ = cap.stop()
         assert n == assert_ipv6_tcp(g, soft.port) and n > 5
+        # No TSO without checksum offload: one IPv6 MSS at most.
+        assert max(len(d) for _, d, _ in frames(g)) == 14 + IP6_HDR + 20 + TCP6_MSS
         assert _checked(g, "ipv6") == n
         assert soft.stats()["ip.sw_csum_packets"] > 0
