@@ -100,12 +100,20 @@ def test_http_over_ipv6_reads_as_freebsds(http6: ServerProcess, tmp_path: pathli
     assert frames(ng) == frames(f)
     linktype, _, recs = pcap_read(f.read_bytes())
     assert linktype == 1  # DLT_EN10MB, as FreeBSD's capture of an Ethernet NIC
-    # The IPv6 header itself: version 6, payload length = what follows it, hop limit.
+    # The IPv6 header itself: version 6, payload length = what follows it, hop limit,
+    # and on the server's frames the flow label FreeBSD's syncache takes from the ISS
+    # (the first data byte's sequence number less one); the peer's frames carry 0.
+    labels: dict[bool, set[int]] = {True: set(), False: set()}
+    seqs = []
     for _, data, wirelen in recs:
         (ethertype,) = struct.unpack_from("!H", data, 12)
         vtf, plen, nxt, hlim = struct.unpack_from("!IHBB", data, 14)
-        assert ethertype == ETHERTYPE_IPV6 and vtf >> 28 == 6 and nxt == 6 and hlim > 0
+        assert ethertype == ETHERTYPE_IPV6 and vtf >> 28 == 6 and nxt == 6 and hlim == 64
         assert plen == wirelen - 14 - IP6_HDR
+        sport, _, seq = struct.unpack_from("!HHI", data, 14 + IP6_HDR)
+        labels[sport == http6.port].add(vtf & 0xFFFFF)
+        seqs += [seq] if sport == http6.port else []
+    assert labels == {True: {(seqs[0] - 1) & 0xFFFFF}, False: {0}}, labels
     lines = tshark("-r", str(f), "-Y", "http").splitlines()
     assert sum(f"GET /{NAME} HTTP/1.1" in x for x in lines) == 1, lines
     assert sum("HTTP/1.1 200 OK" in x for x in lines) == 1, lines
