@@ -125,6 +125,7 @@ def test_http_over_ipv6_reads_as_freebsds(http6: ServerProcess, tmp_path: pathli
     assert tcpdump.returncode == 0, tcpdump.stderr
     assert tcpdump.stdout.count(" IP6 ::1.") == n
     assert caps[2].out.decode() == tcpdump.stdout
+    http6.assert_no_leaks()
 
 
 # -- filters: the kernel's BPF over IPv6 frames ----------------------------------------------
@@ -136,8 +137,11 @@ def test_filters_see_ipv6(http6: ServerProcess, tmp_path: pathlib.Path) -> None:
     operators include the bound: a bare ACK is exactly BARE_FRAME long); the TCP
     flags are read at their IPv6 offset (`tcp[tcpflags]` compiles for IPv4 only:
     libpcap says it rejects every packet with `ip6 and`)."""
+    every, served = f"ip6 and tcp port {http6.port}", f"ip6 src host ::1 and src port {http6.port}"
     filters = [
-        (f"ip6 and tcp port {http6.port}", f"tcp.port == {http6.port}"),
+        (every, f"tcp.port == {http6.port}"),
+        ("tcp", "tcp"),
+        (served, f"tcp.srcport == {http6.port}"),
         ("ip", "ip"),
         ("greater 1000", "frame.len >= 1000"),
         (f"greater {BARE_FRAME}", f"frame.len >= {BARE_FRAME}"),
@@ -160,11 +164,13 @@ def test_filters_see_ipv6(http6: ServerProcess, tmp_path: pathlib.Path) -> None:
         tshark("-r", str(whole), "-Y", display, "-F", "pcap", "-w", str(theirs))
         kept[expr] = mine = frames(tmp_path / f"{i}.pcap")
         assert mine == frames(theirs), expr
-    assert kept[filters[0][0]] == everything and kept["ip"] == []
+    assert kept[every] == kept["tcp"] == everything and kept["ip"] == []
+    assert 0 < len(kept[served]) < len(everything)
     bare = kept[f"less {BARE_FRAME}"]
     assert bare and all(len(d) == BARE_FRAME for _, d, _ in bare)
     assert kept[f"greater {BARE_FRAME}"] == everything
     assert 0 < len(kept["greater 1000"]) < len(everything)
+    http6.assert_no_leaks()
 
 
 # -- TLS with --keys: tshark decrypts the IPv6 connection ------------------------------------
@@ -192,6 +198,7 @@ def test_keys_decrypt_over_ipv6(
     assert sum(f"GET /{NAME} HTTP/1.1" in x for x in lines) == 1, lines
     assert sum("HTTP/1.1 200 OK" in x for x in lines) == 1, lines
     assert exported(f, tmp_path / "objects") == {NAME: file_bytes(SIZE)}
+    tls6.assert_no_leaks()
 
 
 # -- the netmap monitor ----------------------------------------------------------------------
@@ -219,7 +226,7 @@ def test_netmap_monitor_over_ipv6(http6: ServerProcess, tmp_path: pathlib.Path) 
     assert fields(bpf_file, "frame.len", display=beyond) == []
     assert any(f"GET /{NAME}".encode() in d for d in mon_frames)
     assert any(b"HTTP/1.1 200 OK" in d for d in mon_frames)
-    assert http6.stats()["netmap.monitor_drops"] == 0
+    assert http6.assert_no_leaks()["netmap.monitor_drops"] == 0
 
 
 # -- the TCP checksum field: the IPv6 pseudo-header ------------------------------------------
@@ -252,6 +259,7 @@ def test_checksums_offloaded_and_not(
     assert tso and single and len(tso) + len(single) == len(sums), sums
     client = f"tcp.dstport == {http6.port}"
     assert _checked(f, client) == len(fields(f, "frame.number", display=client)) == n - len(sums)
+    http6.assert_no_leaks()
     with running(docroot, state_dir, ["--host", "::1", "--http", "--no-txcsum"]) as soft:
         g = tmp_path / "soft.pcap"
         cap = Capture(soft, ["-w", str(g)])
@@ -261,4 +269,4 @@ def test_checksums_offloaded_and_not(
         # No TSO without checksum offload: one IPv6 MSS at most.
         assert max(len(d) for _, d, _ in frames(g)) == 14 + IP6_HDR + 20 + TCP6_MSS
         assert _checked(g, "ipv6") == n
-        assert soft.stats()["ip.sw_csum_packets"] > 0
+        assert soft.stats()["ip.sw_csum_packets"] > 0  # the leak assertion: `running`
