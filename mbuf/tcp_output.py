@@ -66,7 +66,15 @@ from mbuf.param import (
     TCP_MSS,
     howmany,
 )
-from mbuf.tcpip_hdr import TH_ACK, TH_PSH, TH_SUM_OFF, tcp_pseudo, tcpip_fillheaders, tcpip_hdrlen
+from mbuf.tcpip_hdr import (
+    IPV6_FLOWLABEL_MASK,
+    TH_ACK,
+    TH_PSH,
+    TH_SUM_OFF,
+    tcp_pseudo,
+    tcpip_fillheaders,
+    tcpip_hdrlen,
+)
 
 if TYPE_CHECKING:
     from mbuf.socket import Socket
@@ -78,6 +86,7 @@ class TcpCb:
     __slots__ = (
         "dport",
         "dst",
+        "inp_flow",
         "irs",
         "isipv6",
         "iss",
@@ -125,6 +134,11 @@ class TcpCb:
             scale += 1
         self.rcv_scale = scale
         self.t_maxseg = TCP6_MSS if isipv6 else TCP_MSS
+        # The IPv6 flow label: syncache_add with net.inet6.ip6.auto_flowlabel and
+        # net.inet.tcp.syncookies (both on by default) takes it from the ISS
+        # (htonl(sc_iss) & IPV6_FLOWLABEL_MASK), and syncache_socket gives it to
+        # the connection's inp_flow, which tcpip_fillheaders writes into ip6_flow.
+        self.inp_flow = iss & IPV6_FLOWLABEL_MASK if isipv6 else 0
 
 
 def _tcpip_header(so: Socket, buf: bytearray, length: int, flags: int) -> int:
@@ -135,7 +149,7 @@ def _tcpip_header(so: Socket, buf: bytearray, length: int, flags: int) -> int:
     win = so.so_rcv.sbspace() >> tp.rcv_scale
     return tcpip_fillheaders(
         buf, tp.isipv6, tp.src, tp.dst, tp.sport, tp.dport,
-        seq, tp.rcv_nxt, flags, win, so.so_ip_id, length,
+        seq, tp.rcv_nxt, flags, win, so.so_ip_id, length, tp.inp_flow,
     )  # fmt: skip
 
 

@@ -23,7 +23,10 @@ connection that negotiated them has), and the kernel leaves the IPv4 header
 checksum to the interface when it offloads CSUM_IP, where here the
 transmitted header checksum is left 0 either way (ip_output may fill it);
 inbound headers, which stand for what the peer put on the wire, always
-carry both checksums correct.
+carry both checksums correct. IPv6 headers of ours carry the connection's
+flow label (`TcpCb.inp_flow`, taken from the ISS as FreeBSD's syncache does
+with its default sysctls); inbound ones carry 0, where a Linux peer would
+put a label of its own.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ IPV6_VERSION: Final = 0x60
 IP_DF: Final = 0x4000
 IPDEFTTL: Final = 64  # net.inet.ip.ttl
 IPV6_DEFHLIM: Final = 64  # net.inet6.ip6.hlim
+IPV6_FLOWLABEL_MASK: Final = 0x000FFFFF  # the flow label: the low 20 bits of ip6_flow
 
 TH_FIN: Final = 0x01
 TH_SYN: Final = 0x02
@@ -72,12 +76,15 @@ def tcpip_fillheaders(
     win: int,
     ip_id: int,
     length: int,
+    flow: int = 0,
 ) -> int:
     """Write the IP and TCP headers of a segment of `length` payload bytes at the
-    front of `buf`; checksums are left 0. Returns the header length."""
+    front of `buf`; checksums are left 0. IPv4 headers carry `ip_id`, IPv6 ones the
+    flow label `flow` (inp_flow). Returns the header length."""
     if isipv6:
         _IP6.pack_into(
-            buf, 0, IPV6_VERSION << 24, TCP_HDR_LEN + length, IPPROTO_TCP, IPV6_DEFHLIM,
+            buf, 0, IPV6_VERSION << 24 | flow & IPV6_FLOWLABEL_MASK, TCP_HDR_LEN + length,
+            IPPROTO_TCP, IPV6_DEFHLIM,
             src.to_bytes(16, "big"), dst.to_bytes(16, "big"),
         )  # fmt: skip
         off = IP6_HDR_LEN

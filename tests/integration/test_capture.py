@@ -303,24 +303,29 @@ def test_filter_expressions_match_tshark(http: ServerProcess, tmp_path: pathlib.
 # -- the TCP checksum field as a capture shows it --------------------------------------------
 
 
-def _pseudo(ip: bytes, tcplen: int) -> int:
-    """The IPv4 pseudo-header sum (not complemented) over `tcplen`, folded."""
-    s: int = sum(struct.unpack("!4H", ip[12:20])) + 6 + tcplen
+def pseudo_sum(ip: bytes, tcplen: int) -> int:
+    """The pseudo-header sum (not complemented) of an IPv4 or IPv6 (RFC 8200 8.1)
+    packet's TCP segment over `tcplen`, folded."""
+    addrs = ip[12:20] if ip[0] >> 4 == 4 else ip[8:40]
+    s: int = sum(struct.unpack(f"!{len(addrs) // 2}H", addrs)) + 6 + tcplen
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
 
 
-def _checksums(f: pathlib.Path, server_port: int) -> list[tuple[int, int, int]]:
+def server_checksums(f: pathlib.Path, server_port: int) -> list[tuple[int, int, int]]:
     """(th_sum, pseudo-header sum with the length, without) of the server's frames."""
     out = []
     for _, data, _ in frames(f):
         ip = data[14:]
-        (sport,) = struct.unpack_from("!H", ip, 20)
+        if ip[0] >> 4 == 4:
+            iphlen, tcplen = 20, struct.unpack_from("!H", ip, 2)[0] - 20
+        else:
+            iphlen, tcplen = 40, struct.unpack_from("!H", ip, 4)[0]
+        (sport,) = struct.unpack_from("!H", ip, iphlen)
         if sport == server_port:
-            tcplen = struct.unpack_from("!H", ip, 2)[0] - 20
-            th_sum = struct.unpack_from("!H", ip, 36)[0]
-            out.append((th_sum, _pseudo(ip, tcplen), _pseudo(ip, 0)))
+            th_sum = struct.unpack_from("!H", ip, iphlen + 16)[0]
+            out.append((th_sum, pseudo_sum(ip, tcplen), pseudo_sum(ip, 0)))
     return out
 
 
@@ -335,7 +340,7 @@ def test_checksums_offloaded_and_not(
     curl(http, f"/{NAME}")  # TSO bursts
     curl(http, "/small.txt")  # one segment
     cap.stop()
-    sums = _checksums(f, http.port)
+    sums = server_checksums(f, http.port)
     tso = [s for s in sums if s[0] == s[2]]
     single = [s for s in sums if s[0] == s[1]]
     assert tso and single and len(tso) + len(single) == len(sums), sums

@@ -29,7 +29,7 @@ from mbuf.mbuf import M_NOMAP, m_copydata
 from mbuf.param import IP_MAXPACKET, MLEN, TCP6_MSS, TCPIP6_HDR_LEN, howmany
 from mbuf.socket import Socket, soclose
 from mbuf.tcp_output import MAX_LINKHDR, tcp_output
-from mbuf.tcpip_hdr import in6_cksum_pseudo
+from mbuf.tcpip_hdr import IPV6_FLOWLABEL_MASK, in6_cksum_pseudo, tcpip_fillheaders
 from tests.mbuf.builders import SMALL_MEM, DiskFile, chain
 from tests.mbuf.test_ip_output import fill_sendfile, rfc1071
 from tests.support.pair import DST_IP6, SRC_IP6, new_socket
@@ -82,7 +82,9 @@ def test_tso6_bursts_and_headers(make_file: MakeFile, size: int) -> None:
         h = _hdr(p)
         assert len(h) == TCPIP6_HDR_LEN == 60
         vtf, plen, nxt, hlim = struct.unpack_from("!IHBB", h)
-        assert (vtf >> 28, plen, nxt, hlim) == (6, 20 + p.payload, 6, 64)
+        # Version 6, traffic class 0, the flow label syncache_add takes from the ISS.
+        assert (vtf >> 28, vtf >> 20 & 0xFF, vtf & 0xFFFFF) == (6, 0, iss & 0xFFFFF)
+        assert (plen, nxt, hlim) == (20 + p.payload, 6, 64)
         assert int.from_bytes(h[8:24]) == SRC_IP6 and int.from_bytes(h[24:40]) == DST_IP6
         sport, dport, seq, ack, off = struct.unpack_from("!HHIIB", h, 40)
         assert (sport, dport, off >> 4) == (443, 50000, 5)
@@ -113,6 +115,16 @@ def test_tso4_alone_does_not_cut_ipv6_bursts(make_file: MakeFile) -> None:
     wire_take(so)
     soclose(so)
     assert kern.leaks() == {}
+
+
+@pytest.mark.parametrize("flow", [0, 1, 0xFFFFF, 0x100000, 0xFFFFFFFF])
+def test_flow_label_stays_in_its_20_bits(flow: int) -> None:
+    """tcpip_fillheaders writes the low 20 bits of `flow` (IPV6_FLOWLABEL_MASK):
+    nothing spills into the traffic class or the version."""
+    buf = bytearray(TCPIP6_HDR_LEN)
+    tcpip_fillheaders(buf, True, SRC_IP6, DST_IP6, 443, 50000, 1, 2, 0x10, 100, 7, 0, flow)
+    (vtf,) = struct.unpack_from("!I", buf)
+    assert vtf == 0x6000_0000 | flow & IPV6_FLOWLABEL_MASK
 
 
 def test_in6_cksum_pseudo_is_the_rfc_8200_sum() -> None:
