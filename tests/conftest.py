@@ -14,9 +14,10 @@ import pytest
 
 import mbuf
 from tests.integration.conftest import corpus, default_server, state_dir
+from tests.noskip import pytest_runtest_makereport
 from tests.privdrop import world_tmp
 
-__all__ = ["corpus", "default_server", "state_dir", "world_tmp"]
+__all__ = ["corpus", "default_server", "pytest_runtest_makereport", "state_dir", "world_tmp"]
 
 TESTS: Final = pathlib.Path(__file__).parent
 INTEGRATION: Final = TESTS / "integration"
