@@ -156,10 +156,11 @@ async def _admin_conn(
                     return
                 path = event.target.split(b"?", 1)[0]
                 date = server.date.now()
+                head = event.method == b"HEAD"  # every answer to HEAD: the head alone
                 if not host_allowed(_header(event, b"host"), local):
                     out = simple_response(
                         conn, 421, date, body=b"not this server's name (Host)\n",
-                        content_type=b"text/plain; charset=utf-8",
+                        content_type=b"text/plain; charset=utf-8", head_only=head,
                     )  # fmt: skip
                 elif event.method == b"POST" and path in (b"/sysctl", b"/ifconfig"):
                     status, text = _authorized(token, event.headers)
@@ -186,34 +187,34 @@ async def _admin_conn(
                         conn, 200, date, body=body + b"\n",
                         content_type=b"application/json",
                         extra=[(b"Cache-Control", b"no-store")],
-                        head_only=event.method == b"HEAD",
+                        head_only=head,
                     )  # fmt: skip
                 elif path == b"/metrics":
                     text, mtype = render_metrics(await server.admin_snapshots())
                     out = simple_response(
                         conn, 200, date, body=text, content_type=mtype.encode(),
                         extra=[(b"Cache-Control", b"no-store")],
-                        head_only=event.method == b"HEAD",
+                        head_only=head,
                     )  # fmt: skip
                 elif path == b"/stats/history":
                     body = json.dumps(history.as_json(), separators=(",", ":")).encode()
                     out = simple_response(
                         conn, 200, date, body=body, content_type=b"application/json",
                         extra=[(b"Cache-Control", b"no-store")],
-                        head_only=event.method == b"HEAD",
+                        head_only=head,
                     )  # fmt: skip
                 elif ui := asset(path, _header(event, b"accept")):
                     out = simple_response(
                         conn, 200, date, body=ui[0], content_type=ui[1], extra=asset_headers(),
-                        head_only=event.method == b"HEAD",
+                        head_only=head,
                     )  # fmt: skip
                 elif path in (b"/", b"/index.txt"):
                     out = simple_response(
                         conn, 200, date, body=_INDEX, content_type=b"text/plain; charset=utf-8",
-                        extra=[(b"Vary", b"Accept")] if path == b"/" else None,
+                        extra=[(b"Vary", b"Accept")] if path == b"/" else None, head_only=head,
                     )  # fmt: skip
                 else:
-                    out = simple_response(conn, 404, date, body=b"not found\n")
+                    out = simple_response(conn, 404, date, body=b"not found\n", head_only=head)
                 await stream.send_all(out)
                 while conn.their_state is h11.SEND_BODY:
                     if conn.next_event() is h11.NEED_DATA:
