@@ -31,6 +31,7 @@ channel and answers the sum, or applies a change to all (server/supervisor.py).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import json
@@ -49,6 +50,8 @@ from server.listen import serve_listeners
 from server.metrics import render_metrics
 
 MAX_BODY = 4096  # a POST body: one name=value or one ifconfig line
+LINGER = 2.0  # seconds a refused request's rest is read before the close (nginx: 5 s)
+LINGER_BYTES = 1 << 20  # ... and at most this much of it
 
 
 class AdminSource(Protocol):
@@ -222,10 +225,35 @@ async def _admin_conn(
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
+    except h11.RemoteProtocolError as e:
+        # A request h11 refused (a malformed line or framing, a head too large):
+        # its status, as the data path's listener answers it, then the hang-up.
+        await _refuse(conn, stream, server.date.now(), e)
     except (h11.ProtocolError, trio.BrokenResourceError, trio.TooSlowError, OSError):
         return
     finally:
         await stream.aclose()
+
+
+async def _refuse(
+    conn: h11.Connection, stream: trio.SocketStream, date: bytes, e: h11.RemoteProtocolError
+) -> None:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return  # a response is under way: only the hang-up is left
+    out = simple_response(
+        conn, e.error_status_hint, date, body=f"{e}\n".encode(),
+        content_type=b"text/plain; charset=utf-8", close=True,
+    )  # fmt: skip
+    with trio.move_on_after(10), contextlib.suppress(trio.BrokenResourceError, OSError):
+        await stream.send_all(out)
+        await stream.send_eof()
+        # A lingering close: what the client still sends is read and dropped for a
+        # moment (bounded), so that closing with it unread does not reset the
+        # connection (RST) before the client has read the answer.
+        with trio.move_on_after(LINGER):
+            left = LINGER_BYTES
+            while left > 0 and (data := await stream.receive_some(16384)):
+                left -= len(data)
 
 
 def host_allowed(host: bytes, local: tuple[object, ...]) -> bool:

@@ -47,3 +47,25 @@ def test_head_answers_every_path_without_a_body(default_server: ServerProcess) -
         length = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
         assert length and int(length[0].split(b":")[1]) > 0, (path, head)
     default_server.assert_no_leaks()
+
+
+def test_malformed_and_oversized_requests_get_a_status(default_server: ServerProcess) -> None:
+    """A request h11 refuses is answered with its status (400 for a malformed line
+    or framing, 431 for a head over h11's limit) and the connection closed; the
+    listener serves the next client as before."""
+    port = default_server.admin_port
+    big = b"X-Pad: " + b"a" * 70000 + b"\r\n"  # over h11's 16 KiB
+    cases = [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /stats HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n"
+         b"Content-Length: 2\r\n\r\nab", 400),
+        (b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\n" + big + b"\r\n", 431),
+    ]  # fmt: skip
+    for request, want in cases:
+        answer = _exchange(port, request)
+        assert _status(answer) == want, (request[:60], answer[:200])
+        assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+    answer = _exchange(port, b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert _status(answer) == 200
+    default_server.assert_no_leaks()
