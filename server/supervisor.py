@@ -129,12 +129,18 @@ def applied_after(
     applied: list[dict[str, object]], msg: dict[str, object]
 ) -> list[dict[str, object]]:
     """The changes to replay after `msg` was taken, bounded: the last value of each
-    sysctl, and one ifconfig carrying the words that still decide the final
-    capabilities (a word whose bits later words all set again is dropped)."""
+    sysctl, then for the interface the last SIOCSIFCAP ("ifcap", the whole enabled
+    set: it replaces every interface change before it) and one ifconfig carrying
+    the words since then that still decide the final capabilities (a word whose
+    bits later words all set again is dropped)."""
     if msg.get("set") == "sysctl":
         return [m for m in applied if m.get("name") != msg.get("name")] + [msg]
+    rest = [m for m in applied if m.get("set") not in ("ifconfig", "ifcap")]
+    if msg.get("set") == "ifcap":
+        return [*rest, msg]
     if msg.get("set") != "ifconfig":
         return [*applied, msg]
+    base = [m for m in applied if m.get("set") == "ifcap"]  # at most one, before the words
     words: list[str] = []
     ifname = ""
     for m in [*applied, msg]:
@@ -147,8 +153,7 @@ def applied_after(
         if bits & ~covered:
             kept.insert(0, word)
             covered |= bits
-    rest = [m for m in applied if m.get("set") != "ifconfig"]
-    return [*rest, {"set": "ifconfig", "words": [ifname, *kept]}]
+    return [*rest, *base, {"set": "ifconfig", "words": [ifname, *kept]}]
 
 
 class WorkerSlot:

@@ -13,9 +13,13 @@ from typing import Any
 import pytest
 import trio
 
+from mbuf.ifnet import IFCAP_NOMAP
+from mbuf.kern import Kernel
+from mbuf.param import PAGE_SIZE
 from server import listen
 from server.config import ServerConfig
 from server.errorlog import RateLimited, parse_level
+from server.ifconfig import ifconfig_apply
 from server.supervisor import Supervisor, WorkerSlot, applied_after, describe_exit, sum_stats
 from server.worker import LineChannel
 
@@ -221,3 +225,42 @@ def test_applied_keeps_the_last_sysctl_and_the_deciding_ifconfig_words() -> None
         other,
         {"set": "ifconfig", "words": ["nm0", "-tso", "tso4", "-txtls", "nomap"]},
     ]
+
+
+def _interface_after(msgs: list[dict[str, object]]) -> int:
+    """The capabilities a fresh kernel's nm0 ends with after `msgs`, each taken as
+    the worker takes it (server/worker.py: ifconfig words, or SIOCSIFCAP)."""
+    ifp = Kernel(64 * PAGE_SIZE).ifnet
+    for m in msgs:
+        if m["set"] == "ifconfig":
+            words = m["words"]
+            assert isinstance(words, list)
+            assert ifconfig_apply(ifp, [str(w) for w in words]) == (0, "")
+        elif m["set"] == "ifcap":
+            reqcap = m["reqcap"]
+            assert isinstance(reqcap, int) and not reqcap & ~ifp.if_capabilities
+            ifp.set_capenable(reqcap)
+    return ifp.if_capenable
+
+
+def test_applied_replays_siocsifcap_in_order_and_bounded() -> None:
+    """`nomapd ifconfig` sends SIOCSIFCAP ("ifcap": the whole enabled set), the admin
+    sends words: a replay gives a restarted worker the live workers' capabilities,
+    whatever the mix, and one SIOCSIFCAP replaces every interface change before it."""
+    base = Kernel(64 * PAGE_SIZE).ifnet.if_capenable
+
+    def ifcap(caps: int) -> dict[str, object]:
+        return {"set": "ifcap", "ifname": "nm0", "reqcap": caps}
+
+    history: list[dict[str, object]] = [
+        {"set": "ifconfig", "words": ["nm0", "-nomap"]},
+        ifcap(base),  # nomapd ifconfig nm0 nomap
+        {"set": "ifconfig", "words": ["nm0", "-tso"]},
+    ]
+    applied: list[dict[str, object]] = []
+    for msg in history:
+        applied = applied_after(applied, msg)
+    assert _interface_after(applied) == _interface_after(history)
+    for i in range(1000):
+        applied = applied_after(applied, ifcap(base & ~IFCAP_NOMAP if i % 2 else base))
+    assert applied == [ifcap(base & ~IFCAP_NOMAP)]
