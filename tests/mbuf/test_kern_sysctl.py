@@ -104,3 +104,19 @@ def test_flips_between_sendfile_steps_keep_every_byte(make_file: MakeFile) -> No
     assert st.ip.unmapped_converted > 0 and st.ip.sw_csum_packets > 0
     pair.close()
     assert kern.leaks() == {}
+
+
+def test_bpf_bufsize_never_exceeds_maxbufsize() -> None:
+    """net.bpf.bufsize <= net.bpf.maxbufsize holds from both sides: lowering the
+    ceiling under the default size is refused as raising the size over it is, so
+    every state of the pair can be set again from the defaults (a restarted
+    worker's replay) and no descriptor opens with more than the ceiling."""
+    kern = Kernel(SMALL_MEM)
+    bpf = Bpf()
+    bpf_sysctl_init(kern.sysctl, bpf)
+    assert sysctl_write(kern.sysctl, "net.bpf.maxbufsize", str(1 << 20)) == 0
+    assert sysctl_write(kern.sysctl, "net.bpf.bufsize", str(1 << 20)) == 0
+    assert sysctl_write(kern.sysctl, "net.bpf.maxbufsize", str(1 << 19)) == errno.EINVAL
+    assert (bpf.sysctl.bufsize, bpf.sysctl.maxbufsize) == (1 << 20, 1 << 20)
+    assert sysctl_write(kern.sysctl, "net.bpf.bufsize", "4096") == 0
+    assert sysctl_write(kern.sysctl, "net.bpf.maxbufsize", "4096") == 0
