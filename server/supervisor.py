@@ -358,20 +358,36 @@ class Supervisor:
         """A started worker takes the changes made since start (`applied`), before
         anyone sees it up; under the apply lock, so that no change goes to the
         other workers meanwhile and misses this one. Ready only if it took them all
-        (False: it was killed, to be started again)."""
+        (False: it was killed, to be started again).
+
+        `applied` keeps each sysctl's last value in the order last set, not the
+        order the live kernels took them, and some nodes check one another
+        (net.bpf.bufsize <= net.bpf.maxbufsize): a sysctl the new kernel refuses
+        (EINVAL) is tried again after the others, until a round takes none."""
         async with self._apply_lock:
-            for msg in self.applied:
-                r = Result.from_json(await slot.request(msg, starting=True))
-                if r.errno != 0:
-                    log.error(
-                        "worker %d did not take %r on restart (%s: %s); killed",
-                        slot.index, msg, errno.errorcode.get(r.errno, r.errno), r.message,
-                    )  # fmt: skip
-                    if slot.proc is not None:
-                        slot.proc.kill()
-                    return False
+            pending = list(self.applied)
+            while pending:
+                again: list[dict[str, object]] = []
+                for msg in pending:
+                    r = Result.from_json(await slot.request(msg, starting=True))
+                    if r.errno == errno.EINVAL and msg.get("set") == "sysctl":
+                        again.append(msg)
+                    elif r.errno != 0:
+                        return self._replay_failed(slot, msg, r)
+                if len(again) == len(pending):
+                    return self._replay_failed(slot, again[0], r)
+                pending = again
             slot.ready = True
             return True
+
+    def _replay_failed(self, slot: WorkerSlot, msg: dict[str, object], r: Result) -> bool:
+        log.error(
+            "worker %d did not take %r on restart (%s: %s); killed",
+            slot.index, msg, errno.errorcode.get(r.errno, r.errno), r.message,
+        )  # fmt: skip
+        if slot.proc is not None:
+            slot.proc.kill()
+        return False
 
     async def _close_channel(self, slot: WorkerSlot) -> None:
         slot.ready = False

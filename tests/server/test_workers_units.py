@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 import trio
 
+from bpf import Bpf
+from bpf.bpf_sysctl import bpf_sysctl_init
 from mbuf.ifnet import IFCAP_NOMAP
 from mbuf.kern import Kernel
+from mbuf.kern_sysctl import sysctl_write
 from mbuf.param import PAGE_SIZE
 from server import listen
 from server.config import ServerConfig
@@ -207,6 +210,7 @@ async def test_a_worker_that_refuses_a_replayed_change_is_not_ready(sup: Supervi
         n.start_soon(replay)
         await w1.answer()
         await w1.answer(errno.EINVAL)
+        assert (await w1.answer(errno.EINVAL))["name"] == "kern.x"  # tried again, alone
     assert ready == [False] and not sup.slots[1].ready
 
 
@@ -264,3 +268,48 @@ def test_applied_replays_siocsifcap_in_order_and_bounded() -> None:
     for i in range(1000):
         applied = applied_after(applied, ifcap(base & ~IFCAP_NOMAP if i % 2 else base))
     assert applied == [ifcap(base & ~IFCAP_NOMAP)]
+
+
+class _KernelWorker(_FakeWorker):
+    """A fake worker whose answers are a real kernel's: each sysctl it is sent is
+    written to its own tree (with bpf's nodes), as server/worker.py does."""
+
+    def __init__(self, slot: WorkerSlot) -> None:
+        super().__init__(slot)
+        self.kern = Kernel(64 * PAGE_SIZE)
+        bpf_sysctl_init(self.kern.sysctl, Bpf())
+
+    async def serve(self) -> None:
+        while isinstance(req := await self.chan.receive(), dict):
+            err = sysctl_write(self.kern.sysctl, str(req["name"]), str(req["value"]))
+            await self.chan.send({"id": req["id"], "result": {"errno": err, "message": ""}})
+
+    def value(self, name: str) -> object:
+        oid = self.kern.sysctl.lookup(name)
+        assert oid is not None
+        return oid.get()
+
+
+async def test_a_replay_reaches_values_that_must_be_set_in_another_order() -> None:
+    """net.bpf.bufsize must stay under net.bpf.maxbufsize. Raising the ceiling, the
+    size, then the ceiling again leaves the replay list [bufsize, maxbufsize]
+    (the last value of each, in the order last set): a fresh kernel refuses that
+    bufsize before the ceiling is raised. The replay takes the others first and
+    retries it, and the worker comes up with the live workers' values."""
+    history = [("net.bpf.maxbufsize", 1 << 20), ("net.bpf.bufsize", 1 << 20),
+               ("net.bpf.maxbufsize", 1 << 21)]  # fmt: skip
+    sup = Supervisor(ServerConfig())
+    sup.slots = [WorkerSlot(0, [])]
+    worker = _KernelWorker(sup.slots[0])
+    for name, v in history:
+        sup.applied = applied_after(sup.applied, {"set": "sysctl", "name": name, "value": str(v)})
+    ready: list[bool] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(worker.serve)
+        ready.append(await sup._replay(sup.slots[0]))
+        assert sup.slots[0].chan is not None
+        await sup.slots[0].chan.aclose()
+    await worker.chan.aclose()
+    assert ready == [True]
+    assert worker.value("net.bpf.bufsize") == 1 << 20
+    assert worker.value("net.bpf.maxbufsize") == 1 << 21
