@@ -325,7 +325,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="nm0 (default: /dev/bpf) or a monitor of it: netmap:nm0/t, /r, /tr",
     )  # fmt: skip
     p.add_argument("-w", dest="file", help="write packets to FILE (.pcapng, else pcap; - stdout)")
-    p.add_argument("-c", dest="count", type=int, default=0, help="stop after COUNT packets")
+    p.add_argument("-c", dest="count", type=int, help="stop after COUNT packets")
     p.add_argument("-s", dest="snaplen", default=str(DEFAULT_SNAPLEN),
                    help=f"snap length in bytes ({DEFAULT_SNAPLEN})")  # fmt: skip
     p.add_argument("-B", dest="bufsize", default=str(DEFAULT_BUFSIZE // 1024),
@@ -361,7 +361,7 @@ def run(ns: argparse.Namespace) -> int:
     try:
         snaplen = _positive(ns.snaplen, "-s", DEFAULT_SNAPLEN)
         bufsize = _positive(ns.bufsize, "-B") * 1024
-        if ns.count < 0:
+        if ns.count is not None and ns.count < 1:  # tcpdump: "invalid packet count"
             raise CaptureError(f"-c {ns.count}: must be positive")
         if ns.mode not in ("zbuf", "buffer"):
             raise CaptureError(f"--mode {ns.mode}: zbuf or buffer")
@@ -400,7 +400,7 @@ def run(ns: argparse.Namespace) -> int:
                 print(f"{PROG}: listening on {ns.iface} ({len(sources)} worker(s)), "
                       f"link-type EN10MB (Ethernet), snapshot length {snaplen} bytes",
                       file=sys.stderr, flush=True)  # fmt: skip
-            written = capture_loop(sources, sink, ns.count, stop, ns.keys)
+            written = capture_loop(sources, sink, ns.count or 0, stop, ns.keys)
             stats = [s.stats() for _, s in sources]
             sink.close(stats)
         finally:

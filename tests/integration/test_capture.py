@@ -385,6 +385,8 @@ def test_two_workers_merged(
         (["--mode", "mmap"], "--mode mmap: zbuf or buffer"),
         (["-w", "x.pcap", "--keys"], "--keys needs a pcapng file"),
         (["-Q", "sideways"], "-Q sideways: in, out or inout"),
+        (["-c", "0"], "-c 0: must be positive"),  # tcpdump: invalid packet count
+        (["-c", "-3"], "-c -3: must be positive"),
     ],
 )
 def test_bad_command_lines(http: ServerProcess, args: list[str], message: str) -> None:
