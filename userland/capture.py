@@ -48,7 +48,9 @@ source that fails mid-capture (the server stopped, a worker died) ends the
 capture as tcpdump's loop ends when its interface goes: the packets read so
 far are written, the file is closed valid (pcapng: an ISB for each source
 still there), one line says why, then the three lines; exit 1. An output
-that fails (a full disk) is one line and exit 1.
+that fails (a full disk) is one line and exit 1; a reader of stdout that
+goes away (`| head`) ends the capture quietly, exit 0 (tcpdump dies of
+SIGPIPE).
 
 Models: tcpdump.c (options, the statistics at exit) over libpcap
 (pcap-bpf.c). Differences: the capture device is the modeled kernel's
@@ -61,6 +63,7 @@ from __future__ import annotations
 import argparse
 import errno
 import heapq
+import os
 import queue
 import signal
 import sys
@@ -428,6 +431,12 @@ def run(ns: argparse.Namespace) -> int:
                 failed, written = e, e.written
             stats = [_stats(s) for _, s in sources]
             sink.close(stats)
+        except BrokenPipeError:
+            # The reader of stdout is gone (`| head`): the capture ends there, as
+            # tcpdump's does (SIGPIPE), without a traceback. Nothing more can go to
+            # stdout, not even the interpreter's last flush.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except OSError as e:  # the output file: a full disk, an I/O error
             print(f"{PROG}: {ns.file or 'stdout'}: {e.strerror or e}", file=sys.stderr)
             return 1

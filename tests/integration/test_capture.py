@@ -129,7 +129,6 @@ class Capture:
         assert m, err
         return int(m[1]), int(m[2]), int(m[3])
 
-
     def finish(self) -> tuple[int, str]:
         """Wait for it to exit by itself: its exit code and stderr."""
         try:
@@ -438,6 +437,31 @@ def test_a_worker_that_dies_mid_capture_ends_it_cleanly(
         assert re.search(rf"Number of packets:\s+{m[2]}\n", info.stdout), (info.stdout, err)
         assert int(m[2]) >= 3  # the three fetches were captured
         _wait_up(srv, 2)  # the restarted worker, before the leak assertion
+
+
+@pytest.mark.parametrize("args", [[], ["-w", "-"]])
+def test_a_reader_that_goes_away_ends_the_capture(http: ServerProcess, args: list[str]) -> None:
+    """`nomapd capture | head`: once the reader of stdout is gone (EPIPE), the
+    capture ends quietly, as tcpdump does on SIGPIPE: no traceback, exit 0."""
+    cmd = [sys.executable, "-m", "server", "capture", "--server", devices(http), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert b"listening on" in proc.stderr.readline()
+        curl(http, "/small.txt")
+        assert proc.stdout.read(20)  # head -c 20
+        proc.stdout.close()
+        deadline = time.monotonic() + 60
+        while proc.poll() is None:  # each fetch makes it write: it meets the closed pipe
+            assert time.monotonic() < deadline, "the capture did not end"
+            curl(http, "/small.txt")
+        err = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == 0 and "Traceback" not in err and "Error" not in err, err
 
 
 def _wait_up(srv: ServerProcess, workers: int) -> None:
