@@ -271,6 +271,8 @@ def run(ns: argparse.Namespace) -> int:
         return _usage(f"-b {ns.batch}: the batch is at least 1")
     if ns.count < 0 or (ns.function == "tx" and ns.count == 0):
         return _usage(f"-n {ns.count}: tx needs a packet count of at least 1")
+    if ns.worker < 0:  # not a Python index from the end
+        return _usage(f"--worker {ns.worker}: a worker's index is 0 or more")
     try:
         port = nmport_open(ns.port, server=ns.server, worker=ns.worker, kloop=ns.kloop)
     except NmportError as e:  # a bad name: a bad command line

@@ -318,6 +318,16 @@ def test_bad_port_names_exit_2(server: ServerProcess) -> None:
     server.assert_no_leaks()
 
 
+def test_bad_worker_numbers_exit_2(server: ServerProcess) -> None:
+    """--worker -1 is a bad command line, not the last worker (a Python index)."""
+    for worker in ("-1", "-2"):
+        p = pktgen(server, "-i", "netmap:w{0", "-f", "rx", "--worker", worker)
+        _out, err = p.communicate(timeout=60)
+        assert p.returncode == 2, (worker, err)
+        assert err == f"nomapd pkt-gen: --worker {worker}: a worker's index is 0 or more\n", err
+    server.assert_no_leaks()
+
+
 @pytest.mark.parametrize(("suffix", "direction"), [("/tr", "inout"), ("/t", "out"), ("/r", "in")])
 def test_capture_from_a_monitor_writes_bpfs_frames(
     server: ServerProcess, corpus: pathlib.Path, tmp_path: pathlib.Path, suffix: str, direction: str
