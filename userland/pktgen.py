@@ -38,6 +38,7 @@ the check mode is nomapd's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import struct
 import sys
@@ -285,8 +286,12 @@ def run(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         return _run(ns, port, stop)
+    except OSError as e:  # the device closed under us: the worker or the server is gone
+        print(f"{PROG}: {ns.port}: {e} (the server stopped?)", file=sys.stderr)
+        return 1
     finally:
-        port.close()
+        with contextlib.suppress(OSError):
+            port.close()
 
 
 def _usage(msg: str) -> int:
