@@ -99,9 +99,10 @@ def _authorized(token: str | None, headers: Iterable[tuple[bytes, bytes]]) -> tu
     if token is None:
         return 403, b"admin control is off (start the server with --admin-control)\n"
     auth = next((v for k, v in headers if k == b"authorization"), None)
-    if auth is None or not auth.startswith(b"Bearer "):
+    scheme, _, credentials = (auth or b"").partition(b" ")
+    if scheme.lower() != b"bearer":  # the scheme is case-insensitive (RFC 9110 11.1)
         return 401, b"Authorization: Bearer TOKEN required\n"
-    if not hmac.compare_digest(auth.removeprefix(b"Bearer ").strip(), token.encode()):
+    if not hmac.compare_digest(credentials.strip(), token.encode()):
         return 403, b"wrong token\n"
     return 0, b""
 
