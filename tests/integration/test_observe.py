@@ -521,6 +521,18 @@ def test_top_in_a_terminal(ctl: ServerProcess) -> None:
 # -- a restarted worker gets the changes made since the start ----------------------------------
 
 
+def test_top_without_a_terminal(ctl: ServerProcess) -> None:
+    """`nomapd top` with no terminal (a pipe, cron, a CI log) is one line and
+    exit 2, as top(1) refuses, not a curses traceback."""
+    admin = f"127.0.0.1:{ctl.admin_port}"
+    r = subprocess.run([sys.executable, "-m", "server", "top", "--admin", admin],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       env={**os.environ, "TERM": "xterm"}, cwd=TOP, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr == "nomapd: top: needs a terminal (nomapd stat -w 1 prints lines)\n"
+    ctl.assert_no_leaks()
+
+
 def test_a_restarted_worker_gets_the_changes(ctl: ServerProcess) -> None:
     token = _token(ctl)
     assert _admin(ctl, "/ifconfig", "nm0 -nomap", token=token)[0] == 200
