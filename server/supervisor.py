@@ -46,8 +46,9 @@ behind one address.
   (`sum_stats`): counters and gauges add up (in-use counts, totals, the
   physical pages of all kernels); peaks (`*_peak`, `sfbuf.peak`) take the
   largest worker's, since peaks of different moments do not add; settings
-  (`kern.*`) and strings are the first worker's; `bpf.descriptors` (netstat -B's
-  rows) joins every worker's rows. /connections lists every
+  (`kern.*`) and strings are the first worker's; the tables of rows
+  (`bpf.descriptors`, netstat -B's; `netmap.ports`, the bound rings) join
+  every worker's rows. /connections lists every
   worker's connections, each with "worker": I.
 """
 
@@ -89,6 +90,10 @@ KILL_GRACE = 5.0  # beyond --shutdown-timeout before stopped workers are killed
 STOP_STATUSES = (0, -signal.SIGTERM, -signal.SIGINT, 130)  # a worker that stopped as asked
 
 
+# /stats keys whose value is a table of rows, one per descriptor or bound ring.
+ROW_TABLES = ("bpf.descriptors", "netmap.ports")
+
+
 def _is_peak(key: str) -> bool:
     return key.endswith("_peak") or key.endswith(".peak")
 
@@ -102,7 +107,7 @@ def sum_stats(snaps: list[dict[str, Any]]) -> dict[str, Any]:
                 out[key] = value
                 continue
             old = out[key]
-            if key == "bpf.descriptors":  # netstat -B's rows: every worker's
+            if key in ROW_TABLES:  # rows (netstat -B's, netmap's rings): every worker's
                 out[key] = [*old, *value]
                 continue
             if key.startswith("kern.") or not _is_number(value) or not _is_number(old):

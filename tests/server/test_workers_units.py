@@ -47,6 +47,18 @@ def test_sum_stats_rules() -> None:
     assert sum_stats([]) == {}
 
 
+def test_sum_stats_joins_every_worker_s_rows() -> None:
+    """The tables of rows (netstat -B's bpf descriptors, netmap's bound rings) are
+    every worker's: a pkt-gen on worker 1 is in /stats' netmap.ports."""
+    ring = {"pid": 7, "port": "p}0", "ring": "RX0", "slots": 3}
+    desc = {"pid": 8, "rcnt": 1}
+    w0: dict[str, Any] = {"netmap.ports": [], "bpf.descriptors": [desc]}
+    w1: dict[str, Any] = {"netmap.ports": [ring], "bpf.descriptors": [desc]}
+    s = sum_stats([w0, w1])
+    assert s["netmap.ports"] == [ring] and s["bpf.descriptors"] == [desc, desc]
+    assert sum_stats([w1, w0])["netmap.ports"] == [ring]
+
+
 def test_describe_exit() -> None:
     assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
     assert describe_exit(3) == "exited with status 3"
