@@ -295,8 +295,9 @@ def capture_loop(
     """Read every source until `stop` (or `count` packets), merging by time; returns
     the number of packets written. A source that fails stops the capture (as
     tcpdump's loop ends when its device does): what every source read before is
-    written, then SourceFailed is raised for the first that failed. An error of
-    the sink (the output) is raised as it is."""
+    written, then SourceFailed is raised for the first whose device failed
+    (OSError); any other error of a reader, and an error of the sink (the
+    output), is raised as it is."""
     q: queue.Queue[_Item] = queue.Queue()
     readers = [_Reader(i, s, keys, q, stop) for i, (_, s) in enumerate(sources)]
     marks = [0] * len(readers)
@@ -338,8 +339,10 @@ def capture_loop(
         for r in readers:
             r.join()
     for (label, _), r in zip(sources, readers, strict=True):
-        if r.error is not None:
+        if isinstance(r.error, OSError):  # its device: closed, or an errno
             raise SourceFailed(label, r.error, written)
+        if r.error is not None:  # anything else is a bug: as it is
+            raise r.error
     return written
 
 
