@@ -9,7 +9,7 @@ with the leak assertion, whose keys include the bpf descriptors, the device
 layer's files and mappings, and the TLS key export (descriptors asking, lines
 pending in a descriptor or in the worker).
 
-Needs (CI: .ci/run): curl, tshark, tcpdump, libpcap0.8.
+Needs (CI: .ci/run): curl, tshark (capinfos, editcap: wireshark-common), tcpdump, libpcap0.8.
 """
 
 from __future__ import annotations
