@@ -8,6 +8,12 @@ open keep their buffers and mode. The bpf counters (BpfStat) are read-only
 nodes under net.bpf.counters (a nomapd name: FreeBSD's net.bpf.stats is the
 descriptor table `netstat -B` reads).
 
+Deliberate difference: FreeBSD's bufsize and maxbufsize are plain SYSCTL_INTs
+that take any value; here bufsize <= maxbufsize is held from both sides
+(EINVAL, nothing changed), so that a new descriptor never gets more than the
+ceiling and every state of the pair can be reached again from the defaults
+(a restarted worker's replay, server/supervisor.py).
+
 Models: sys/net/bpf.c (SYSCTL_NODE(_net, OID_AUTO, bpf, ...) and its leaves).
 """
 
@@ -27,6 +33,8 @@ def bpf_sysctl_init(tree: Sysctl, bpf: Bpf) -> None:
         sc.bufsize = v
 
     def set_maxbufsize(v: int) -> None:
+        if v < sc.bufsize:  # the pair stays bufsize <= maxbufsize, as set_bufsize holds it
+            raise ValueError(v)
         sc.maxbufsize = v
 
     def set_maxinsns(v: int) -> None:

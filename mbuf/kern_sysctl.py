@@ -26,7 +26,9 @@ Deliberate differences: the tree is one dict keyed by the whole name, not
 nested nodes with numeric OIDs (no sysctl(3) MIB arrays); a node's value is
 read through a getter rather than a pointer; booleans are their own type
 ("bool", an int that takes 0 or 1), where the kernel declares them int and
-checks in the handler; read-only counters come as two types, "counter"
+checks in the handler; an integer is read as sysctl(8) reads it (strtol(3)
+in base 0: 0x hexadecimal, 0 octal) but here in the kernel, which is handed
+text (mbuf/sys_ctlio.py); read-only counters come as two types, "counter"
 (counts events, only grows: counter(9)'s U64) and "gauge" (a level, a peak
 or a size), so that exporters can tell them apart.
 """
@@ -34,6 +36,7 @@ or a size), so that exporters can tell them apart.
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Callable
 from typing import Final
 
@@ -79,10 +82,7 @@ class SysctlOid:
         """The value `text` means for this node; ValueError if it is none."""
         if self.kind == CTLTYPE_STRING:
             return text
-        t = text.strip()
-        if not t or not (t.isdigit() or (t[0] == "-" and t[1:].isdigit())):
-            raise ValueError(f"{text!r} is not an integer")
-        v = int(t)
+        v = strtol(text)
         if not self.lo <= v <= self.hi:
             raise ValueError(f"{v} is outside {self.lo}..{self.hi}")
         return v
@@ -188,6 +188,28 @@ def sysctl_write(tree: Sysctl, name: str, text: str) -> int:
     except ValueError:
         return errno.EINVAL
     return 0
+
+
+def strtol(text: str) -> int:
+    """An integer as sysctl(8) reads one, strtol(3) in base 0: an optional sign,
+    then 0x and hexadecimal digits, 0 and octal digits, or decimal digits, all
+    ASCII (str.isdigit and int() take any Unicode digit: "١٢" is 12 to them).
+    Whitespace around it is ignored (strtol skips only the leading). ValueError
+    for anything else."""
+    m = _STRTOL.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not an integer")
+    sign, digits = m.group(1), m.group(2)
+    if digits[:2] in ("0x", "0X"):
+        v = int(digits[2:], 16)
+    elif digits[0] == "0":
+        v = int(digits, 8)
+    else:
+        v = int(digits, 10)
+    return -v if sign == "-" else v
+
+
+_STRTOL: Final = re.compile(r"([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", re.ASCII)
 
 
 def stat_oid(key: str) -> str:

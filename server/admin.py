@@ -31,6 +31,7 @@ channel and answers the sum, or applies a change to all (server/supervisor.py).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import json
@@ -49,6 +50,8 @@ from server.listen import serve_listeners
 from server.metrics import render_metrics
 
 MAX_BODY = 4096  # a POST body: one name=value or one ifconfig line
+LINGER = 2.0  # seconds a refused request's rest is read before the close (nginx: 5 s)
+LINGER_BYTES = 1 << 20  # ... and at most this much of it
 
 
 class AdminSource(Protocol):
@@ -96,9 +99,10 @@ def _authorized(token: str | None, headers: Iterable[tuple[bytes, bytes]]) -> tu
     if token is None:
         return 403, b"admin control is off (start the server with --admin-control)\n"
     auth = next((v for k, v in headers if k == b"authorization"), None)
-    if auth is None or not auth.startswith(b"Bearer "):
+    scheme, _, credentials = (auth or b"").partition(b" ")
+    if scheme.lower() != b"bearer":  # the scheme is case-insensitive (RFC 9110 11.1)
         return 401, b"Authorization: Bearer TOKEN required\n"
-    if not hmac.compare_digest(auth.removeprefix(b"Bearer ").strip(), token.encode()):
+    if not hmac.compare_digest(credentials.strip(), token.encode()):
         return 403, b"wrong token\n"
     return 0, b""
 
@@ -156,10 +160,11 @@ async def _admin_conn(
                     return
                 path = event.target.split(b"?", 1)[0]
                 date = server.date.now()
+                head = event.method == b"HEAD"  # every answer to HEAD: the head alone
                 if not host_allowed(_header(event, b"host"), local):
                     out = simple_response(
                         conn, 421, date, body=b"not this server's name (Host)\n",
-                        content_type=b"text/plain; charset=utf-8",
+                        content_type=b"text/plain; charset=utf-8", head_only=head,
                     )  # fmt: skip
                 elif event.method == b"POST" and path in (b"/sysctl", b"/ifconfig"):
                     status, text = _authorized(token, event.headers)
@@ -186,34 +191,34 @@ async def _admin_conn(
                         conn, 200, date, body=body + b"\n",
                         content_type=b"application/json",
                         extra=[(b"Cache-Control", b"no-store")],
-                        head_only=event.method == b"HEAD",
+                        head_only=head,
                     )  # fmt: skip
                 elif path == b"/metrics":
                     text, mtype = render_metrics(await server.admin_snapshots())
                     out = simple_response(
                         conn, 200, date, body=text, content_type=mtype.encode(),
                         extra=[(b"Cache-Control", b"no-store")],
-                        head_only=event.method == b"HEAD",
+                        head_only=head,
                     )  # fmt: skip
                 elif path == b"/stats/history":
                     body = json.dumps(history.as_json(), separators=(",", ":")).encode()
                     out = simple_response(
                         conn, 200, date, body=body, content_type=b"application/json",
                         extra=[(b"Cache-Control", b"no-store")],
-                        head_only=event.method == b"HEAD",
+                        head_only=head,
                     )  # fmt: skip
                 elif ui := asset(path, _header(event, b"accept")):
                     out = simple_response(
                         conn, 200, date, body=ui[0], content_type=ui[1], extra=asset_headers(),
-                        head_only=event.method == b"HEAD",
+                        head_only=head,
                     )  # fmt: skip
                 elif path in (b"/", b"/index.txt"):
                     out = simple_response(
                         conn, 200, date, body=_INDEX, content_type=b"text/plain; charset=utf-8",
-                        extra=[(b"Vary", b"Accept")] if path == b"/" else None,
+                        extra=[(b"Vary", b"Accept")] if path == b"/" else None, head_only=head,
                     )  # fmt: skip
                 else:
-                    out = simple_response(conn, 404, date, body=b"not found\n")
+                    out = simple_response(conn, 404, date, body=b"not found\n", head_only=head)
                 await stream.send_all(out)
                 while conn.their_state is h11.SEND_BODY:
                     if conn.next_event() is h11.NEED_DATA:
@@ -221,10 +226,35 @@ async def _admin_conn(
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
+    except h11.RemoteProtocolError as e:
+        # A request h11 refused (a malformed line or framing, a head too large):
+        # its status, as the data path's listener answers it, then the hang-up.
+        await _refuse(conn, stream, server.date.now(), e)
     except (h11.ProtocolError, trio.BrokenResourceError, trio.TooSlowError, OSError):
         return
     finally:
         await stream.aclose()
+
+
+async def _refuse(
+    conn: h11.Connection, stream: trio.SocketStream, date: bytes, e: h11.RemoteProtocolError
+) -> None:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return  # a response is under way: only the hang-up is left
+    out = simple_response(
+        conn, e.error_status_hint, date, body=f"{e}\n".encode(),
+        content_type=b"text/plain; charset=utf-8", close=True,
+    )  # fmt: skip
+    with trio.move_on_after(10), contextlib.suppress(trio.BrokenResourceError, OSError):
+        await stream.send_all(out)
+        await stream.send_eof()
+        # A lingering close: what the client still sends is read and dropped for a
+        # moment (bounded), so that closing with it unread does not reset the
+        # connection (RST) before the client has read the answer.
+        with trio.move_on_after(LINGER):
+            left = LINGER_BYTES
+            while left > 0 and (data := await stream.receive_some(16384)):
+                left -= len(data)
 
 
 def host_allowed(host: bytes, local: tuple[object, ...]) -> bool:

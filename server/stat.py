@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -169,16 +170,23 @@ def watch_line(prev: dict[str, Any], cur: dict[str, Any]) -> str:
 def run_watch(
     admin: tuple[str, int], interval: float, count: int | None, out: TextIO = sys.stdout
 ) -> int:
-    """`nomapd stat -w INTERVAL [-c COUNT]`: until COUNT lines (or interrupted)."""
+    """`nomapd stat -w INTERVAL [-c COUNT]`: until COUNT lines (or interrupted, or
+    the reader of `out` is gone: `| head`, which ends it quietly, as netstat's
+    SIGPIPE does)."""
     prev: dict[str, Any] = {}
     lines = 0
     next_at = time.monotonic()
     while count is None or lines < count:
         cur = fetch(admin)
-        if lines % HEADER_EVERY == 0:
-            out.write(watch_header() + "\n")
-        out.write(watch_line(prev, cur) + "\n")
-        out.flush()
+        try:
+            if lines % HEADER_EVERY == 0:
+                out.write(watch_header() + "\n")
+            out.write(watch_line(prev, cur) + "\n")
+            out.flush()
+        except BrokenPipeError:
+            if out is sys.stdout:  # nothing more goes there, not even the last flush
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         prev = cur
         lines += 1
         if count is not None and lines >= count:

@@ -46,8 +46,9 @@ behind one address.
   (`sum_stats`): counters and gauges add up (in-use counts, totals, the
   physical pages of all kernels); peaks (`*_peak`, `sfbuf.peak`) take the
   largest worker's, since peaks of different moments do not add; settings
-  (`kern.*`) and strings are the first worker's; `bpf.descriptors` (netstat -B's
-  rows) joins every worker's rows. /connections lists every
+  (`kern.*`) and strings are the first worker's; the tables of rows
+  (`bpf.descriptors`, netstat -B's; `netmap.ports`, the bound rings) join
+  every worker's rows. /connections lists every
   worker's connections, each with "worker": I.
 """
 
@@ -89,6 +90,10 @@ KILL_GRACE = 5.0  # beyond --shutdown-timeout before stopped workers are killed
 STOP_STATUSES = (0, -signal.SIGTERM, -signal.SIGINT, 130)  # a worker that stopped as asked
 
 
+# /stats keys whose value is a table of rows, one per descriptor or bound ring.
+ROW_TABLES = ("bpf.descriptors", "netmap.ports")
+
+
 def _is_peak(key: str) -> bool:
     return key.endswith("_peak") or key.endswith(".peak")
 
@@ -102,7 +107,7 @@ def sum_stats(snaps: list[dict[str, Any]]) -> dict[str, Any]:
                 out[key] = value
                 continue
             old = out[key]
-            if key == "bpf.descriptors":  # netstat -B's rows: every worker's
+            if key in ROW_TABLES:  # rows (netstat -B's, netmap's rings): every worker's
                 out[key] = [*old, *value]
                 continue
             if key.startswith("kern.") or not _is_number(value) or not _is_number(old):
@@ -129,12 +134,18 @@ def applied_after(
     applied: list[dict[str, object]], msg: dict[str, object]
 ) -> list[dict[str, object]]:
     """The changes to replay after `msg` was taken, bounded: the last value of each
-    sysctl, and one ifconfig carrying the words that still decide the final
-    capabilities (a word whose bits later words all set again is dropped)."""
+    sysctl, then for the interface the last SIOCSIFCAP ("ifcap", the whole enabled
+    set: it replaces every interface change before it) and one ifconfig carrying
+    the words since then that still decide the final capabilities (a word whose
+    bits later words all set again is dropped)."""
     if msg.get("set") == "sysctl":
         return [m for m in applied if m.get("name") != msg.get("name")] + [msg]
+    rest = [m for m in applied if m.get("set") not in ("ifconfig", "ifcap")]
+    if msg.get("set") == "ifcap":
+        return [*rest, msg]
     if msg.get("set") != "ifconfig":
         return [*applied, msg]
+    base = [m for m in applied if m.get("set") == "ifcap"]  # at most one, before the words
     words: list[str] = []
     ifname = ""
     for m in [*applied, msg]:
@@ -147,8 +158,7 @@ def applied_after(
         if bits & ~covered:
             kept.insert(0, word)
             covered |= bits
-    rest = [m for m in applied if m.get("set") != "ifconfig"]
-    return [*rest, {"set": "ifconfig", "words": [ifname, *kept]}]
+    return [*rest, *base, {"set": "ifconfig", "words": [ifname, *kept]}]
 
 
 class WorkerSlot:
@@ -353,20 +363,36 @@ class Supervisor:
         """A started worker takes the changes made since start (`applied`), before
         anyone sees it up; under the apply lock, so that no change goes to the
         other workers meanwhile and misses this one. Ready only if it took them all
-        (False: it was killed, to be started again)."""
+        (False: it was killed, to be started again).
+
+        `applied` keeps each sysctl's last value in the order last set, not the
+        order the live kernels took them, and some nodes check one another
+        (net.bpf.bufsize <= net.bpf.maxbufsize): a sysctl the new kernel refuses
+        (EINVAL) is tried again after the others, until a round takes none."""
         async with self._apply_lock:
-            for msg in self.applied:
-                r = Result.from_json(await slot.request(msg, starting=True))
-                if r.errno != 0:
-                    log.error(
-                        "worker %d did not take %r on restart (%s: %s); killed",
-                        slot.index, msg, errno.errorcode.get(r.errno, r.errno), r.message,
-                    )  # fmt: skip
-                    if slot.proc is not None:
-                        slot.proc.kill()
-                    return False
+            pending = list(self.applied)
+            while pending:
+                again: list[dict[str, object]] = []
+                for msg in pending:
+                    r = Result.from_json(await slot.request(msg, starting=True))
+                    if r.errno == errno.EINVAL and msg.get("set") == "sysctl":
+                        again.append(msg)
+                    elif r.errno != 0:
+                        return self._replay_failed(slot, msg, r)
+                if len(again) == len(pending):
+                    return self._replay_failed(slot, again[0], r)
+                pending = again
             slot.ready = True
             return True
+
+    def _replay_failed(self, slot: WorkerSlot, msg: dict[str, object], r: Result) -> bool:
+        log.error(
+            "worker %d did not take %r on restart (%s: %s); killed",
+            slot.index, msg, errno.errorcode.get(r.errno, r.errno), r.message,
+        )  # fmt: skip
+        if slot.proc is not None:
+            slot.proc.kill()
+        return False
 
     async def _close_channel(self, slot: WorkerSlot) -> None:
         slot.ready = False

@@ -19,6 +19,7 @@ deltas divided by the interval.
 from __future__ import annotations
 
 import curses
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -137,5 +138,11 @@ def _loop(scr: curses.window, admin: tuple[str, int], delay: float) -> None:
 
 def run_top(admin: tuple[str, int], delay: float = 1.0) -> int:
     fetch(admin)  # unreachable: the one-line error and exit 2 before the screen changes
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):  # top(1): "failed tty get"
+        raise ConfigError("top: needs a terminal (nomapd stat -w 1 prints lines)")
+    try:
+        curses.setupterm()
+    except curses.error as e:  # TERM unset or not in terminfo
+        raise ConfigError(f"top: {e}") from None
     curses.wrapper(_loop, admin, delay)
     return 0

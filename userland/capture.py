@@ -43,7 +43,14 @@ Blocks (BIOCGSTATS per worker), and prints tcpdump's three lines on stderr:
 kernel".
 
 Errors at start (a bad expression, a bad `-i` or snap length, no running
-server, an errno from an ioctl) print one line and exit with code 2.
+server, an errno from an ioctl) print one line and exit with code 2. A
+source that fails mid-capture (the server stopped, a worker died) ends the
+capture as tcpdump's loop ends when its interface goes: the packets read so
+far are written, the file is closed valid (pcapng: an ISB for each source
+still there), one line says why, then the three lines; exit 1. An output
+that fails (a full disk) is one line and exit 1; a reader of stdout that
+goes away (`| head`) ends the capture quietly, exit 0 (tcpdump dies of
+SIGPIPE).
 
 Models: tcpdump.c (options, the statistics at exit) over libpcap
 (pcap-bpf.c). Differences: the capture device is the modeled kernel's
@@ -56,6 +63,7 @@ from __future__ import annotations
 import argparse
 import errno
 import heapq
+import os
 import queue
 import signal
 import sys
@@ -82,6 +90,17 @@ DIRECTIONS = {"in": h.BPF_D_IN, "out": h.BPF_D_OUT, "inout": h.BPF_D_INOUT}
 
 class CaptureError(Exception):
     """A one-line reason to stop before capturing (exit code 2)."""
+
+
+class SourceFailed(Exception):
+    """A source failed mid-capture (its device closed: the server stopped, or the
+    worker died): which one, why, and how many packets were written before."""
+
+    def __init__(self, label: str, error: BaseException, written: int) -> None:
+        super().__init__(f"{error}")
+        self.label = label
+        self.error = error
+        self.written = written
 
 
 class Source(Protocol):
@@ -258,7 +277,7 @@ class _Sink:
         if self.printer is not None:
             self.text.flush()
 
-    def close(self, stats: list[tuple[int, int]]) -> None:
+    def close(self, stats: list[tuple[int, int] | None]) -> None:
         if self.pcapng is not None:
             self.pcapng.close(time.time_ns(), stats)
         elif self.pcap is not None:
@@ -274,7 +293,11 @@ def capture_loop(
     keys: bool = False,
 ) -> int:  # fmt: skip
     """Read every source until `stop` (or `count` packets), merging by time; returns
-    the number of packets written."""
+    the number of packets written. A source that fails stops the capture (as
+    tcpdump's loop ends when its device does): what every source read before is
+    written, then SourceFailed is raised for the first whose device failed
+    (OSError); any other error of a reader, and an error of the sink (the
+    output), is raised as it is."""
     q: queue.Queue[_Item] = queue.Queue()
     readers = [_Reader(i, s, keys, q, stop) for i, (_, s) in enumerate(sources)]
     marks = [0] * len(readers)
@@ -295,6 +318,8 @@ def capture_loop(
             if batch is None:
                 live -= 1
                 marks[i] = 1 << 63  # finished: holds nothing back
+                if readers[i].error is not None:
+                    stop.set()  # the others drain and end
             else:
                 marks[i] = max(marks[i], mark)
                 for p in batch:
@@ -313,8 +338,10 @@ def capture_loop(
         stop.set()
         for r in readers:
             r.join()
-    for r in readers:
-        if r.error is not None:
+    for (label, _), r in zip(sources, readers, strict=True):
+        if isinstance(r.error, OSError):  # its device: closed, or an errno
+            raise SourceFailed(label, r.error, written)
+        if r.error is not None:  # anything else is a bug: as it is
             raise r.error
     return written
 
@@ -325,7 +352,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="nm0 (default: /dev/bpf) or a monitor of it: netmap:nm0/t, /r, /tr",
     )  # fmt: skip
     p.add_argument("-w", dest="file", help="write packets to FILE (.pcapng, else pcap; - stdout)")
-    p.add_argument("-c", dest="count", type=int, default=0, help="stop after COUNT packets")
+    p.add_argument("-c", dest="count", type=int, help="stop after COUNT packets")
     p.add_argument("-s", dest="snaplen", default=str(DEFAULT_SNAPLEN),
                    help=f"snap length in bytes ({DEFAULT_SNAPLEN})")  # fmt: skip
     p.add_argument("-B", dest="bufsize", default=str(DEFAULT_BUFSIZE // 1024),
@@ -361,7 +388,7 @@ def run(ns: argparse.Namespace) -> int:
     try:
         snaplen = _positive(ns.snaplen, "-s", DEFAULT_SNAPLEN)
         bufsize = _positive(ns.bufsize, "-B") * 1024
-        if ns.count < 0:
+        if ns.count is not None and ns.count < 1:  # tcpdump: "invalid packet count"
             raise CaptureError(f"-c {ns.count}: must be positive")
         if ns.mode not in ("zbuf", "buffer"):
             raise CaptureError(f"--mode {ns.mode}: zbuf or buffer")
@@ -395,27 +422,49 @@ def run(ns: argparse.Namespace) -> int:
             print(f"{PROG}: {ns.file}: {e.strerror or e}", file=sys.stderr)
             return 2
         old = _on_signals(stop)
+        failed: SourceFailed | None = None
         try:
             if not ns.quiet:
                 print(f"{PROG}: listening on {ns.iface} ({len(sources)} worker(s)), "
                       f"link-type EN10MB (Ethernet), snapshot length {snaplen} bytes",
                       file=sys.stderr, flush=True)  # fmt: skip
-            written = capture_loop(sources, sink, ns.count, stop, ns.keys)
-            stats = [s.stats() for _, s in sources]
+            try:
+                written = capture_loop(sources, sink, ns.count or 0, stop, ns.keys)
+            except SourceFailed as e:  # the server went away: keep what came, say why
+                failed, written = e, e.written
+            stats = [_stats(s) for _, s in sources]
             sink.close(stats)
+        except BrokenPipeError:
+            # The reader of stdout is gone (`| head`): the capture ends there, as
+            # tcpdump's does (SIGPIPE), without a traceback. Nothing more can go to
+            # stdout, not even the interpreter's last flush.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except OSError as e:  # the output file: a full disk, an I/O error
+            print(f"{PROG}: {ns.file or 'stdout'}: {e.strerror or e}", file=sys.stderr)
+            return 1
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
     finally:
         for _, s in sources:
             s.close()
-    recv = sum(r for r, _ in stats)
-    drop = sum(d for _, d in stats)
+    got = [st for st in stats if st is not None]
     sys.stdout.flush()
+    if failed is not None:
+        print(f"{PROG}: {failed} (the server stopped?)", file=sys.stderr)
     print(f"{written} packets captured", file=sys.stderr)
-    print(f"{recv} packets received by filter", file=sys.stderr)
-    print(f"{drop} packets dropped by kernel", file=sys.stderr, flush=True)
-    return 0
+    print(f"{sum(r for r, _ in got)} packets received by filter", file=sys.stderr)
+    print(f"{sum(d for _, d in got)} packets dropped by kernel", file=sys.stderr, flush=True)
+    return 1 if failed is not None else 0
+
+
+def _stats(src: Source) -> tuple[int, int] | None:
+    """BIOCGSTATS (or the monitor's count); None from a source whose device is gone."""
+    try:
+        return src.stats()
+    except OSError:
+        return None
 
 
 _Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None

@@ -15,7 +15,9 @@ collide; `w<N>` is worker N (w0 alone with one worker).
 
 A program finds an instance (`find_instance`) by an explicit directory
 (`--server DIR`), by a port (`--server PORT`: `<root>/<port>`), or, with
-neither, as the only instance under the root (several: the caller must choose).
+neither, as the only instance under the root (several: the caller must choose)
+whose server still runs (a killed server leaves its directory, with its pid in
+the lock, until another server takes the port).
 The server owns the layout (server/devices/devfs.py creates and removes it);
 this module is the shared map, imported by both sides.
 
@@ -75,13 +77,33 @@ def find_instance(server: str | None = None) -> pathlib.Path:
             raise LookupError(f"no nomapd devices in {str(path)!r} (is the server running?)")
         return path
     root = runtime_root()
-    found = sorted(p for p in root.glob("*") if p.name.isdigit() and worker_dirs(p))
+    found = sorted(
+        p for p in root.glob("*") if p.name.isdigit() and worker_dirs(p) and not _stale(p)
+    )
     if not found:
         raise LookupError(f"no running nomapd server under {str(root)!r}")
     if len(found) > 1:
         ports = ", ".join(p.name for p in found)
         raise LookupError(f"several nomapd servers (ports {ports}): choose one with --server PORT")
     return found[0]
+
+
+def _stale(instance: pathlib.Path) -> bool:
+    """True if the instance was left by a server that is gone (killed: nobody
+    removed it): the pid its lock names no longer runs. The lock itself is not
+    tried: a program holding it even for a moment would make a server starting
+    on that port refuse. A lock without a pid we can read counts as running."""
+    try:
+        pid = int((instance / "lock").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # a process runs with that pid: someone else's, or root's
+    return False
 
 
 def device_paths(instance: pathlib.Path, name: str) -> list[pathlib.Path]:

@@ -160,10 +160,12 @@ class PcapngWriter:
         body = struct.pack("=III", ifid, ts_ns >> 32, ts_ns & 0xFFFFFFFF) + _options(opts)
         self.f.write(_block(BT_ISB, body))
 
-    def close(self, ts_ns: int, stats: list[tuple[int, int]]) -> None:
-        """The ISBs, one per interface (`stats[i]` = (bs_recv, bs_drop)), then flush."""
+    def close(self, ts_ns: int, stats: list[tuple[int, int] | None]) -> None:
+        """The ISBs, one per interface (`stats[i]` = (bs_recv, bs_drop); None: that
+        interface has none to give, its device is gone), then flush."""
         if len(stats) != len(self.interfaces):
             raise ValueError(f"{len(stats)} statistics for {len(self.interfaces)} interfaces")
-        for ifid, (recv, drop) in enumerate(stats):
-            self.write_stats(ifid, ts_ns, recv, drop)
+        for ifid, st in enumerate(stats):
+            if st is not None:
+                self.write_stats(ifid, ts_ns, *st)
         self.f.flush()

@@ -38,6 +38,7 @@ the check mode is nomapd's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import struct
 import sys
@@ -271,6 +272,8 @@ def run(ns: argparse.Namespace) -> int:
         return _usage(f"-b {ns.batch}: the batch is at least 1")
     if ns.count < 0 or (ns.function == "tx" and ns.count == 0):
         return _usage(f"-n {ns.count}: tx needs a packet count of at least 1")
+    if ns.worker < 0:  # not a Python index from the end
+        return _usage(f"--worker {ns.worker}: a worker's index is 0 or more")
     try:
         port = nmport_open(ns.port, server=ns.server, worker=ns.worker, kloop=ns.kloop)
     except NmportError as e:  # a bad name: a bad command line
@@ -283,8 +286,12 @@ def run(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         return _run(ns, port, stop)
+    except OSError as e:  # the device closed under us: the worker or the server is gone
+        print(f"{PROG}: {ns.port}: {e} (the server stopped?)", file=sys.stderr)
+        return 1
     finally:
-        port.close()
+        with contextlib.suppress(OSError):
+            port.close()
 
 
 def _usage(msg: str) -> int:

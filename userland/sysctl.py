@@ -9,7 +9,8 @@
 It talks to the instance's control device (userland/ctl.py): a change is
 answered once every worker took it. Errors as sysctl(8) words them, exit 1:
 "unknown oid 'NAME'", "NAME=VALUE: Invalid argument" (nothing changed),
-"oid 'NAME' is read only"; a server that is not running is one line and exit
+"oid 'NAME' is read only", "oid too long: 'NAME'" (1024 bytes or more, as
+sysctl(8)'s buffer); a server that is not running is one line and exit
 1 as well (sysctl(8) has no such case; tcpdump exits 1 when its device cannot
 be opened). A bad command line: one line, exit 2.
 
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from userland.ctl import CtlDev, ProgParser, open_ctl
 
 USAGE = "usage: nomapd sysctl [-adn] [--server DIR|PORT] name[=value] ..."
+BUFSIZ = 1024  # sysctl(8)'s parse(): a name[=value] that fills its buffer is "oid too long"
 
 
 def _parser() -> ProgParser:
@@ -76,6 +78,10 @@ def main(argv: Sequence[str]) -> int:
     with ctl:
         for arg in [""] if ns.all else ns.names:
             name, eq, value = arg.partition("=")
+            if len(arg.encode()) >= BUFSIZ:
+                print(f"sysctl: oid too long: '{arg}'", file=sys.stderr)
+                status = 1
+                continue
             try:
                 if eq:
                     _set(ctl, name, value, ns.nflag)

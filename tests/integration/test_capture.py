@@ -9,7 +9,7 @@ with the leak assertion, whose keys include the bpf descriptors, the device
 layer's files and mappings, and the TLS key export (descriptors asking, lines
 pending in a descriptor or in the worker).
 
-Needs (CI: .ci/run): curl, tshark, tcpdump, libpcap0.8.
+Needs (CI: .ci/run): curl, tshark (capinfos, editcap: wireshark-common), tcpdump, libpcap0.8.
 """
 
 from __future__ import annotations
@@ -117,6 +117,20 @@ class Capture:
         return self.wait()
 
     def wait(self) -> tuple[int, int, int]:
+        rc, err = self.finish()
+        assert rc == 0, err
+        assert "Traceback" not in err, err
+        m = re.search(
+            r"^(\d+) packets captured\n(\d+) packets received by filter\n"
+            r"(\d+) packets dropped by kernel\n\Z",
+            err,
+            re.M,
+        )
+        assert m, err
+        return int(m[1]), int(m[2]), int(m[3])
+
+    def finish(self) -> tuple[int, str]:
+        """Wait for it to exit by itself: its exit code and stderr."""
         try:
             rc = self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -128,17 +142,7 @@ class Capture:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.proc.stdout.close()
         self.proc.stderr.close()
-        err = "".join(self.err)
-        assert rc == 0, err
-        assert "Traceback" not in err, err
-        m = re.search(
-            r"^(\d+) packets captured\n(\d+) packets received by filter\n"
-            r"(\d+) packets dropped by kernel\n\Z",
-            err,
-            re.M,
-        )
-        assert m, err
-        return int(m[1]), int(m[2]), int(m[3])
+        return rc, "".join(self.err)
 
 
 def devices(srv: ServerProcess) -> str:
@@ -390,6 +394,8 @@ def test_two_workers_merged(
         (["--mode", "mmap"], "--mode mmap: zbuf or buffer"),
         (["-w", "x.pcap", "--keys"], "--keys needs a pcapng file"),
         (["-Q", "sideways"], "-Q sideways: in, out or inout"),
+        (["-c", "0"], "-c 0: must be positive"),  # tcpdump: invalid packet count
+        (["-c", "-3"], "-c -3: must be positive"),
     ],
 )
 def test_bad_command_lines(http: ServerProcess, args: list[str], message: str) -> None:
@@ -407,6 +413,74 @@ def _run_capture(args: list[str], state: str | None = None) -> subprocess.Comple
         [sys.executable, "-m", "server", "capture", *args],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("iface,suffix", [("nm0", ".pcapng"), ("nm0", ".pcap"),
+                                          ("netmap:nm0/tr", ".pcap")])  # fmt: skip
+def test_a_worker_that_dies_mid_capture_ends_it_cleanly(
+    docroot: pathlib.Path, state_dir: pathlib.Path, tmp_path: pathlib.Path, iface: str,
+    suffix: str,
+) -> None:  # fmt: skip
+    """A worker's kernel goes away under a capture (SIGKILL; the supervisor starts
+    another): the capture ends by itself, as tcpdump does when its interface goes,
+    with one line saying why, tcpdump's three lines and exit 1, no traceback; the
+    file is complete and valid (capinfos counts what the capture says it wrote)."""
+    out = tmp_path / f"gone{suffix}"
+    with running(docroot, state_dir, ["--http", "--workers", "2"]) as srv:
+        cap = Capture(srv, ["-i", iface, "-w", str(out), "-U", "--immediate"])
+        empty = out.stat().st_size  # the file's header(s)
+        for _ in range(3):
+            assert curl(srv, "/small.txt") == b"small\n"
+        # The fetches' packets reach the file (-U) before the kill: those still in the
+        # dying kernel's buffers would go with it, as a real kernel's would.
+        deadline = time.monotonic() + 30
+        while out.stat().st_size == empty:
+            assert time.monotonic() < deadline, "no packet written"
+            time.sleep(0.05)
+        os.kill(srv.stats()["workers"][1]["worker.pid"], signal.SIGKILL)
+        rc, err = cap.finish()
+        assert rc == 1 and "Traceback" not in err, err
+        m = re.search(r"^nomapd capture: \S+/w1/(bpf|netmap): .*\(the server stopped\?\)\n"
+                      r"(\d+) packets captured\n\d+ packets received by filter\n"
+                      r"\d+ packets dropped by kernel\n\Z", err, re.M)  # fmt: skip
+        assert m, err
+        info = subprocess.run(["capinfos", "-c", "-M", str(out)], capture_output=True, text=True)
+        assert info.returncode == 0, info.stderr
+        assert re.search(rf"Number of packets:\s+{m[2]}\n", info.stdout), (info.stdout, err)
+        assert int(m[2]) >= 1
+        _wait_up(srv, 2)  # the restarted worker, before the leak assertion
+
+
+@pytest.mark.parametrize("args", [[], ["-w", "-"]])
+def test_a_reader_that_goes_away_ends_the_capture(http: ServerProcess, args: list[str]) -> None:
+    """`nomapd capture | head`: once the reader of stdout is gone (EPIPE), the
+    capture ends quietly, as tcpdump does on SIGPIPE: no traceback, exit 0."""
+    cmd = [sys.executable, "-m", "server", "capture", "--server", devices(http), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert b"listening on" in proc.stderr.readline()
+        curl(http, "/small.txt")
+        assert proc.stdout.read(20)  # head -c 20
+        proc.stdout.close()
+        deadline = time.monotonic() + 60
+        while proc.poll() is None:  # each fetch makes it write: it meets the closed pipe
+            assert time.monotonic() < deadline, "the capture did not end"
+            curl(http, "/small.txt")
+        err = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == 0 and "Traceback" not in err and "Error" not in err, err
+
+
+def _wait_up(srv: ServerProcess, workers: int) -> None:
+    deadline = time.monotonic() + 60
+    while srv.stats().get("server.workers_up") != workers:
+        assert time.monotonic() < deadline, "a worker did not come back"
+        time.sleep(0.1)
 
 
 def test_no_running_server(tmp_path: pathlib.Path) -> None:

@@ -237,6 +237,8 @@ def test_sysctl_bad_input(srv: ServerProcess) -> None:
     )
     refused(srv, "sysctl", 1, "sysctl: oid 'kern.ipc.tls.stats.records_framed' is read only",
             "kern.ipc.tls.stats.records_framed=0")  # fmt: skip
+    for long in ("k" * 70000, "net.inet.tcp.sendspace=" + "1" * 70000, "x" * 1024):
+        refused(srv, "sysctl", 1, f"sysctl: oid too long: '{long}'", long)  # sysctl(8)'s BUFSIZ
     assert ok(srv, "sysctl", "net.inet.tcp.sendspace", "kern.ipc.mb_use_ext_pgs") == before
     usage = "usage: nomapd sysctl [-adn] [--server DIR|PORT] name[=value] ..."
     refused(srv, "sysctl", 2, usage)

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -316,6 +317,41 @@ def test_bad_port_names_exit_2(server: ServerProcess) -> None:
         assert err.count("\n") == 1 and err.startswith("nomapd pkt-gen: -i "), err
     assert os.path.exists(netmap_path(server))
     server.assert_no_leaks()
+
+
+def test_bad_worker_numbers_exit_2(server: ServerProcess) -> None:
+    """--worker -1 is a bad command line, not the last worker (a Python index)."""
+    for worker in ("-1", "-2"):
+        p = pktgen(server, "-i", "netmap:w{0", "-f", "rx", "--worker", worker)
+        _out, err = p.communicate(timeout=60)
+        assert p.returncode == 2, (worker, err)
+        assert err == f"nomapd pkt-gen: --worker {worker}: a worker's index is 0 or more\n", err
+    server.assert_no_leaks()
+
+
+def test_a_worker_that_dies_under_pktgen(corpus: pathlib.Path, state_dir: pathlib.Path) -> None:
+    """The worker whose /dev/netmap pkt-gen uses dies (SIGKILL; the supervisor
+    starts another): pkt-gen ends with one line saying so and exit 1, no traceback."""
+    srv = ServerProcess(corpus, ["--http", "--workers", "2"], state_dir)
+    try:
+        rx = pktgen(srv, "-i", "netmap:gone}0", "-f", "rx", "--worker", "1")
+        assert rx.stderr is not None
+        deadline = time.monotonic() + 30  # bound: its rings on worker 1
+        while not any(r["pid"] == rx.pid for r in srv.stats()["workers"][1]["netmap.ports"]):
+            assert time.monotonic() < deadline, "pkt-gen did not bind gone}0"
+            time.sleep(0.05)
+        os.kill(srv.stats()["workers"][1]["worker.pid"], signal.SIGKILL)
+        _out, err = rx.communicate(timeout=60)
+        assert rx.returncode == 1 and "Traceback" not in err, err
+        assert re.fullmatch(r"nomapd pkt-gen: netmap:gone\}0: \S+/w1/netmap: the kernel "
+                            r"closed the file \(the server stopped\?\)\n", err), err  # fmt: skip
+        deadline = time.monotonic() + 60
+        while srv.stats().get("server.workers_up") != 2:
+            assert time.monotonic() < deadline, "the worker did not come back"
+            time.sleep(0.1)
+        srv.assert_no_leaks()
+    finally:
+        srv.stop()
 
 
 @pytest.mark.parametrize(("suffix", "direction"), [("/tr", "inout"), ("/t", "out"), ("/r", "in")])

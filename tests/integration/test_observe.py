@@ -436,6 +436,29 @@ def test_stat_w(ctl_http: ServerProcess) -> None:
     srv.assert_no_leaks()
 
 
+def test_stat_w_into_head(ctl_http: ServerProcess) -> None:
+    """`nomapd stat -w 0.05 | head -2`: once the reader is gone (EPIPE) the watch
+    ends quietly, exit 0, as netstat -w does on SIGPIPE; no traceback."""
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "server", "stat", "--admin", f"127.0.0.1:{ctl_http.admin_port}",
+         "-w", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TOP,
+    )  # fmt: skip
+    assert watch.stdout is not None and watch.stderr is not None
+    assert watch.stdout.readline() and watch.stdout.readline()  # head -2
+    watch.stdout.close()
+    try:
+        err = watch.stderr.read()
+        watch.wait(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+        watch.stderr.close()
+    assert watch.returncode == 0 and err == "", err
+    ctl_http.assert_no_leaks()
+
+
 # -- nomapd top ------------------------------------------------------------------------------
 
 
@@ -496,6 +519,18 @@ def test_top_in_a_terminal(ctl: ServerProcess) -> None:
 
 
 # -- a restarted worker gets the changes made since the start ----------------------------------
+
+
+def test_top_without_a_terminal(ctl: ServerProcess) -> None:
+    """`nomapd top` with no terminal (a pipe, cron, a CI log) is one line and
+    exit 2, as top(1) refuses, not a curses traceback."""
+    admin = f"127.0.0.1:{ctl.admin_port}"
+    r = subprocess.run([sys.executable, "-m", "server", "top", "--admin", admin],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       env={**os.environ, "TERM": "xterm"}, cwd=TOP, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr == "nomapd: top: needs a terminal (nomapd stat -w 1 prints lines)\n"
+    ctl.assert_no_leaks()
 
 
 def test_a_restarted_worker_gets_the_changes(ctl: ServerProcess) -> None:

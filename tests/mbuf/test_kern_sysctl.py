@@ -104,3 +104,41 @@ def test_flips_between_sendfile_steps_keep_every_byte(make_file: MakeFile) -> No
     assert st.ip.unmapped_converted > 0 and st.ip.sw_csum_packets > 0
     pair.close()
     assert kern.leaks() == {}
+
+
+def test_bpf_bufsize_never_exceeds_maxbufsize() -> None:
+    """net.bpf.bufsize <= net.bpf.maxbufsize holds from both sides: lowering the
+    ceiling under the default size is refused as raising the size over it is, so
+    every state of the pair can be set again from the defaults (a restarted
+    worker's replay) and no descriptor opens with more than the ceiling."""
+    kern = Kernel(SMALL_MEM)
+    bpf = Bpf()
+    bpf_sysctl_init(kern.sysctl, bpf)
+    assert sysctl_write(kern.sysctl, "net.bpf.maxbufsize", str(1 << 20)) == 0
+    assert sysctl_write(kern.sysctl, "net.bpf.bufsize", str(1 << 20)) == 0
+    assert sysctl_write(kern.sysctl, "net.bpf.maxbufsize", str(1 << 19)) == errno.EINVAL
+    assert (bpf.sysctl.bufsize, bpf.sysctl.maxbufsize) == (1 << 20, 1 << 20)
+    assert sysctl_write(kern.sysctl, "net.bpf.bufsize", "4096") == 0
+    assert sysctl_write(kern.sysctl, "net.bpf.maxbufsize", "4096") == 0
+
+
+def test_integers_are_read_as_sysctl8_reads_them() -> None:
+    """sysctl(8) reads an integer with strtol(3) in base 0: ASCII digits only,
+    0x for hexadecimal, a leading 0 for octal, a sign. Other Unicode digits
+    (Arabic-Indic, fullwidth, superscripts) are no integer: EINVAL, nothing set."""
+    kern = Kernel(SMALL_MEM)
+    tree = kern.sysctl
+    for bad in ("١٢٣٤٥٦", "１３１０７２", "6５536", "²", "0x", "0x1g", "09", "1_000", "--1", "+-1"):
+        assert sysctl_write(tree, "net.inet.tcp.sendspace", bad) == errno.EINVAL, bad
+        assert kern.sendspace == 256 * 1024, bad
+    assert sysctl_write(tree, "net.inet.tcp.sendspace", "0x10000") == 0
+    assert kern.sendspace == 65536
+    assert sysctl_write(tree, "net.inet.tcp.sendspace", "0X20000") == 0
+    assert kern.sendspace == 131072
+    assert sysctl_write(tree, "net.inet.tcp.sendspace", "0200000") == 0  # octal
+    assert kern.sendspace == 65536
+    assert sysctl_write(tree, "net.inet.tcp.sendspace", "+65536") == 0
+    assert sysctl_write(tree, "kern.ipc.sendfile.readahead", "010") == 0
+    assert kern.readahead == 8
+    assert sysctl_write(tree, "kern.ipc.sendfile.readahead", "-0x1") == 0
+    assert kern.readahead is None

@@ -337,6 +337,36 @@ def test_runtime_directory_and_discovery(
     assert not runtime_root().exists()  # the last instance takes the empty root with it
 
 
+def test_discovery_skips_a_killed_server_s_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server killed with SIGKILL (or by the OOM killer) leaves its instance
+    directory, workers and all, until a server takes its port again. A program
+    without --server must still find the one server running, not refuse with
+    "several nomapd servers" naming the dead one; with --server it is its own."""
+    monkeypatch.setenv("NOMAPD_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+    killed = (
+        "import os, signal\n"
+        "from server.devices.devfs import open_instance\n"
+        "d = open_instance(7443)\n"
+        "(d / 'w0').mkdir()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", killed], cwd=pathlib.Path(__file__).parents[2])
+    stale = runtime_root() / "7443"
+    assert (stale / "w0").is_dir()
+    with pytest.raises(LookupError, match="no running nomapd server"):
+        find_instance()
+    live = open_instance(9443)
+    try:
+        (live / "w0").mkdir()
+        assert find_instance() == live
+        assert find_instance("7443") == stale  # asked for by name: the caller's to try
+    finally:
+        remove_instance(live)
+
+
 def test_runtime_root_must_be_this_user_s_own_directory(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

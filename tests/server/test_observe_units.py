@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mbuf.ifnet import IFCAP_NOMAP, IFCAP_TSO4, IFCAP_TXCSUM
 from mbuf.kern import Kernel
 from mbuf.param import PAGE_SIZE
+from server.admin import _authorized
 from server.control import combine_sysctl, counter_descriptions
 from server.ifconfig import ifconfig_apply, ifconfig_info
 from server.metrics import render_metrics
@@ -89,3 +90,17 @@ def test_watch_line_and_top_screen() -> None:
     first = render({}, {"workers": [cur]}, [], {}, 0.0)
     assert next(ln for ln in first if "wire bytes/s" in ln).split()[-1] == "-"
     assert first[-1] == "(none open)"
+
+
+def test_admin_authorization_scheme_is_case_insensitive() -> None:
+    """RFC 9110 11.1: the auth-scheme is case-insensitive ("bearer", "BEARER");
+    the token itself is compared exactly; a token elsewhere (a query string, Basic)
+    never counts."""
+    token = "s3cret-Token"
+    for scheme in (b"Bearer", b"bearer", b"BEARER", b"bEaReR"):
+        assert _authorized(token, [(b"authorization", scheme + b" s3cret-Token")]) == (0, b"")
+    assert _authorized(token, [(b"authorization", b"Bearer s3cret-token")])[0] == 403
+    assert _authorized(token, [(b"authorization", b"Basic s3cret-Token")])[0] == 401
+    assert _authorized(token, [(b"authorization", b"Bearers3cret-Token")])[0] == 401
+    assert _authorized(token, [])[0] == 401
+    assert _authorized(None, [(b"authorization", b"Bearer s3cret-Token")])[0] == 403

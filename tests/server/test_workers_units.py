@@ -13,9 +13,16 @@ from typing import Any
 import pytest
 import trio
 
+from bpf import Bpf
+from bpf.bpf_sysctl import bpf_sysctl_init
+from mbuf.ifnet import IFCAP_NOMAP
+from mbuf.kern import Kernel
+from mbuf.kern_sysctl import sysctl_write
+from mbuf.param import PAGE_SIZE
 from server import listen
 from server.config import ServerConfig
 from server.errorlog import RateLimited, parse_level
+from server.ifconfig import ifconfig_apply
 from server.supervisor import Supervisor, WorkerSlot, applied_after, describe_exit, sum_stats
 from server.worker import LineChannel
 
@@ -38,6 +45,18 @@ def test_sum_stats_rules() -> None:
     assert s["kern.ipc.mb_use_ext_pgs"] == 1  # settings: as set
     assert s["server.mode"] == "ktls" and s["ifnet.capenable"] == ["IFCAP_NOMAP"]
     assert sum_stats([]) == {}
+
+
+def test_sum_stats_joins_every_worker_s_rows() -> None:
+    """The tables of rows (netstat -B's bpf descriptors, netmap's bound rings) are
+    every worker's: a pkt-gen on worker 1 is in /stats' netmap.ports."""
+    ring = {"pid": 7, "port": "p}0", "ring": "RX0", "slots": 3}
+    desc = {"pid": 8, "rcnt": 1}
+    w0: dict[str, Any] = {"netmap.ports": [], "bpf.descriptors": [desc]}
+    w1: dict[str, Any] = {"netmap.ports": [ring], "bpf.descriptors": [desc]}
+    s = sum_stats([w0, w1])
+    assert s["netmap.ports"] == [ring] and s["bpf.descriptors"] == [desc, desc]
+    assert sum_stats([w1, w0])["netmap.ports"] == [ring]
 
 
 def test_describe_exit() -> None:
@@ -203,6 +222,7 @@ async def test_a_worker_that_refuses_a_replayed_change_is_not_ready(sup: Supervi
         n.start_soon(replay)
         await w1.answer()
         await w1.answer(errno.EINVAL)
+        assert (await w1.answer(errno.EINVAL))["name"] == "kern.x"  # tried again, alone
     assert ready == [False] and not sup.slots[1].ready
 
 
@@ -221,3 +241,87 @@ def test_applied_keeps_the_last_sysctl_and_the_deciding_ifconfig_words() -> None
         other,
         {"set": "ifconfig", "words": ["nm0", "-tso", "tso4", "-txtls", "nomap"]},
     ]
+
+
+def _interface_after(msgs: list[dict[str, object]]) -> int:
+    """The capabilities a fresh kernel's nm0 ends with after `msgs`, each taken as
+    the worker takes it (server/worker.py: ifconfig words, or SIOCSIFCAP)."""
+    ifp = Kernel(64 * PAGE_SIZE).ifnet
+    for m in msgs:
+        if m["set"] == "ifconfig":
+            words = m["words"]
+            assert isinstance(words, list)
+            assert ifconfig_apply(ifp, [str(w) for w in words]) == (0, "")
+        elif m["set"] == "ifcap":
+            reqcap = m["reqcap"]
+            assert isinstance(reqcap, int) and not reqcap & ~ifp.if_capabilities
+            ifp.set_capenable(reqcap)
+    return ifp.if_capenable
+
+
+def test_applied_replays_siocsifcap_in_order_and_bounded() -> None:
+    """`nomapd ifconfig` sends SIOCSIFCAP ("ifcap": the whole enabled set), the admin
+    sends words: a replay gives a restarted worker the live workers' capabilities,
+    whatever the mix, and one SIOCSIFCAP replaces every interface change before it."""
+    base = Kernel(64 * PAGE_SIZE).ifnet.if_capenable
+
+    def ifcap(caps: int) -> dict[str, object]:
+        return {"set": "ifcap", "ifname": "nm0", "reqcap": caps}
+
+    history: list[dict[str, object]] = [
+        {"set": "ifconfig", "words": ["nm0", "-nomap"]},
+        ifcap(base),  # nomapd ifconfig nm0 nomap
+        {"set": "ifconfig", "words": ["nm0", "-tso"]},
+    ]
+    applied: list[dict[str, object]] = []
+    for msg in history:
+        applied = applied_after(applied, msg)
+    assert _interface_after(applied) == _interface_after(history)
+    for i in range(1000):
+        applied = applied_after(applied, ifcap(base & ~IFCAP_NOMAP if i % 2 else base))
+    assert applied == [ifcap(base & ~IFCAP_NOMAP)]
+
+
+class _KernelWorker(_FakeWorker):
+    """A fake worker whose answers are a real kernel's: each sysctl it is sent is
+    written to its own tree (with bpf's nodes), as server/worker.py does."""
+
+    def __init__(self, slot: WorkerSlot) -> None:
+        super().__init__(slot)
+        self.kern = Kernel(64 * PAGE_SIZE)
+        bpf_sysctl_init(self.kern.sysctl, Bpf())
+
+    async def serve(self) -> None:
+        while isinstance(req := await self.chan.receive(), dict):
+            err = sysctl_write(self.kern.sysctl, str(req["name"]), str(req["value"]))
+            await self.chan.send({"id": req["id"], "result": {"errno": err, "message": ""}})
+
+    def value(self, name: str) -> object:
+        oid = self.kern.sysctl.lookup(name)
+        assert oid is not None
+        return oid.get()
+
+
+async def test_a_replay_reaches_values_that_must_be_set_in_another_order() -> None:
+    """net.bpf.bufsize must stay under net.bpf.maxbufsize. Raising the ceiling, the
+    size, then the ceiling again leaves the replay list [bufsize, maxbufsize]
+    (the last value of each, in the order last set): a fresh kernel refuses that
+    bufsize before the ceiling is raised. The replay takes the others first and
+    retries it, and the worker comes up with the live workers' values."""
+    history = [("net.bpf.maxbufsize", 1 << 20), ("net.bpf.bufsize", 1 << 20),
+               ("net.bpf.maxbufsize", 1 << 21)]  # fmt: skip
+    sup = Supervisor(ServerConfig())
+    sup.slots = [WorkerSlot(0, [])]
+    worker = _KernelWorker(sup.slots[0])
+    for name, v in history:
+        sup.applied = applied_after(sup.applied, {"set": "sysctl", "name": name, "value": str(v)})
+    ready: list[bool] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(worker.serve)
+        ready.append(await sup._replay(sup.slots[0]))
+        assert sup.slots[0].chan is not None
+        await sup.slots[0].chan.aclose()
+    await worker.chan.aclose()
+    assert ready == [True]
+    assert worker.value("net.bpf.bufsize") == 1 << 20
+    assert worker.value("net.bpf.maxbufsize") == 1 << 21

@@ -11,8 +11,10 @@ from __future__ import annotations
 import threading
 from typing import cast
 
+import pytest
+
 from userland.bpfdev import Packet
-from userland.capture import Source, _Sink, capture_loop
+from userland.capture import Source, SourceFailed, _Sink, capture_loop
 
 
 class FakeSource:
@@ -95,3 +97,40 @@ def test_count_stops_after_exactly_n() -> None:
     a = FakeSource([[1, 2, 3], [4, 5, 6]])
     sink = run([a], count=4)
     assert [t for kind, _, t in sink.events if kind == "pkt"] == [1, 2, 3, 4]
+
+
+class GoneSource(FakeSource):
+    """A source whose kernel goes away after its batches (the server stopped)."""
+
+    def next_batch(self) -> list[Packet]:
+        if not self.batches:
+            raise OSError("w1/bpf: the kernel closed the file")
+        return super().next_batch()
+
+
+class QuietSource(FakeSource):
+    """After its batches, empty ones each read timeout (here 1 ms), for at most
+    2000 calls: a source the loop fails to stop ends the test instead of hanging it."""
+
+    def next_batch(self) -> list[Packet]:
+        if not self.batches:
+            threading.Event().wait(0.001)
+            if self.calls > 2000:
+                raise AssertionError("the capture did not stop")
+        return super().next_batch()
+
+
+def test_a_source_that_fails_ends_the_capture_with_what_came_before() -> None:
+    """One worker's device closes mid-capture: the capture stops (nobody else has
+    to press ^C), every packet already read is written, and the failure is
+    raised as SourceFailed naming the source, with the count written."""
+    a = QuietSource([[1, 3], [6]])  # a worker that would go on
+    b = GoneSource([[2, 4]])
+    sink = RecordingSink()
+    labelled = [(f"w{i}", cast(Source, s)) for i, s in enumerate([a, b])]
+    with pytest.raises(SourceFailed) as info:
+        capture_loop(labelled, cast(_Sink, sink), 0, threading.Event())
+    assert info.value.label == "w1" and "the kernel closed the file" in str(info.value)
+    pkts = [t for kind, _, t in sink.events if kind == "pkt"]
+    assert pkts[:4] == [1, 2, 3, 4] and info.value.written == len(pkts)
+    assert a.calls < 2000  # a stopped as soon as b failed
