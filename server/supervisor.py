@@ -380,7 +380,7 @@ class Supervisor:
                     elif r.errno != 0:
                         return self._replay_failed(slot, msg, r)
                 if len(again) == len(pending):
-                    return self._replay_failed(slot, again[0], r)
+                    return self._replay_failed(slot, again[-1], r)  # r is its answer
                 pending = again
             slot.ready = True
             return True
