@@ -95,6 +95,10 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: Sequence[str]) -> int:
     head, words = _split(list(argv))
     ns = _parser().parse_args(head)
+    late = [w for w in words if w.startswith("--")]
+    if late:  # an option after the interface: a bad command line, not a word
+        print(f"ifconfig: {late[0]}: options go before the interface", file=sys.stderr)
+        return 2
     if ns.all and (ns.interface or words):
         print("ifconfig: -a takes no interface", file=sys.stderr)
         return 2

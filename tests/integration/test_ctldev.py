@@ -266,6 +266,11 @@ def test_ifconfig_bad_input(srv: ServerProcess) -> None:
     assert ok(srv, "ifconfig", "nm0") == before  # nothing changed by any of them
     refused(srv, "ifconfig", 2, "ifconfig: -a takes no interface", "-a", "nm0")
     refused(srv, "ifconfig", 2, "ifconfig: unrecognized arguments: -z", "-z")
+    refused(
+        srv, "ifconfig", 2, "ifconfig: --server: options go before the interface",
+        "nm0", "-nomap", "--server", str(devices_dir(srv)),
+    )  # fmt: skip
+    assert ok(srv, "ifconfig", "nm0") == before  # and -nomap was not applied
     srv.assert_no_leaks()
 
 
