@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any, TextIO
 
 from bpf.bpfdesc import Xbpfd
 from server.config import ConfigError
+from userland.sigpipe import stdout_gone
 
 
 def fetch(admin: tuple[str, int], timeout: float = 5.0, path: str = "/stats") -> Any:
@@ -184,8 +184,8 @@ def run_watch(
             out.write(watch_line(prev, cur) + "\n")
             out.flush()
         except BrokenPipeError:
-            if out is sys.stdout:  # nothing more goes there, not even the last flush
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            if out is sys.stdout:
+                stdout_gone()
             return 0
         prev = cur
         lines += 1

@@ -15,7 +15,7 @@ def test_skipped() -> None:
 
 @pytest.mark.skipif(True, reason="not on this machine")
 def test_skipif() -> None:
-    pass
+    raise AssertionError("a skipif test ran")
 
 @pytest.mark.xfail(reason="known", strict=True)
 def test_xfail() -> None:

@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import errno
 import heapq
-import os
 import queue
 import signal
 import sys
@@ -82,6 +81,7 @@ from userland.pcap_compile import PcapCompileError, bpf_dump, pcap_compile_expr
 from userland.pcap_file import PcapWriter
 from userland.pcapng_file import PcapngInterface, PcapngWriter
 from userland.pktprint import PacketPrinter
+from userland.sigpipe import stdout_gone
 
 PROG = "nomapd capture"
 READ_TIMEOUT = 0.1  # seconds; tcpdump uses 1 s, shorter here so that Ctrl-C answers at once
@@ -436,9 +436,8 @@ def run(ns: argparse.Namespace) -> int:
             sink.close(stats)
         except BrokenPipeError:
             # The reader of stdout is gone (`| head`): the capture ends there, as
-            # tcpdump's does (SIGPIPE), without a traceback. Nothing more can go to
-            # stdout, not even the interpreter's last flush.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            # tcpdump's does (SIGPIPE), without a traceback.
+            stdout_gone()
             return 0
         except OSError as e:  # the output file: a full disk, an I/O error
             print(f"{PROG}: {ns.file or 'stdout'}: {e.strerror or e}", file=sys.stderr)

@@ -98,11 +98,11 @@ def _stale(instance: pathlib.Path) -> bool:
     except (OSError, ValueError):
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError too means a process runs with that pid
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False  # a process runs with that pid: someone else's, or root's
+        pass
     return False
 
 
